@@ -1,0 +1,159 @@
+//! The command line: every subcommand and flag, with help text.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// pvefleet: an event-driven worker fleet that provisions and runs LXC containers on Proxmox VE.
+#[derive(Debug, Parser)]
+#[command(name = "pvefleet", version, about)]
+pub struct Cli {
+    /// Config file (TOML). Default: $PVEFLEET_CONFIG, else ./pvefleet.toml when present.
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the database if missing and apply the embedded migrations.
+    Migrate,
+    /// Declare or show the RabbitMQ topology.
+    Topology {
+        /// What to do.
+        #[command(subcommand)]
+        action: TopologyAction,
+    },
+    /// Configuration.
+    Config {
+        /// What to do.
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Publish to or watch the bus.
+    Bus {
+        /// What to do.
+        #[command(subcommand)]
+        action: BusAction,
+    },
+    /// Proxmox VE tools.
+    Pve {
+        /// What to do.
+        #[command(subcommand)]
+        action: PveAction,
+    },
+    /// Benchmarks.
+    Bench {
+        /// What to measure.
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+}
+
+/// `pvefleet topology ...`
+#[derive(Debug, Subcommand)]
+pub enum TopologyAction {
+    /// Declare every exchange and queue (idempotent; safe to run at every deploy).
+    Declare,
+    /// Print the topology this configuration declares, with live message counts.
+    Show {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `pvefleet config ...`
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Load and validate the configuration and print the effective values, secrets redacted.
+    Check,
+}
+
+/// `pvefleet bus ...`
+#[derive(Debug, Subcommand)]
+pub enum BusAction {
+    /// Validate a JSON body against a message type's schema and publish it.
+    Publish {
+        /// The message type, such as `site.provision`.
+        #[arg(long = "type")]
+        message_type: String,
+        /// The JSON body; `-` reads standard input.
+        #[arg(long)]
+        json: PathBuf,
+        /// Correlation id (saga or operation); a new one when absent.
+        #[arg(long)]
+        correlation_id: Option<uuid::Uuid>,
+        /// Validate only; do not publish.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print events live (a temporary queue bound to the events exchange).
+    Tail {
+        /// Topic pattern, such as `container.*` or `#` for everything.
+        #[arg(long, default_value = "#")]
+        key: String,
+        /// Also tap every command type.
+        #[arg(long)]
+        commands: bool,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Print each message as one JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `pvefleet pve ...`
+#[derive(Debug, Subcommand)]
+pub enum PveAction {
+    /// LXC container config files (`/etc/pve/lxc/<vmid>.conf`).
+    Config {
+        /// What to do.
+        #[command(subcommand)]
+        action: PveConfigAction,
+    },
+}
+
+/// `pvefleet pve config ...`
+#[derive(Debug, Subcommand)]
+pub enum PveConfigAction {
+    /// Print a config file as JSON, with net, rootfs, mp and features parsed and checked.
+    /// Exits 2 when a line or property string is invalid.
+    Parse {
+        /// The config file.
+        file: PathBuf,
+    },
+    /// Print a config file in canonical form (`key: value`, `[section]`).
+    Fmt {
+        /// The config file.
+        file: PathBuf,
+        /// Rewrite the file in place instead of printing.
+        #[arg(long)]
+        write: bool,
+    },
+}
+
+/// `pvefleet bench ...`
+#[derive(Debug, Subcommand)]
+pub enum BenchWhat {
+    /// Raw lapin vs the runtime's publisher and consumer runner (inbox off and on).
+    Bus {
+        /// Messages per phase.
+        #[arg(long, default_value_t = 20_000)]
+        messages: usize,
+        /// Confirm window and consumer prefetch.
+        #[arg(long, default_value_t = 256)]
+        window: u16,
+        /// Rounds; each runs every phase once, interleaved, and the median of each is reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// With the inbox on: database connections, each handling one batch transaction at a time.
+        #[arg(long, default_value_t = 16)]
+        inbox_connections: u16,
+    },
+}

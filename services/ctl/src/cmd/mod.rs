@@ -1,0 +1,53 @@
+//! Subcommand implementations.
+
+mod bus;
+mod config;
+mod migrate;
+mod pve;
+mod topology;
+
+use std::process::ExitCode;
+
+use pvefleet_core::Settings;
+
+use crate::cli::{BenchWhat, Cli, Command};
+
+/// Runs one command; the exit code says how it went.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "error: {}",
+                anyhow::Error::from(e)
+                    .chain()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(": ")
+            );
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let mut telemetry = settings.telemetry.clone();
+    // The CLI's output is for a person; keep the logs to warnings unless asked.
+    if std::env::var("RUST_LOG").is_err() && telemetry.filter == "info" {
+        telemetry.filter = "warn".into();
+    }
+    pvefleet_core::telemetry::init(&telemetry);
+    match cli.command {
+        Command::Migrate => migrate::run(&settings).await,
+        Command::Topology { action } => topology::run(&settings, action).await,
+        Command::Config { action } => config::run(&settings, action),
+        Command::Bus { action } => bus::run(&settings, action).await,
+        Command::Pve { action } => pve::run(action),
+        Command::Bench {
+            what:
+                BenchWhat::Bus {
+                    messages,
+                    window,
+                    rounds,
+                    inbox_connections,
+                },
+        } => crate::bench::bus(&settings, messages, window, rounds, inbox_connections).await,
+    }
+}

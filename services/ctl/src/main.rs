@@ -1,0 +1,19 @@
+//! `pvefleet`: the operator CLI. Thin: parse, load config, init telemetry, dispatch.
+
+mod bench;
+mod cli;
+mod cmd;
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    match cmd::run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

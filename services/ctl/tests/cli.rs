@@ -1,0 +1,281 @@
+//! The `pvefleet` binary against the real RabbitMQ and Postgres, each test in its own vhost
+//! and database.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use pvefleet_contracts::Message;
+use pvefleet_contracts::messages::{ContainerCreated, SiteProvision};
+use pvefleet_core::bus::outgoing::Origin;
+use pvefleet_core::bus::{Outgoing, Publisher};
+use pvefleet_testkit::broker::take;
+use pvefleet_testkit::{TestDb, TestVhost};
+
+fn pvefleet(env: &[(&str, &str)], args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pvefleet"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn topology_declare_is_idempotent_and_declares_quorum_queues_with_explicit_arguments() -> anyhow::Result<()> {
+    let vhost = TestVhost::new()?;
+    let url = vhost.url();
+    let env = [
+        ("PVEFLEET_BUS__URL", url.as_str()),
+        ("PVEFLEET_BUS__DELIVERY_LIMIT", "12"),
+    ];
+    for run in 1..=2 {
+        let out = pvefleet(&env, &["topology", "declare"]);
+        assert!(out.status.success(), "run {run}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("Declared"), "{}", text(&out.stdout));
+    }
+    let queues = vhost.list_queues()?;
+    for q in [
+        "pvefleet.saga",
+        "pvefleet.provisioner",
+        "pvefleet.installer",
+        "pvefleet.edge",
+        "pvefleet.ha",
+    ] {
+        let (_, kind, args) = queues
+            .iter()
+            .find(|(n, _, _)| n == q)
+            .unwrap_or_else(|| panic!("{q} missing"));
+        assert_eq!(kind, "quorum", "{q}");
+        let args = args.replace(' ', "");
+        assert!(args.contains("x-delivery-limit\",12"), "{q}: {args}");
+        assert!(
+            args.contains("x-dead-letter-strategy\",\"at-least-once\""),
+            "{q}: {args}"
+        );
+        assert!(args.contains("x-overflow\",\"reject-publish\""), "{q}: {args}");
+    }
+    let out = pvefleet(&env, &["topology", "show", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let saga = rows
+        .as_array()
+        .and_then(|r| r.iter().find(|q| q["queue"] == "pvefleet.saga"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(saga["declared"], true);
+    assert_eq!(saga["messages"], 0);
+    assert_eq!(saga["arguments"]["x-delivery-limit"], "12");
+    Ok(())
+}
+
+#[test]
+fn config_check_prints_the_effective_config_with_secrets_redacted() {
+    let out = pvefleet(
+        &[
+            ("PVEFLEET_DB__URL", "postgres://app:topsecret@db:5432/pvefleet"),
+            ("PVEFLEET_WORKER__CONCURRENCY", "7"),
+        ],
+        &["config", "check"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains("topsecret"), "{stdout}");
+    assert!(stdout.contains("postgres://app:redacted@db:5432/pvefleet"), "{stdout}");
+    assert!(stdout.contains("concurrency = 7"), "{stdout}");
+}
+
+#[test]
+fn config_check_refuses_unknown_keys_with_a_clear_error() {
+    let out = pvefleet(&[("PVEFLEET_WORKER__CONCURENCY", "7")], &["config", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("concurency"), "{stderr}");
+}
+
+#[test]
+fn migrate_creates_the_database_and_is_idempotent() -> anyhow::Result<()> {
+    let db = TestDb::fresh_name();
+    let url = db.url();
+    let env = [("PVEFLEET_DB__URL", url.as_str())];
+    let first = pvefleet(&env, &["migrate"]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert!(
+        text(&first.stdout).contains("applied V1__inbox_outbox"),
+        "{}",
+        text(&first.stdout)
+    );
+    let second = pvefleet(&env, &["migrate"]);
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    assert!(text(&second.stdout).contains("up to date"), "{}", text(&second.stdout));
+    Ok(())
+}
+
+#[tokio::test]
+async fn bus_publish_validates_against_the_schema_before_publishing() -> anyhow::Result<()> {
+    let vhost = TestVhost::new()?;
+    let url = vhost.url();
+    let env = [("PVEFLEET_BUS__URL", url.as_str())];
+    let dir = std::env::temp_dir().join(format!("pvefleet-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+
+    let mut bad = serde_json::to_value(SiteProvision::example())?;
+    bad["subdomain"] = "Not_A_Label".into();
+    let bad_file = dir.join("bad.json");
+    std::fs::write(&bad_file, serde_json::to_vec(&bad)?)?;
+    let out = pvefleet(
+        &env,
+        &[
+            "bus",
+            "publish",
+            "--type",
+            "site.provision",
+            "--json",
+            bad_file.to_str().unwrap_or_default(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("/subdomain"), "{}", text(&out.stderr));
+
+    let out = pvefleet(
+        &env,
+        &[
+            "bus",
+            "publish",
+            "--type",
+            "site.explode",
+            "--json",
+            bad_file.to_str().unwrap_or_default(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("unknown message type 'site.explode'"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let good_file = dir.join("good.json");
+    std::fs::write(&good_file, serde_json::to_vec(&SiteProvision::example())?)?;
+    let out = pvefleet(
+        &env,
+        &[
+            "bus",
+            "publish",
+            "--type",
+            "site.provision",
+            "--json",
+            good_file.to_str().unwrap_or_default(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let (_conn, ch) = vhost.channel().await?;
+    let got = take(&ch, "pvefleet.saga", 2, Duration::from_secs(3)).await?;
+    assert_eq!(got.len(), 1, "only the valid message was published");
+    assert_eq!(
+        got[0].properties.kind().as_ref().map(|k| k.as_str()),
+        Some("site.provision")
+    );
+    assert_eq!(
+        serde_json::from_slice::<SiteProvision>(&got[0].data)?,
+        SiteProvision::example()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn bus_tail_prints_events_as_they_are_published() -> anyhow::Result<()> {
+    let vhost = TestVhost::new()?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pvefleet"))
+        .args(["bus", "tail", "--key", "container.*", "--count", "1", "--json"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PVEFLEET_BUS__URL", vhost.url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // Wait until tail says it is listening (its queue is bound), then publish.
+    let stderr = child.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr"))?;
+    let ready = tokio::task::spawn_blocking(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.starts_with("Tailing"))
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_secs(20), ready).await??,
+        "tail never started"
+    );
+
+    let mut settings = pvefleet_core::Settings::default();
+    settings.bus.url = pvefleet_core::Secret::new(vhost.url());
+    let publisher = Publisher::new(&settings.bus, "test", None);
+    let event = ContainerCreated::example();
+    publisher
+        .publish(&Outgoing::message(&event, &Origin::default())?)
+        .await?;
+
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await???;
+    assert!(out.status.success());
+    let line: serde_json::Value = serde_json::from_str(text(&out.stdout).lines().next().unwrap_or_default())?;
+    assert_eq!(line["type"], "container.created");
+    assert_eq!(line["body"], serde_json::to_value(&event)?);
+    Ok(())
+}
+
+#[test]
+fn pve_config_parse_prints_typed_json_and_names_invalid_keys() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("pvefleet-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let good = dir.join("101.conf");
+    std::fs::write(
+        &good,
+        "#web\narch: amd64\nfeatures: nesting=1\nnet0: name=eth0,bridge=vmbr0,ip=10.0.0.5/24,gw=10.0.0.1,tag=20\nrootfs: local-lvm:vm-101-disk-0,size=8G\nmp0: local:vm-101-disk-1,mp=/srv\n\n[snap1]\narch: amd64\n",
+    )?;
+    let out = pvefleet(&[], &["pve", "config", "parse", good.to_str().unwrap_or_default()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let main = &v["sections"][0];
+    assert_eq!(main["description"], "web");
+    assert_eq!(main["net"]["net0"]["tag"], 20);
+    assert_eq!(main["net"]["net0"]["gw"], "10.0.0.1");
+    assert_eq!(main["rootfs"]["size"], "8G");
+    assert_eq!(main["mp"]["mp0"]["mp"], "/srv");
+    assert_eq!(main["features"]["nesting"], true);
+    assert_eq!(v["sections"][1]["name"], "snap1");
+
+    let bad = dir.join("102.conf");
+    std::fs::write(&bad, "arch: amd64\nnet1: name=eth1,tag=9999\n")?;
+    let out = pvefleet(&[], &["pve", "config", "parse", bad.to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("net1: option 'tag'"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let messy = dir.join("103.conf");
+    std::fs::write(&messy, "arch:amd64\nmemory:   512\n[ s1 ]\nswap: 0")?;
+    let out = pvefleet(
+        &[],
+        &["pve", "config", "fmt", messy.to_str().unwrap_or_default(), "--write"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(&messy)?,
+        "arch: amd64\nmemory: 512\n[s1]\nswap: 0\n"
+    );
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! The registry of every message type: the one list that schema generation, the AsyncAPI
+//! document, the CLI and the consumer runner's "unknown type" check all read.
+
+use serde_json::Value;
+
+use crate::message::{Command, Kind, Message};
+use crate::messages::*;
+
+/// What the runtime and tooling need to know about one message type.
+#[derive(Clone, Copy, Debug)]
+pub struct MessageInfo {
+    /// The wire name, such as `container.create`.
+    pub name: &'static str,
+    /// The schema version.
+    pub version: u32,
+    /// Command or event.
+    pub kind: Kind,
+    /// One sentence.
+    pub description: &'static str,
+    /// For a command, the type of its `*_failed` event.
+    pub failed_event: Option<&'static str>,
+    schema: fn() -> Value,
+    example: fn() -> Value,
+    round_trip: fn(&Value) -> Result<Value, serde_json::Error>,
+}
+
+impl MessageInfo {
+    /// The JSON Schema of the body, generated from the Rust type.
+    pub fn schema(&self) -> Value {
+        (self.schema)()
+    }
+
+    /// The golden example body.
+    pub fn example(&self) -> Value {
+        (self.example)()
+    }
+
+    /// Decodes a body into the Rust type and encodes it again: the decoder's view of it.
+    pub fn round_trip(&self, body: &Value) -> Result<Value, serde_json::Error> {
+        (self.round_trip)(body)
+    }
+
+    /// The schema file name under `proto/schemas/`: `<type>.v<N>.json`.
+    pub fn schema_file(&self) -> String {
+        format!("{}.v{}.json", self.name, self.version)
+    }
+
+    /// The exchange this type is published to.
+    pub fn exchange(&self) -> &'static str {
+        match self.kind {
+            Kind::Command => crate::routing::COMMANDS_EXCHANGE,
+            Kind::Event => crate::routing::EVENTS_EXCHANGE,
+        }
+    }
+}
+
+/// The JSON Schema of a message type, with a title and `$id` naming the type and version.
+pub fn schema_of<M: Message>() -> Value {
+    let mut schema = schemars::schema_for!(M).to_value();
+    if let Some(obj) = schema.as_object_mut() {
+        obj.insert(
+            "$id".into(),
+            Value::String(format!("urn:pvefleet:{}:v{}", M::TYPE, M::VERSION)),
+        );
+        obj.insert("title".into(), Value::String(M::TYPE.into()));
+        obj.insert("description".into(), Value::String(M::DESCRIPTION.into()));
+    }
+    schema
+}
+
+fn example_of<M: Message>() -> Value {
+    serde_json::to_value(M::example()).unwrap_or(Value::Null)
+}
+
+fn round_trip_of<M: Message>(v: &Value) -> Result<Value, serde_json::Error> {
+    let m: M = serde_json::from_value(v.clone())?;
+    serde_json::to_value(m)
+}
+
+const fn event<M: Message>() -> MessageInfo {
+    MessageInfo {
+        name: M::TYPE,
+        version: M::VERSION,
+        kind: M::KIND,
+        description: M::DESCRIPTION,
+        failed_event: None,
+        schema: schema_of::<M>,
+        example: example_of::<M>,
+        round_trip: round_trip_of::<M>,
+    }
+}
+
+/// The registry entry a message type would have (also for types outside the registry).
+pub fn info_of<M: Message>() -> MessageInfo {
+    event::<M>()
+}
+
+const fn command<M: Command>() -> MessageInfo {
+    MessageInfo {
+        failed_event: Some(<M::Failed as Message>::TYPE),
+        ..event::<M>()
+    }
+}
+
+const fn plain_command<M: Message>() -> MessageInfo {
+    event::<M>()
+}
+
+/// Every message type, in a stable order.
+pub fn registry() -> &'static [MessageInfo] {
+    static REGISTRY: [MessageInfo; 40] = [
+        plain_command::<SiteProvision>(),
+        plain_command::<SiteDeprovision>(),
+        event::<SiteProvisioned>(),
+        event::<SiteProvisionFailed>(),
+        event::<SiteDeprovisioned>(),
+        event::<SiteRejected>(),
+        command::<ContainerCreate>(),
+        event::<ContainerCreated>(),
+        event::<ContainerCreateFailed>(),
+        command::<ContainerStart>(),
+        event::<ContainerStarted>(),
+        event::<ContainerStartFailed>(),
+        command::<ContainerSnapshot>(),
+        event::<ContainerSnapshotted>(),
+        event::<ContainerSnapshotFailed>(),
+        command::<ContainerDestroy>(),
+        event::<ContainerDestroyed>(),
+        event::<ContainerDestroyFailed>(),
+        command::<AppInstall>(),
+        event::<AppInstalled>(),
+        event::<AppInstallFailed>(),
+        command::<DnsUpsert>(),
+        event::<DnsUpserted>(),
+        event::<DnsUpsertFailed>(),
+        command::<DnsDelete>(),
+        event::<DnsDeleted>(),
+        event::<DnsDeleteFailed>(),
+        command::<ProxyUpsert>(),
+        event::<ProxyUpserted>(),
+        event::<ProxyUpsertFailed>(),
+        command::<ProxyDelete>(),
+        event::<ProxyDeleted>(),
+        event::<ProxyDeleteFailed>(),
+        command::<HaEnable>(),
+        event::<HaEnabled>(),
+        event::<HaEnableFailed>(),
+        command::<HaDisable>(),
+        event::<HaDisabled>(),
+        event::<HaDisableFailed>(),
+        event::<MessageParked>(),
+    ];
+    &REGISTRY
+}
+
+/// Looks a message type up by wire name and version.
+pub fn find(name: &str, version: u32) -> Option<&'static MessageInfo> {
+    registry().iter().find(|m| m.name == name && m.version == version)
+}
+
+/// Looks up the newest version of a message type by wire name.
+pub fn find_latest(name: &str) -> Option<&'static MessageInfo> {
+    registry().iter().filter(|m| m.name == name).max_by_key(|m| m.version)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn registry_names_and_versions_are_unique() {
+        let mut seen = HashSet::new();
+        for m in registry() {
+            assert!(
+                seen.insert((m.name, m.version)),
+                "{} v{} registered twice",
+                m.name,
+                m.version
+            );
+        }
+    }
+
+    #[test]
+    fn commands_are_imperative_and_events_are_past_tense() {
+        for m in registry() {
+            let verb = m.name.rsplit('.').next().unwrap_or_default();
+            match m.kind {
+                Kind::Command => assert!(!verb.ends_with("ed"), "{} looks like an event", m.name),
+                Kind::Event => assert!(
+                    verb.ends_with("ed") || verb.ends_with("_failed"),
+                    "{} is not past tense",
+                    m.name
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn every_failed_event_named_by_a_command_is_registered() {
+        for m in registry() {
+            if let Some(f) = m.failed_event {
+                assert!(find(f, 1).is_some(), "{} names unregistered {f}", m.name);
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Exchange, queue and routing names (DESIGN.md §3).
+
+use std::time::Duration;
+
+/// Direct exchange for commands; routing key = command type; published `mandatory`.
+pub const COMMANDS_EXCHANGE: &str = "pvefleet.commands";
+/// Topic exchange for events; routing key = event type.
+pub const EVENTS_EXCHANGE: &str = "pvefleet.events";
+/// Fanout exchange for parked messages (and the broker's dead-letter target).
+pub const PARKED_EXCHANGE: &str = "pvefleet.parked";
+/// Quorum queue holding parked messages until the keeper stores them.
+pub const PARKED_QUEUE: &str = "pvefleet.parked";
+
+/// The work queue of a service: `pvefleet.<service>`.
+pub fn work_queue(service: &str) -> String {
+    format!("pvefleet.{service}")
+}
+
+/// The wait-tier exchange and queue name for a delay: `pvefleet.wait.<delay>`, such as `pvefleet.wait.5s`.
+pub fn wait_tier(delay: Duration) -> String {
+    format!("pvefleet.wait.{}", tier_label(delay))
+}
+
+/// A compact label for a delay: `250ms`, `5s`, `2m`, `1h`.
+pub fn tier_label(delay: Duration) -> String {
+    let ms = delay.as_millis();
+    if ms.is_multiple_of(3_600_000) && ms > 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms.is_multiple_of(60_000) && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1000) && ms > 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// Which queue consumes which message types: the fleet's fixed plan.
+///
+/// Each entry is (service, [(exchange, routing key)]). Commands bind by exact type on the
+/// direct exchange; events bind by pattern on the topic exchange.
+pub fn fleet_bindings() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
+    use crate::message::Message;
+    use crate::messages::*;
+    vec![
+        (
+            "saga",
+            vec![
+                (COMMANDS_EXCHANGE, SiteProvision::TYPE),
+                (COMMANDS_EXCHANGE, SiteDeprovision::TYPE),
+                (EVENTS_EXCHANGE, "container.*"),
+                (EVENTS_EXCHANGE, "app.*"),
+                (EVENTS_EXCHANGE, "dns.*"),
+                (EVENTS_EXCHANGE, "proxy.*"),
+                (EVENTS_EXCHANGE, "ha.*"),
+                (EVENTS_EXCHANGE, "message.parked"),
+            ],
+        ),
+        (
+            "provisioner",
+            vec![
+                (COMMANDS_EXCHANGE, ContainerCreate::TYPE),
+                (COMMANDS_EXCHANGE, ContainerStart::TYPE),
+                (COMMANDS_EXCHANGE, ContainerSnapshot::TYPE),
+                (COMMANDS_EXCHANGE, ContainerDestroy::TYPE),
+            ],
+        ),
+        ("installer", vec![(COMMANDS_EXCHANGE, AppInstall::TYPE)]),
+        (
+            "edge",
+            vec![
+                (COMMANDS_EXCHANGE, DnsUpsert::TYPE),
+                (COMMANDS_EXCHANGE, DnsDelete::TYPE),
+                (COMMANDS_EXCHANGE, ProxyUpsert::TYPE),
+                (COMMANDS_EXCHANGE, ProxyDelete::TYPE),
+            ],
+        ),
+        (
+            "ha",
+            vec![
+                (COMMANDS_EXCHANGE, HaEnable::TYPE),
+                (COMMANDS_EXCHANGE, HaDisable::TYPE),
+            ],
+        ),
+    ]
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tier_labels_use_the_largest_whole_unit() {
+        assert_eq!(tier_label(Duration::from_millis(250)), "250ms");
+        assert_eq!(tier_label(Duration::from_secs(5)), "5s");
+        assert_eq!(tier_label(Duration::from_secs(120)), "2m");
+        assert_eq!(tier_label(Duration::from_secs(7200)), "2h");
+        assert_eq!(wait_tier(Duration::from_secs(30)), "pvefleet.wait.30s");
+    }
+
+    #[test]
+    fn every_command_type_is_bound_to_exactly_one_queue() {
+        let reg = crate::registry();
+        for info in reg.iter().filter(|m| m.kind == crate::Kind::Command) {
+            let n = fleet_bindings()
+                .iter()
+                .flat_map(|(_, b)| b.iter())
+                .filter(|(ex, rk)| *ex == COMMANDS_EXCHANGE && *rk == info.name)
+                .count();
+            assert_eq!(n, 1, "command {} is bound {n} times", info.name);
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Handlers and their outcomes (DESIGN.md §4), and the router that decodes, validates and
+//! dispatches each message type to its handler.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use pvefleet_contracts::registry::{MessageInfo, find, info_of};
+use pvefleet_contracts::{Command, Message, StepError, TraceContext};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::outgoing::{Origin, Outgoing};
+use super::publisher::{PublishError, Publisher};
+
+/// What a handler decided. The runner owns every broker detail that follows.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Done: ack.
+    Ok,
+    /// A definitive business failure: the runner emits the command's `*_failed` event, then acks.
+    Fail(StepError),
+    /// Transient: the runner republishes to a wait tier with attempt+1 and acks; after the
+    /// configured attempts, it parks the message.
+    Retry {
+        /// The least wait before the next attempt; the tier for the attempt may be longer.
+        after: Option<Duration>,
+        /// What went wrong.
+        error: String,
+    },
+    /// Undecodable, unknown or invalid: park at once.
+    Reject(String),
+}
+
+impl Outcome {
+    /// A transient failure with the default delay.
+    pub fn retry(error: impl std::fmt::Display) -> Self {
+        Outcome::Retry {
+            after: None,
+            error: error.to_string(),
+        }
+    }
+
+    /// A rejection.
+    pub fn reject(error: impl std::fmt::Display) -> Self {
+        Outcome::Reject(error.to_string())
+    }
+
+    /// The outcome's name for metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Fail(_) => "fail",
+            Outcome::Retry { .. } => "retry",
+            Outcome::Reject(_) => "reject",
+        }
+    }
+}
+
+/// What a handler knows about the message it handles, and what it may use.
+pub struct Context<'a> {
+    /// The message id.
+    pub message_id: String,
+    /// The correlation id (saga or operation), if any.
+    pub correlation_id: Option<Uuid>,
+    /// This delivery's attempt, from 1.
+    pub attempt: u32,
+    /// Whether the broker redelivered it (a previous consumer died before acking).
+    pub redelivered: bool,
+    /// The trace this message continues.
+    pub trace: TraceContext,
+    /// The queue it came from.
+    pub queue: &'a str,
+    /// A publisher for messages that need no transaction.
+    pub publisher: &'a Publisher,
+    /// The database connection, inside the transaction that also holds the inbox row, when the
+    /// worker runs with an inbox. Commit happens after the handler returns `Ok` or `Fail`.
+    pub db: Option<&'a tokio_postgres::Client>,
+    /// The service name, used as `app_id` on outgoing messages.
+    pub app_id: &'a str,
+}
+
+impl Context<'_> {
+    /// The origin for messages caused by this one: same correlation and trace, causation = this.
+    pub fn origin(&self) -> Origin {
+        Origin {
+            correlation_id: self.correlation_id,
+            causation_id: Some(self.message_id.clone()),
+            trace: Some(self.trace),
+            app_id: Some(self.app_id.to_string()),
+        }
+    }
+
+    /// Sends a message caused by this one: into the outbox in the handler's transaction when
+    /// there is one (so it is sent only if the handler's work commits), else published directly.
+    pub async fn send<M: Message>(&self, msg: &M) -> Result<(), SendError> {
+        let out = Outgoing::message(msg, &self.origin()).map_err(SendError::Encode)?;
+        match self.db {
+            Some(db) => crate::db::outbox::enqueue(db, &out).await.map_err(SendError::Outbox),
+            None => self.publisher.publish(&out).await.map_err(SendError::Publish),
+        }
+    }
+}
+
+/// Why a handler could not send a message.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The message did not serialize.
+    #[error("cannot encode message")]
+    Encode(#[source] serde_json::Error),
+    /// The outbox insert failed.
+    #[error("cannot write to the outbox")]
+    Outbox(#[source] crate::db::outbox::OutboxError),
+    /// The publish failed.
+    #[error("cannot publish")]
+    Publish(#[source] PublishError),
+}
+
+/// Handles one message type.
+#[async_trait]
+pub trait Handler<M: Message>: Send + Sync + 'static {
+    /// Handles a decoded, schema-valid message.
+    async fn handle(&self, msg: M, ctx: &Context<'_>) -> Outcome;
+}
+
+type CallFn = dyn for<'a> Fn(Value, &'a Context<'a>) -> BoxFuture<'a, Outcome> + Send + Sync;
+type FailFn = dyn Fn(&Value, StepError, &Origin) -> Option<Result<Outgoing, serde_json::Error>> + Send + Sync;
+
+pub(crate) struct Route {
+    pub info: MessageInfo,
+    pub validator: Option<jsonschema::Validator>,
+    pub call: Arc<CallFn>,
+    /// Builds the `*_failed` event for `Outcome::Fail`, for commands.
+    pub fail: Option<Arc<FailFn>>,
+}
+
+/// Maps message types to handlers. Only registered types are accepted; anything else is parked.
+#[derive(Default)]
+pub struct Router {
+    pub(crate) routes: HashMap<&'static str, Route>,
+}
+
+impl Router {
+    /// An empty router.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Routes a message type to a handler.
+    pub fn route<M: Message, H: Handler<M>>(mut self, handler: H) -> Self {
+        let route = Self::make_route::<M, H>(handler, None);
+        self.routes.insert(M::TYPE, route);
+        self
+    }
+
+    /// Routes a command to a handler; `Outcome::Fail` then emits the command's `*_failed` event.
+    pub fn command<M: Command, H: Handler<M>>(mut self, handler: H) -> Self {
+        let fail: Arc<FailFn> = Arc::new(|body: &Value, err: StepError, origin: &Origin| {
+            let cmd: M = serde_json::from_value(body.clone()).ok()?;
+            let failed = cmd.failed(err);
+            Some(Outgoing::message(&failed, origin))
+        });
+        let route = Self::make_route::<M, H>(handler, Some(fail));
+        self.routes.insert(M::TYPE, route);
+        self
+    }
+
+    fn make_route<M: Message, H: Handler<M>>(handler: H, fail: Option<Arc<FailFn>>) -> Route {
+        // A type outside the registry (a test's own) is described the same way.
+        let info = find(M::TYPE, M::VERSION).copied().unwrap_or_else(info_of::<M>);
+        let schema = info.schema();
+        // Schemas come from our own types, and the contract tests compile every one; should one
+        // not compile, the decoder alone still guards the handler.
+        let validator = jsonschema::validator_for(&schema).ok();
+        let handler = Arc::new(handler);
+        let call: Arc<CallFn> = Arc::new(coerce(move |body, ctx| {
+            call_handler::<M, H>(handler.clone(), body, ctx)
+        }));
+        Route {
+            info,
+            validator,
+            call,
+            fail,
+        }
+    }
+
+    /// The registered types.
+    pub fn types(&self) -> Vec<&'static str> {
+        let mut t: Vec<_> = self.routes.keys().copied().collect();
+        t.sort_unstable();
+        t
+    }
+}
+
+fn coerce<F>(f: F) -> F
+where
+    F: for<'a> Fn(Value, &'a Context<'a>) -> BoxFuture<'a, Outcome>,
+{
+    f
+}
+
+fn call_handler<'a, M: Message, H: Handler<M>>(
+    handler: Arc<H>,
+    body: Value,
+    ctx: &'a Context<'a>,
+) -> BoxFuture<'a, Outcome> {
+    Box::pin(async move {
+        match serde_json::from_value::<M>(body) {
+            Ok(msg) => handler.handle(msg, ctx).await,
+            Err(e) => Outcome::Reject(format!("body does not decode as {}: {e}", M::TYPE)),
+        }
+    })
+}

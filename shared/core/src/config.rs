@@ -1,0 +1,406 @@
+//! Typed, layered, fail-fast configuration: defaults < TOML file < `PVEFLEET_*` environment.
+//!
+//! Nesting in the environment uses `__`: `PVEFLEET_BUS__URL`. Any key may instead be given as a
+//! file with a `_FILE` suffix (`PVEFLEET_DB__URL_FILE=/run/secrets/db`), for container secrets.
+//! Unknown keys are errors, so a typo never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+
+/// The environment variable prefix.
+pub const ENV_PREFIX: &str = "PVEFLEET_";
+/// The environment variable naming the config file (default `pvefleet.toml` if it exists).
+pub const CONFIG_FILE_ENV: &str = "PVEFLEET_CONFIG";
+
+/// Every setting of a pvefleet process.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// RabbitMQ.
+    pub bus: BusSettings,
+    /// Postgres.
+    pub db: DbSettings,
+    /// Logs.
+    pub telemetry: TelemetrySettings,
+    /// The ops HTTP listener (`/metrics`, `/healthz`, `/readyz`).
+    pub http: HttpSettings,
+    /// The consumer runner.
+    pub worker: WorkerSettings,
+    /// The outbox relay.
+    pub outbox: OutboxSettings,
+}
+
+/// RabbitMQ connection, publishing and topology settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusSettings {
+    /// AMQP URI, with the vhost as its path (`%2f` is `/`).
+    pub url: Secret,
+    /// Overall limit on one publish, from send to broker confirm.
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
+    /// Limit on opening a connection and its channel.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How many publishes may await their confirm at once per publisher.
+    pub confirm_window: usize,
+    /// AMQP heartbeat, so a dead peer is noticed.
+    pub heartbeat_secs: u16,
+    /// `x-delivery-limit` on work queues: the crash-loop fuse, counted by the broker.
+    pub delivery_limit: u32,
+    /// Delayed-retry wait tiers, in order. Attempt n waits in tier n (the last tier repeats).
+    #[serde(with = "durations")]
+    pub retry_tiers: Vec<Duration>,
+    /// Attempts before a retried message is parked (the first delivery is attempt 1).
+    pub max_attempts: u32,
+    /// `x-max-length` on work queues (with `reject-publish`), so a flood pushes back on publishers.
+    pub queue_max_length: Option<u64>,
+}
+
+impl Default for BusSettings {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            publish_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            confirm_window: 256,
+            heartbeat_secs: 10,
+            delivery_limit: 10,
+            retry_tiers: [1, 5, 30, 120, 600].into_iter().map(Duration::from_secs).collect(),
+            max_attempts: 6,
+            queue_max_length: None,
+        }
+    }
+}
+
+/// Postgres settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DbSettings {
+    /// Connection URL, such as `postgres://pvefleet@db/pvefleet`.
+    pub url: Secret,
+    /// Maximum pooled connections.
+    pub pool_size: usize,
+    /// Create the database when it is missing (needs CREATEDB).
+    pub create_database: bool,
+    /// Limit on getting a connection from the pool (and on connecting).
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// Postgres `statement_timeout`; idle transactions are ended after twice this.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// How long inbox rows are kept; redeliveries older than this are not deduplicated.
+    #[serde(with = "humantime_serde")]
+    pub inbox_retention: Duration,
+}
+
+impl Default for DbSettings {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("postgres://postgres@127.0.0.1:5432/pvefleet"),
+            pool_size: 16,
+            create_database: true,
+            acquire_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::from_secs(30),
+            inbox_retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable, for a terminal.
+    #[default]
+    Pretty,
+    /// One JSON object per line, for a log shipper.
+    Json,
+}
+
+/// Log settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// `pretty` or `json`.
+    pub format: LogFormat,
+    /// An `EnvFilter` directive; `RUST_LOG` overrides it.
+    pub filter: String,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// The ops HTTP listener.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address for `/metrics`, `/healthz` and `/readyz`.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9000)),
+        }
+    }
+}
+
+/// Consumer runner settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Messages handled at once; the prefetch equals it.
+    pub concurrency: u16,
+    /// How long shutdown waits for in-flight handlers before closing.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Outbox relay settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxSettings {
+    /// Rows claimed and published per batch.
+    pub batch_size: i64,
+    /// Poll interval when idle (a local write pokes the relay sooner).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How long sent rows are kept before they are deleted.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 256,
+            poll_interval: Duration::from_millis(500),
+            retention: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Why configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file, the environment or a value was invalid.
+    #[error("invalid configuration")]
+    Invalid(#[source] Box<figment::Error>),
+    /// A `*_FILE` variable named a file that cannot be read.
+    #[error("cannot read {var}={path}")]
+    SecretFile {
+        /// The variable.
+        var: String,
+        /// The path it named.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Settings {
+    /// Loads settings from defaults, then the file (`path`, else `$PVEFLEET_CONFIG`, else
+    /// `./pvefleet.toml` when present), then the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(path, std::env::vars())
+    }
+
+    /// Like [`Settings::load`], with the environment given explicitly (for tests).
+    pub fn load_from(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        let file = path.map(Path::to_path_buf).or_else(|| {
+            env.iter()
+                .find(|(k, _)| k == CONFIG_FILE_ENV)
+                .map(|(_, v)| PathBuf::from(v))
+        });
+        // Defaults come from the types' serde defaults, not from serializing Settings::default():
+        // secrets serialize redacted, so a serialized default would lose them.
+        let mut fig = Figment::new();
+        match file {
+            Some(f) => fig = fig.merge(Toml::file_exact(f)),
+            None => fig = fig.merge(Toml::file("pvefleet.toml")),
+        }
+        let plain: Vec<(String, String)> = env
+            .iter()
+            .filter(|(k, _)| k != CONFIG_FILE_ENV && !k.ends_with("_FILE"))
+            .cloned()
+            .collect();
+        for (var, value) in plain {
+            // Values parse like figment's own Env provider: numbers, booleans and arrays are typed.
+            let parsed: figment::value::Value = value
+                .parse()
+                .unwrap_or_else(|_| figment::value::Value::from(value.clone()));
+            fig = fig.merge(Serialized::global(&env_key(&var), parsed));
+        }
+        for (var, path) in env.iter().filter(|(k, _)| k.ends_with("_FILE") && k != CONFIG_FILE_ENV) {
+            let content = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+                var: var.clone(),
+                path: PathBuf::from(path),
+                source,
+            })?;
+            let key = env_key(var.trim_end_matches("_FILE"));
+            fig = fig.merge(Serialized::global(&key, content.trim_end_matches(['\n', '\r'])));
+        }
+        fig.extract().map_err(|e| ConfigError::Invalid(Box::new(e)))
+    }
+
+    /// The effective settings as TOML, with every secret redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml_string(self)
+    }
+}
+
+fn env_key(var: &str) -> String {
+    var.trim_start_matches(ENV_PREFIX)
+        .to_ascii_lowercase()
+        .replace("__", ".")
+}
+
+fn toml_string(s: &Settings) -> String {
+    match serde_json::to_value(s) {
+        Ok(v) => {
+            let mut out = String::new();
+            write_toml(&v, "", &mut out);
+            out
+        }
+        Err(e) => format!("# cannot render settings: {e}\n"),
+    }
+}
+
+fn write_toml(v: &serde_json::Value, prefix: &str, out: &mut String) {
+    let Some(map) = v.as_object() else { return };
+    for (k, val) in map.iter().filter(|(_, v)| !v.is_object()) {
+        if !val.is_null() {
+            out.push_str(&format!("{k} = {val}\n"));
+        }
+    }
+    for (k, val) in map.iter().filter(|(_, v)| v.is_object()) {
+        let name = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        out.push_str(&format!("\n[{name}]\n"));
+        write_toml(val, &name, out);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_load_without_file_or_environment() {
+        let s = Settings::load_from(Some(Path::new("/nonexistent/none.toml")), env(&[])).err();
+        assert!(s.is_some(), "an explicit missing file is an error");
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert_eq!(s.bus.confirm_window, 256);
+        assert_eq!(
+            s.bus.url.expose(),
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            "default secrets survive loading"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_file_which_overrides_defaults() {
+        let dir = std::env::temp_dir().join(format!("pvefleet-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(
+            &file,
+            "[bus]\nconfirm_window = 64\ndelivery_limit = 3\n[worker]\ndrain_timeout = \"2s\"\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(
+            Some(&file),
+            env(&[
+                ("PVEFLEET_BUS__CONFIRM_WINDOW", "32"),
+                ("PVEFLEET_WORKER__CONCURRENCY", "4"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.bus.confirm_window, 32);
+        assert_eq!(s.bus.delivery_limit, 3);
+        assert_eq!(s.worker.concurrency, 4);
+        assert_eq!(s.worker.drain_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_from_file_and_environment() {
+        let dir = std::env::temp_dir().join(format!("pvefleet-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "[bus]\nconfirm_windw = 64\n").unwrap();
+        let err = Settings::load_from(Some(&file), env(&[])).unwrap_err();
+        let chain = format!("{:?}", err);
+        assert!(chain.contains("confirm_windw"), "{chain}");
+        let err = Settings::load_from(None, env(&[("PVEFLEET_BUS__NOPE", "1")])).unwrap_err();
+        assert!(format!("{err:?}").contains("nope"));
+    }
+
+    #[test]
+    fn file_variants_supply_secrets_and_they_never_print() {
+        let dir = std::env::temp_dir().join(format!("pvefleet-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("db");
+        std::fs::write(&secret, "postgres://app:s3cr3t@db:5432/pvefleet\n").unwrap();
+        let s = Settings::load_from(None, env(&[("PVEFLEET_DB__URL_FILE", secret.to_str().unwrap())])).unwrap();
+        assert_eq!(s.db.url.expose(), "postgres://app:s3cr3t@db:5432/pvefleet");
+        let shown = s.to_redacted_toml();
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("[db]"), "{shown}");
+        assert!(!format!("{s:?}").contains("s3cr3t"));
+    }
+}
+
+/// (De)serializes a list of durations as humantime strings (`["1s", "5s", "2m"]`).
+mod durations {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|d| humantime::format_duration(*d).to_string()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        let raw = Vec::<String>::deserialize(d)?;
+        raw.iter()
+            .map(|s| humantime::parse_duration(s).map_err(|e| serde::de::Error::custom(format!("'{s}': {e}"))))
+            .collect()
+    }
+}

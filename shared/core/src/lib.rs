@@ -1,0 +1,14 @@
+//! The runtime every pvefleet service shares: config, telemetry, shutdown, the bus (lapin) and
+//! the state store (Postgres pool, migrations, inbox, outbox).
+
+pub mod bus;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod instrument;
+pub mod secret;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::Settings;
+pub use secret::Secret;

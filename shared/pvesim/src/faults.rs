@@ -1,0 +1,136 @@
+//! Fault injection: the control API under `/_sim` and the faults it queues.
+//!
+//! - `POST /_sim/faults` `{"path": "/nodes/pve1/lxc", "method": "POST", "count": 2, "status": 596,
+//!   "message": "Connection timed out"}`: the next 2 matching calls fail that way. `status: 0`
+//!   drops the connection; `latency_ms` delays the call instead of failing it.
+//! - `POST /_sim/task-error` `{"kind": "vzcreate", "message": "..."}`: the next task of that
+//!   type ends in error.
+//! - `DELETE /_sim/faults`: clears everything queued.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::Method;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use crate::{ApiError, Sim, ok};
+
+/// A queued fault.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Fault {
+    /// Only this method, when given.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// API paths starting with this (without `/api2/json`).
+    pub path: String,
+    /// How many calls it hits.
+    #[serde(default = "one")]
+    pub count: u32,
+    /// The status to answer; 0 drops the connection.
+    #[serde(default)]
+    pub status: u16,
+    /// The message.
+    #[serde(default)]
+    pub message: String,
+    /// Delay the call by this much (then answer normally, or with `status` if set).
+    #[serde(default)]
+    pub latency_ms: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// What a matched fault does.
+pub(crate) struct Action {
+    latency: Duration,
+    status: Option<u16>,
+    message: String,
+}
+
+impl crate::state::SimState {
+    /// Takes one hit from the first fault matching the call.
+    pub(crate) fn take_fault(&mut self, method: &str, path: &str) -> Option<Action> {
+        let i = self.faults.iter().position(|f| {
+            f.count > 0
+                && path.starts_with(&f.path)
+                && f.method.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(method))
+        })?;
+        let f = &mut self.faults[i];
+        f.count -= 1;
+        let action = Action {
+            latency: Duration::from_millis(f.latency_ms),
+            status: if f.latency_ms > 0 && f.status == 0 {
+                None
+            } else {
+                Some(f.status)
+            },
+            message: f.message.clone(),
+        };
+        if f.count == 0 {
+            self.faults.remove(i);
+        }
+        Some(action)
+    }
+}
+
+impl Action {
+    /// How long to wait first.
+    pub(crate) fn latency(&self) -> Duration {
+        self.latency
+    }
+
+    /// The failure to answer with after the wait, if any: a status, or 0 for a dropped
+    /// connection. `None` means a delay only: the call then proceeds normally.
+    pub(crate) fn failure(&self) -> Option<Response> {
+        match self.status? {
+            0 => {
+                // A body that breaks mid-stream: the client sees the connection fail.
+                let chunks: Vec<Result<&'static [u8], std::io::Error>> = vec![
+                    Ok(b"{\"data\":".as_slice()),
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "pvesim dropped the connection",
+                    )),
+                ];
+                Some(Response::new(Body::from_stream(futures::stream::iter(chunks))))
+            }
+            s => Some(ApiError::new(s, self.message.clone()).into_response()),
+        }
+    }
+}
+
+/// Handles `/_sim/...`.
+pub(crate) fn control(sim: &Sim, method: &Method, path: &str, body: &[u8]) -> Response {
+    match (method.as_str(), path) {
+        ("POST", "/faults") => match serde_json::from_slice::<Fault>(body) {
+            Ok(f) => {
+                sim.lock().faults.push(f);
+                ok(serde_json::Value::Null)
+            }
+            Err(e) => ApiError::new(400, format!("bad fault: {e}")).into_response(),
+        },
+        ("POST", "/task-error") => {
+            #[derive(Deserialize)]
+            struct TaskError {
+                kind: String,
+                message: String,
+            }
+            match serde_json::from_slice::<TaskError>(body) {
+                Ok(t) => {
+                    sim.lock().task_errors.push((t.kind, t.message));
+                    ok(serde_json::Value::Null)
+                }
+                Err(e) => ApiError::new(400, format!("bad task error: {e}")).into_response(),
+            }
+        }
+        ("DELETE", "/faults") => {
+            let mut s = sim.lock();
+            s.faults.clear();
+            s.task_errors.clear();
+            ok(serde_json::Value::Null)
+        }
+        _ => ApiError::new(501, format!("Method '{method} /_sim{path}' not implemented")).into_response(),
+    }
+}
