@@ -15,6 +15,10 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = {"pve9": "subset.json", "pve8": "subset-pve8.json"}
+FULL = {"pve9": "apidoc.js", "pve8": "apidoc-pve8.js"}
+# Endpoints outside the subset that pvesim also answers, read from the full schema:
+# `pvefleet pve check` reads the caller's privileges.
+EXTRA = [("GET", "/access/permissions")]
 OUT = os.path.join(ROOT, "shared", "pvesim", "data", "pve-rules.json")
 KEEP = ["type", "optional", "enum", "pattern", "minimum", "maximum", "minLength", "maxLength"]
 INDEX_LIMITS = {"net": 32, "mp": 256, "unused": 256, "dev": 256}
@@ -51,11 +55,31 @@ def param(p):
     return out
 
 
-def rules(path):
+def full_schema(path):
+    """Endpoints of the full apidoc.js, in the subset's shape, for the EXTRA paths."""
+    with open(path) as f:
+        text = f.read()
+    text = text[text.index("["):text.rindex("]") + 1]
+    found = []
+
+    def walk(nodes):
+        for n in nodes:
+            for method, info in (n.get("info") or {}).items():
+                if (method, n.get("path")) in EXTRA:
+                    props = (info.get("parameters") or {}).get("properties") or {}
+                    params = [dict(v, name=k) for k, v in sorted(props.items())]
+                    found.append({"method": method, "path": n["path"], "parameters": params})
+            walk(n.get("children") or [])
+
+    walk(json.loads(text))
+    return found
+
+
+def rules(path, full):
     with open(path) as f:
         data = json.load(f)
     endpoints = []
-    for e in data["endpoints"]:
+    for e in data["endpoints"] + full_schema(full):
         params = {}
         for p in e.get("parameters", []):
             name = p["name"]
@@ -72,7 +96,10 @@ def rules(path):
 
 def main():
     shared = os.path.join(ROOT, "..", "shared", "pve-api")
-    out = {version: rules(os.path.join(shared, name)) for version, name in SOURCES.items()}
+    out = {
+        version: rules(os.path.join(shared, name), os.path.join(shared, FULL[version]))
+        for version, name in SOURCES.items()
+    }
     text = json.dumps(out, indent=1, sort_keys=True) + "\n"
     if "--check" in sys.argv:
         with open(OUT) as f:

@@ -57,7 +57,7 @@ async fn version_nodes_and_nextid_decode() {
         nodes.iter().map(|n| n.node.as_str()).collect::<Vec<_>>(),
         vec!["pve1", "pve2"]
     );
-    assert_eq!(nodes[0].maxcpu, Some(8));
+    assert_eq!(nodes[0].maxcpu, Some(16), "the default simulated node has 16 CPUs");
     assert_eq!(
         c.next_id().await.unwrap(),
         100,

@@ -6,6 +6,12 @@
 //! - `POST /_sim/task-error` `{"kind": "vzcreate", "message": "..."}`: the next task of that
 //!   type ends in error.
 //! - `DELETE /_sim/faults`: clears everything queued.
+//! - `POST /_sim/nodes/{node}/down` and `.../up`: a down node is `offline` in `/nodes`, its
+//!   guests are `unknown` in `/cluster/resources`, and calls proxied to it answer 595.
+//! - `POST /_sim/load` `{"vmid": 101, "cpu": 0.9, "mem": 1073741824}`: a container's measured
+//!   load, as `/cluster/resources` reports it.
+//! - `POST /_sim/populate` `{"first": 1000, "count": 10000, "cpu": 0.1}`: running containers in
+//!   bulk, for load profiles and benchmarks.
 
 use std::time::Duration;
 
@@ -83,7 +89,7 @@ impl Action {
 
     /// The failure to answer with after the wait, if any: a status, or 0 for a dropped
     /// connection. `None` means a delay only: the call then proceeds normally.
-    pub(crate) fn failure(&self) -> Option<Response> {
+    pub(crate) fn failure(&self, reason_phrase: bool) -> Option<Response> {
         match self.status? {
             0 => {
                 // A body that breaks mid-stream: the client sees the connection fail.
@@ -96,6 +102,7 @@ impl Action {
                 ];
                 Some(Response::new(Body::from_stream(futures::stream::iter(chunks))))
             }
+            s if reason_phrase => Some(ApiError::new(s, self.message.clone()).into_reason_phrase()),
             s => Some(ApiError::new(s, self.message.clone()).into_response()),
         }
     }
@@ -129,6 +136,49 @@ pub(crate) fn control(sim: &Sim, method: &Method, path: &str, body: &[u8]) -> Re
             let mut s = sim.lock();
             s.faults.clear();
             s.task_errors.clear();
+            ok(serde_json::Value::Null)
+        }
+        ("POST", "/load") => {
+            #[derive(Deserialize)]
+            struct SetLoad {
+                vmid: u32,
+                #[serde(flatten)]
+                load: crate::Load,
+            }
+            match serde_json::from_slice::<SetLoad>(body) {
+                Ok(l) => {
+                    sim.set_load(l.vmid, l.load);
+                    ok(serde_json::Value::Null)
+                }
+                Err(e) => ApiError::new(400, format!("bad load: {e}")).into_response(),
+            }
+        }
+        ("POST", "/populate") => {
+            #[derive(Deserialize)]
+            struct Populate {
+                first: u32,
+                count: u32,
+                #[serde(flatten)]
+                load: crate::Load,
+            }
+            match serde_json::from_slice::<Populate>(body) {
+                Ok(p) if p.count <= 100_000 && p.first >= 100 => {
+                    sim.populate(p.first, p.count, p.load);
+                    ok(serde_json::Value::Null)
+                }
+                Ok(_) => {
+                    ApiError::new(400, "populate: first must be at least 100 and count at most 100000").into_response()
+                }
+                Err(e) => ApiError::new(400, format!("bad populate: {e}")).into_response(),
+            }
+        }
+        ("POST", p) if p.starts_with("/nodes/") && (p.ends_with("/down") || p.ends_with("/up")) => {
+            let mut parts = p.trim_start_matches("/nodes/").rsplitn(2, '/');
+            let (state, node) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+            if !sim.lock().has_node(node) {
+                return ApiError::new(404, format!("no such node '{node}'")).into_response();
+            }
+            sim.set_node_down(node, state == "down");
             ok(serde_json::Value::Null)
         }
         _ => ApiError::new(501, format!("Method '{method} /_sim{path}' not implemented")).into_response(),

@@ -1,13 +1,20 @@
 //! pvesim: an in-memory Proxmox VE API for tests, demos and benchmarks.
 //!
-//! This first slice covers version, nodes, nextid, LXC create/config/status/power/destroy and
-//! tasks, answering like PVE (the `{data}` envelope; 500 with PVE's messages; 501 for unknown
-//! paths; `lock: create` while a create task runs; config digests), plus a fault-injection
-//! control API under `/_sim`. Container configs are real config text, through the codec.
+//! It answers the endpoints the fleet uses the way PVE does (pve-behaviour.md): the `{data}`
+//! envelope; every request checked against the official schema's rules (400 with an `errors`
+//! map); 500 with PVE's messages; 501 for unknown paths and for PVE 9 paths in PVE 8 mode;
+//! 403 for missing privileges; `lock: create` while a create task runs; config digests;
+//! pending changes and hotplug rules on running containers; snapshots; HA resources, groups
+//! and rules; SDN changes pending until applied; `/cluster/resources` driven by per-container
+//! load profiles. Container configs are real config text, through the codec. A control API
+//! under `/_sim` injects faults.
 
+mod cluster;
 mod faults;
+mod ha;
 mod lxc;
 mod rules;
+mod sdn;
 mod state;
 mod tasks;
 
@@ -20,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 pub use faults::Fault;
-pub use state::{SimConfig, SimState};
+pub use state::{ALL_PRIVILEGES, Load, Recorded, SimConfig, SimState};
 
 /// A simulator instance. Clone to share.
 #[derive(Clone)]
@@ -52,6 +59,23 @@ impl ApiError {
             errors: Some(map),
         }
     }
+}
+
+impl ApiError {
+    /// PVE before libpve-http-server 5.2 sent the message only as the reason phrase.
+    fn into_reason_phrase(self) -> Response {
+        let mut resp = (self.status, axum::body::Body::empty()).into_response();
+        let phrase = self.message.replace(['\r', '\n'], " ");
+        if let Ok(p) = hyper::ext::ReasonPhrase::try_from(phrase.trim().as_bytes().to_vec()) {
+            resp.extensions_mut().insert(p);
+        }
+        resp
+    }
+}
+
+/// The value of a request parameter.
+pub(crate) fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
 impl IntoResponse for ApiError {
@@ -109,6 +133,66 @@ impl Sim {
     pub fn inject(&self, fault: Fault) {
         self.lock().faults.push(fault);
     }
+
+    /// Sets a container's measured load, as `/cluster/resources` will report it.
+    pub fn set_load(&self, vmid: u32, load: Load) {
+        let mut s = self.lock();
+        s.loads.insert(vmid, load);
+        s.touch();
+    }
+
+    /// Takes a node down (calls proxied to it answer 595) or brings it back.
+    pub fn set_node_down(&self, node: &str, down: bool) {
+        let mut s = self.lock();
+        if down {
+            s.down.insert(node.to_string());
+        } else {
+            s.down.remove(node);
+        }
+        s.touch();
+    }
+
+    /// The API requests received so far (with `record_requests`).
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.lock().requests.clone()
+    }
+
+    /// A container's config file text, if it exists.
+    pub fn config_text(&self, vmid: u32) -> Option<String> {
+        let mut s = self.lock();
+        s.tick();
+        s.containers.get(&vmid).map(|c| c.config.write())
+    }
+
+    /// Adds `count` running containers from `first` with the given load, spread over the
+    /// nodes, without tasks: for load profiles and benchmarks.
+    pub fn populate(&self, first: u32, count: u32, load: Load) {
+        let mut s = self.lock();
+        let nodes = s.config.nodes.clone();
+        for i in 0..count {
+            let vmid = first + i;
+            let node = nodes[(i as usize) % nodes.len().max(1)].clone();
+            let text = format!(
+                "arch: amd64\ncores: 2\nhostname: ct{vmid}\nmemory: 2048\nnet0: name=eth0,bridge=vmbr0,hwaddr=BC:24:11:{:02X}:{:02X}:{:02X},ip=dhcp,type=veth\nostype: debian\nrootfs: local-lvm:vm-{vmid}-disk-0,size=8G\nswap: 512\ntags: fleet\nunprivileged: 1\n",
+                (vmid >> 16) & 0xff,
+                (vmid >> 8) & 0xff,
+                vmid & 0xff
+            );
+            if let Ok(config) = pvefleet_proxmox::ConfigFile::parse(&text) {
+                s.containers.insert(
+                    vmid,
+                    state::Ct {
+                        node,
+                        config,
+                        running: true,
+                        started: Some(std::time::Instant::now()),
+                    },
+                );
+                s.loads.insert(vmid, load);
+            }
+        }
+        s.touch();
+    }
 }
 
 async fn dispatch(State(sim): State<Sim>, req: Request) -> Response {
@@ -122,63 +206,165 @@ async fn dispatch(State(sim): State<Sim>, req: Request) -> Response {
     if let Some(control) = path.strip_prefix("/_sim") {
         return faults::control(&sim, &method, control, &body);
     }
+    let reason_phrase = sim.lock().config.reason_phrase_errors;
+    let answer = |e: ApiError| {
+        if reason_phrase {
+            e.into_reason_phrase()
+        } else {
+            e.into_response()
+        }
+    };
     let Some(api_path) = path.strip_prefix("/api2/json") else {
-        return ApiError::new(501, format!("Method '{method} {path}' not implemented")).into_response();
+        return answer(ApiError::new(501, format!("Method '{method} {path}' not implemented")));
     };
     // PVE rejects a body on GET and DELETE.
     if (method == Method::GET || method == Method::DELETE) && !body.is_empty() {
-        return ApiError::new(501, format!("Unexpected content for method '{method}'")).into_response();
-    }
-    if let Err(e) = authorize(&sim, &headers) {
-        return e.into_response();
-    }
-    let fault = sim.lock().take_fault(method.as_str(), api_path);
-    if let Some(action) = fault {
-        tokio::time::sleep(action.latency()).await;
-        if let Some(failure) = action.failure() {
-            return failure;
-        }
+        return answer(ApiError::new(501, format!("Unexpected content for method '{method}'")));
     }
     let mut params: Vec<(String, String)> = uri
         .query()
         .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
     params.extend(url::form_urlencoded::parse(&body).into_owned());
-    match route(&sim, &method, api_path, params).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
+    let decoded: Vec<String> = api_path.trim_matches('/').split('/').map(percent_decode).collect();
+    {
+        let mut s = sim.lock();
+        if s.config.record_requests {
+            s.requests.push(Recorded {
+                method: method.to_string(),
+                path: format!("/{}", decoded.join("/")),
+                params: params.clone(),
+                status: 0,
+                response: None,
+            });
+        }
     }
-}
-
-fn authorize(sim: &Sim, headers: &HeaderMap) -> Result<(), ApiError> {
-    let state = sim.lock();
-    let Some((id, secret)) = &state.config.token else {
-        return Ok(());
-    };
-    let expected = format!("PVEAPIToken={id}={secret}");
-    match headers.get("authorization").and_then(|v| v.to_str().ok()) {
-        Some(h) if h == expected => Ok(()),
-        _ => Err(ApiError::new(401, "authentication failure")),
+    let login = method == Method::POST && api_path == "/access/ticket";
+    if !login && let Err(e) = authorize(&sim, &method, &headers) {
+        return answer(e);
     }
-}
-
-async fn route(sim: &Sim, method: &Method, path: &str, params: Vec<(String, String)>) -> Result<Response, ApiError> {
-    let decoded: Vec<String> = path.trim_matches('/').split('/').map(percent_decode).collect();
+    let fault = sim.lock().take_fault(method.as_str(), api_path);
+    if let Some(action) = fault {
+        tokio::time::sleep(action.latency()).await;
+        if let Some(failure) = action.failure(reason_phrase) {
+            return failure;
+        }
+    }
     let segs: Vec<&str> = decoded.iter().map(String::as_str).collect();
-    let pve8 = sim.lock().config.version.starts_with("8.");
-    rules::check(pve8, method.as_str(), &segs, &params)?;
-    match (method.as_str(), segs.as_slice()) {
-        ("GET", ["version"]) => Ok(ok(sim.lock().version())),
-        ("GET", ["nodes"]) => Ok(ok(sim.lock().nodes())),
-        ("GET", ["cluster", "nextid"]) => sim.lock().next_id(&params).map(ok),
-        ("GET", ["nodes", node, "tasks", upid, "status"]) => sim.lock().task_status(node, upid).map(ok),
-        ("GET", ["nodes", node, "tasks", upid, "log"]) => sim.lock().task_log(node, upid).map(ok),
-        (_, ["nodes", node, "lxc", rest @ ..]) => lxc::route(sim, method.as_str(), node, rest, params),
-        _ => Err(ApiError::new(
-            501,
-            format!("Method '{method} /{}' not implemented", path.trim_matches('/')),
-        )),
+    let reply = route(&sim, &method, &segs, &params);
+    let mut s = sim.lock();
+    if s.config.record_requests
+        && let Some(last) = s.requests.last_mut()
+    {
+        last.status = match &reply {
+            Ok(_) => 200,
+            Err(e) => e.status.as_u16(),
+        };
+        last.response = match &reply {
+            Ok(Reply::Data(v)) => Some(v.clone()),
+            Ok(Reply::Raw(bytes)) => serde_json::from_slice::<Value>(bytes)
+                .ok()
+                .map(|mut v| v["data"].take()),
+            Err(_) => None,
+        };
     }
+    drop(s);
+    match reply {
+        Ok(Reply::Data(v)) => ok(v),
+        Ok(Reply::Raw(bytes)) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json;charset=UTF-8")],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => answer(e),
+    }
+}
+
+/// A successful answer: `data` to wrap, or a whole rendered envelope.
+enum Reply {
+    Data(Value),
+    Raw(axum::body::Bytes),
+}
+
+fn authorize(sim: &Sim, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+    let state = sim.lock();
+    if state.config.token.is_none() && state.config.password.is_none() {
+        return Ok(());
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let (Some((id, secret)), Some(h)) = (&state.config.token, header("authorization"))
+        && h == format!("PVEAPIToken={id}={secret}")
+    {
+        return Ok(());
+    }
+    let ticket = header("cookie").and_then(|c| {
+        c.split(';')
+            .find_map(|kv| kv.trim().strip_prefix("PVEAuthCookie="))
+            .map(str::to_string)
+    });
+    if let Some(csrf) = ticket.and_then(|t| state.tickets.get(&t)) {
+        // Writes also need the CSRF token that came with the ticket.
+        if *method == Method::GET || header("csrfpreventiontoken") == Some(csrf.as_str()) {
+            return Ok(());
+        }
+        return Err(ApiError::new(401, "Permission denied - invalid csrf token"));
+    }
+    Err(ApiError::new(401, "authentication failure"))
+}
+
+fn route(sim: &Sim, method: &Method, segs: &[&str], params: &[(String, String)]) -> Result<Reply, ApiError> {
+    let mut s = sim.lock();
+    let pve8 = s.pve8();
+    rules::check(pve8, method.as_str(), segs, params)?;
+    s.tick();
+    if method != Method::GET {
+        s.touch();
+    }
+    let m = method.as_str();
+    let data = match (m, segs) {
+        ("GET", ["version"]) => s.version(),
+        ("POST", ["access", "ticket"]) => s.login(params)?,
+        ("GET", ["access", "permissions"]) => s.permissions(),
+        ("GET", ["nodes"]) => s.nodes(),
+        ("GET", ["cluster", "nextid"]) => s.next_id(params)?,
+        ("GET", ["cluster", "resources"]) => {
+            return Ok(Reply::Raw(s.resources(param(params, "type"))));
+        }
+        ("GET", ["cluster", "tasks"]) => {
+            let nodes = s.config.nodes.clone();
+            Value::Array(
+                nodes
+                    .iter()
+                    .flat_map(|n| s.task_list(n).as_array().cloned().unwrap_or_default())
+                    .collect(),
+            )
+        }
+        (_, ["cluster", "ha", rest @ ..]) => ha::route(&mut s, m, rest, params)?,
+        (_, ["cluster", "sdn", rest @ ..]) => sdn::route(&mut s, m, rest, params)?,
+        ("GET", ["nodes", node, "status"]) => s.node_status(node)?,
+        ("GET", ["nodes", node, "tasks"]) => {
+            s.reachable(node)?;
+            s.task_list(node)
+        }
+        ("GET", ["nodes", node, "tasks", upid, "status"]) => {
+            s.reachable(node)?;
+            s.task_status(node, upid)?
+        }
+        ("GET", ["nodes", node, "tasks", upid, "log"]) => {
+            s.reachable(node)?;
+            s.task_log(node, upid, params)?
+        }
+        ("GET", ["nodes", node, "storage", storage, "content"]) => s.storage_content(node, storage, params)?,
+        ("GET", ["nodes", node, "sdn", rest @ ..]) => sdn::node_route(&mut s, node, rest)?,
+        (_, ["nodes", node, "lxc", rest @ ..]) => lxc::route(&mut s, m, node, rest, params)?,
+        _ => {
+            return Err(ApiError::new(
+                501,
+                format!("Method '{method} /{}' not implemented", segs.join("/")),
+            ));
+        }
+    };
+    Ok(Reply::Data(data))
 }
 
 /// Decodes `%XX` escapes in a path segment (UPIDs arrive with `:` and `@` escaped).

@@ -1,14 +1,42 @@
-//! The simulator's in-memory state: nodes, containers (as real config text), tasks, faults.
+//! The simulator's in-memory state: nodes, containers (as real config text), tasks, HA, SDN,
+//! load profiles and faults.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use pvefleet_proxmox::ConfigFile;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::ApiError;
 use crate::faults::Fault;
 use crate::tasks::Task;
+
+/// Every privilege pvesim knows; a simulator grants all of them unless told otherwise.
+pub const ALL_PRIVILEGES: &[&str] = &[
+    "Datastore.Allocate",
+    "Datastore.AllocateSpace",
+    "Datastore.AllocateTemplate",
+    "Datastore.Audit",
+    "SDN.Allocate",
+    "SDN.Audit",
+    "SDN.Use",
+    "Sys.Audit",
+    "Sys.Console",
+    "Sys.Modify",
+    "VM.Allocate",
+    "VM.Audit",
+    "VM.Config.CPU",
+    "VM.Config.Disk",
+    "VM.Config.HWType",
+    "VM.Config.Memory",
+    "VM.Config.Network",
+    "VM.Config.Options",
+    "VM.Console",
+    "VM.Migrate",
+    "VM.PowerMgmt",
+    "VM.Snapshot",
+    "VM.Snapshot.Rollback",
+];
 
 /// How a simulator starts.
 #[derive(Debug, Clone)]
@@ -17,10 +45,26 @@ pub struct SimConfig {
     pub nodes: Vec<String>,
     /// The PVE version it claims (`9.1.3` or `8.4.1`).
     pub version: String,
-    /// The only API token accepted (`USER@REALM!ID`, secret); `None` accepts any request.
+    /// The only API token accepted (`USER@REALM!ID`, secret); with neither this nor
+    /// `password`, every request is accepted.
     pub token: Option<(String, String)>,
+    /// A user (`USER@REALM`) and password that may log in for a ticket.
+    pub password: Option<(String, String)>,
+    /// The privileges the caller holds on `/`; calls needing another answer 403.
+    pub privileges: Vec<String>,
     /// How long every task runs.
     pub task_duration: Duration,
+    /// CPUs per node.
+    pub node_cpus: u64,
+    /// Memory per node, bytes.
+    pub node_memory: u64,
+    /// Templates in every node's `local` storage (`local:vztmpl/...`).
+    pub templates: Vec<String>,
+    /// Answer errors like PVE before libpve-http-server 5.2: the message only in the HTTP
+    /// reason phrase, no JSON body.
+    pub reason_phrase_errors: bool,
+    /// Keep every API request for inspection (`Sim::requests`).
+    pub record_requests: bool,
 }
 
 impl Default for SimConfig {
@@ -29,7 +73,17 @@ impl Default for SimConfig {
             nodes: vec!["pve1".into(), "pve2".into()],
             version: "9.1.3".into(),
             token: None,
+            password: None,
+            privileges: ALL_PRIVILEGES.iter().map(|p| p.to_string()).collect(),
             task_duration: Duration::ZERO,
+            node_cpus: 16,
+            node_memory: 64 << 30,
+            templates: vec![
+                "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst".into(),
+                "local:vztmpl/ubuntu-24.04-standard_24.04-2_amd64.tar.zst".into(),
+            ],
+            reason_phrase_errors: false,
+            record_requests: false,
         }
     }
 }
@@ -43,6 +97,81 @@ pub struct Ct {
     pub config: ConfigFile,
     /// Running or stopped.
     pub running: bool,
+    /// When it last started.
+    pub started: Option<Instant>,
+}
+
+/// Measured load of a running container, as `/cluster/resources` reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Deserialize)]
+pub struct Load {
+    /// CPU use, a fraction of the container's `maxcpu`.
+    #[serde(default)]
+    pub cpu: f64,
+    /// Memory used, bytes.
+    #[serde(default)]
+    pub mem: u64,
+    /// Root disk used, bytes.
+    #[serde(default)]
+    pub disk: u64,
+    /// Network bytes received.
+    #[serde(default)]
+    pub netin: u64,
+    /// Network bytes sent.
+    #[serde(default)]
+    pub netout: u64,
+}
+
+/// An SDN object (vnet or subnet) with its applied and pending configuration.
+#[derive(Debug, Clone, Default)]
+pub struct SdnObject {
+    /// Applied with `PUT /cluster/sdn`; `None` until the first apply.
+    pub running: Option<Map<String, Value>>,
+    /// Not yet applied; `None` when nothing is pending.
+    pub pending: Option<Map<String, Value>>,
+    /// Deleted, pending apply.
+    pub deleted: bool,
+}
+
+impl SdnObject {
+    /// `new`, `changed`, `deleted`, or none when applied as is.
+    pub fn state(&self) -> Option<&'static str> {
+        match (&self.running, &self.pending, self.deleted) {
+            (_, _, true) => Some("deleted"),
+            (None, Some(_), _) => Some("new"),
+            (Some(_), Some(_), _) => Some("changed"),
+            _ => None,
+        }
+    }
+
+    /// The configuration as it will be after the next apply.
+    pub fn current(&self) -> Option<&Map<String, Value>> {
+        if self.deleted {
+            return None;
+        }
+        self.pending.as_ref().or(self.running.as_ref())
+    }
+}
+
+/// A recorded API request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recorded {
+    /// HTTP method.
+    pub method: String,
+    /// The API path, without `/api2/json`, decoded.
+    pub path: String,
+    /// Query and form parameters.
+    pub params: Vec<(String, String)>,
+    /// The HTTP status answered (0 when a fault answered instead).
+    pub status: u16,
+    /// The `data` answered, on success.
+    pub response: Option<Value>,
+}
+
+/// A rendered `/cluster/resources` answer, reused while the state is unchanged.
+pub(crate) struct Cached {
+    pub generation: u64,
+    pub at: Instant,
+    pub body: axum::body::Bytes,
 }
 
 /// Everything the simulator knows.
@@ -51,28 +180,82 @@ pub struct SimState {
     pub config: SimConfig,
     /// Containers by vmid.
     pub containers: BTreeMap<u32, Ct>,
+    /// Load profiles by vmid.
+    pub loads: HashMap<u32, Load>,
+    /// Nodes taken down.
+    pub down: BTreeSet<String>,
     /// Tasks by UPID.
     pub tasks: HashMap<String, Task>,
+    /// UPIDs of tasks whose end has not been applied yet.
+    pub(crate) running_tasks: Vec<String>,
+    /// HA resources by sid (`ct:100`).
+    pub ha_resources: BTreeMap<String, Map<String, Value>>,
+    /// HA groups (PVE 8).
+    pub ha_groups: BTreeMap<String, Map<String, Value>>,
+    /// HA rules (PVE 9).
+    pub ha_rules: BTreeMap<String, Map<String, Value>>,
+    /// SDN zones (applied).
+    pub sdn_zones: BTreeMap<String, Map<String, Value>>,
+    /// SDN vnets.
+    pub vnets: BTreeMap<String, SdnObject>,
+    /// SDN subnets by vnet, then subnet id.
+    pub subnets: BTreeMap<String, BTreeMap<String, SdnObject>>,
     /// Pending faults.
     pub faults: Vec<Fault>,
     /// Task types whose next task ends in error, with the error.
     pub task_errors: Vec<(String, String)>,
+    /// Recorded requests, when `record_requests` is set.
+    pub requests: Vec<Recorded>,
+    /// Issued tickets and their CSRF tokens.
+    pub(crate) tickets: HashMap<String, String>,
     pub(crate) started: Instant,
     pub(crate) seq: u64,
+    /// Bumped on every change, so cached reads know when to render again.
+    pub(crate) generation: u64,
+    pub(crate) resources_cache: HashMap<String, Cached>,
 }
 
 impl SimState {
     /// A fresh state.
     pub fn new(config: SimConfig) -> Self {
+        let mut sdn_zones = BTreeMap::new();
+        let mut zone = Map::new();
+        zone.insert("zone".into(), json!("fleet"));
+        zone.insert("type".into(), json!("simple"));
+        zone.insert("ipam".into(), json!("pve"));
+        sdn_zones.insert("fleet".to_string(), zone);
         Self {
             config,
             containers: BTreeMap::new(),
+            loads: HashMap::new(),
+            down: BTreeSet::new(),
             tasks: HashMap::new(),
+            running_tasks: Vec::new(),
+            ha_resources: BTreeMap::new(),
+            ha_groups: BTreeMap::new(),
+            ha_rules: BTreeMap::new(),
+            sdn_zones,
+            vnets: BTreeMap::new(),
+            subnets: BTreeMap::new(),
             faults: Vec::new(),
             task_errors: Vec::new(),
+            requests: Vec::new(),
+            tickets: HashMap::new(),
             started: Instant::now(),
             seq: 0,
+            generation: 0,
+            resources_cache: HashMap::new(),
         }
+    }
+
+    /// Whether the simulator claims PVE 8.
+    pub fn pve8(&self) -> bool {
+        self.config.version.starts_with("8.")
+    }
+
+    /// Marks the state changed.
+    pub(crate) fn touch(&mut self) {
+        self.generation += 1;
     }
 
     pub(crate) fn version(&self) -> Value {
@@ -86,18 +269,71 @@ impl SimState {
         json!({ "version": self.config.version, "release": release, "repoid": "pvesim" })
     }
 
+    pub(crate) fn uptime(&self) -> u64 {
+        self.started.elapsed().as_secs() + 86_400
+    }
+
+    /// Memory the running containers of a node use.
+    pub(crate) fn node_mem_used(&self, node: &str) -> u64 {
+        let guests: u64 = self
+            .containers
+            .iter()
+            .filter(|(_, c)| c.node == node && c.running)
+            .map(|(id, _)| self.loads.get(id).map_or(0, |l| l.mem))
+            .sum();
+        (2 << 30) + guests
+    }
+
+    /// CPU use of a node, a fraction of its CPUs.
+    pub(crate) fn node_cpu(&self, node: &str) -> f64 {
+        let used: f64 = self
+            .containers
+            .iter()
+            .filter(|(_, c)| c.node == node && c.running)
+            .map(|(id, c)| self.loads.get(id).map_or(0.0, |l| l.cpu) * c.maxcpu(self.config.node_cpus) as f64)
+            .sum();
+        (0.02 + used / self.config.node_cpus as f64).min(1.0)
+    }
+
     pub(crate) fn nodes(&self) -> Value {
         Value::Array(
             self.config
                 .nodes
                 .iter()
-                .map(|n| json!({ "node": n, "status": "online", "cpu": 0.05, "maxcpu": 8, "mem": 4_294_967_296u64, "maxmem": 34_359_738_368u64, "type": "node" }))
+                .map(|n| {
+                    if self.down.contains(n) {
+                        return json!({ "node": n, "status": "offline", "level": "" });
+                    }
+                    json!({
+                        "node": n, "status": "online", "level": "",
+                        "cpu": self.node_cpu(n), "maxcpu": self.config.node_cpus,
+                        "mem": self.node_mem_used(n), "maxmem": self.config.node_memory,
+                        "uptime": self.uptime(),
+                        "ssl_fingerprint": "00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF",
+                    })
+                })
                 .collect(),
         )
     }
 
     pub(crate) fn has_node(&self, node: &str) -> bool {
         self.config.nodes.iter().any(|n| n == node)
+    }
+
+    /// A node that exists and is up, or PVE's answer for it.
+    pub(crate) fn reachable(&self, node: &str) -> Result<(), ApiError> {
+        if !self.has_node(node) {
+            return Err(ApiError::new(
+                500,
+                format!(
+                    "hostname lookup '{node}' failed - failed to get address info for: {node}: Name or service not known"
+                ),
+            ));
+        }
+        if self.down.contains(node) {
+            return Err(ApiError::new(595, "Connection refused"));
+        }
+        Ok(())
     }
 
     /// `GET /cluster/nextid`: the lowest free vmid from 100, or a check of `vmid`. Reserves
@@ -120,5 +356,68 @@ impl SimState {
         }
         let free = (100u32..).find(|id| !self.containers.contains_key(id)).unwrap_or(100);
         Ok(json!(free.to_string()))
+    }
+}
+
+impl Ct {
+    /// CPUs it may use: `cores`, or all the node's.
+    pub fn maxcpu(&self, node_cpus: u64) -> u64 {
+        self.config
+            .main()
+            .get("cores")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(node_cpus)
+    }
+
+    /// Memory limit, bytes (`memory` MiB, default 512).
+    pub fn maxmem(&self) -> u64 {
+        self.config
+            .main()
+            .get("memory")
+            .and_then(|m| m.parse::<u64>().ok())
+            .unwrap_or(512)
+            << 20
+    }
+
+    /// Root disk size, bytes, from `rootfs`'s `size`.
+    pub fn maxdisk(&self) -> u64 {
+        self.config
+            .main()
+            .get("rootfs")
+            .and_then(|r| r.split(',').find_map(|o| o.strip_prefix("size=")))
+            .and_then(parse_size)
+            .unwrap_or(0)
+    }
+}
+
+/// `8G`, `512M`, `1.5T`, `1024` (bytes) → bytes.
+pub(crate) fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_uppercase()),
+        _ => (text, 'B'),
+    };
+    let n: f64 = number.parse().ok()?;
+    let factor: f64 = match unit {
+        'B' => 1.0,
+        'K' => 1024.0,
+        'M' => 1024.0 * 1024.0,
+        'G' => 1024.0 * 1024.0 * 1024.0,
+        'T' => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    (n >= 0.0).then_some((n * factor) as u64)
+}
+
+/// Bytes as PVE writes sizes in configs: whole `G` or `M`, else `K`.
+pub(crate) fn format_size(bytes: u64) -> String {
+    const G: u64 = 1 << 30;
+    const M: u64 = 1 << 20;
+    if bytes.is_multiple_of(G) {
+        format!("{}G", bytes / G)
+    } else if bytes.is_multiple_of(M) {
+        format!("{}M", bytes / M)
+    } else {
+        format!("{}K", bytes.div_ceil(1024))
     }
 }

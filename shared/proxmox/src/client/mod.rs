@@ -7,7 +7,9 @@
 
 pub mod api;
 pub mod error;
+pub mod ha;
 pub mod lenient;
+pub mod sdn;
 pub mod tls;
 pub mod upid;
 

@@ -205,6 +205,75 @@ impl ConfigFile {
             .find(|s| matches!(&s.kind, SectionKind::Snapshot(n) if n == name))
     }
 
+    /// A snapshot section by name, for changes.
+    pub fn snapshot_mut(&mut self, name: &str) -> Option<&mut Section> {
+        self.sections
+            .iter_mut()
+            .find(|s| matches!(&s.kind, SectionKind::Snapshot(n) if n == name))
+    }
+
+    /// The pending section, for changes; created right after the main section when missing.
+    pub fn pending_mut(&mut self) -> &mut Section {
+        let index = match self.sections.iter().position(|s| s.kind == SectionKind::Pending) {
+            Some(i) => i,
+            None => {
+                self.separate(0);
+                self.sections.insert(1, Section::new(SectionKind::Pending));
+                1
+            }
+        };
+        &mut self.sections[index]
+    }
+
+    /// Removes the pending section, returning it.
+    pub fn take_pending(&mut self) -> Option<Section> {
+        let i = self.sections.iter().position(|s| s.kind == SectionKind::Pending)?;
+        let section = self.sections.remove(i);
+        self.trim_separator();
+        Some(section)
+    }
+
+    /// Adds a snapshot section (at the end, as PVE does) holding `lines`; replaces one of the
+    /// same name.
+    pub fn put_snapshot(&mut self, name: &str, lines: Vec<Line>) {
+        let mut section = Section::new(SectionKind::Snapshot(name.to_string()));
+        section.lines = lines;
+        if let Some(existing) = self.snapshot_mut(name) {
+            *existing = section;
+            return;
+        }
+        let last = self.sections.len() - 1;
+        self.separate(last);
+        self.sections.push(section);
+    }
+
+    /// Removes a snapshot section, returning it.
+    pub fn remove_snapshot(&mut self, name: &str) -> Option<Section> {
+        let i = self
+            .sections
+            .iter()
+            .position(|s| matches!(&s.kind, SectionKind::Snapshot(n) if n == name))?;
+        let section = self.sections.remove(i);
+        self.trim_separator();
+        Some(section)
+    }
+
+    /// PVE separates sections with a blank line: makes section `i` end with one.
+    fn separate(&mut self, i: usize) {
+        let lines = &mut self.sections[i].lines;
+        if !matches!(lines.last(), Some(Line::Blank(_))) {
+            lines.push(Line::Blank(String::new()));
+        }
+    }
+
+    /// Drops the separator a removed last section leaves behind.
+    fn trim_separator(&mut self) {
+        let last = self.sections.len() - 1;
+        if let Some(Line::Blank(_)) = self.sections[last].lines.last() {
+            self.sections[last].lines.pop();
+        }
+    }
+
     /// Snapshot names in file order.
     pub fn snapshot_names(&self) -> Vec<&str> {
         self.sections
@@ -218,6 +287,15 @@ impl ConfigFile {
 }
 
 impl Section {
+    /// An empty section of the given kind.
+    pub fn new(kind: SectionKind) -> Self {
+        Self {
+            kind,
+            header: None,
+            lines: Vec::new(),
+        }
+    }
+
     /// The value of a key.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.entries().find(|e| e.key == key).map(|e| e.value.as_str())
@@ -315,6 +393,22 @@ mod tests {
         assert_eq!(c.write(), "arch:  amd64\nmemory: 1024\nswap: 0\ncores: 2\n");
         assert_eq!(c.main_mut().remove("swap").as_deref(), Some("0"));
         assert_eq!(c.write(), "arch:  amd64\nmemory: 1024\ncores: 2\n");
+    }
+
+    #[test]
+    fn pending_and_snapshot_sections_are_added_and_removed_in_pve_layout() {
+        let mut c = ConfigFile::parse("arch: amd64\nmemory: 512\n").unwrap();
+        c.pending_mut().set("memory", "1024");
+        let lines: Vec<Line> = c.main().entries().cloned().map(Line::Entry).collect();
+        c.put_snapshot("s1", lines);
+        assert_eq!(
+            c.write(),
+            "arch: amd64\nmemory: 512\n\n[pve:pending]\nmemory: 1024\n\n[s1]\narch: amd64\nmemory: 512\n"
+        );
+        assert!(c.take_pending().is_some());
+        assert!(c.remove_snapshot("s1").is_some());
+        assert_eq!(c.write(), "arch: amd64\nmemory: 512\n");
+        assert!(c.snapshot("s1").is_none() && c.pending().is_none());
     }
 
     #[test]
