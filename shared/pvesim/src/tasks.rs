@@ -154,7 +154,8 @@ impl SimState {
             Effect::Power(vmid, running) => {
                 if let Some(ct) = self.containers.get_mut(&vmid) {
                     ct.config.main_mut().remove("lock");
-                    if running && !ct.running {
+                    // A start or a reboot applies every pending change.
+                    if running {
                         crate::lxc::apply_pending(&mut ct.config);
                         ct.started = Some(Instant::now());
                     }

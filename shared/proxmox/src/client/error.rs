@@ -108,7 +108,9 @@ pub fn classify(status: u16, message: &str, errors: &BTreeMap<String, String>) -
         .chain(std::iter::once(m.clone()))
         .collect::<Vec<_>>();
     let any = |needles: &[&str]| all.iter().any(|t| needles.iter().any(|n| t.contains(n)));
-    if any(&["already exists"]) {
+    // "CT 101 already exists", HA's "resource ID 'ct:100' already defined", snapshots'
+    // "snapshot name 'x' already used".
+    if any(&["already exists", "already defined", "already used"]) {
         return (Class::Permanent, Reason::AlreadyExists);
     }
     match status {
@@ -145,6 +147,14 @@ mod tests {
 
     #[test]
     fn pve_failures_are_classified_as_the_notes_say() {
+        assert_eq!(
+            c(500, "create resource failed: resource ID 'ct:100' already defined"),
+            (Class::Permanent, Reason::AlreadyExists)
+        );
+        assert_eq!(
+            c(500, "snapshot name 'initial' already used"),
+            (Class::Permanent, Reason::AlreadyExists)
+        );
         assert_eq!(
             c(500, "CT 101 already exists on node 'pve1'"),
             (Class::Permanent, Reason::AlreadyExists)
