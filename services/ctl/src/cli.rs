@@ -111,6 +111,13 @@ pub enum BusAction {
 /// `pvefleet pve ...`
 #[derive(Debug, Subcommand)]
 pub enum PveAction {
+    /// Connect with the configured credentials and check everything the fleet needs: the
+    /// version, the nodes, the token's privileges and the templates. Exit 0 on pass, 1 on fail.
+    Check {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// LXC container config files (`/etc/pve/lxc/<vmid>.conf`).
     Config {
         /// What to do.

@@ -279,3 +279,67 @@ fn pve_config_parse_prints_typed_json_and_names_invalid_keys() -> anyhow::Result
     );
     Ok(())
 }
+
+/// Runs `pvefleet pve check` against a pvesim with the given privileges.
+async fn pve_check(privileges: Option<Vec<String>>, templates: &str) -> Output {
+    let mut config = pvefleet_pvesim::SimConfig {
+        token: Some(("fleet@pve!check".into(), "b1946ac9-2222-4f1e-9b3a-000000000001".into())),
+        ..Default::default()
+    };
+    if let Some(p) = privileges {
+        config.privileges = p;
+    }
+    let (_sim, addr) = pvefleet_pvesim::Sim::spawn(config).await.unwrap();
+    let url = format!("http://{addr}");
+    let templates = templates.to_string();
+    tokio::task::spawn_blocking(move || {
+        pvefleet(
+            &[
+                ("PVEFLEET_PVE__URL", url.as_str()),
+                ("PVEFLEET_PVE__TOKEN_ID", "fleet@pve!check"),
+                ("PVEFLEET_PVE__TOKEN_SECRET", "b1946ac9-2222-4f1e-9b3a-000000000001"),
+                ("PVEFLEET_PVE__TEMPLATES", templates.as_str()),
+            ],
+            &["pve", "check"],
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pve_check_passes_against_pvesim_with_every_privilege() {
+    let out = pve_check(None, "[\"local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst\"]").await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("version:   9.1.3"), "{stdout}");
+    assert!(stdout.contains("pve1 (online), pve2 (online)"), "{stdout}");
+    assert!(stdout.contains("local:vztmpl/ubuntu-24.04-standard"), "templates are listed: {stdout}");
+    assert!(stdout.contains("PASS: this Proxmox is ready for pvefleet"), "{stdout}");
+    assert!(!stdout.contains("b1946ac9"), "the token secret never appears");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pve_check_names_the_missing_privilege_and_template_and_fails() {
+    let privileges: Vec<String> = pvefleet_pvesim::ALL_PRIVILEGES
+        .iter()
+        .filter(|p| **p != "VM.Snapshot")
+        .map(|p| p.to_string())
+        .collect();
+    let out = pve_check(Some(privileges), "[\"local:vztmpl/alpine-3.20.tar.xz\"]").await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("missing VM.Snapshot (to take the initial snapshot)"), "{stdout}");
+    assert!(!stdout.contains("missing VM.Snapshot.Rollback"), "{stdout}");
+    assert!(stdout.contains("not found: local:vztmpl/alpine-3.20.tar.xz"), "{stdout}");
+    assert!(stdout.contains("FAIL: this Proxmox is not ready"), "{stdout}");
+}
+
+#[test]
+fn pve_check_without_credentials_says_which_settings_are_missing() {
+    let out = pvefleet(&[("PVEFLEET_PVE__URL", "http://127.0.0.1:1")], &["pve", "check", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["checks"][0]["status"], "fail");
+    assert!(report["checks"][0]["detail"].as_str().unwrap().contains("pve.token_id"), "{report}");
+}

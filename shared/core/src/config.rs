@@ -35,6 +35,71 @@ pub struct Settings {
     pub worker: WorkerSettings,
     /// The outbox relay.
     pub outbox: OutboxSettings,
+    /// The Proxmox VE API.
+    pub pve: PveSettings,
+}
+
+/// How TLS certificates of the PVE API are checked.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PveTls {
+    /// The system's trust store (the default).
+    #[default]
+    Verified,
+    /// Only certificates signed by the CA in `ca_file` (PVE's own cluster CA).
+    CaFile,
+    /// Only the certificate whose SHA-256 fingerprint is `fingerprint` (pinning).
+    Fingerprint,
+    /// No checks at all; logs a warning. Only for a lab.
+    Insecure,
+}
+
+/// The Proxmox VE API: where, as whom, and how to trust it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PveSettings {
+    /// `https://pve1.lan:8006`.
+    pub url: String,
+    /// An API token id, `USER@REALM!TOKENID` (preferred).
+    pub token_id: Option<String>,
+    /// The token's secret.
+    pub token_secret: Option<Secret>,
+    /// A user, `USER@REALM`, for ticket login when no token is set.
+    pub user: Option<String>,
+    /// The user's password.
+    pub password: Option<Secret>,
+    /// Certificate checking.
+    pub tls: PveTls,
+    /// The CA file for `tls = "ca-file"`.
+    pub ca_file: Option<PathBuf>,
+    /// The SHA-256 fingerprint for `tls = "fingerprint"` (`AB:CD:...`).
+    pub fingerprint: Option<String>,
+    /// Limit on one API request.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Limit on following a task (create, start, ...) to its end.
+    #[serde(with = "humantime_serde")]
+    pub task_timeout: Duration,
+    /// Container templates the fleet creates from (`local:vztmpl/...`).
+    pub templates: Vec<String>,
+}
+
+impl Default for PveSettings {
+    fn default() -> Self {
+        Self {
+            url: "https://127.0.0.1:8006".into(),
+            token_id: None,
+            token_secret: None,
+            user: None,
+            password: None,
+            tls: PveTls::Verified,
+            ca_file: None,
+            fingerprint: None,
+            request_timeout: Duration::from_secs(30),
+            task_timeout: Duration::from_secs(600),
+            templates: vec!["local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst".into()],
+        }
+    }
 }
 
 /// RabbitMQ connection, publishing and topology settings.

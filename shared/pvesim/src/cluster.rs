@@ -26,26 +26,36 @@ impl SimState {
         }
     }
 
-    /// `GET /cluster/resources[?type=...]`, the whole envelope, rendered once per change.
-    pub(crate) fn resources(&mut self, kind: Option<&str>) -> Bytes {
+    /// `GET /cluster/resources[?type=...]`, the whole envelope, rendered once per change, and
+    /// gzipped once when asked (PVE gzips answers over 1 KiB for clients that accept it).
+    /// Returns the body and whether it is gzipped.
+    pub(crate) fn resources(&mut self, kind: Option<&str>, gzip: bool) -> (Bytes, bool) {
         let key = kind.unwrap_or("").to_string();
-        if let Some(c) = self.resources_cache.get(&key)
-            && c.generation == self.generation
-            && c.at.elapsed() < RESOURCES_TTL
-        {
-            return c.body.clone();
+        let fresh = self
+            .resources_cache
+            .get(&key)
+            .is_some_and(|c| c.generation == self.generation && c.at.elapsed() < RESOURCES_TTL);
+        if !fresh {
+            let rows = self.resource_rows(kind);
+            let body = Bytes::from(serde_json::to_vec(&json!({ "data": rows })).unwrap_or_default());
+            self.resources_cache.insert(
+                key.clone(),
+                Cached {
+                    generation: self.generation,
+                    at: Instant::now(),
+                    body,
+                    gzipped: None,
+                },
+            );
         }
-        let rows = self.resource_rows(kind);
-        let body = Bytes::from(serde_json::to_vec(&json!({ "data": rows })).unwrap_or_default());
-        self.resources_cache.insert(
-            key,
-            Cached {
-                generation: self.generation,
-                at: Instant::now(),
-                body: body.clone(),
-            },
-        );
-        body
+        let Some(c) = self.resources_cache.get_mut(&key) else {
+            return (Bytes::new(), false);
+        };
+        if !gzip || c.body.len() <= crate::GZIP_OVER {
+            return (c.body.clone(), false);
+        }
+        let zipped = c.gzipped.get_or_insert_with(|| crate::gzip(&c.body)).clone();
+        (zipped, true)
     }
 
     fn resource_rows(&self, kind: Option<&str>) -> Vec<Value> {

@@ -73,6 +73,32 @@ impl ApiError {
     }
 }
 
+/// PVE gzips answers longer than this for clients that accept gzip.
+pub(crate) const GZIP_OVER: usize = 1024;
+
+/// Gzips a body (fast level: the simulator answers, it does not archive).
+pub(crate) fn gzip(body: &[u8]) -> axum::body::Bytes {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::fast());
+    match enc.write_all(body).and_then(|()| enc.finish()) {
+        Ok(v) => v.into(),
+        Err(_) => axum::body::Bytes::copy_from_slice(body),
+    }
+}
+
+/// An envelope as a response, gzipped when the client accepts it and it is long enough.
+fn envelope(body: axum::body::Bytes, gzipped: bool, accept_gzip: bool) -> Response {
+    use axum::http::header::{CONTENT_ENCODING, CONTENT_TYPE};
+    let json = (CONTENT_TYPE, "application/json;charset=UTF-8");
+    if gzipped {
+        return ([json, (CONTENT_ENCODING, "gzip")], body).into_response();
+    }
+    if accept_gzip && body.len() > GZIP_OVER {
+        return ([json, (CONTENT_ENCODING, "gzip")], gzip(&body)).into_response();
+    }
+    ([json], body).into_response()
+}
+
 /// The value of a request parameter.
 pub(crate) fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
     params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
@@ -251,7 +277,11 @@ async fn dispatch(State(sim): State<Sim>, req: Request) -> Response {
         }
     }
     let segs: Vec<&str> = decoded.iter().map(String::as_str).collect();
-    let reply = route(&sim, &method, &segs, &params);
+    let accept_gzip = headers
+        .get(axum::http::header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("gzip"));
+    let reply = route(&sim, &method, &segs, &params, accept_gzip);
     let mut s = sim.lock();
     if s.config.record_requests
         && let Some(last) = s.requests.last_mut()
@@ -262,28 +292,34 @@ async fn dispatch(State(sim): State<Sim>, req: Request) -> Response {
         };
         last.response = match &reply {
             Ok(Reply::Data(v)) => Some(v.clone()),
-            Ok(Reply::Raw(bytes)) => serde_json::from_slice::<Value>(bytes)
-                .ok()
-                .map(|mut v| v["data"].take()),
+            Ok(Reply::Raw(bytes, gzipped)) => {
+                let mut text = Vec::new();
+                let plain: &[u8] = if *gzipped {
+                    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut text).ok();
+                    &text
+                } else {
+                    bytes
+                };
+                serde_json::from_slice::<Value>(plain).ok().map(|mut v| v["data"].take())
+            }
             Err(_) => None,
         };
     }
     drop(s);
     match reply {
-        Ok(Reply::Data(v)) => ok(v),
-        Ok(Reply::Raw(bytes)) => (
-            [(axum::http::header::CONTENT_TYPE, "application/json;charset=UTF-8")],
-            bytes,
-        )
-            .into_response(),
+        Ok(Reply::Data(v)) => {
+            let body = serde_json::to_vec(&json!({ "data": v })).unwrap_or_default();
+            envelope(body.into(), false, accept_gzip)
+        }
+        Ok(Reply::Raw(bytes, gzipped)) => envelope(bytes, gzipped, accept_gzip),
         Err(e) => answer(e),
     }
 }
 
-/// A successful answer: `data` to wrap, or a whole rendered envelope.
+/// A successful answer: `data` to wrap, or a whole rendered envelope (and whether gzipped).
 enum Reply {
     Data(Value),
-    Raw(axum::body::Bytes),
+    Raw(axum::body::Bytes, bool),
 }
 
 fn authorize(sim: &Sim, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -312,7 +348,13 @@ fn authorize(sim: &Sim, method: &Method, headers: &HeaderMap) -> Result<(), ApiE
     Err(ApiError::new(401, "authentication failure"))
 }
 
-fn route(sim: &Sim, method: &Method, segs: &[&str], params: &[(String, String)]) -> Result<Reply, ApiError> {
+fn route(
+    sim: &Sim,
+    method: &Method,
+    segs: &[&str],
+    params: &[(String, String)],
+    accept_gzip: bool,
+) -> Result<Reply, ApiError> {
     let mut s = sim.lock();
     let pve8 = s.pve8();
     rules::check(pve8, method.as_str(), segs, params)?;
@@ -328,7 +370,8 @@ fn route(sim: &Sim, method: &Method, segs: &[&str], params: &[(String, String)])
         ("GET", ["nodes"]) => s.nodes(),
         ("GET", ["cluster", "nextid"]) => s.next_id(params)?,
         ("GET", ["cluster", "resources"]) => {
-            return Ok(Reply::Raw(s.resources(param(params, "type"))));
+            let (body, gzipped) = s.resources(param(params, "type"), accept_gzip);
+            return Ok(Reply::Raw(body, gzipped));
         }
         ("GET", ["cluster", "tasks"]) => {
             let nodes = s.config.nodes.clone();

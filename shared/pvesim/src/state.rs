@@ -172,6 +172,8 @@ pub(crate) struct Cached {
     pub generation: u64,
     pub at: Instant,
     pub body: axum::body::Bytes,
+    /// The body gzipped, made on the first request that accepts gzip.
+    pub gzipped: Option<axum::body::Bytes>,
 }
 
 /// Everything the simulator knows.

@@ -4,6 +4,7 @@ mod bus;
 mod config;
 mod migrate;
 mod pve;
+mod pve_check;
 mod topology;
 
 use std::process::ExitCode;
@@ -39,7 +40,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Topology { action } => topology::run(&settings, action).await,
         Command::Config { action } => config::run(&settings, action),
         Command::Bus { action } => bus::run(&settings, action).await,
-        Command::Pve { action } => pve::run(action),
+        Command::Pve { action } => pve::run(&settings, action).await,
         Command::Bench {
             what:
                 BenchWhat::Bus {

@@ -1,4 +1,5 @@
-//! `pvefleet pve config parse|fmt`: the LXC config codec from the command line.
+//! `pvefleet pve check`: is this Proxmox ready for the fleet? And `pvefleet pve config
+//! parse|fmt`: the LXC config codec from the command line.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -8,8 +9,9 @@ use serde_json::{Map, Value, json};
 
 use crate::cli::{PveAction, PveConfigAction};
 
-pub fn run(action: PveAction) -> anyhow::Result<ExitCode> {
+pub async fn run(settings: &pvefleet_core::Settings, action: PveAction) -> anyhow::Result<ExitCode> {
     match action {
+        PveAction::Check { json } => super::pve_check::run(&settings.pve, json).await,
         PveAction::Config {
             action: PveConfigAction::Parse { file },
         } => parse(&file),
