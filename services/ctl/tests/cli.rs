@@ -314,7 +314,10 @@ async fn pve_check_passes_against_pvesim_with_every_privilege() {
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("version:   9.1.3"), "{stdout}");
     assert!(stdout.contains("pve1 (online), pve2 (online)"), "{stdout}");
-    assert!(stdout.contains("local:vztmpl/ubuntu-24.04-standard"), "templates are listed: {stdout}");
+    assert!(
+        stdout.contains("local:vztmpl/ubuntu-24.04-standard"),
+        "templates are listed: {stdout}"
+    );
     assert!(stdout.contains("PASS: this Proxmox is ready for pvefleet"), "{stdout}");
     assert!(!stdout.contains("b1946ac9"), "the token secret never appears");
 }
@@ -329,17 +332,29 @@ async fn pve_check_names_the_missing_privilege_and_template_and_fails() {
     let out = pve_check(Some(privileges), "[\"local:vztmpl/alpine-3.20.tar.xz\"]").await;
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("missing VM.Snapshot (to take the initial snapshot)"), "{stdout}");
+    assert!(
+        stdout.contains("missing VM.Snapshot (to take the initial snapshot)"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("missing VM.Snapshot.Rollback"), "{stdout}");
-    assert!(stdout.contains("not found: local:vztmpl/alpine-3.20.tar.xz"), "{stdout}");
+    assert!(
+        stdout.contains("not found: local:vztmpl/alpine-3.20.tar.xz"),
+        "{stdout}"
+    );
     assert!(stdout.contains("FAIL: this Proxmox is not ready"), "{stdout}");
 }
 
 #[test]
 fn pve_check_without_credentials_says_which_settings_are_missing() {
-    let out = pvefleet(&[("PVEFLEET_PVE__URL", "http://127.0.0.1:1")], &["pve", "check", "--json"]);
+    let out = pvefleet(
+        &[("PVEFLEET_PVE__URL", "http://127.0.0.1:1")],
+        &["pve", "check", "--json"],
+    );
     assert_eq!(out.status.code(), Some(1));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["checks"][0]["status"], "fail");
-    assert!(report["checks"][0]["detail"].as_str().unwrap().contains("pve.token_id"), "{report}");
+    assert!(
+        report["checks"][0]["detail"].as_str().unwrap().contains("pve.token_id"),
+        "{report}"
+    );
 }

@@ -60,7 +60,16 @@ async fn main() -> anyhow::Result<()> {
         ..SimConfig::default()
     });
     if args.populate > 0 {
-        sim.populate(1000, args.populate.min(100_000), Load { cpu: 0.1, mem: 256 << 20, disk: 1 << 30, ..Load::default() });
+        sim.populate(
+            1000,
+            args.populate.min(100_000),
+            Load {
+                cpu: 0.1,
+                mem: 256 << 20,
+                disk: 1 << 30,
+                ..Load::default()
+            },
+        );
     }
     let addr = SocketAddr::new(args.bind, args.port);
     let listener = tokio::net::TcpListener::bind(addr).await?;

@@ -45,17 +45,34 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn large_answers_are_gzipped_for_clients_that_accept_it() {
     let (sim, addr) = Sim::spawn(SimConfig::default()).await.unwrap();
-    sim.populate(1000, 200, Load { cpu: 0.5, ..Load::default() });
+    sim.populate(
+        1000,
+        200,
+        Load {
+            cpu: 0.5,
+            ..Load::default()
+        },
+    );
     let (plain_enc, plain) = raw_get(addr, "/cluster/resources", false).await;
     assert_eq!(plain_enc, None);
     let (enc, zipped) = raw_get(addr, "/cluster/resources", true).await;
     assert_eq!(enc.as_deref(), Some("gzip"));
     assert!(zipped.len() * 4 < plain.len(), "{} vs {}", zipped.len(), plain.len());
     let mut unzipped = Vec::new();
-    flate2::read::GzDecoder::new(&zipped[..]).read_to_end(&mut unzipped).unwrap();
+    flate2::read::GzDecoder::new(&zipped[..])
+        .read_to_end(&mut unzipped)
+        .unwrap();
     assert_eq!(unzipped, plain, "the same answer, compressed");
     let v: serde_json::Value = serde_json::from_slice(&unzipped).unwrap();
-    assert_eq!(v["data"].as_array().unwrap().iter().filter(|r| r["type"] == "lxc").count(), 200);
+    assert_eq!(
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["type"] == "lxc")
+            .count(),
+        200
+    );
     let (small_enc, _) = raw_get(addr, "/version", true).await;
     assert_eq!(small_enc, None, "answers up to 1 KiB are not compressed");
 }

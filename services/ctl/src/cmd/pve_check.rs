@@ -207,7 +207,11 @@ async fn check(s: &PveSettings) -> Report {
     }
     let mut found = BTreeSet::new();
     for node in &online {
-        let storages: BTreeSet<&str> = s.templates.iter().filter_map(|t| t.split_once(':').map(|(st, _)| st)).collect();
+        let storages: BTreeSet<&str> = s
+            .templates
+            .iter()
+            .filter_map(|t| t.split_once(':').map(|(st, _)| st))
+            .collect();
         for storage in storages {
             match c.storage_content(node, storage, Some("vztmpl")).await {
                 Ok(items) => found.extend(items.into_iter().map(|i| i.volid)),
@@ -220,7 +224,11 @@ async fn check(s: &PveSettings) -> Report {
     if s.templates.is_empty() {
         r.add("templates", Status::Warn, "no templates configured (pve.templates)");
     } else if missing.is_empty() {
-        r.add("templates", Status::Pass, format!("{} configured, all present", s.templates.len()));
+        r.add(
+            "templates",
+            Status::Pass,
+            format!("{} configured, all present", s.templates.len()),
+        );
     } else {
         r.add(
             "templates",
@@ -266,5 +274,9 @@ pub async fn run(s: &PveSettings, json: bool) -> anyhow::Result<ExitCode> {
         println!();
         println!("{}", r.verdict);
     }
-    Ok(if r.failed() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if r.failed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
