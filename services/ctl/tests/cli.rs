@@ -358,3 +358,89 @@ fn pve_check_without_credentials_says_which_settings_are_missing() {
         "{report}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sim_commands_inject_faults_into_pvesim() {
+    let (sim, addr) = pvefleet_pvesim::Sim::spawn(pvefleet_pvesim::SimConfig::default())
+        .await
+        .unwrap();
+    let url = format!("http://{addr}");
+    let run = |args: Vec<&'static str>| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || pvefleet(&[("PVEFLEET_PVE__URL", url.as_str())], &args))
+    };
+    let out = run(vec![
+        "sim",
+        "fault",
+        "--path",
+        "/version",
+        "--status",
+        "596",
+        "--message",
+        "Connection timed out",
+    ])
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    pvefleet_proxmox::client::tls::provider();
+    let http = reqwest::Client::new();
+    let resp = http.get(format!("{url}/api2/json/version")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 596);
+    assert!(resp.text().await.unwrap().contains("Connection timed out"));
+    let resp = http.get(format!("{url}/api2/json/version")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "the fault hit one call");
+
+    let out = run(vec!["sim", "node", "pve2", "down"]).await.unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let resp = http
+        .get(format!("{url}/api2/json/nodes/pve2/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 595);
+    let out = run(vec!["sim", "node", "pve9", "down"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no such node 'pve9'"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    sim.populate(1000, 1, pvefleet_pvesim::Load::default());
+    let out = run(vec!["sim", "load", "1000", "--cpu", "0.75", "--mem-mib", "300"])
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = http
+        .get(format!("{url}/api2/json/cluster/resources?type=vm"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (v["data"][0]["cpu"].as_f64(), v["data"][0]["mem"].as_u64()),
+        (Some(0.75), Some(300 << 20))
+    );
+
+    let out = run(vec![
+        "sim",
+        "task-error",
+        "--kind",
+        "vzstart",
+        "--message",
+        "bridge 'x' does not exist",
+    ])
+    .await
+    .unwrap();
+    assert!(out.status.success());
+    let out = run(vec!["sim", "fault", "--path", "/nodes", "--count", "5"])
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let out = run(vec!["sim", "clear"]).await.unwrap();
+    assert!(out.status.success());
+    let resp = http.get(format!("{url}/api2/json/nodes")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "clear removed the queued faults");
+}

@@ -5,6 +5,7 @@ mod config;
 mod migrate;
 mod pve;
 mod pve_check;
+mod sim;
 mod topology;
 
 use std::process::ExitCode;
@@ -41,6 +42,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config { action } => config::run(&settings, action),
         Command::Bus { action } => bus::run(&settings, action).await,
         Command::Pve { action } => pve::run(&settings, action).await,
+        Command::Sim { action } => sim::run(&settings, action).await,
         Command::Bench {
             what:
                 BenchWhat::Bus {
