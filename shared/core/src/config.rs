@@ -37,6 +37,42 @@ pub struct Settings {
     pub outbox: OutboxSettings,
     /// The Proxmox VE API.
     pub pve: PveSettings,
+    /// The provisioner: how containers are built and torn down.
+    pub provisioner: ProvisionerSettings,
+}
+
+/// How the provisioner builds and tears down containers (the reference platform's
+/// `build_container_config`, pve-behaviour.md §5).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProvisionerSettings {
+    /// `nameserver` in every container (space-separated), none when empty.
+    pub nameserver: String,
+    /// `searchdomain` in every container, none when empty.
+    pub searchdomain: String,
+    /// Turn on `features: nesting=1` (needed by systemd in recent templates).
+    pub nesting: bool,
+    /// Start the container when its node boots.
+    pub onboot: bool,
+    /// How long a clean shutdown may take before the container is stopped, on destroy.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// How long `container.start` waits for the status `running`.
+    #[serde(with = "humantime_serde")]
+    pub start_timeout: Duration,
+}
+
+impl Default for ProvisionerSettings {
+    fn default() -> Self {
+        Self {
+            nameserver: String::new(),
+            searchdomain: String::new(),
+            nesting: true,
+            onboot: true,
+            shutdown_timeout: Duration::from_secs(60),
+            start_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// How TLS certificates of the PVE API are checked.

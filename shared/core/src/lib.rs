@@ -6,6 +6,8 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod instrument;
+#[cfg(feature = "pve")]
+pub mod pve;
 pub mod secret;
 pub mod shutdown;
 pub mod telemetry;

@@ -5,8 +5,8 @@
 use std::collections::BTreeSet;
 use std::process::ExitCode;
 
-use pvefleet_core::config::{PveSettings, PveTls};
-use pvefleet_proxmox::client::{Auth, ClientSettings, PveClient, PveError, TlsMode};
+use pvefleet_core::config::PveSettings;
+use pvefleet_proxmox::client::PveError;
 use serde::Serialize;
 
 /// The privileges the fleet's workers use, and what for.
@@ -23,44 +23,6 @@ pub const REQUIRED: &[(&str, &str)] = &[
     ("Sys.Audit", "read nodes and cluster resources"),
     ("SDN.Use", "put interfaces on SDN vnets"),
 ];
-
-/// Builds a PVE client from the settings.
-pub fn client(s: &PveSettings) -> anyhow::Result<PveClient> {
-    let auth = match (&s.token_id, &s.token_secret, &s.user, &s.password) {
-        (Some(id), Some(secret), _, _) => Auth::Token {
-            id: id.clone(),
-            secret: secret.expose().to_string(),
-        },
-        (_, _, Some(user), Some(password)) => Auth::Password {
-            user: user.clone(),
-            password: password.expose().to_string(),
-        },
-        _ => anyhow::bail!(
-            "no Proxmox credentials: set pve.token_id and pve.token_secret (or pve.user and pve.password)"
-        ),
-    };
-    let tls = match s.tls {
-        PveTls::Verified => TlsMode::Verified,
-        PveTls::CaFile => TlsMode::CaFile(
-            s.ca_file
-                .clone()
-                .ok_or_else(|| anyhow::anyhow!("pve.tls = \"ca-file\" needs pve.ca_file"))?,
-        ),
-        PveTls::Fingerprint => TlsMode::Fingerprint(
-            s.fingerprint
-                .clone()
-                .ok_or_else(|| anyhow::anyhow!("pve.tls = \"fingerprint\" needs pve.fingerprint"))?,
-        ),
-        PveTls::Insecure => TlsMode::Insecure,
-    };
-    Ok(PveClient::new(ClientSettings {
-        url: s.url.clone(),
-        auth,
-        tls,
-        request_timeout: s.request_timeout,
-        task_timeout: s.task_timeout,
-    })?)
-}
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -132,7 +94,7 @@ async fn check(s: &PveSettings) -> Report {
         url: s.url.clone(),
         ..Report::default()
     };
-    let c = match client(s) {
+    let c = match pvefleet_core::pve::client(s) {
         Ok(c) => c,
         Err(e) => {
             r.add("connect", Status::Fail, format!("{e:#}"));

@@ -1,0 +1,444 @@
+//! The provisioner: `container.create`, `container.start`, `container.snapshot` and
+//! `container.destroy` on Proxmox VE (DESIGN.md §5, pve-behaviour.md §5).
+//!
+//! Every handler is idempotent, so a redelivered command converges on the same state: a
+//! container already created for this site is success, one owned by anything else is a
+//! failure; a running container is started; an existing snapshot is taken; an absent
+//! container is destroyed. PVE failures map to outcomes by the client's classes: transient
+//! (locks, 5xx, 595–599, timeouts) retry through the wait tiers, permanent ones fail the step
+//! with PVE's message. Work on one vmid is serialized across replicas by a Postgres advisory
+//! lock. The provisioner runs without the inbox: a PVE task can outlast any transaction.
+
+mod lock;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pvefleet_contracts::StepError;
+use pvefleet_contracts::ids::SiteId;
+use pvefleet_contracts::messages::{
+    ContainerCreate, ContainerCreated, ContainerDestroy, ContainerDestroyed, ContainerSnapshot, ContainerSnapshotted,
+    ContainerStart, ContainerStarted,
+};
+use pvefleet_core::bus::{Context, Handler, Outcome, Router};
+use pvefleet_core::config::ProvisionerSettings;
+use pvefleet_proxmox::client::api::{Resource, ResourceType};
+use pvefleet_proxmox::client::{Class, Params, PveClient, PveError, Reason};
+
+pub use lock::VmidLock;
+
+/// The tag every container the fleet creates carries.
+pub const FLEET_TAG: &str = "pvefleet";
+
+/// The description line that marks a container as a site's.
+pub fn site_marker(site: &SiteId) -> String {
+    format!("pvefleet-site: {site}")
+}
+
+/// The provisioner's handlers, sharing one PVE client.
+#[derive(Clone)]
+pub struct Provisioner {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pve: PveClient,
+    settings: ProvisionerSettings,
+    locks: Option<deadpool_postgres::Pool>,
+    lock_timeout: Duration,
+}
+
+impl Provisioner {
+    /// Handlers using `pve`; with a pool, per-vmid work is serialized across replicas.
+    pub fn new(
+        pve: PveClient,
+        settings: ProvisionerSettings,
+        locks: Option<deadpool_postgres::Pool>,
+        lock_timeout: Duration,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                pve,
+                settings,
+                locks,
+                lock_timeout,
+            }),
+        }
+    }
+
+    /// The router for the provisioner's queue.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .command::<ContainerCreate, _>(self.clone())
+            .command::<ContainerStart, _>(self.clone())
+            .command::<ContainerSnapshot, _>(self.clone())
+            .command::<ContainerDestroy, _>(self.clone())
+    }
+}
+
+/// Maps a PVE failure to an outcome: transient retries, permanent fails the step.
+fn pve_outcome(step: &str, e: PveError) -> Outcome {
+    match e.class {
+        Class::Transient => Outcome::retry(format!("{step}: {e}")),
+        Class::Permanent => {
+            let code = match e.reason {
+                Reason::NotFound => "proxmox.not_found",
+                Reason::AlreadyExists => "proxmox.already_exists",
+                Reason::Forbidden => "proxmox.forbidden",
+                Reason::InvalidParameters => "proxmox.invalid_parameters",
+                Reason::TaskFailed => "proxmox.task_failed",
+                Reason::NotImplemented => "proxmox.not_implemented",
+                Reason::Locked | Reason::Other => "proxmox.permanent",
+            };
+            let mut message = e.message.trim().to_string();
+            if !e.errors.is_empty() {
+                let fields: Vec<String> = e.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+                message = format!("{message} ({})", fields.join("; "));
+            }
+            Outcome::Fail(StepError::new(code, message))
+        }
+    }
+}
+
+/// Runs `f`, mapping its PVE error to an outcome.
+macro_rules! pve {
+    ($step:expr, $e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return pve_outcome($step, e),
+        }
+    };
+}
+
+/// Sends an event; a failed send retries the command (the event must not be lost).
+async fn emit<M: pvefleet_contracts::Message>(ctx: &Context<'_>, msg: &M) -> Outcome {
+    match ctx.send(msg).await {
+        Ok(()) => Outcome::Ok,
+        Err(e) => Outcome::retry(format!("cannot send {}: {e}", M::TYPE)),
+    }
+}
+
+impl Inner {
+    async fn lock(&self, vmid: u32) -> Result<Option<VmidLock>, Outcome> {
+        match &self.locks {
+            None => Ok(None),
+            Some(pool) => VmidLock::acquire(pool, vmid, self.lock_timeout)
+                .await
+                .map(Some)
+                .map_err(|e| Outcome::retry(format!("cannot lock vmid {vmid}: {e:#}"))),
+        }
+    }
+
+    /// Where a container is now (HA may have moved it), from one cluster read.
+    async fn locate(&self, vmid: u32) -> Result<Option<Resource>, PveError> {
+        let rows = self.pve.resources(Some(ResourceType::Vm)).await?;
+        Ok(rows
+            .into_iter()
+            .find(|r| r.vmid == Some(u64::from(vmid)) && r.kind == "lxc"))
+    }
+
+    /// The online node with the most free memory.
+    async fn choose_node(&self) -> Result<Option<String>, PveError> {
+        let nodes = self.pve.resources(Some(ResourceType::Node)).await?;
+        Ok(nodes
+            .into_iter()
+            .filter(|n| n.status.as_deref() == Some("online"))
+            .max_by_key(|n| n.maxmem.unwrap_or(0).saturating_sub(n.mem.unwrap_or(0)))
+            .and_then(|n| n.node))
+    }
+
+    fn params(&self, cmd: &ContainerCreate, ctx: &Context<'_>) -> Params {
+        let s = &self.settings;
+        let mut net = format!("name=eth0,bridge={},ip={}", cmd.net.bridge, cmd.net.ip);
+        if let Some(gw) = &cmd.net.gw {
+            net.push_str(&format!(",gw={gw}"));
+        }
+        if let Some(mac) = &cmd.net.hwaddr {
+            net.push_str(&format!(",hwaddr={mac}"));
+        }
+        if let Some(tag) = cmd.net.tag {
+            net.push_str(&format!(",tag={tag}"));
+        }
+        let mut tags: Vec<String> = vec![FLEET_TAG.to_string()];
+        tags.extend(cmd.tags.iter().filter(|t| t.as_str() != FLEET_TAG).cloned());
+        let mut description = site_marker(&cmd.site_id);
+        if let Some(saga) = ctx.correlation_id {
+            description.push_str(&format!("\npvefleet-saga: {saga}"));
+        }
+        let mut p = Params::new()
+            .set("vmid", cmd.vmid.0)
+            .set("hostname", &cmd.hostname)
+            .set("ostemplate", &cmd.template)
+            .set("rootfs", format!("{}:{}", cmd.storage, cmd.disk_gb))
+            .set("cores", cmd.cores)
+            .set("memory", cmd.memory_mb)
+            .set("swap", cmd.swap_mb)
+            .set("net0", net)
+            .flag("unprivileged", cmd.unprivileged)
+            .flag("onboot", s.onboot)
+            .set("tags", tags.join(";"))
+            .set("description", description);
+        if s.nesting {
+            p = p.set("features", "nesting=1");
+        }
+        if !s.nameserver.trim().is_empty() {
+            p = p.set("nameserver", s.nameserver.trim());
+        }
+        if !s.searchdomain.trim().is_empty() {
+            p = p.set("searchdomain", s.searchdomain.trim());
+        }
+        p
+    }
+
+    /// Whether an existing container is this site's: its description carries the marker.
+    async fn owned_by(&self, node: &str, vmid: u32, site: &SiteId) -> Result<bool, PveError> {
+        let config = self.pve.lxc_config(node, vmid, false).await?;
+        let description = config.get("description").and_then(|d| d.as_str()).unwrap_or_default();
+        Ok(description.lines().any(|l| l.trim() == site_marker(site)))
+    }
+}
+
+#[async_trait]
+impl Handler<ContainerCreate> for Provisioner {
+    async fn handle(&self, cmd: ContainerCreate, ctx: &Context<'_>) -> Outcome {
+        let me = &self.inner;
+        let vmid = cmd.vmid.0;
+        let _lock = match me.lock(vmid).await {
+            Ok(l) => l,
+            Err(o) => return o,
+        };
+        // Twice at most: a create that loses a race to another request re-checks ownership.
+        for _ in 0..2 {
+            if let Some(existing) = pve!("container.create", me.locate(vmid).await) {
+                let node = existing.node.clone().unwrap_or_default();
+                if !pve!("container.create", me.owned_by(&node, vmid, &cmd.site_id).await) {
+                    return Outcome::Fail(StepError::new(
+                        "vmid.taken",
+                        format!("vmid {vmid} is used by a container that is not this site's (on {node})"),
+                    ));
+                }
+                if existing.lock.as_deref() == Some("create") {
+                    return Outcome::retry(format!("container {vmid} is still being created"));
+                }
+                return emit(
+                    ctx,
+                    &ContainerCreated {
+                        site_id: cmd.site_id,
+                        vmid: cmd.vmid,
+                        node,
+                    },
+                )
+                .await;
+            }
+            let node = if cmd.node.is_empty() {
+                match pve!("container.create", me.choose_node().await) {
+                    Some(n) => n,
+                    None => return Outcome::retry("no node is online"),
+                }
+            } else {
+                cmd.node.clone()
+            };
+            if !pve!("container.create", me.pve.template_exists(&node, &cmd.template).await) {
+                return Outcome::Fail(StepError::new(
+                    "template.missing",
+                    format!("template {} is not on node {node}", cmd.template),
+                ));
+            }
+            match me.pve.lxc_create(&node, me.params(&cmd, ctx)).await {
+                Ok(_) => {
+                    return emit(
+                        ctx,
+                        &ContainerCreated {
+                            site_id: cmd.site_id,
+                            vmid: cmd.vmid,
+                            node,
+                        },
+                    )
+                    .await;
+                }
+                Err(e) if e.reason == Reason::AlreadyExists => continue,
+                Err(e) => return pve_outcome("container.create", e),
+            }
+        }
+        Outcome::retry(format!("vmid {vmid} changed hands while it was being created"))
+    }
+}
+
+#[async_trait]
+impl Handler<ContainerStart> for Provisioner {
+    async fn handle(&self, cmd: ContainerStart, ctx: &Context<'_>) -> Outcome {
+        let me = &self.inner;
+        let vmid = cmd.vmid.0;
+        let _lock = match me.lock(vmid).await {
+            Ok(l) => l,
+            Err(o) => return o,
+        };
+        let Some(found) = pve!("container.start", me.locate(vmid).await) else {
+            return Outcome::Fail(StepError::new(
+                "container.missing",
+                format!("container {vmid} does not exist"),
+            ));
+        };
+        let node = found.node.unwrap_or_default();
+        let status = pve!("container.start", me.pve.lxc_status(&node, vmid).await);
+        if status.status != "running" {
+            match me.pve.lxc_start(&node, vmid).await {
+                Ok(_) => {}
+                // Started meanwhile (by HA, or a previous delivery): fine.
+                Err(e) if e.message.contains("already running") => {}
+                Err(e) => return pve_outcome("container.start", e),
+            }
+        }
+        let deadline = Instant::now() + me.settings.start_timeout;
+        loop {
+            let status = pve!("container.start", me.pve.lxc_status(&node, vmid).await);
+            if status.status == "running" {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Outcome::retry(format!("container {vmid} is not running after its start task"));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        emit(
+            ctx,
+            &ContainerStarted {
+                site_id: cmd.site_id,
+                vmid: cmd.vmid,
+                node,
+            },
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl Handler<ContainerSnapshot> for Provisioner {
+    async fn handle(&self, cmd: ContainerSnapshot, ctx: &Context<'_>) -> Outcome {
+        let me = &self.inner;
+        let vmid = cmd.vmid.0;
+        let _lock = match me.lock(vmid).await {
+            Ok(l) => l,
+            Err(o) => return o,
+        };
+        let Some(found) = pve!("container.snapshot", me.locate(vmid).await) else {
+            return Outcome::Fail(StepError::new(
+                "container.missing",
+                format!("container {vmid} does not exist"),
+            ));
+        };
+        let node = found.node.unwrap_or_default();
+        let snapshots = pve!("container.snapshot", me.pve.lxc_snapshots(&node, vmid).await);
+        if !snapshots.iter().any(|s| s.name == cmd.name) {
+            match me
+                .pve
+                .lxc_snapshot_create(&node, vmid, &cmd.name, cmd.description.as_deref())
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.reason == Reason::AlreadyExists => {}
+                Err(e) => return pve_outcome("container.snapshot", e),
+            }
+        }
+        emit(
+            ctx,
+            &ContainerSnapshotted {
+                site_id: cmd.site_id,
+                vmid: cmd.vmid,
+                name: cmd.name,
+            },
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl Handler<ContainerDestroy> for Provisioner {
+    async fn handle(&self, cmd: ContainerDestroy, ctx: &Context<'_>) -> Outcome {
+        let me = &self.inner;
+        let vmid = cmd.vmid.0;
+        let _lock = match me.lock(vmid).await {
+            Ok(l) => l,
+            Err(o) => return o,
+        };
+        let done = ContainerDestroyed {
+            site_id: cmd.site_id,
+            vmid: cmd.vmid,
+        };
+        let Some(found) = pve!("container.destroy", me.locate(vmid).await) else {
+            return emit(ctx, &done).await;
+        };
+        let node = found.node.clone().unwrap_or_default();
+        if !pve!("container.destroy", me.owned_by(&node, vmid, &cmd.site_id).await) {
+            return Outcome::Fail(StepError::new(
+                "vmid.taken",
+                format!("container {vmid} is not this site's; it is left alone"),
+            ));
+        }
+        // A clean shutdown first; a container that does not stop in time is stopped.
+        if found.status.as_deref() == Some("running") {
+            let timeout = me.settings.shutdown_timeout.as_secs().max(1);
+            if let Err(e) = me.pve.lxc_shutdown(&node, vmid, Some(timeout), false).await {
+                if e.class == Class::Transient && e.reason == Reason::Locked {
+                    return pve_outcome("container.destroy", e);
+                }
+                tracing::warn!(vmid, error = %e, "Clean shutdown failed; stopping the container.");
+                match me.pve.lxc_stop(&node, vmid).await {
+                    Ok(_) => {}
+                    Err(e) if e.message.contains("not running") => {}
+                    Err(e) => return pve_outcome("container.destroy", e),
+                }
+            }
+        }
+        let snapshots = pve!("container.destroy", me.pve.lxc_snapshots(&node, vmid).await);
+        for s in snapshots.iter().filter(|s| s.name != "current") {
+            match me.pve.lxc_snapshot_delete(&node, vmid, &s.name, false).await {
+                Ok(_) => {}
+                Err(e) if e.reason == Reason::NotFound => {}
+                Err(e) => return pve_outcome("container.destroy", e),
+            }
+        }
+        let sid = format!("ct:{vmid}");
+        let ha = pve!("container.destroy", me.pve.ha_resources().await);
+        if ha.iter().any(|r| r.sid == sid) {
+            let pve9 = pve!("container.destroy", me.pve.version().await).major() >= 9;
+            match me.pve.ha_resource_delete(&sid, pve9.then_some(true)).await {
+                Ok(()) => {}
+                Err(e) if e.reason == Reason::NotFound => {}
+                Err(e) => return pve_outcome("container.destroy", e),
+            }
+        }
+        match me.pve.lxc_destroy(&node, vmid, cmd.purge, false).await {
+            Ok(_) => {}
+            Err(e) if e.reason == Reason::NotFound => {}
+            Err(e) => return pve_outcome("container.destroy", e),
+        }
+        emit(ctx, &done).await
+    }
+}
+
+/// Runs the provisioner until `shutdown`: consumes `pvefleet.provisioner` with the settings'
+/// concurrency, serializing per vmid through `db` when given.
+pub async fn run(
+    settings: &pvefleet_core::Settings,
+    db: Option<deadpool_postgres::Pool>,
+    ready: Option<pvefleet_core::http::ReadyFlag>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    use pvefleet_core::bus::runner::{WorkerDeps, WorkerSpec, run_worker};
+    let pve = pvefleet_core::pve::client(&settings.pve)?;
+    let topology = pvefleet_core::bus::topology::Topology::fleet(&settings.bus);
+    let publisher = pvefleet_core::bus::Publisher::new(&settings.bus, "provisioner", Some(topology.clone()));
+    let provisioner = Provisioner::new(pve, settings.provisioner.clone(), db.clone(), settings.pve.task_timeout);
+    let queue = pvefleet_contracts::routing::work_queue("provisioner");
+    let spec = WorkerSpec::from_settings("provisioner", &queue, settings);
+    let deps = WorkerDeps {
+        bus: settings.bus.clone(),
+        topology,
+        publisher,
+        db: None,
+        ready,
+    };
+    run_worker(deps, provisioner.router(), spec, shutdown).await
+}

@@ -1,0 +1,50 @@
+//! Per-vmid serialization across provisioner replicas (and, later, the autoscaler and
+//! nethotplug): a Postgres session advisory lock keyed by the vmid.
+
+use std::time::Duration;
+
+/// The advisory lock class for vmids (the first key of `pg_advisory_lock(int, int)`).
+pub const VMID_LOCK_CLASS: i32 = 0x7076_6d00; // "pvm\0"
+
+/// A held vmid lock, released when dropped: in the background when a runtime is there (the
+/// connection then returns to the pool), else by closing its session.
+pub struct VmidLock {
+    conn: Option<deadpool_postgres::Object>,
+    vmid: i32,
+}
+
+impl VmidLock {
+    /// Waits for the lock on `vmid`, at most `timeout`.
+    pub async fn acquire(pool: &deadpool_postgres::Pool, vmid: u32, timeout: Duration) -> anyhow::Result<Self> {
+        let conn = pool.get().await?;
+        let vmid = i32::try_from(vmid)?;
+        let ms = timeout.as_millis().max(1);
+        conn.batch_execute(&format!("SET lock_timeout = {ms}")).await?;
+        conn.execute("SELECT pg_advisory_lock($1, $2)", &[&VMID_LOCK_CLASS, &vmid])
+            .await?;
+        Ok(Self { conn: Some(conn), vmid })
+    }
+}
+
+impl Drop for VmidLock {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        let vmid = self.vmid;
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    let unlocked = conn
+                        .execute("SELECT pg_advisory_unlock($1, $2)", &[&VMID_LOCK_CLASS, &vmid])
+                        .await
+                        .is_ok();
+                    let reset = conn.batch_execute("RESET lock_timeout").await.is_ok();
+                    if !(unlocked && reset) {
+                        // Closing the session frees its advisory locks.
+                        drop(deadpool_postgres::Object::take(conn));
+                    }
+                });
+            }
+            Err(_) => drop(deadpool_postgres::Object::take(conn)),
+        }
+    }
+}
