@@ -39,6 +39,40 @@ pub struct Settings {
     pub pve: PveSettings,
     /// The provisioner: how containers are built and torn down.
     pub provisioner: ProvisionerSettings,
+    /// The ha service: how containers are made highly available.
+    pub ha: HaSettings,
+}
+
+/// How the ha service makes containers HA (pve-behaviour.md §5.12).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HaSettings {
+    /// Restarts on the same node before the HA manager relocates.
+    pub max_restart: u32,
+    /// Relocations before it gives up.
+    pub max_relocate: u32,
+    /// Preferred nodes, `node[:priority]`; empty: no placement rule or group.
+    pub nodes: Vec<String>,
+    /// Restrict to those nodes rather than prefer them (PVE 9 `strict`, PVE 8 `restricted`).
+    pub strict: bool,
+    /// The PVE 8 group created for `nodes` when a command names none.
+    pub group: String,
+    /// How often the reconciler repairs drift (missing HA resources, wrong states).
+    #[serde(with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+}
+
+impl Default for HaSettings {
+    fn default() -> Self {
+        Self {
+            max_restart: 3,
+            max_relocate: 2,
+            nodes: Vec::new(),
+            strict: false,
+            group: "pvefleet".into(),
+            reconcile_interval: Duration::from_secs(60),
+        }
+    }
 }
 
 /// How the provisioner builds and tears down containers (the reference platform's

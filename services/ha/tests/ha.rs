@@ -1,0 +1,273 @@
+//! The ha service in-process against the real RabbitMQ (its own vhost) and pvesim in PVE 9 and
+//! PVE 8 modes: commands through the bus, events read back, effects checked through the client.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use pvefleet_contracts::ids::SiteId;
+use pvefleet_contracts::messages::{HaDisable, HaEnable};
+use pvefleet_contracts::routing::EVENTS_EXCHANGE;
+use pvefleet_contracts::{Message, Vmid};
+use pvefleet_core::Settings;
+use pvefleet_core::bus::outgoing::Origin;
+use pvefleet_core::bus::{Outgoing, Publisher};
+use pvefleet_proxmox::client::{Params, PveClient};
+use pvefleet_pvesim::{Sim, SimConfig};
+use pvefleet_testkit::broker::take;
+use pvefleet_testkit::{TestVhost, init_tracing, settings};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(20);
+const TEMPLATE: &str = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst";
+
+struct Rig {
+    _vhost: TestVhost,
+    _sim: Sim,
+    settings: Settings,
+    pve: PveClient,
+    publisher: Publisher,
+    events: (lapin::Connection, lapin::Channel, String),
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn rig(version: &str) -> Rig {
+    init_tracing();
+    let vhost = TestVhost::new().unwrap();
+    let mut s = settings(&vhost, None);
+    let (sim, addr) = Sim::spawn(SimConfig {
+        version: version.into(),
+        token: Some(("fleet@pve!ha".into(), "s3cret".into())),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    s.pve.url = format!("http://{addr}");
+    s.pve.token_id = Some("fleet@pve!ha".into());
+    s.pve.token_secret = Some(pvefleet_core::Secret::new("s3cret"));
+    s.ha.nodes = vec!["pve1:2".into(), "pve2".into()];
+    s.ha.reconcile_interval = Duration::from_secs(3600);
+    let pve = pvefleet_core::pve::client(&s.pve).unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let s = s.clone();
+        let shutdown = shutdown.clone();
+        async move { pvefleet_ha::run(&s, None, shutdown).await }
+    });
+    let topology = pvefleet_core::bus::topology::Topology::fleet(&s.bus);
+    let publisher = Publisher::new(&s.bus, "test", Some(topology));
+    publisher.connect().await.unwrap();
+    let (conn, ch) = vhost.channel().await.unwrap();
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+        .name()
+        .as_str()
+        .to_string();
+    ch.queue_bind(
+        q.as_str().into(),
+        EVENTS_EXCHANGE.into(),
+        "ha.*".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    Rig {
+        _vhost: vhost,
+        _sim: sim,
+        settings: s,
+        pve,
+        publisher,
+        events: (conn, ch, q),
+        shutdown,
+        task,
+    }
+}
+
+impl Rig {
+    async fn send<M: Message>(&self, msg: &M) {
+        let origin = Origin {
+            correlation_id: Some(uuid::Uuid::now_v7()),
+            ..Origin::default()
+        };
+        self.publisher
+            .publish(&Outgoing::message(msg, &origin).unwrap())
+            .await
+            .unwrap();
+    }
+
+    async fn event(&self) -> (String, Value) {
+        let got = take(&self.events.1, &self.events.2, 1, WAIT).await.unwrap();
+        let d = got.first().expect("an event arrives");
+        let kind = d.properties.kind().as_ref().map(|k| k.to_string()).unwrap_or_default();
+        (kind, serde_json::from_slice(&d.data).unwrap())
+    }
+
+    async fn container(&self, vmid: u32) {
+        let params = Params::new()
+            .set("vmid", vmid)
+            .set("ostemplate", TEMPLATE)
+            .set("hostname", "blog")
+            .set("tags", "pvefleet");
+        self.pve.lxc_create("pve1", params).await.unwrap();
+    }
+
+    async fn tags(&self, vmid: u32) -> String {
+        let config = self.pve.lxc_config("pve1", vmid, true).await.unwrap();
+        config
+            .get("tags")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pve9_enable_adds_the_resource_a_node_affinity_rule_and_the_tag_and_disable_removes_them() {
+    let r = rig("9.1.3").await;
+    r.container(400).await;
+    let site = SiteId::new();
+    let enable = HaEnable {
+        site_id: site,
+        vmid: Vmid(400),
+        group: None,
+    };
+    r.send(&enable).await;
+    assert_eq!(r.event().await.0, "ha.enabled");
+    let res = r.pve.ha_resource("ct:400").await.unwrap();
+    assert_eq!(
+        (res.state.as_deref(), res.max_restart, res.max_relocate),
+        (Some("started"), Some(3), Some(2))
+    );
+    let rules = r.pve.ha_rules().await.unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        (rules[0].rule.as_str(), rules[0].nodes.as_deref()),
+        ("pvefleet-400", Some("pve1:2,pve2"))
+    );
+    assert_eq!(r.tags(400).await, "pvefleet;pvefleet-ha");
+
+    r.send(&enable).await;
+    assert_eq!(r.event().await.0, "ha.enabled", "enabling twice is success");
+    assert_eq!(r.pve.ha_rules().await.unwrap().len(), 1, "one rule still");
+
+    let disable = HaDisable {
+        site_id: site,
+        vmid: Vmid(400),
+    };
+    r.send(&disable).await;
+    assert_eq!(r.event().await.0, "ha.disabled");
+    assert!(r.pve.ha_resources().await.unwrap().is_empty());
+    assert!(r.pve.ha_rules().await.unwrap().is_empty());
+    assert_eq!(r.tags(400).await, "pvefleet");
+    r.send(&disable).await;
+    assert_eq!(r.event().await.0, "ha.disabled", "absence is success");
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pve8_enable_places_the_resource_in_a_group_made_from_the_configured_nodes() {
+    let r = rig("8.4.1").await;
+    r.container(401).await;
+    r.send(&HaEnable {
+        site_id: SiteId::new(),
+        vmid: Vmid(401),
+        group: None,
+    })
+    .await;
+    let (kind, body) = r.event().await;
+    assert_eq!(kind, "ha.enabled", "{body}");
+    let groups = r.pve.ha_groups().await.unwrap();
+    assert_eq!(
+        (groups[0].group.as_str(), groups[0].nodes.as_deref()),
+        ("pvefleet", Some("pve1:2,pve2"))
+    );
+    assert_eq!(
+        r.pve.ha_resource("ct:401").await.unwrap().group.as_deref(),
+        Some("pvefleet")
+    );
+    // A group the command names that does not exist yet is made from the configured nodes.
+    r.send(&HaEnable {
+        site_id: SiteId::new(),
+        vmid: Vmid(401),
+        group: Some("nope".into()),
+    })
+    .await;
+    let (kind, _) = r.event().await;
+    assert_eq!(kind, "ha.enabled");
+    assert_eq!(
+        r.pve.ha_resource("ct:401").await.unwrap().group.as_deref(),
+        Some("nope")
+    );
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciler_restores_a_missing_resource_and_a_wrong_state() {
+    let r = rig("9.1.3").await;
+    r.container(402).await;
+    r.container(403).await;
+    r.send(&HaEnable {
+        site_id: SiteId::new(),
+        vmid: Vmid(402),
+        group: None,
+    })
+    .await;
+    assert_eq!(r.event().await.0, "ha.enabled");
+    r.send(&HaEnable {
+        site_id: SiteId::new(),
+        vmid: Vmid(403),
+        group: None,
+    })
+    .await;
+    assert_eq!(r.event().await.0, "ha.enabled");
+    // Drift: someone removed one resource by hand and stopped the other.
+    r.pve.ha_resource_delete("ct:402", Some(true)).await.unwrap();
+    let res = r.pve.ha_resource("ct:403").await.unwrap();
+    r.pve
+        .ha_resource_update(
+            "ct:403",
+            &pvefleet_proxmox::client::ha::HaResourceSpec {
+                state: Some("stopped".into()),
+                ..Default::default()
+            },
+            res.digest.as_deref(),
+        )
+        .await
+        .unwrap();
+    let ha = pvefleet_ha::Ha::new(r.pve.clone(), r.settings.ha.clone());
+    let repaired = ha.reconcile().await.unwrap();
+    assert_eq!((repaired.added, repaired.restarted), (1, 1));
+    assert_eq!(
+        r.pve.ha_resource("ct:402").await.unwrap().state.as_deref(),
+        Some("started")
+    );
+    assert_eq!(
+        r.pve.ha_resource("ct:403").await.unwrap().state.as_deref(),
+        Some("started")
+    );
+    assert_eq!(
+        ha.reconcile().await.unwrap(),
+        pvefleet_ha::Repaired::default(),
+        "nothing left to repair"
+    );
+    r.stop().await;
+}
