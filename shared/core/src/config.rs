@@ -41,6 +41,87 @@ pub struct Settings {
     pub provisioner: ProvisionerSettings,
     /// The ha service: how containers are made highly available.
     pub ha: HaSettings,
+    /// The saga coordinator: sites, plans, leases and providers.
+    pub saga: SagaSettings,
+}
+
+/// A size plan sites can name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// CPU cores.
+    pub cores: u32,
+    /// Memory, MiB.
+    pub memory_mb: u32,
+    /// Root disk, GiB.
+    pub disk_gb: u32,
+}
+
+/// The saga coordinator's settings: where leases come from, what a site is made of, and which
+/// optional steps run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SagaSettings {
+    /// The first vmid leased to sites.
+    pub vmid_first: u32,
+    /// The last vmid leased to sites.
+    pub vmid_last: u32,
+    /// The sites' network, `10.10.0.0/24`; addresses are leased from it.
+    pub ip_cidr: String,
+    /// The first host number leased (`.100` of the network).
+    pub ip_first: u32,
+    /// The last host number leased.
+    pub ip_last: u32,
+    /// The sites' gateway.
+    pub gateway: String,
+    /// The bridge (or SDN vnet) of `net0`.
+    pub bridge: String,
+    /// The storage of root disks.
+    pub storage: String,
+    /// Swap for every container, MiB.
+    pub swap_mb: u32,
+    /// The domain sites live under: `<subdomain>.<domain>`.
+    pub domain: String,
+    /// `none` skips the DNS steps (a homelab without DNS automation).
+    pub dns_provider: String,
+    /// `none` skips the reverse-proxy steps.
+    pub proxy_provider: String,
+    /// Size plans by name.
+    pub plans: std::collections::BTreeMap<String, Plan>,
+    /// Re-sends of a failing compensation before the saga is `compensation_failed`.
+    pub compensation_attempts: u32,
+}
+
+impl Default for SagaSettings {
+    fn default() -> Self {
+        let plan = |cores, memory_mb, disk_gb| Plan {
+            cores,
+            memory_mb,
+            disk_gb,
+        };
+        Self {
+            vmid_first: 10_000,
+            vmid_last: 19_999,
+            ip_cidr: "10.10.0.0/24".into(),
+            ip_first: 100,
+            ip_last: 250,
+            gateway: "10.10.0.1".into(),
+            bridge: "vmbr0".into(),
+            storage: "local-lvm".into(),
+            swap_mb: 512,
+            domain: "example.org".into(),
+            dns_provider: "none".into(),
+            proxy_provider: "none".into(),
+            plans: [
+                ("small".to_string(), plan(1, 1024, 8)),
+                ("medium".to_string(), plan(2, 2048, 16)),
+                ("large".to_string(), plan(4, 4096, 32)),
+            ]
+            .into_iter()
+            .collect(),
+            compensation_attempts: 5,
+        }
+    }
 }
 
 /// How the ha service makes containers HA (pve-behaviour.md §5.12).

@@ -62,7 +62,7 @@ pub(super) async fn process_batch(shared: &Shared, batch: Vec<Delivery>) {
             Ok((route, body)) => items.push(Item { d, meta, route, body }),
             Err(r) => {
                 let span = meta.span.clone();
-                park(shared, &d, r.class, &r.reason, meta.attempt)
+                super::deliver::park_rejected(shared, &d, &meta, r)
                     .instrument(span)
                     .await;
             }

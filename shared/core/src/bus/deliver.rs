@@ -113,10 +113,36 @@ pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 pub(super) struct Rejection {
     pub class: &'static str,
     pub reason: String,
+    /// The route's notice for a schema-invalid body, with that body.
+    pub notice: Option<(std::sync::Arc<super::handler::InvalidFn>, Value)>,
 }
 
 fn reject(class: &'static str, reason: String) -> Rejection {
-    Rejection { class, reason }
+    Rejection {
+        class,
+        reason,
+        notice: None,
+    }
+}
+
+/// Parks a rejected delivery; first publishes the route's notice for a schema-invalid body,
+/// and if that publish fails, retries the message later instead of parking it silently.
+pub(super) async fn park_rejected(shared: &Shared, d: &Delivery, meta: &Meta, r: Rejection) {
+    if let Some((notice, body)) = &r.notice {
+        let origin = super::outgoing::Origin {
+            correlation_id: meta.correlation_id,
+            causation_id: Some(meta.message_id.clone()),
+            trace: Some(meta.trace),
+            app_id: Some(shared.spec.name.clone()),
+        };
+        if let Some(out) = notice(body, &r.reason, &origin)
+            && let Err(e) = shared.deps.publisher.publish(&out).await
+        {
+            let error = format!("cannot publish the rejection notice: {e}");
+            return retry_outage(shared, d, &meta.mtype, meta.attempt, &error).await;
+        }
+    }
+    park(shared, d, r.class, &r.reason, meta.attempt).await;
 }
 
 impl Shared {
@@ -197,14 +223,16 @@ impl Shared {
                 })
                 .collect();
             if !errors.is_empty() {
-                return Err(reject(
+                let mut r = reject(
                     "invalid",
                     format!(
                         "body does not match {}: {}",
                         route.info.schema_file(),
                         errors.join("; ")
                     ),
-                ));
+                );
+                r.notice = route.on_invalid.clone().map(|n| (n, body));
+                return Err(r);
             }
         }
         Ok((route, body))
@@ -220,7 +248,7 @@ pub(super) async fn process(shared: &Shared, d: Delivery) {
         let started = Instant::now();
         let (route, body) = match shared.check(&d) {
             Ok(ok) => ok,
-            Err(r) => return park(shared, &d, r.class, &r.reason, meta.attempt).await,
+            Err(r) => return park_rejected(shared, &d, &meta, r).await,
         };
         let ctx = meta.context(shared, &d, None);
         let outcome = call(route, body, &ctx).await;

@@ -127,6 +127,8 @@ pub trait Handler<M: Message>: Send + Sync + 'static {
 
 type CallFn = dyn for<'a> Fn(Value, &'a Context<'a>) -> BoxFuture<'a, Outcome> + Send + Sync;
 type FailFn = dyn Fn(&Value, StepError, &Origin) -> Option<Result<Outgoing, serde_json::Error>> + Send + Sync;
+/// Builds the notice published when a message of the route fails its schema check.
+pub(crate) type InvalidFn = dyn Fn(&Value, &str, &Origin) -> Option<Outgoing> + Send + Sync;
 
 pub(crate) struct Route {
     pub info: MessageInfo,
@@ -134,6 +136,8 @@ pub(crate) struct Route {
     pub call: Arc<CallFn>,
     /// Builds the `*_failed` event for `Outcome::Fail`, for commands.
     pub fail: Option<Arc<FailFn>>,
+    /// Builds an event published before a schema-invalid message of this type is parked.
+    pub on_invalid: Option<Arc<InvalidFn>>,
 }
 
 /// Maps message types to handlers. Only registered types are accepted; anything else is parked.
@@ -167,6 +171,20 @@ impl Router {
         self
     }
 
+    /// For a type already routed: when a message of it fails its schema check, `notice` may
+    /// build an event (from the raw JSON body, the reason and the message's origin) that is
+    /// published before the message is parked, so the sender learns why. A notice that cannot
+    /// be published sends the message back for a retry instead of parking it without one.
+    pub fn on_invalid<M: Message>(
+        mut self,
+        notice: impl Fn(&Value, &str, &Origin) -> Option<Outgoing> + Send + Sync + 'static,
+    ) -> Self {
+        if let Some(route) = self.routes.get_mut(M::TYPE) {
+            route.on_invalid = Some(Arc::new(notice));
+        }
+        self
+    }
+
     fn make_route<M: Message, H: Handler<M>>(handler: H, fail: Option<Arc<FailFn>>) -> Route {
         // A type outside the registry (a test's own) is described the same way.
         let info = find(M::TYPE, M::VERSION).copied().unwrap_or_else(info_of::<M>);
@@ -183,6 +201,7 @@ impl Router {
             validator,
             call,
             fail,
+            on_invalid: None,
         }
     }
 

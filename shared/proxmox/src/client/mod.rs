@@ -307,11 +307,21 @@ impl PveClient {
             .unwrap_or_default();
         let tail: Vec<String> = lines.iter().rev().take(20).rev().map(|l| l.t.clone()).collect();
         let mut e = PveError::from_response("GET", path, 500, exit, BTreeMap::new());
-        e.reason = if e.reason == Reason::Other {
-            Reason::TaskFailed
-        } else {
-            e.reason
-        };
+        // A task that ran and failed is permanent unless its error says to try again (a lock,
+        // a timeout): re-running it would fail the same way.
+        if e.reason == Reason::Other {
+            let text = e.message.to_ascii_lowercase();
+            let passing = [
+                "got timeout",
+                "try again",
+                "temporarily unavailable",
+                "got no worker upid",
+            ];
+            if !passing.iter().any(|p| text.contains(p)) {
+                e.class = Class::Permanent;
+            }
+            e.reason = Reason::TaskFailed;
+        }
         e.task_log = tail;
         Err(e)
     }

@@ -1,0 +1,795 @@
+//! The saga coordinator (DESIGN.md §6): sagas as data, persisted in Postgres with a version
+//! column; every transition and the commands it sends commit in one transaction, the inbox
+//! batch's, through the outbox.
+//!
+//! Provision: lease a vmid and an IP → `container.create` → `container.start` → `app.install`
+//! (skipped for `app: none`) → `container.snapshot` (`initial`) → `dns.upsert` (skipped when
+//! `saga.dns_provider` is `none`) → `proxy.upsert` (likewise) → `ha.enable` (when asked) →
+//! `site.provisioned`. A `*_failed` event compensates the completed steps in reverse, releases
+//! the leases and ends in `site.provision_failed`; a compensation that keeps failing ends in
+//! `compensation_failed`. Deprovision: `ha.disable` → `proxy.delete` → `dns.delete` →
+//! `container.destroy` → release → `site.deprovisioned`, recovering forward.
+//!
+//! Events are matched to a saga by their correlation id (the saga id). An event for a step
+//! that is not the one in flight (a duplicate, or a late completion) is logged and ignored.
+
+mod leases;
+mod steps;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pvefleet_contracts::messages::{
+    App, SiteDeprovision, SiteDeprovisioned, SiteProvision, SiteProvisionFailed, SiteProvisioned, SiteRejected,
+};
+use pvefleet_contracts::{Message, StepError};
+use pvefleet_core::bus::outgoing::Origin;
+use pvefleet_core::bus::{Context, Handler, Outcome, Outgoing, Router};
+use pvefleet_core::config::SagaSettings;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+pub use steps::Step;
+
+/// What a saga carries between steps (`sagas.data`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SagaData {
+    /// The request.
+    pub site: SiteProvision,
+    /// The leased vmid.
+    pub vmid: u32,
+    /// The leased address, CIDR form.
+    pub ip: String,
+    /// The node, once known.
+    pub node: Option<String>,
+    /// The forward steps, in order.
+    pub plan: Vec<Step>,
+    /// Forward steps completed, in order.
+    pub done: Vec<Step>,
+    /// Compensations to run, in order.
+    pub compensations: Vec<Step>,
+    /// The step that failed, and why.
+    pub failure: Option<(Step, StepError)>,
+}
+
+/// The coordinator's handlers.
+#[derive(Clone)]
+pub struct Coordinator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: SagaSettings,
+    templates: Vec<String>,
+}
+
+type Db<'a> = &'a tokio_postgres::Client;
+
+/// A reason a site request is invalid: the field and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// The field at fault.
+    pub field: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+impl Coordinator {
+    /// A coordinator with the saga settings and the allowed templates.
+    pub fn new(settings: SagaSettings, templates: Vec<String>) -> Self {
+        Self {
+            inner: Arc::new(Inner { settings, templates }),
+        }
+    }
+
+    /// The router of the saga queue: site commands and every step event.
+    pub fn router(&self) -> Router {
+        use pvefleet_contracts::messages::*;
+        let c = self.clone();
+        Router::new()
+            .route::<SiteProvision, _>(c.clone())
+            .route::<SiteDeprovision, _>(c.clone())
+            .route::<ContainerCreated, _>(c.clone())
+            .route::<ContainerCreateFailed, _>(c.clone())
+            .route::<ContainerStarted, _>(c.clone())
+            .route::<ContainerStartFailed, _>(c.clone())
+            .route::<ContainerSnapshotted, _>(c.clone())
+            .route::<ContainerSnapshotFailed, _>(c.clone())
+            .route::<ContainerDestroyed, _>(c.clone())
+            .route::<ContainerDestroyFailed, _>(c.clone())
+            .route::<AppInstalled, _>(c.clone())
+            .route::<AppInstallFailed, _>(c.clone())
+            .route::<DnsUpserted, _>(c.clone())
+            .route::<DnsUpsertFailed, _>(c.clone())
+            .route::<DnsDeleted, _>(c.clone())
+            .route::<DnsDeleteFailed, _>(c.clone())
+            .route::<ProxyUpserted, _>(c.clone())
+            .route::<ProxyUpsertFailed, _>(c.clone())
+            .route::<ProxyDeleted, _>(c.clone())
+            .route::<ProxyDeleteFailed, _>(c.clone())
+            .route::<HaEnabled, _>(c.clone())
+            .route::<HaEnableFailed, _>(c.clone())
+            .route::<HaDisabled, _>(c.clone())
+            .route::<HaDisableFailed, _>(c)
+            .on_invalid::<SiteProvision>(rejection_notice)
+    }
+
+    /// Checks a request against the policy (DESIGN.md §9): the subdomain, the plan or sizes
+    /// within bounds, the template allow-list.
+    pub fn validate(&self, req: &SiteProvision) -> Result<(u32, u32, u32), Invalid> {
+        validate(&self.inner.settings, &self.inner.templates, req)
+    }
+}
+
+/// The sizes a request asks for, or why it is invalid.
+pub fn validate(s: &SagaSettings, templates: &[String], req: &SiteProvision) -> Result<(u32, u32, u32), Invalid> {
+    let label = &req.subdomain;
+    let valid_label = !label.is_empty()
+        && label.len() <= 63
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !label.starts_with('-')
+        && !label.ends_with('-');
+    if !valid_label {
+        return Err(Invalid {
+            field: "subdomain",
+            reason: format!(
+                "'{label}' is not an RFC 1123 label (lowercase letters, digits and inner hyphens, 1 to 63)"
+            ),
+        });
+    }
+    let plan = match &req.plan {
+        Some(name) => Some(s.plans.get(name).ok_or_else(|| Invalid {
+            field: "plan",
+            reason: format!(
+                "unknown plan '{name}'; known: {}",
+                s.plans.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        })?),
+        None => None,
+    };
+    let cores = req.cores.or(plan.map(|p| p.cores));
+    let memory = req.memory_mb.or(plan.map(|p| p.memory_mb));
+    let disk = req.disk_gb.or(plan.map(|p| p.disk_gb));
+    let (Some(cores), Some(memory), Some(disk)) = (cores, memory, disk) else {
+        return Err(Invalid {
+            field: "plan",
+            reason: "give a plan, or cores, memory_mb and disk_gb".into(),
+        });
+    };
+    let biggest = s.plans.values().fold((1, 512, 8), |m, p| {
+        (m.0.max(p.cores), m.1.max(p.memory_mb), m.2.max(p.disk_gb))
+    });
+    for (field, value, max) in [
+        ("cores", cores, biggest.0),
+        ("memory_mb", memory, biggest.1),
+        ("disk_gb", disk, biggest.2),
+    ] {
+        if value == 0 || value > max {
+            return Err(Invalid {
+                field,
+                reason: format!("{value} is outside 1..={max}, the largest plan"),
+            });
+        }
+    }
+    if !templates.iter().any(|t| t == &req.template) {
+        return Err(Invalid {
+            field: "template",
+            reason: format!("template '{}' is not allowed (pve.templates)", req.template),
+        });
+    }
+    Ok((cores, memory, disk))
+}
+
+fn db<'a>(ctx: &'a Context<'a>) -> Result<Db<'a>, Outcome> {
+    ctx.db
+        .ok_or_else(|| Outcome::reject("the saga coordinator needs its inbox transaction"))
+}
+
+/// Queues a message of saga `saga` in the handler's transaction.
+async fn send<M: Message>(db: Db<'_>, ctx: &Context<'_>, saga: Uuid, msg: &M) -> Result<(), Outcome> {
+    let origin = Origin {
+        correlation_id: Some(saga),
+        ..ctx.origin()
+    };
+    let out = Outgoing::message(msg, &origin).map_err(|e| Outcome::retry(format!("cannot encode {}: {e}", M::TYPE)))?;
+    pvefleet_core::db::outbox::enqueue(db, &out)
+        .await
+        .map_err(|e| Outcome::retry(format!("cannot queue {}: {e:#}", M::TYPE)))
+}
+
+/// The `site.rejected` published when a `site.provision` fails its schema check: the field is
+/// the first one the schema names (`/subdomain: ...`).
+fn rejection_notice(body: &Value, reason: &str, origin: &Origin) -> Option<Outgoing> {
+    let site_id = body
+        .get("site_id")
+        .and_then(|v| serde_json::from_value::<pvefleet_contracts::SiteId>(v.clone()).ok());
+    let field = reason
+        .split(": /")
+        .nth(1)
+        .and_then(|rest| rest.split([':', '/']).next())
+        .filter(|f| !f.is_empty())
+        .map(str::to_string);
+    let rejected = SiteRejected {
+        site_id,
+        field,
+        reason: reason.to_string(),
+    };
+    Outgoing::message(&rejected, origin).ok()
+}
+
+/// Publishes `site.rejected` at once: it must not roll back with a message that is parked.
+async fn reject(ctx: &Context<'_>, saga: Uuid, req: &SiteProvision, field: &str, reason: &str) -> Result<(), Outcome> {
+    let rejected = SiteRejected {
+        site_id: Some(req.site_id),
+        field: Some(field.to_string()),
+        reason: reason.to_string(),
+    };
+    let origin = Origin {
+        correlation_id: Some(saga),
+        ..ctx.origin()
+    };
+    let out = Outgoing::message(&rejected, &origin)
+        .map_err(|e| Outcome::retry(format!("cannot encode site.rejected: {e}")))?;
+    ctx.publisher
+        .publish(&out)
+        .await
+        .map_err(|e| Outcome::retry(format!("cannot publish site.rejected: {e}")))
+}
+
+fn retry_db(e: tokio_postgres::Error) -> Outcome {
+    Outcome::retry(format!("database: {e}"))
+}
+
+macro_rules! tri {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(o) => return o,
+        }
+    };
+}
+
+impl Inner {
+    /// The forward steps of a provisioning saga.
+    fn plan(&self, req: &SiteProvision) -> Vec<Step> {
+        let mut plan = vec![Step::Create, Step::Start];
+        if req.app != App::None {
+            plan.push(Step::Install);
+        }
+        plan.push(Step::Snapshot);
+        if self.settings.dns_provider != "none" {
+            plan.push(Step::DnsUpsert);
+        }
+        if self.settings.proxy_provider != "none" {
+            plan.push(Step::ProxyUpsert);
+        }
+        if req.ha {
+            plan.push(Step::HaEnable);
+        }
+        plan
+    }
+
+    async fn provision(&self, req: SiteProvision, ctx: &Context<'_>) -> Outcome {
+        let db = tri!(db(ctx));
+        let saga = ctx.correlation_id.unwrap_or_else(Uuid::now_v7);
+        if let Err(invalid) = validate(&self.settings, &self.templates, &req) {
+            tri!(reject(ctx, saga, &req, invalid.field, &invalid.reason).await);
+            return Outcome::reject(format!("{}: {}", invalid.field, invalid.reason));
+        }
+        // A saga that exists already: a redelivery.
+        let existing = tri!(
+            db.query_opt("SELECT 1 FROM sagas WHERE id = $1", &[&saga])
+                .await
+                .map_err(retry_db)
+        );
+        if existing.is_some() {
+            return Outcome::Ok;
+        }
+        let site = req.site_id.as_uuid();
+        // The subdomain is free unless a live site holds it. (A race between two requests ends
+        // in the unique index; the loser's batch is retried and then meets this check.)
+        let taken = tri!(
+            db.query_opt(
+                "SELECT 1 FROM sites WHERE subdomain = $1 AND id <> $2 AND state NOT IN ('failed', 'deleted')",
+                &[&req.subdomain, &site],
+            )
+            .await
+            .map_err(retry_db)
+        );
+        if taken.is_some() {
+            let reason = format!("subdomain '{}' is already in use", req.subdomain);
+            tri!(reject(ctx, saga, &req, "subdomain", &reason).await);
+            return Outcome::Ok;
+        }
+        let spec = serde_json::to_value(&req).unwrap_or(Value::Null);
+        // Intake writes the site first; a publisher straight to the bus does not.
+        let inserted = db
+            .execute(
+                "INSERT INTO sites (id, subdomain, owner, state, spec) VALUES ($1, $2, $3, 'provisioning', $4)
+                 ON CONFLICT (id) DO UPDATE SET state = 'provisioning', updated_at = now() WHERE sites.state = 'requested'",
+                &[&site, &req.subdomain, &req.owner, &spec],
+            )
+            .await;
+        if let Err(e) = inserted {
+            return retry_db(e);
+        }
+        let vmid = tri!(leases::lease_vmid(db, &self.settings, site).await);
+        let ip = tri!(leases::lease_ip(db, &self.settings, site).await);
+        let data = SagaData {
+            plan: self.plan(&req),
+            site: req,
+            vmid,
+            ip,
+            node: None,
+            done: Vec::new(),
+            compensations: Vec::new(),
+            failure: None,
+        };
+        let first = data.plan[0];
+        tri!(
+            db.execute(
+                "INSERT INTO sagas (id, kind, site_id, state, step, data) VALUES ($1, 'provision', $2, 'running', 0, $3)",
+                &[&saga, &site, &json!(data)],
+            )
+            .await
+            .map_err(retry_db)
+        );
+        tri!(
+            db.execute(
+                "UPDATE sites SET vmid = $2, ip = $3, updated_at = now() WHERE id = $1",
+                &[&site, &(vmid as i32), &data.ip],
+            )
+            .await
+            .map_err(retry_db)
+        );
+        tri!(self.send_step(db, ctx, saga, &data, first, "forward").await);
+        Outcome::Ok
+    }
+
+    /// Sends the command of `step` and records it in the timeline.
+    async fn send_step(
+        &self,
+        db: Db<'_>,
+        ctx: &Context<'_>,
+        saga: Uuid,
+        data: &SagaData,
+        step: Step,
+        phase: &str,
+    ) -> Result<(), Outcome> {
+        steps::send(db, ctx, saga, data, step, &self.settings).await?;
+        db.execute(
+            "INSERT INTO saga_steps (saga_id, name, phase, state) VALUES ($1, $2, $3, 'sent')
+             ON CONFLICT (saga_id, name, phase) DO UPDATE SET state = 'sent', started_at = now(), finished_at = NULL, error = NULL",
+            &[&saga, &step.command(), &phase],
+        )
+        .await
+        .map_err(retry_db)?;
+        Ok(())
+    }
+
+    async fn finish_step(
+        &self,
+        db: Db<'_>,
+        saga: Uuid,
+        step: Step,
+        phase: &str,
+        error: Option<&StepError>,
+    ) -> Result<(), Outcome> {
+        let state = if error.is_some() { "failed" } else { "done" };
+        let error = error.map(|e| json!(e));
+        db.execute(
+            "UPDATE saga_steps SET state = $4, finished_at = now(), error = $5 WHERE saga_id = $1 AND name = $2 AND phase = $3",
+            &[&saga, &step.command(), &phase, &state, &error],
+        )
+        .await
+        .map_err(retry_db)?;
+        Ok(())
+    }
+
+    async fn deprovision(&self, cmd: SiteDeprovision, ctx: &Context<'_>) -> Outcome {
+        let db = tri!(db(ctx));
+        let site = cmd.site_id.as_uuid();
+        let saga = ctx.correlation_id.unwrap_or_else(Uuid::now_v7);
+        let row = tri!(
+            db.query_opt(
+                "SELECT state, spec, vmid, ip, node FROM sites WHERE id = $1 FOR UPDATE",
+                &[&site]
+            )
+            .await
+            .map_err(retry_db)
+        );
+        let Some(row) = row else {
+            return Outcome::Fail(StepError::new("site.missing", format!("site {site} does not exist")));
+        };
+        let state: String = row.get(0);
+        if state == "deleted" || state == "deprovisioning" {
+            return Outcome::Ok;
+        }
+        let Ok(req) = serde_json::from_value::<SiteProvision>(row.get(1)) else {
+            return Outcome::Fail(StepError::new("site.corrupt", "the site's spec does not decode"));
+        };
+        let vmid: Option<i32> = row.get(2);
+        let mut plan = Vec::new();
+        if req.ha {
+            plan.push(Step::HaDisable);
+        }
+        if self.settings.proxy_provider != "none" {
+            plan.push(Step::ProxyDelete);
+        }
+        if self.settings.dns_provider != "none" {
+            plan.push(Step::DnsDelete);
+        }
+        if vmid.is_some() {
+            plan.push(Step::Destroy);
+        }
+        let data = SagaData {
+            site: req,
+            vmid: vmid.map_or(0, |v| v as u32),
+            ip: row.get::<_, Option<String>>(3).unwrap_or_default(),
+            node: row.get(4),
+            plan,
+            done: Vec::new(),
+            compensations: Vec::new(),
+            failure: None,
+        };
+        tri!(
+            db.execute(
+                "INSERT INTO sagas (id, kind, site_id, state, step, data) VALUES ($1, 'deprovision', $2, 'running', 0, $3) ON CONFLICT (id) DO NOTHING",
+                &[&saga, &site, &json!(data)],
+            )
+            .await
+            .map_err(retry_db)
+        );
+        tri!(
+            db.execute(
+                "UPDATE sites SET state = 'deprovisioning', updated_at = now() WHERE id = $1",
+                &[&site]
+            )
+            .await
+            .map_err(retry_db)
+        );
+        match data.plan.first() {
+            Some(first) => tri!(self.send_step(db, ctx, saga, &data, *first, "forward").await),
+            None => tri!(self.complete(db, ctx, saga, "deprovision", &data).await),
+        }
+        Outcome::Ok
+    }
+
+    /// A step event for saga `ctx.correlation_id`.
+    async fn on_event(&self, event: &str, body: Value, ctx: &Context<'_>) -> Outcome {
+        let db = tri!(db(ctx));
+        let Some(saga) = ctx.correlation_id else {
+            tracing::warn!(event, "An event without a correlation id; no saga to advance.");
+            return Outcome::Ok;
+        };
+        let Some((step, ok)) = Step::of_event(event) else {
+            return Outcome::Ok;
+        };
+        let row = tri!(
+            db.query_opt(
+                "SELECT kind, state, step, data FROM sagas WHERE id = $1 FOR UPDATE",
+                &[&saga]
+            )
+            .await
+            .map_err(retry_db)
+        );
+        let Some(row) = row else {
+            tracing::debug!(event, %saga, "An event for no saga of ours; ignored.");
+            return Outcome::Ok;
+        };
+        let kind: String = row.get(0);
+        let state: String = row.get(1);
+        let index: i32 = row.get(2);
+        let Ok(mut data) = serde_json::from_value::<SagaData>(row.get(3)) else {
+            return Outcome::reject(format!("saga {saga} has data that does not decode"));
+        };
+        let index = usize::try_from(index).unwrap_or(0);
+        let error: Option<StepError> = if ok {
+            None
+        } else {
+            serde_json::from_value(body.get("error").cloned().unwrap_or(Value::Null)).ok()
+        };
+        match state.as_str() {
+            "running" => {
+                if data.plan.get(index) != Some(&step) {
+                    tracing::info!(event, %saga, "A late or duplicate event for a step not in flight; ignored.");
+                    return Outcome::Ok;
+                }
+                if let Some(node) = body.get("node").and_then(Value::as_str) {
+                    data.node = Some(node.to_string());
+                }
+                tri!(self.finish_step(db, saga, step, "forward", error.as_ref()).await);
+                if let Some(error) = error {
+                    if kind == "deprovision" {
+                        // Forward recovery: the step is re-sent, and the saga waits for an operator
+                        // after too many failures.
+                        return self
+                            .suspend_or_resend(db, ctx, saga, &data, step, "forward", error)
+                            .await;
+                    }
+                    data.failure = Some((step, error));
+                    data.compensations = data.done.iter().rev().filter_map(|s| s.compensation()).collect();
+                    return self.next_compensation(db, ctx, saga, data, 0).await;
+                }
+                data.done.push(step);
+                let next = index + 1;
+                match data.plan.get(next).copied() {
+                    Some(step) => {
+                        tri!(self.save(db, saga, "running", next, &data).await);
+                        tri!(self.send_step(db, ctx, saga, &data, step, "forward").await);
+                    }
+                    None => tri!(self.complete(db, ctx, saga, &kind, &data).await),
+                }
+                Outcome::Ok
+            }
+            "compensating" => {
+                if data.compensations.get(index) != Some(&step) {
+                    tracing::info!(event, %saga, "A late event during compensation; ignored.");
+                    return Outcome::Ok;
+                }
+                tri!(self.finish_step(db, saga, step, "compensate", error.as_ref()).await);
+                if let Some(error) = error {
+                    return self
+                        .suspend_or_resend(db, ctx, saga, &data, step, "compensate", error)
+                        .await;
+                }
+                tri!(
+                    db.execute("UPDATE sagas SET resends = 0 WHERE id = $1", &[&saga])
+                        .await
+                        .map_err(retry_db)
+                );
+                self.next_compensation(db, ctx, saga, data, index + 1).await
+            }
+            _ => {
+                tracing::info!(event, %saga, state, "An event for a saga that is not in flight; ignored.");
+                Outcome::Ok
+            }
+        }
+    }
+
+    /// Re-sends a failed step, or gives up: `compensation_failed` during compensation,
+    /// `suspended` for forward recovery.
+    #[allow(clippy::too_many_arguments)]
+    async fn suspend_or_resend(
+        &self,
+        db: Db<'_>,
+        ctx: &Context<'_>,
+        saga: Uuid,
+        data: &SagaData,
+        step: Step,
+        phase: &str,
+        error: StepError,
+    ) -> Outcome {
+        let row = tri!(
+            db.query_one(
+                "UPDATE sagas SET resends = resends + 1, updated_at = now() WHERE id = $1 RETURNING resends",
+                &[&saga]
+            )
+            .await
+            .map_err(retry_db)
+        );
+        let resends: i32 = row.get(0);
+        if resends < self.settings.compensation_attempts as i32 {
+            tri!(self.send_step(db, ctx, saga, data, step, phase).await);
+            return Outcome::Ok;
+        }
+        let (state, site_state) = if phase == "compensate" {
+            ("compensation_failed", "failed")
+        } else {
+            ("suspended", "deprovisioning")
+        };
+        tri!(
+            db.execute(
+                "UPDATE sagas SET state = $2, error = $3, version = version + 1, updated_at = now() WHERE id = $1",
+                &[&saga, &state, &json!({ "step": step.command(), "error": error })],
+            )
+            .await
+            .map_err(retry_db)
+        );
+        tri!(
+            db.execute(
+                "UPDATE sites SET state = $2, error = $3, updated_at = now() WHERE id = $1",
+                &[
+                    &data.site.site_id.as_uuid(),
+                    &site_state,
+                    &json!({ "step": step.command(), "error": error })
+                ],
+            )
+            .await
+            .map_err(retry_db)
+        );
+        tracing::error!(%saga, step = step.command(), error = %error.message, state, "The saga gave up; an operator must look.");
+        Outcome::Ok
+    }
+
+    async fn next_compensation(
+        &self,
+        db: Db<'_>,
+        ctx: &Context<'_>,
+        saga: Uuid,
+        data: SagaData,
+        index: usize,
+    ) -> Outcome {
+        match data.compensations.get(index).copied() {
+            Some(step) => {
+                tri!(self.save(db, saga, "compensating", index, &data).await);
+                tri!(self.send_step(db, ctx, saga, &data, step, "compensate").await);
+                Outcome::Ok
+            }
+            None => {
+                // Compensated: release the leases and fail the site with the step and PVE's message.
+                let site = data.site.site_id.as_uuid();
+                tri!(
+                    db.execute("DELETE FROM leases WHERE site_id = $1", &[&site])
+                        .await
+                        .map_err(retry_db)
+                );
+                let (failed, error) = data
+                    .failure
+                    .clone()
+                    .unwrap_or((Step::Create, StepError::new("unknown", "no failure recorded")));
+                tri!(self.save(db, saga, "failed", index, &data).await);
+                tri!(
+                    db.execute(
+                        "UPDATE sites SET state = 'failed', error = $2, updated_at = now() WHERE id = $1",
+                        &[&site, &json!({ "step": failed.command(), "error": error })],
+                    )
+                    .await
+                    .map_err(retry_db)
+                );
+                let msg = SiteProvisionFailed {
+                    site_id: data.site.site_id,
+                    failed_step: failed.command().to_string(),
+                    error,
+                };
+                tri!(send(db, ctx, saga, &msg).await);
+                Outcome::Ok
+            }
+        }
+    }
+
+    async fn complete(
+        &self,
+        db: Db<'_>,
+        ctx: &Context<'_>,
+        saga: Uuid,
+        kind: &str,
+        data: &SagaData,
+    ) -> Result<(), Outcome> {
+        let site = data.site.site_id.as_uuid();
+        self.save(db, saga, "completed", data.plan.len(), data).await?;
+        if kind == "deprovision" {
+            db.execute("DELETE FROM leases WHERE site_id = $1", &[&site])
+                .await
+                .map_err(retry_db)?;
+            db.execute(
+                "UPDATE sites SET state = 'deleted', updated_at = now() WHERE id = $1",
+                &[&site],
+            )
+            .await
+            .map_err(retry_db)?;
+            send(
+                db,
+                ctx,
+                saga,
+                &SiteDeprovisioned {
+                    site_id: data.site.site_id,
+                },
+            )
+            .await
+        } else {
+            db.execute(
+                "UPDATE sites SET state = 'active', node = $2, error = NULL, updated_at = now() WHERE id = $1",
+                &[&site, &data.node],
+            )
+            .await
+            .map_err(retry_db)?;
+            let fqdn = (self.settings.dns_provider != "none")
+                .then(|| format!("{}.{}", data.site.subdomain, self.settings.domain));
+            let msg = SiteProvisioned {
+                site_id: data.site.site_id,
+                vmid: pvefleet_contracts::Vmid(data.vmid),
+                node: data.node.clone().unwrap_or_default(),
+                fqdn,
+            };
+            send(db, ctx, saga, &msg).await
+        }
+    }
+
+    async fn save(&self, db: Db<'_>, saga: Uuid, state: &str, step: usize, data: &SagaData) -> Result<(), Outcome> {
+        db.execute(
+            "UPDATE sagas SET state = $2, step = $3, data = $4, version = version + 1, updated_at = now() WHERE id = $1",
+            &[&saga, &state, &(step as i32), &json!(data)],
+        )
+        .await
+        .map_err(retry_db)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Handler<SiteProvision> for Coordinator {
+    async fn handle(&self, msg: SiteProvision, ctx: &Context<'_>) -> Outcome {
+        self.inner.provision(msg, ctx).await
+    }
+}
+
+#[async_trait]
+impl Handler<SiteDeprovision> for Coordinator {
+    async fn handle(&self, msg: SiteDeprovision, ctx: &Context<'_>) -> Outcome {
+        self.inner.deprovision(msg, ctx).await
+    }
+}
+
+/// Every step event goes to the same state machine.
+macro_rules! step_events {
+    ($($ty:ident),* $(,)?) => {
+        $(
+            #[async_trait]
+            impl Handler<pvefleet_contracts::messages::$ty> for Coordinator {
+                async fn handle(&self, msg: pvefleet_contracts::messages::$ty, ctx: &Context<'_>) -> Outcome {
+                    let body = serde_json::to_value(&msg).unwrap_or(Value::Null);
+                    self.inner
+                        .on_event(<pvefleet_contracts::messages::$ty as Message>::TYPE, body, ctx)
+                        .await
+                }
+            }
+        )*
+    };
+}
+
+step_events!(
+    ContainerCreated,
+    ContainerCreateFailed,
+    ContainerStarted,
+    ContainerStartFailed,
+    ContainerSnapshotted,
+    ContainerSnapshotFailed,
+    ContainerDestroyed,
+    ContainerDestroyFailed,
+    AppInstalled,
+    AppInstallFailed,
+    DnsUpserted,
+    DnsUpsertFailed,
+    DnsDeleted,
+    DnsDeleteFailed,
+    ProxyUpserted,
+    ProxyUpsertFailed,
+    ProxyDeleted,
+    ProxyDeleteFailed,
+    HaEnabled,
+    HaEnableFailed,
+    HaDisabled,
+    HaDisableFailed,
+);
+
+/// Runs the coordinator until `shutdown`: the saga queue with the inbox, and the outbox relay.
+pub async fn run(
+    settings: &pvefleet_core::Settings,
+    pool: deadpool_postgres::Pool,
+    ready: Option<pvefleet_core::http::ReadyFlag>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    use pvefleet_core::bus::runner::{WorkerDeps, WorkerSpec, run_worker};
+    let topology = pvefleet_core::bus::topology::Topology::fleet(&settings.bus);
+    let publisher = pvefleet_core::bus::Publisher::new(&settings.bus, "saga", Some(topology.clone()));
+    let coordinator = Coordinator::new(settings.saga.clone(), settings.pve.templates.clone());
+    let relay = pvefleet_core::db::outbox::OutboxRelay::new(pool.clone(), publisher.clone(), settings.outbox.clone());
+    let relay_task = tokio::spawn(relay.run(shutdown.clone()));
+    let queue = pvefleet_contracts::routing::work_queue("saga");
+    let mut spec = WorkerSpec::from_settings("saga", &queue, settings);
+    spec.inbox = true;
+    let deps = WorkerDeps {
+        bus: settings.bus.clone(),
+        topology,
+        publisher,
+        db: Some(pool),
+        ready,
+    };
+    let result = run_worker(deps, coordinator.router(), spec, shutdown).await;
+    let _ = relay_task.await;
+    result
+}

@@ -1,0 +1,346 @@
+//! Provisioning and deprovisioning end to end, in-process: the saga coordinator, the
+//! provisioner and the ha service on the real RabbitMQ (own vhost) and Postgres (own database),
+//! against pvesim. Failures are injected through pvesim.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use pvefleet_contracts::Message;
+use pvefleet_contracts::ids::SiteId;
+use pvefleet_contracts::messages::{App, SiteDeprovision, SiteProvision};
+use pvefleet_contracts::routing::{EVENTS_EXCHANGE, PARKED_QUEUE};
+use pvefleet_core::Settings;
+use pvefleet_core::bus::outgoing::Origin;
+use pvefleet_core::bus::{Outgoing, Publisher};
+use pvefleet_proxmox::client::PveClient;
+use pvefleet_pvesim::{Fault, Sim, SimConfig};
+use pvefleet_testkit::broker::take;
+use pvefleet_testkit::{TestDb, TestVhost, init_tracing, settings};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(30);
+const TEMPLATE: &str = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst";
+
+struct Fleet {
+    _vhost: TestVhost,
+    db: TestDb,
+    sim: Sim,
+    pve: PveClient,
+    publisher: Publisher,
+    events: (lapin::Connection, lapin::Channel, String),
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+async fn fleet() -> Fleet {
+    init_tracing();
+    let vhost = TestVhost::new().unwrap();
+    let db = TestDb::create().await.unwrap();
+    let mut s: Settings = settings(&vhost, Some(&db));
+    let (sim, addr) = Sim::spawn(SimConfig {
+        nodes: vec!["pve1".into(), "pve2".into(), "pve3".into()],
+        token: Some(("fleet@pve!e2e".into(), "s3cret".into())),
+        task_duration: Duration::from_millis(20),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    s.pve.url = format!("http://{addr}");
+    s.pve.token_id = Some("fleet@pve!e2e".into());
+    s.pve.token_secret = Some(pvefleet_core::Secret::new("s3cret"));
+    s.pve.templates = vec![TEMPLATE.into()];
+    s.ha.nodes = vec!["pve1:2".into(), "pve2".into()];
+    s.ha.reconcile_interval = Duration::from_secs(3600);
+    s.saga.compensation_attempts = 3;
+    let pool = pvefleet_core::db::connect(&s.db).await.unwrap();
+    pvefleet_core::db::migrate(&pool).await.unwrap();
+    let pve = pvefleet_core::pve::client(&s.pve).unwrap();
+    let shutdown = CancellationToken::new();
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn({
+        let (s, pool, sd) = (s.clone(), pool.clone(), shutdown.clone());
+        async move { pvefleet_saga::run(&s, pool, None, sd).await }
+    }));
+    tasks.push(tokio::spawn({
+        let (s, pool, sd) = (s.clone(), pool.clone(), shutdown.clone());
+        async move { pvefleet_provisioner::run(&s, Some(pool), None, sd).await }
+    }));
+    tasks.push(tokio::spawn({
+        let (s, sd) = (s.clone(), shutdown.clone());
+        async move { pvefleet_ha::run(&s, None, sd).await }
+    }));
+    let topology = pvefleet_core::bus::topology::Topology::fleet(&s.bus);
+    let publisher = Publisher::new(&s.bus, "test", Some(topology));
+    publisher.connect().await.unwrap();
+    let (conn, ch) = vhost.channel().await.unwrap();
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+        .name()
+        .as_str()
+        .to_string();
+    ch.queue_bind(
+        q.as_str().into(),
+        EVENTS_EXCHANGE.into(),
+        "site.*".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    Fleet {
+        _vhost: vhost,
+        db,
+        sim,
+        pve,
+        publisher,
+        events: (conn, ch, q),
+        shutdown,
+        tasks,
+    }
+}
+
+fn request(subdomain: &str, ha: bool) -> SiteProvision {
+    SiteProvision {
+        site_id: SiteId::new(),
+        subdomain: subdomain.into(),
+        owner: "alice".into(),
+        plan: Some("small".into()),
+        cores: None,
+        memory_mb: None,
+        disk_gb: None,
+        template: TEMPLATE.into(),
+        node: None,
+        ha,
+        app: App::None,
+    }
+}
+
+impl Fleet {
+    async fn send<M: Message>(&self, msg: &M) -> uuid::Uuid {
+        let saga = uuid::Uuid::now_v7();
+        let origin = Origin {
+            correlation_id: Some(saga),
+            ..Origin::default()
+        };
+        self.publisher
+            .publish(&Outgoing::message(msg, &origin).unwrap())
+            .await
+            .unwrap();
+        saga
+    }
+
+    /// The next `site.*` event.
+    async fn event(&self) -> (String, Value) {
+        let got = take(&self.events.1, &self.events.2, 1, WAIT).await.unwrap();
+        let d = got.first().expect("a site event arrives");
+        let kind = d.properties.kind().as_ref().map(|k| k.to_string()).unwrap_or_default();
+        (kind, serde_json::from_slice(&d.data).unwrap())
+    }
+
+    async fn site(&self, id: SiteId) -> (String, Option<i32>, Option<String>, Option<String>, Option<Value>) {
+        let c = self.db.client().await.unwrap();
+        let r = c
+            .query_one(
+                "SELECT state, vmid, ip, node, error FROM sites WHERE id = $1",
+                &[&id.as_uuid()],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))
+    }
+
+    async fn timeline(&self, saga: uuid::Uuid) -> Vec<(String, String, String)> {
+        let c = self.db.client().await.unwrap();
+        c.query(
+            "SELECT name, phase, state FROM saga_steps WHERE saga_id = $1 ORDER BY started_at, phase",
+            &[&saga],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+    }
+
+    async fn leases(&self, id: SiteId) -> i64 {
+        let c = self.db.client().await.unwrap();
+        c.query_one("SELECT count(*) FROM leases WHERE site_id = $1", &[&id.as_uuid()])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            t.await.unwrap().unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_is_provisioned_step_by_step_then_deprovisioned_leaving_nothing() {
+    let f = fleet().await;
+    let req = request("blog", true);
+    let saga = f.send(&req).await;
+    let (kind, body) = f.event().await;
+    assert_eq!(kind, "site.provisioned", "{body}");
+    let (state, vmid, ip, node, _) = f.site(req.site_id).await;
+    assert_eq!(state, "active");
+    let vmid = vmid.unwrap() as u32;
+    assert_eq!(vmid, 10_000, "the first vmid of the pool");
+    assert_eq!(ip.as_deref(), Some("10.10.0.100/24"));
+    assert_eq!(body["node"].as_str(), node.as_deref());
+    let steps: Vec<String> = f
+        .timeline(saga)
+        .await
+        .into_iter()
+        .map(|(n, p, s)| format!("{n}/{p}/{s}"))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "container.create/forward/done",
+            "container.start/forward/done",
+            "container.snapshot/forward/done",
+            "ha.enable/forward/done"
+        ]
+    );
+    let text = f.sim.config_text(vmid).unwrap();
+    for line in [
+        "net0: name=eth0,bridge=vmbr0,ip=10.10.0.100/24,gw=10.10.0.1",
+        "unprivileged: 1",
+        "tags: pvefleet;site-blog",
+        "[initial]",
+    ] {
+        assert!(text.contains(line), "missing '{line}' in:\n{text}");
+    }
+    assert_eq!(f.pve.ha_resources().await.unwrap().len(), 1);
+
+    f.send(&SiteDeprovision { site_id: req.site_id }).await;
+    let (kind, _) = f.event().await;
+    assert_eq!(kind, "site.deprovisioned");
+    assert_eq!(f.site(req.site_id).await.0, "deleted");
+    assert!(f.sim.config_text(vmid).is_none(), "the container is gone");
+    assert!(f.pve.ha_resources().await.unwrap().is_empty());
+    assert!(f.pve.ha_rules().await.unwrap().is_empty());
+    assert_eq!(f.leases(req.site_id).await, 0);
+    f.stop().await;
+}
+
+/// A failure case: the subdomain, how the step fails, the failing step, PVE's message, and the
+/// compensations expected.
+type Case = (
+    &'static str,
+    Box<dyn Fn(&Sim)>,
+    &'static str,
+    &'static str,
+    Vec<&'static str>,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_failure_at_each_step_compensates_the_completed_steps_in_reverse() {
+    let f = fleet().await;
+    let cases: Vec<Case> = vec![
+        (
+            "c1",
+            Box::new(|s: &Sim| s.lock_task_error("vzcreate", "unable to create CT - storage full")),
+            "container.create",
+            "unable to create CT - storage full",
+            vec![],
+        ),
+        (
+            "c2",
+            Box::new(|s: &Sim| s.lock_task_error("vzstart", "startup for container failed")),
+            "container.start",
+            "startup for container failed",
+            vec!["container.destroy"],
+        ),
+        (
+            "c3",
+            Box::new(|s: &Sim| s.lock_task_error("vzsnapshot", "snapshot feature is not available")),
+            "container.snapshot",
+            "snapshot feature is not available",
+            vec!["container.destroy"],
+        ),
+        (
+            "c4",
+            Box::new(|s: &Sim| {
+                s.inject(serde_json::from_value::<Fault>(serde_json::json!({ "path": "/cluster/ha/resources", "method": "POST", "status": 403, "message": "Permission check failed (/, Sys.Console)" })).unwrap())
+            }),
+            "ha.enable",
+            "Permission check failed (/, Sys.Console)",
+            vec!["container.destroy"],
+        ),
+    ];
+    for (sub, inject, step, message, compensations) in cases {
+        inject(&f.sim);
+        let req = request(sub, true);
+        let saga = f.send(&req).await;
+        let (kind, body) = f.event().await;
+        assert_eq!(kind, "site.provision_failed", "{sub}: {body}");
+        assert_eq!(body["failed_step"], step, "{sub}");
+        assert_eq!(body["error"]["message"], message, "{sub}");
+        let (state, vmid, _, _, error) = f.site(req.site_id).await;
+        assert_eq!(state, "failed", "{sub}");
+        assert_eq!(error.unwrap()["step"], step, "{sub}");
+        let compensated: Vec<String> = f
+            .timeline(saga)
+            .await
+            .into_iter()
+            .filter(|(_, p, _)| p == "compensate")
+            .map(|(n, _, s)| {
+                assert_eq!(s, "done", "{sub}: {n}");
+                n
+            })
+            .collect();
+        assert_eq!(compensated, compensations, "{sub}");
+        assert!(f.sim.config_text(vmid.unwrap() as u32).is_none(), "{sub}: no container");
+        assert!(f.pve.ha_resources().await.unwrap().is_empty(), "{sub}: no HA resource");
+        assert_eq!(f.leases(req.site_id).await, 0, "{sub}: leases released");
+    }
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_requests_published_straight_to_the_bus_are_parked_with_a_reason_and_rejected() {
+    let f = fleet().await;
+    let (_c, ch) = (&f.events.0, &f.events.1);
+    let mut bad = request("Bad_Name", false);
+    f.send(&bad).await;
+    let (kind, body) = f.event().await;
+    assert_eq!(kind, "site.rejected");
+    assert_eq!(body["field"], "subdomain", "{body}");
+    bad = request("fine", false);
+    bad.template = "local:vztmpl/windows.tar.zst".into();
+    f.send(&bad).await;
+    let (_, body) = f.event().await;
+    assert_eq!(body["field"], "template", "{body}");
+    let parked = take(ch, PARKED_QUEUE, 2, WAIT).await.unwrap();
+    assert_eq!(parked.len(), 2);
+    // Valid traffic continues.
+    let ok = request("fine", false);
+    f.send(&ok).await;
+    assert_eq!(f.event().await.0, "site.provisioned");
+    // The same subdomain again, while the first is live: rejected.
+    f.send(&request("fine", false)).await;
+    let (kind, body) = f.event().await;
+    assert_eq!(
+        (kind.as_str(), body["field"].as_str()),
+        ("site.rejected", Some("subdomain"))
+    );
+    f.stop().await;
+}
