@@ -27,6 +27,7 @@ const TEMPLATE: &str = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst";
 
 struct Fleet {
     _vhost: TestVhost,
+    pve_url: String,
     db: TestDb,
     sim: Sim,
     pve: PveClient,
@@ -37,6 +38,10 @@ struct Fleet {
 }
 
 async fn fleet() -> Fleet {
+    fleet_with(|_| {}).await
+}
+
+async fn fleet_with(tune: impl FnOnce(&mut Settings)) -> Fleet {
     init_tracing();
     let vhost = TestVhost::new().unwrap();
     let db = TestDb::create().await.unwrap();
@@ -56,6 +61,7 @@ async fn fleet() -> Fleet {
     s.ha.nodes = vec!["pve1:2".into(), "pve2".into()];
     s.ha.reconcile_interval = Duration::from_secs(3600);
     s.saga.compensation_attempts = 3;
+    tune(&mut s);
     let pool = pvefleet_core::db::connect(&s.db).await.unwrap();
     pvefleet_core::db::migrate(&pool).await.unwrap();
     let pve = pvefleet_core::pve::client(&s.pve).unwrap();
@@ -102,6 +108,7 @@ async fn fleet() -> Fleet {
     .unwrap();
     Fleet {
         _vhost: vhost,
+        pve_url: s.pve.url.clone(),
         db,
         sim,
         pve,
@@ -343,4 +350,130 @@ async fn invalid_requests_published_straight_to_the_bus_are_parked_with_a_reason
         ("site.rejected", Some("subdomain"))
     );
     f.stop().await;
+}
+
+/// Takes `n` `site.*` events of one kind, failing on any other kind.
+async fn expect_events(f: &Fleet, kind: &str, n: usize) -> Vec<Value> {
+    let got = take(&f.events.1, &f.events.2, n, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for d in got {
+        let k = d.properties.kind().as_ref().map(|k| k.to_string()).unwrap_or_default();
+        let body: Value = serde_json::from_slice(&d.data).unwrap();
+        assert_eq!(k, kind, "{body}");
+        out.push(body);
+    }
+    assert_eq!(out.len(), n, "{n} {kind} events");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_sagas_get_fifty_distinct_vmids_and_addresses() {
+    let f = fleet_with(|s| s.worker.concurrency = 16).await;
+    let requests: Vec<SiteProvision> = (0..50).map(|i| request(&format!("site{i}"), false)).collect();
+    for r in &requests {
+        f.send(r).await;
+    }
+    expect_events(&f, "site.provisioned", 50).await;
+    let c = f.db.client().await.unwrap();
+    let row = c
+        .query_one(
+            "SELECT count(*), count(DISTINCT vmid), count(DISTINCT ip) FROM sites WHERE state = 'active'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (n, vmids, ips): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!((n, vmids, ips), (50, 50, 50));
+    let containers = f
+        .pve
+        .resources(Some(pvefleet_proxmox::client::api::ResourceType::Vm))
+        .await
+        .unwrap();
+    assert_eq!(containers.len(), 50, "one container per site");
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_thirty_percent_of_pve_calls_failing_transiently_twenty_sagas_all_end_active_without_duplicates() {
+    let f = fleet_with(|s| {
+        s.bus.max_attempts = 40;
+        s.bus.retry_tiers = vec![Duration::from_millis(100), Duration::from_millis(200)];
+    })
+    .await;
+    // Three faults of 11.2 % each, tried in turn: 1 - 0.888^3 = 30 % of calls fail.
+    for (status, message) in [
+        (
+            500,
+            "can't lock file '/run/lock/lxc/pve-config-10000.lock' - got timeout",
+        ),
+        (596, "Connection timed out"),
+        (500, "got no worker upid - start worker failed"),
+    ] {
+        f.sim.inject(
+            serde_json::from_value::<Fault>(
+                serde_json::json!({ "path": "/", "status": status, "message": message, "rate": 0.112 }),
+            )
+            .unwrap(),
+        );
+    }
+    let requests: Vec<SiteProvision> = (0..20).map(|i| request(&format!("flaky{i}"), true)).collect();
+    for r in &requests {
+        f.send(r).await;
+    }
+    expect_events(&f, "site.provisioned", 20).await;
+    let c = f.db.client().await.unwrap();
+    let active: i64 = c
+        .query_one("SELECT count(*) FROM sites WHERE state = 'active'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(active, 20);
+    // Read pvesim directly (its faults only hit HTTP calls): exactly one container per site.
+    let containers = (10_000..10_100).filter(|v| f.sim.config_text(*v).is_some()).count();
+    assert_eq!(containers, 20, "no duplicate containers");
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_provisioned_site_deprovisions_cleanly() {
+    let f = fleet().await;
+    // The snapshot step fails permanently, but the compensation is blocked, so the site is left
+    // half-built when the operator deprovisions it.
+    f.sim.lock_task_error("vzsnapshot", "snapshot feature is not available");
+    f.sim.inject(
+        serde_json::from_value::<Fault>(serde_json::json!({ "path": "/nodes", "method": "DELETE", "status": 403, "message": "Permission check failed (/vms/10000, VM.Allocate)", "count": 1000 }))
+            .unwrap(),
+    );
+    let req = request("half", false);
+    let saga = f.send(&req).await;
+    // Wait until the compensation has given up: compensation_failed.
+    let c = f.db.client().await.unwrap();
+    let gave_up = pvefleet_testkit::eventually(WAIT, || async {
+        let state: String = c
+            .query_one("SELECT state FROM sagas WHERE id = $1", &[&saga])
+            .await
+            .ok()?
+            .get(0);
+        (state == "compensation_failed").then_some(())
+    })
+    .await;
+    assert!(gave_up.is_some(), "the compensation gave up");
+    let vmid = f.site(req.site_id).await.1.unwrap() as u32;
+    assert!(f.sim.config_text(vmid).is_some(), "the container is still there");
+    clear_faults(&f).await;
+    f.send(&SiteDeprovision { site_id: req.site_id }).await;
+    let (kind, body) = f.event().await;
+    assert_eq!(kind, "site.deprovisioned", "{body}");
+    assert!(f.sim.config_text(vmid).is_none(), "the container is gone");
+    assert_eq!(f.leases(req.site_id).await, 0);
+    f.stop().await;
+}
+
+async fn clear_faults(f: &Fleet) {
+    let url = format!("{}/_sim/faults", f.pve_url);
+    pvefleet_proxmox::client::tls::provider();
+    let resp = reqwest::Client::new().delete(url).send().await.unwrap();
+    assert!(resp.status().is_success());
 }

@@ -42,6 +42,10 @@ pub struct Fault {
     /// Delay the call by this much (then answer normally, or with `status` if set).
     #[serde(default)]
     pub latency_ms: u64,
+    /// When above 0, the fault stays until cleared and hits each matching call with this
+    /// probability (0.3: about 30 % of calls), instead of the next `count` calls.
+    #[serde(default)]
+    pub rate: f64,
 }
 
 fn one() -> u32 {
@@ -58,13 +62,30 @@ pub(crate) struct Action {
 impl crate::state::SimState {
     /// Takes one hit from the first fault matching the call.
     pub(crate) fn take_fault(&mut self, method: &str, path: &str) -> Option<Action> {
-        let i = self.faults.iter().position(|f| {
-            f.count > 0
-                && path.starts_with(&f.path)
-                && f.method.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(method))
-        })?;
+        let mut hit = None;
+        for i in 0..self.faults.len() {
+            let f = &self.faults[i];
+            let matches =
+                path.starts_with(&f.path) && f.method.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(method));
+            if !matches {
+                continue;
+            }
+            let rate = f.rate;
+            if rate > 0.0 {
+                if self.dice() < rate {
+                    hit = Some(i);
+                    break;
+                }
+            } else if f.count > 0 {
+                hit = Some(i);
+                break;
+            }
+        }
+        let i = hit?;
         let f = &mut self.faults[i];
-        f.count -= 1;
+        if f.rate <= 0.0 {
+            f.count -= 1;
+        }
         let action = Action {
             latency: Duration::from_millis(f.latency_ms),
             status: if f.latency_ms > 0 && f.status == 0 {
@@ -74,10 +95,21 @@ impl crate::state::SimState {
             },
             message: f.message.clone(),
         };
-        if f.count == 0 {
+        if f.count == 0 && f.rate <= 0.0 {
             self.faults.remove(i);
         }
         Some(action)
+    }
+
+    /// A uniform number in [0, 1) from a seeded generator (splitmix64): faults are random but
+    /// a run is repeatable for the same sequence of calls.
+    fn dice(&mut self) -> f64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 

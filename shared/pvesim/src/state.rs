@@ -212,6 +212,8 @@ pub struct SimState {
     pub(crate) tickets: HashMap<String, String>,
     pub(crate) started: Instant,
     pub(crate) seq: u64,
+    /// The fault dice's state.
+    pub(crate) rng: u64,
     /// Bumped on every change, so cached reads know when to render again.
     pub(crate) generation: u64,
     pub(crate) resources_cache: HashMap<String, Cached>,
@@ -245,6 +247,7 @@ impl SimState {
             tickets: HashMap::new(),
             started: Instant::now(),
             seq: 0,
+            rng: 0x5eed,
             generation: 0,
             resources_cache: HashMap::new(),
         }
