@@ -45,6 +45,12 @@ pub enum Command {
         #[command(subcommand)]
         action: PveAction,
     },
+    /// Intake API tokens.
+    Token {
+        /// What to do.
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// Inject faults into pvesim at `pve.url` (its `/_sim` control API).
     Sim {
         /// What to do.
@@ -56,6 +62,20 @@ pub enum Command {
         /// What to measure.
         #[command(subcommand)]
         what: BenchWhat,
+    },
+}
+
+/// `pvefleet token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Create a token and print it once (only its hash is stored).
+    Create {
+        /// Who it is for; also the default owner of the sites it creates.
+        #[arg(long)]
+        name: String,
+        /// A scope: `sites:read`, `sites:write` or `admin`. Repeat for several.
+        #[arg(long = "scope", required = true, value_parser = ["sites:read", "sites:write", "admin"])]
+        scopes: Vec<String>,
     },
 }
 

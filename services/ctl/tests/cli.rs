@@ -444,3 +444,29 @@ async fn sim_commands_inject_faults_into_pvesim() {
     let resp = http.get(format!("{url}/api2/json/nodes")).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200, "clear removed the queued faults");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_create_prints_a_token_once_and_stores_only_its_hash() {
+    let db = TestDb::create().await.unwrap();
+    let url = db.url();
+    let out = tokio::task::spawn_blocking(move || {
+        pvefleet(
+            &[("PVEFLEET_DB__URL", url.as_str())],
+            &["token", "create", "--name", "ops", "--scope", "sites:read"],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let token = text(&out.stdout).trim().to_string();
+    assert!(token.starts_with("pvf_") && token.len() > 40, "{token}");
+    let client = db.client().await.unwrap();
+    let row = client
+        .query_one("SELECT hash, scopes FROM api_tokens WHERE name = 'ops'", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), pvefleet_intake::hash_token(&token));
+    assert_eq!(row.get::<_, Vec<String>>(1), vec!["sites:read".to_string()]);
+    let out = pvefleet(&[], &["token", "create", "--name", "x", "--scope", "root"]);
+    assert_eq!(out.status.code(), Some(2), "an unknown scope is refused");
+}

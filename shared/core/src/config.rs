@@ -90,6 +90,8 @@ pub struct SagaSettings {
     pub plans: std::collections::BTreeMap<String, Plan>,
     /// Re-sends of a failing compensation before the saga is `compensation_failed`.
     pub compensation_attempts: u32,
+    /// Live sites one owner may have.
+    pub max_sites_per_owner: u32,
 }
 
 impl Default for SagaSettings {
@@ -120,6 +122,7 @@ impl Default for SagaSettings {
             .into_iter()
             .collect(),
             compensation_attempts: 5,
+            max_sites_per_owner: 20,
         }
     }
 }

@@ -6,6 +6,7 @@ mod migrate;
 mod pve;
 mod pve_check;
 mod sim;
+mod token;
 mod topology;
 
 use std::process::ExitCode;
@@ -43,6 +44,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bus { action } => bus::run(&settings, action).await,
         Command::Pve { action } => pve::run(&settings, action).await,
         Command::Sim { action } => sim::run(&settings, action).await,
+        Command::Token { action } => token::run(&settings, action).await,
         Command::Bench {
             what:
                 BenchWhat::Bus {

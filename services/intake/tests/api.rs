@@ -1,0 +1,292 @@
+//! The intake API end to end, in-process: intake, the saga coordinator and the provisioner on
+//! the real RabbitMQ (own vhost) and Postgres (own database), against pvesim.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use pvefleet_core::Settings;
+use pvefleet_pvesim::{Sim, SimConfig};
+use pvefleet_testkit::{TestDb, TestVhost, eventually, init_tracing, settings};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const TEMPLATE: &str = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst";
+
+struct Api {
+    _vhost: TestVhost,
+    _db: TestDb,
+    sim: Sim,
+    base: String,
+    write: String,
+    read: String,
+    http: reqwest::Client,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+async fn api() -> Api {
+    init_tracing();
+    pvefleet_proxmox::client::tls::provider();
+    let vhost = TestVhost::new().unwrap();
+    let db = TestDb::create().await.unwrap();
+    let mut s: Settings = settings(&vhost, Some(&db));
+    let (sim, addr) = Sim::spawn(SimConfig {
+        token: Some(("f@pve!i".into(), "x".into())),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    s.pve.url = format!("http://{addr}");
+    s.pve.token_id = Some("f@pve!i".into());
+    s.pve.token_secret = Some(pvefleet_core::Secret::new("x"));
+    s.pve.templates = vec![TEMPLATE.into()];
+    s.saga.max_sites_per_owner = 3;
+    let pool = pvefleet_core::db::connect(&s.db).await.unwrap();
+    pvefleet_core::db::migrate(&pool).await.unwrap();
+    let client = pool.get().await.unwrap();
+    let write = pvefleet_intake::create_token(&client, "alice", &["sites:write".into(), "sites:read".into()])
+        .await
+        .unwrap();
+    let read = pvefleet_intake::create_token(&client, "viewer", &["sites:read".into()])
+        .await
+        .unwrap();
+    drop(client);
+    let shutdown = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn({
+        let (s, pool, sd) = (s.clone(), pool.clone(), shutdown.clone());
+        async move { pvefleet_intake::run(&s, pool, listener, Default::default(), sd).await }
+    }));
+    tasks.push(tokio::spawn({
+        let (s, pool, sd) = (s.clone(), pool.clone(), shutdown.clone());
+        async move { pvefleet_saga::run(&s, pool, None, sd).await }
+    }));
+    tasks.push(tokio::spawn({
+        let (s, pool, sd) = (s.clone(), pool.clone(), shutdown.clone());
+        async move { pvefleet_provisioner::run(&s, Some(pool), None, sd).await }
+    }));
+    Api {
+        _vhost: vhost,
+        _db: db,
+        sim,
+        base,
+        write,
+        read,
+        http: reqwest::Client::new(),
+        shutdown,
+        tasks,
+    }
+}
+
+impl Api {
+    async fn post(&self, token: Option<&str>, body: &str, key: Option<&str>) -> (u16, Option<String>, Value, String) {
+        let mut req = self
+            .http
+            .post(format!("{}/v1/sites", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let location = resp.headers().get("location").map(|l| l.to_str().unwrap().to_string());
+        let ctype = resp
+            .headers()
+            .get("content-type")
+            .map(|c| c.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        (status, location, body, ctype)
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.read)
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            t.await.unwrap().unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_requested_over_http_becomes_active_with_a_timeline_and_an_event_stream_then_is_deleted() {
+    let a = api().await;
+    let body = json!({ "subdomain": "blog", "plan": "small", "app": "none" }).to_string();
+    let (status, location, accepted, _) = a.post(Some(&a.write), &body, Some("k1")).await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().unwrap().to_string();
+    assert_eq!(location.as_deref(), Some(format!("/v1/sites/{id}").as_str()));
+    // The same key and body: the same site.
+    let (status, _, again, _) = a.post(Some(&a.write), &body, Some("k1")).await;
+    assert_eq!((status, again["id"].as_str()), (202, Some(id.as_str())));
+    // The same key, another body: 409.
+    let other = json!({ "subdomain": "blog2", "plan": "small", "app": "none" }).to_string();
+    let (status, _, problem, ctype) = a.post(Some(&a.write), &other, Some("k1")).await;
+    assert_eq!((status, ctype.as_str()), (409, "application/problem+json"), "{problem}");
+
+    // The event stream follows the saga to its end.
+    let saga = accepted["saga_id"].as_str().unwrap().to_string();
+    let sse = a
+        .http
+        .get(format!("{}/v1/sagas/{saga}/events", a.base))
+        .bearer_auth(&a.read)
+        .send()
+        .await
+        .unwrap();
+    let text = tokio::time::timeout(Duration::from_secs(30), sse.text())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        text.contains("event: step") && text.contains("container.create"),
+        "{text}"
+    );
+    assert!(
+        text.contains("event: saga") && text.contains("\"state\":\"completed\""),
+        "{text}"
+    );
+
+    let (status, site) = a.get(&format!("/v1/sites/{id}")).await;
+    assert_eq!((status, site["state"].as_str()), (200, Some("active")), "{site}");
+    let steps = site["sagas"][0]["steps"].as_array().unwrap();
+    let names: Vec<&str> = steps.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["container.create", "container.start", "container.snapshot"]);
+    assert!(
+        steps.iter().all(|s| s["finished_at"].is_string()),
+        "times in the timeline"
+    );
+    let vmid = site["vmid"].as_u64().unwrap() as u32;
+    assert!(a.sim.config_text(vmid).unwrap().contains("hostname: blog"));
+    let (status, list) = a.get("/v1/sites?owner=alice").await;
+    assert_eq!((status, list.as_array().map(Vec::len)), (200, Some(1)));
+
+    let resp = a
+        .http
+        .delete(format!("{}/v1/sites/{id}", a.base))
+        .bearer_auth(&a.write)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let gone = eventually(Duration::from_secs(30), || async {
+        let (_, site) = a.get(&format!("/v1/sites/{id}")).await;
+        (site["state"] == "deleted").then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "the site is deleted");
+    assert!(a.sim.config_text(vmid).is_none(), "and its container");
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_a_problem_naming_the_field() {
+    let a = api().await;
+    let cases = [
+        (
+            json!({ "subdomain": "Bad_Name", "plan": "small" }),
+            422,
+            Some("subdomain"),
+        ),
+        (json!({ "subdomain": "ok", "plan": "huge" }), 422, Some("plan")),
+        (
+            json!({ "subdomain": "ok", "cores": 64, "memory_mb": 1024, "disk_gb": 8 }),
+            422,
+            Some("cores"),
+        ),
+        (
+            json!({ "subdomain": "ok", "plan": "small", "template": "local:vztmpl/windows.tar.zst" }),
+            422,
+            Some("template"),
+        ),
+        (
+            json!({ "subdomain": "ok", "plan": "small", "unprivileged": false }),
+            422,
+            Some("unprivileged"),
+        ),
+        (
+            json!({ "subdomain": "ok", "plan": "small", "app": "drupal" }),
+            422,
+            Some("app"),
+        ),
+        (
+            json!({ "subdomain": "ok", "plan": "small", "colour": "red" }),
+            400,
+            None,
+        ),
+    ];
+    for (body, status, field) in cases {
+        let (got, _, problem, ctype) = a.post(Some(&a.write), &body.to_string(), None).await;
+        assert_eq!(
+            (got, ctype.as_str()),
+            (status, "application/problem+json"),
+            "{body}: {problem}"
+        );
+        assert_eq!(problem["field"].as_str(), field, "{body}: {problem}");
+        assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    }
+    let (status, _, problem, _) = a.post(Some(&a.write), "this is not json", None).await;
+    assert_eq!(status, 400, "{problem}");
+    let (status, _, _, _) = a
+        .post(None, &json!({ "subdomain": "ok", "plan": "small" }).to_string(), None)
+        .await;
+    assert_eq!(status, 401);
+    let (status, _, problem, _) = a
+        .post(
+            Some(&a.read),
+            &json!({ "subdomain": "ok", "plan": "small" }).to_string(),
+            None,
+        )
+        .await;
+    assert_eq!(status, 403, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("sites:write"));
+    let (status, _, _, _) = a
+        .post(
+            Some("pvf_forged"),
+            &json!({ "subdomain": "ok", "plan": "small" }).to_string(),
+            None,
+        )
+        .await;
+    assert_eq!(status, 401);
+    // Quota: three live sites per owner in this test's config.
+    for i in 0..3 {
+        let (status, _, p, _) = a
+            .post(
+                Some(&a.write),
+                &json!({ "subdomain": format!("q{i}"), "plan": "small", "app": "none" }).to_string(),
+                None,
+            )
+            .await;
+        assert_eq!(status, 202, "{p}");
+    }
+    let (status, _, problem, _) = a
+        .post(
+            Some(&a.write),
+            &json!({ "subdomain": "q4", "plan": "small" }).to_string(),
+            None,
+        )
+        .await;
+    assert_eq!((status, problem["field"].as_str()), (422, Some("owner")), "{problem}");
+    let (status, doc) = a.get("/openapi.json").await;
+    assert_eq!(status, 200);
+    assert!(doc["paths"]["/v1/sites"]["post"].is_object(), "{doc}");
+    let (status, _) = a.get("/v1/sites/not-a-uuid").await;
+    assert_eq!(status, 400);
+    a.stop().await;
+}
