@@ -470,3 +470,30 @@ async fn token_create_prints_a_token_once_and_stores_only_its_hash() {
     let out = pvefleet(&[], &["token", "create", "--name", "x", "--scope", "root"]);
     assert_eq!(out.status.code(), Some(2), "an unknown scope is refused");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn saga_list_and_show_work_on_an_empty_fleet_and_retry_step_names_a_missing_saga() {
+    let db = TestDb::create().await.unwrap();
+    let url = db.url();
+    let run = |args: Vec<&'static str>| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || pvefleet(&[("PVEFLEET_DB__URL", url.as_str())], &args))
+    };
+    let out = run(vec!["saga", "list", "--json"]).await.unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+        serde_json::json!([])
+    );
+    let out = run(vec!["saga", "list"]).await.unwrap();
+    assert!(text(&out.stdout).contains("(no sagas)"));
+    let out = run(vec!["saga", "retry-step", "01900000-0000-7000-8000-000000000000"])
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no saga 01900000-0000-7000-8000-000000000000"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -14,6 +14,7 @@
 //! that is not the one in flight (a duplicate, or a late completion) is logged and ignored.
 
 mod leases;
+pub mod ops;
 mod steps;
 
 use std::sync::Arc;
@@ -188,13 +189,22 @@ fn db<'a>(ctx: &'a Context<'a>) -> Result<Db<'a>, Outcome> {
         .ok_or_else(|| Outcome::reject("the saga coordinator needs its inbox transaction"))
 }
 
-/// Queues a message of saga `saga` in the handler's transaction.
-async fn send<M: Message>(db: Db<'_>, ctx: &Context<'_>, saga: Uuid, msg: &M) -> Result<(), Outcome> {
-    let origin = Origin {
+/// The origin of what saga `saga` sends while handling `ctx`'s message.
+fn origin_of(ctx: &Context<'_>, saga: Uuid) -> Origin {
+    Origin {
         correlation_id: Some(saga),
         ..ctx.origin()
-    };
-    let out = Outgoing::message(msg, &origin).map_err(|e| Outcome::retry(format!("cannot encode {}: {e}", M::TYPE)))?;
+    }
+}
+
+/// Queues a message of saga `saga` in the handler's transaction.
+async fn send<M: Message>(db: Db<'_>, ctx: &Context<'_>, saga: Uuid, msg: &M) -> Result<(), Outcome> {
+    send_from(db, &origin_of(ctx, saga), msg).await
+}
+
+/// Queues a message with an explicit origin, in the caller's transaction.
+async fn send_from<M: Message>(db: Db<'_>, origin: &Origin, msg: &M) -> Result<(), Outcome> {
+    let out = Outgoing::message(msg, origin).map_err(|e| Outcome::retry(format!("cannot encode {}: {e}", M::TYPE)))?;
     pvefleet_core::db::outbox::enqueue(db, &out)
         .await
         .map_err(|e| Outcome::retry(format!("cannot queue {}: {e:#}", M::TYPE)))
@@ -218,6 +228,27 @@ fn rejection_notice(body: &Value, reason: &str, origin: &Origin) -> Option<Outgo
         reason: reason.to_string(),
     };
     Outgoing::message(&rejected, origin).ok()
+}
+
+/// Sends the command of `step` and records it in the timeline.
+async fn send_step(
+    db: Db<'_>,
+    origin: &Origin,
+    saga: Uuid,
+    data: &SagaData,
+    step: Step,
+    phase: &str,
+    settings: &SagaSettings,
+) -> Result<(), Outcome> {
+    steps::send(db, origin, data, step, settings).await?;
+    db.execute(
+        "INSERT INTO saga_steps (saga_id, name, phase, state) VALUES ($1, $2, $3, 'sent')
+         ON CONFLICT (saga_id, name, phase) DO UPDATE SET state = 'sent', started_at = now(), finished_at = NULL, error = NULL",
+        &[&saga, &step.command(), &phase],
+    )
+    .await
+    .map_err(retry_db)?;
+    Ok(())
 }
 
 /// Publishes `site.rejected` at once: it must not roll back with a message that is parked.
@@ -359,15 +390,7 @@ impl Inner {
         step: Step,
         phase: &str,
     ) -> Result<(), Outcome> {
-        steps::send(db, ctx, saga, data, step, &self.settings).await?;
-        db.execute(
-            "INSERT INTO saga_steps (saga_id, name, phase, state) VALUES ($1, $2, $3, 'sent')
-             ON CONFLICT (saga_id, name, phase) DO UPDATE SET state = 'sent', started_at = now(), finished_at = NULL, error = NULL",
-            &[&saga, &step.command(), &phase],
-        )
-        .await
-        .map_err(retry_db)?;
-        Ok(())
+        send_step(db, &origin_of(ctx, saga), saga, data, step, phase, &self.settings).await
     }
 
     async fn finish_step(
@@ -447,6 +470,16 @@ impl Inner {
             db.execute(
                 "UPDATE sites SET state = 'deprovisioning', updated_at = now() WHERE id = $1",
                 &[&site]
+            )
+            .await
+            .map_err(retry_db)
+        );
+        // A provisioning saga still in flight stops here: its late events are then ignored.
+        tri!(
+            db.execute(
+                "UPDATE sagas SET state = 'superseded', version = version + 1, updated_at = now()
+                 WHERE site_id = $1 AND kind = 'provision' AND state IN ('running', 'compensating', 'suspended', 'compensation_failed')",
+                &[&site],
             )
             .await
             .map_err(retry_db)

@@ -5,10 +5,10 @@ use pvefleet_contracts::messages::{
     App, AppInstall, ContainerCreate, ContainerDestroy, ContainerSnapshot, ContainerStart, DnsDelete, DnsUpsert,
     HaDisable, HaEnable, NetSpec, ProxyDelete, ProxyUpsert, RecordType,
 };
-use pvefleet_core::bus::{Context, Outcome};
+use pvefleet_core::bus::Outcome;
+use pvefleet_core::bus::outgoing::Origin;
 use pvefleet_core::config::SagaSettings;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::SagaData;
 
@@ -103,8 +103,7 @@ impl Step {
 /// Queues the command of `step` for saga `saga`.
 pub(crate) async fn send(
     db: &tokio_postgres::Client,
-    ctx: &Context<'_>,
-    saga: Uuid,
+    origin: &Origin,
     data: &SagaData,
     step: Step,
     s: &SagaSettings,
@@ -137,9 +136,9 @@ pub(crate) async fn send(
                 unprivileged: true,
                 tags: vec![format!("site-{}", data.site.subdomain)],
             };
-            crate::send(db, ctx, saga, &cmd).await
+            crate::send_from(db, origin, &cmd).await
         }
-        Step::Start => crate::send(db, ctx, saga, &ContainerStart { site_id: site, vmid }).await,
+        Step::Start => crate::send_from(db, origin, &ContainerStart { site_id: site, vmid }).await,
         Step::Install => {
             let app = match data.site.app {
                 App::Wordpress => "wordpress",
@@ -153,7 +152,7 @@ pub(crate) async fn send(
                 title: data.site.subdomain.clone(),
                 admin_email: format!("{}@{}", data.site.owner, s.domain),
             };
-            crate::send(db, ctx, saga, &cmd).await
+            crate::send_from(db, origin, &cmd).await
         }
         Step::Snapshot => {
             let cmd = ContainerSnapshot {
@@ -162,7 +161,7 @@ pub(crate) async fn send(
                 name: "initial".into(),
                 description: Some(format!("pvefleet: {} as provisioned", data.site.subdomain)),
             };
-            crate::send(db, ctx, saga, &cmd).await
+            crate::send_from(db, origin, &cmd).await
         }
         Step::DnsUpsert => {
             let cmd = DnsUpsert {
@@ -172,7 +171,7 @@ pub(crate) async fn send(
                 content: address,
                 ttl: None,
             };
-            crate::send(db, ctx, saga, &cmd).await
+            crate::send_from(db, origin, &cmd).await
         }
         Step::ProxyUpsert => {
             let cmd = ProxyUpsert {
@@ -180,13 +179,12 @@ pub(crate) async fn send(
                 host: fqdn,
                 upstream: format!("{address}:80"),
             };
-            crate::send(db, ctx, saga, &cmd).await
+            crate::send_from(db, origin, &cmd).await
         }
         Step::HaEnable => {
-            crate::send(
+            crate::send_from(
                 db,
-                ctx,
-                saga,
+                origin,
                 &HaEnable {
                     site_id: site,
                     vmid,
@@ -195,12 +193,11 @@ pub(crate) async fn send(
             )
             .await
         }
-        Step::HaDisable => crate::send(db, ctx, saga, &HaDisable { site_id: site, vmid }).await,
+        Step::HaDisable => crate::send_from(db, origin, &HaDisable { site_id: site, vmid }).await,
         Step::ProxyDelete => {
-            crate::send(
+            crate::send_from(
                 db,
-                ctx,
-                saga,
+                origin,
                 &ProxyDelete {
                     site_id: site,
                     host: fqdn,
@@ -209,10 +206,9 @@ pub(crate) async fn send(
             .await
         }
         Step::DnsDelete => {
-            crate::send(
+            crate::send_from(
                 db,
-                ctx,
-                saga,
+                origin,
                 &DnsDelete {
                     site_id: site,
                     fqdn,
@@ -222,10 +218,9 @@ pub(crate) async fn send(
             .await
         }
         Step::Destroy => {
-            crate::send(
+            crate::send_from(
                 db,
-                ctx,
-                saga,
+                origin,
                 &ContainerDestroy {
                     site_id: site,
                     vmid,

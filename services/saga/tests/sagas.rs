@@ -437,7 +437,7 @@ async fn with_thirty_percent_of_pve_calls_failing_transiently_twenty_sagas_all_e
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_half_provisioned_site_deprovisions_cleanly() {
+async fn a_compensation_that_keeps_failing_is_compensation_failed_and_retry_step_completes_it_then_deprovision_works() {
     let f = fleet().await;
     // The snapshot step fails permanently, but the compensation is blocked, so the site is left
     // half-built when the operator deprovisions it.
@@ -462,12 +462,72 @@ async fn a_half_provisioned_site_deprovisions_cleanly() {
     assert!(gave_up.is_some(), "the compensation gave up");
     let vmid = f.site(req.site_id).await.1.unwrap() as u32;
     assert!(f.sim.config_text(vmid).is_some(), "the container is still there");
+    // Operators see it (`pvefleet saga list --state compensation_failed` runs this).
+    let listed = pvefleet_saga::ops::list(&c, Some("compensation_failed")).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["id"], saga.to_string());
+    assert_eq!(listed[0]["step"], "container.destroy");
     clear_faults(&f).await;
+    // `pvefleet saga retry-step` after the fault is cleared completes the compensation.
+    let step = pvefleet_saga::ops::retry_step(&c, &pvefleet_core::config::SagaSettings::default(), saga, "tester")
+        .await
+        .unwrap();
+    assert_eq!(step, "container.destroy");
+    let (kind, body) = f.event().await;
+    assert_eq!(kind, "site.provision_failed", "{body}");
+    assert_eq!(body["failed_step"], "container.snapshot");
+    assert!(
+        f.sim.config_text(vmid).is_none(),
+        "the retried compensation removed the container"
+    );
+    let shown = pvefleet_saga::ops::show(&c, saga).await.unwrap().unwrap();
+    assert_eq!(shown["state"], "failed");
+    assert_eq!(shown["audit"][0]["action"], "retry-step");
+    assert_eq!(shown["audit"][0]["actor"], "tester");
     f.send(&SiteDeprovision { site_id: req.site_id }).await;
     let (kind, body) = f.event().await;
     assert_eq!(kind, "site.deprovisioned", "{body}");
     assert!(f.sim.config_text(vmid).is_none(), "the container is gone");
     assert_eq!(f.leases(req.site_id).await, 0);
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_provisioned_site_deprovisions_cleanly() {
+    let f = fleet().await;
+    // WordPress needs the installer, which is not running: the saga waits at app.install with
+    // the container created and started.
+    let mut req = request("half", true);
+    req.app = App::Wordpress;
+    let saga = f.send(&req).await;
+    let c = f.db.client().await.unwrap();
+    let waiting = pvefleet_testkit::eventually(WAIT, || async {
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM saga_steps WHERE saga_id = $1 AND name = 'app.install'",
+                &[&saga],
+            )
+            .await
+            .ok()?
+            .get(0);
+        (n == 1).then_some(())
+    })
+    .await;
+    assert!(waiting.is_some(), "the saga reached app.install");
+    let vmid = f.site(req.site_id).await.1.unwrap() as u32;
+    assert!(f.sim.config_text(vmid).is_some());
+    f.send(&SiteDeprovision { site_id: req.site_id }).await;
+    let (kind, body) = f.event().await;
+    assert_eq!(kind, "site.deprovisioned", "{body}");
+    assert!(f.sim.config_text(vmid).is_none(), "the container is gone");
+    assert_eq!(f.leases(req.site_id).await, 0);
+    assert_eq!(f.site(req.site_id).await.0, "deleted");
+    let state: String = c
+        .query_one("SELECT state FROM sagas WHERE id = $1", &[&saga])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "superseded", "the provisioning saga stopped");
     f.stop().await;
 }
 

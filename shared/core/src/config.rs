@@ -234,6 +234,9 @@ pub struct PveSettings {
     /// Limit on following a task (create, start, ...) to its end.
     #[serde(with = "humantime_serde")]
     pub task_timeout: Duration,
+    /// Retries of a read (GET) that failed transiently, with backoff from 100 ms; writes are
+    /// never retried by the client (the handlers are idempotent and decide).
+    pub read_retries: usize,
     /// Container templates the fleet creates from (`local:vztmpl/...`).
     pub templates: Vec<String>,
 }
@@ -251,6 +254,7 @@ impl Default for PveSettings {
             fingerprint: None,
             request_timeout: Duration::from_secs(30),
             task_timeout: Duration::from_secs(600),
+            read_retries: 2,
             templates: vec!["local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst".into()],
         }
     }

@@ -39,5 +39,6 @@ pub fn client(s: &PveSettings) -> anyhow::Result<PveClient> {
         tls,
         request_timeout: s.request_timeout,
         task_timeout: s.task_timeout,
+        read_retries: s.read_retries,
     })?)
 }

@@ -27,6 +27,7 @@ async fn setup(task_duration: Duration) -> (Sim, PveClient) {
         tls: TlsMode::Verified,
         request_timeout: Duration::from_secs(2),
         task_timeout: Duration::from_secs(10),
+        read_retries: 0,
     })
     .unwrap();
     (sim, client)
@@ -244,6 +245,7 @@ async fn a_wrong_token_is_refused_permanently() {
         tls: TlsMode::Verified,
         request_timeout: Duration::from_secs(2),
         task_timeout: Duration::from_secs(2),
+        read_retries: 0,
     })
     .unwrap();
     let err = wrong.version().await.unwrap_err();
@@ -269,4 +271,55 @@ async fn power_and_destroy_with_purge_follow_their_tasks() {
     c.lxc_destroy("pve1", 107, true, false).await.unwrap();
     let err = c.lxc_status("pve1", 107).await.unwrap_err();
     assert_eq!(err.reason, Reason::NotFound);
+}
+
+#[tokio::test]
+async fn reads_are_retried_on_transient_failures_and_writes_are_not() {
+    let (sim, addr) = Sim::spawn(SimConfig::default()).await.unwrap();
+    let c = PveClient::new(ClientSettings {
+        url: format!("http://{addr}"),
+        auth: Auth::Token {
+            id: TOKEN_ID.into(),
+            secret: SECRET.into(),
+        },
+        tls: TlsMode::Verified,
+        request_timeout: Duration::from_secs(2),
+        task_timeout: Duration::from_secs(5),
+        read_retries: 2,
+    })
+    .unwrap();
+    sim.inject(
+        serde_json::from_value(
+            serde_json::json!({ "path": "/version", "status": 596, "message": "Connection timed out", "count": 2 }),
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        c.version().await.unwrap().major(),
+        9,
+        "two transient failures, then success"
+    );
+    sim.inject(
+        serde_json::from_value(
+            serde_json::json!({ "path": "/version", "status": 596, "message": "Connection timed out", "count": 3 }),
+        )
+        .unwrap(),
+    );
+    let err = c.version().await.unwrap_err();
+    assert_eq!(err.status, Some(596), "three in a row exhaust two retries");
+    sim.inject(
+        serde_json::from_value(
+            serde_json::json!({ "path": "/version", "status": 403, "message": "Permission check failed", "count": 1 }),
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        c.version().await.unwrap_err().status,
+        Some(403),
+        "a permanent failure is not retried"
+    );
+    assert_eq!(c.version().await.unwrap().major(), 9);
+    sim.inject(serde_json::from_value(serde_json::json!({ "path": "/nodes/pve1/lxc", "method": "POST", "status": 596, "message": "Connection timed out", "count": 1 })).unwrap());
+    let err = c.lxc_create("pve1", create_params(150)).await.unwrap_err();
+    assert_eq!(err.status, Some(596), "a write is left to the caller");
 }

@@ -420,6 +420,7 @@ async fn a_user_without_a_token_logs_in_for_a_ticket_and_writes_with_its_csrf_to
         tls: TlsMode::Verified,
         request_timeout: Duration::from_secs(2),
         task_timeout: Duration::from_secs(5),
+        read_retries: 0,
     };
     let c = PveClient::new(settings("s3cret")).unwrap();
     assert!(c.template_exists("pve1", TEMPLATE).await.unwrap());

@@ -107,6 +107,7 @@ fn client(addr: std::net::SocketAddr, tls: TlsMode) -> PveClient {
         tls,
         request_timeout: Duration::from_secs(3),
         task_timeout: Duration::from_secs(5),
+        read_retries: 0,
     })
     .unwrap()
 }
@@ -164,6 +165,7 @@ async fn every_tls_mode_trusts_exactly_what_it_should() {
         tls: TlsMode::Fingerprint("not-a-fingerprint".into()),
         request_timeout: Duration::from_secs(1),
         task_timeout: Duration::from_secs(1),
+        read_retries: 0,
     });
     assert!(bad_fp.is_err());
     let no_ca = PveClient::new(ClientSettings {
@@ -175,6 +177,7 @@ async fn every_tls_mode_trusts_exactly_what_it_should() {
         tls: TlsMode::CaFile(dir.join("missing.pem")),
         request_timeout: Duration::from_secs(1),
         task_timeout: Duration::from_secs(1),
+        read_retries: 0,
     });
     assert!(no_ca.is_err());
     std::fs::remove_dir_all(&dir).ok();

@@ -5,6 +5,7 @@ mod config;
 mod migrate;
 mod pve;
 mod pve_check;
+mod saga;
 mod sim;
 mod token;
 mod topology;
@@ -45,6 +46,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pve { action } => pve::run(&settings, action).await,
         Command::Sim { action } => sim::run(&settings, action).await,
         Command::Token { action } => token::run(&settings, action).await,
+        Command::Saga { action } => saga::run(&settings, action).await,
         Command::Bench {
             what:
                 BenchWhat::Bus {

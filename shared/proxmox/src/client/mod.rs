@@ -67,6 +67,9 @@ pub struct ClientSettings {
     pub request_timeout: Duration,
     /// Limit on following a task to its end.
     pub task_timeout: Duration,
+    /// Retries of a GET that failed transiently (connection trouble, 5xx, 595–599, locks), with
+    /// exponential backoff from 100 ms. Reads are idempotent; writes are never retried here.
+    pub read_retries: usize,
 }
 
 /// Request parameters; booleans go as 1/0 as PVE wants.
@@ -162,9 +165,19 @@ impl PveClient {
         })
     }
 
-    /// GET, parameters in the query string.
+    /// GET, parameters in the query string; a transient failure is retried `read_retries` times.
     pub async fn get<T: DeserializeOwned>(&self, path: &str, params: Params) -> Result<T, PveError> {
-        self.call(Method::GET, path, params).await
+        use backon::Retryable;
+        let attempt = || self.call(Method::GET, path, params.clone());
+        attempt
+            .retry(
+                backon::ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_delay(Duration::from_secs(2))
+                    .with_max_times(self.settings.read_retries),
+            )
+            .when(PveError::is_transient)
+            .await
     }
 
     /// POST, parameters as a form body.

@@ -36,6 +36,7 @@ pub fn client(url: &str) -> PveClient {
         tls: TlsMode::Verified,
         request_timeout: Duration::from_secs(2),
         task_timeout: Duration::from_secs(10),
+        read_retries: 0,
     })
     .expect("client builds")
 }
