@@ -45,6 +45,21 @@ pub enum Command {
         #[command(subcommand)]
         action: PveAction,
     },
+    /// Run the whole fleet in one process against pvesim, for a trial.
+    Dev {
+        /// Where intake listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// How long each simulated Proxmox task takes, in milliseconds.
+        #[arg(long, default_value_t = 300)]
+        task_ms: u64,
+    },
+    /// Sites, through the intake API.
+    Site {
+        /// What to do.
+        #[command(subcommand)]
+        action: SiteAction,
+    },
     /// Inspect and steer sagas (audited).
     Saga {
         /// What to do.
@@ -68,6 +83,67 @@ pub enum Command {
         /// What to measure.
         #[command(subcommand)]
         what: BenchWhat,
+    },
+}
+
+/// Where the intake API is, and the token to use.
+#[derive(Debug, clap::Args)]
+pub struct SiteTarget {
+    /// The intake API.
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "PVEFLEET_API")]
+    pub api: String,
+    /// The API token (else `$PVEFLEET_TOKEN`, else the one `pvefleet dev` saved).
+    #[arg(long)]
+    pub token: Option<String>,
+}
+
+/// `pvefleet site ...`
+#[derive(Debug, Subcommand)]
+pub enum SiteAction {
+    /// Request a site; with --wait, follow its saga to the end.
+    Create {
+        /// The subdomain (an RFC 1123 label).
+        name: String,
+        /// The plan.
+        #[arg(long, default_value = "small")]
+        plan: String,
+        /// `wordpress` or `none`.
+        #[arg(long, default_value = "wordpress")]
+        app: String,
+        /// Make it HA.
+        #[arg(long)]
+        ha: bool,
+        /// Follow the saga with a live progress display.
+        #[arg(long)]
+        wait: bool,
+        /// The API.
+        #[command(flatten)]
+        target: SiteTarget,
+    },
+    /// Sites, newest first.
+    List {
+        /// The API.
+        #[command(flatten)]
+        target: SiteTarget,
+    },
+    /// A site with its step timeline (JSON).
+    Show {
+        /// The site id.
+        id: String,
+        /// The API.
+        #[command(flatten)]
+        target: SiteTarget,
+    },
+    /// Deprovision a site.
+    Delete {
+        /// The site id.
+        id: String,
+        /// Follow the saga to the end.
+        #[arg(long)]
+        wait: bool,
+        /// The API.
+        #[command(flatten)]
+        target: SiteTarget,
     },
 }
 

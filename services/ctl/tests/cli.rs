@@ -497,3 +497,67 @@ async fn saga_list_and_show_work_on_an_empty_fleet_and_retry_step_names_a_missin
         text(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_runs_the_fleet_and_site_create_wait_follows_the_saga_to_an_active_site() {
+    let vhost = TestVhost::new().unwrap();
+    let db = TestDb::create().await.unwrap();
+    let home = std::env::temp_dir().join(format!("pvefleet-dev-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&home).unwrap();
+    let mut dev = Command::new(env!("CARGO_BIN_EXE_pvefleet"))
+        .args(["dev", "--listen", "127.0.0.1:0", "--task-ms", "20"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &home)
+        .env("PVEFLEET_BUS__URL", vhost.url())
+        .env("PVEFLEET_DB__URL", db.url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
+    let mut api = None;
+    for _ in 0..20 {
+        let Some(Ok(line)) = lines.next() else { break };
+        if let Some(rest) = line.trim().strip_prefix("intake") {
+            api = rest.split_whitespace().next().map(str::to_string);
+        }
+        if line.contains("Stop with ctrl-c") {
+            break;
+        }
+    }
+    let api = api.expect("dev prints the intake address");
+    let (api2, home2) = (api.clone(), home.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_pvefleet"))
+            .args([
+                "site",
+                "create",
+                "blog",
+                "--app",
+                "none",
+                "--wait",
+                "--api",
+                api2.as_str(),
+            ])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &home2)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let _ = Command::new("kill").args(["-TERM", &dev.id().to_string()]).status();
+    let _ = dev.wait();
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("site blog is active: vmid 10000, ip 10.10.0.100/24"),
+        "{stdout}"
+    );
+    for step in ["✓ container.create", "✓ container.start", "✓ container.snapshot"] {
+        assert!(stdout.contains(step), "progress shows '{step}': {stdout}");
+    }
+    std::fs::remove_dir_all(&home).ok();
+}

@@ -2,11 +2,13 @@
 
 mod bus;
 mod config;
+mod dev;
 mod migrate;
 mod pve;
 mod pve_check;
 mod saga;
 mod sim;
+mod site;
 mod token;
 mod topology;
 
@@ -47,6 +49,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sim { action } => sim::run(&settings, action).await,
         Command::Token { action } => token::run(&settings, action).await,
         Command::Saga { action } => saga::run(&settings, action).await,
+        Command::Dev { listen, task_ms } => dev::run(&settings, listen, task_ms).await,
+        Command::Site { action } => site::run(action).await,
         Command::Bench {
             what:
                 BenchWhat::Bus {

@@ -1,0 +1,242 @@
+//! `pvefleet site create|list|show|delete`: sites through the intake API. `create --wait`
+//! follows the saga's Server-Sent Events with a live progress display and ends with a summary,
+//! or with the failing step's error.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::cli::{SiteAction, SiteTarget};
+
+fn token(t: &SiteTarget) -> anyhow::Result<String> {
+    if let Some(tok) = t.token.clone().or_else(|| std::env::var("PVEFLEET_TOKEN").ok()) {
+        return Ok(tok);
+    }
+    if let Some(path) = super::dev::token_file()
+        && let Ok(tok) = std::fs::read_to_string(&path)
+    {
+        return Ok(tok.trim().to_string());
+    }
+    anyhow::bail!("no API token: pass --token, set PVEFLEET_TOKEN, or run `pvefleet dev` (it saves one)")
+}
+
+fn http() -> anyhow::Result<reqwest::Client> {
+    pvefleet_proxmox::client::tls::provider();
+    Ok(reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .build()?)
+}
+
+/// Prints a problem+json answer and gives the exit code.
+async fn problem(resp: reqwest::Response) -> ExitCode {
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    let detail = body["detail"].as_str().unwrap_or("no detail");
+    match body["field"].as_str() {
+        Some(f) => eprintln!("error: {status}: {f}: {detail}"),
+        None => eprintln!("error: {status}: {detail}"),
+    }
+    ExitCode::from(2)
+}
+
+pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
+    match action {
+        SiteAction::Create {
+            name,
+            plan,
+            app,
+            ha,
+            wait,
+            target,
+        } => {
+            let token = token(&target)?;
+            let c = http()?;
+            let body = json!({ "subdomain": name, "plan": plan, "app": app, "ha": ha });
+            let resp = c
+                .post(format!("{}/v1/sites", target.api))
+                .bearer_auth(&token)
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot reach intake at {}: {e}", target.api))?;
+            if !resp.status().is_success() {
+                return Ok(problem(resp).await);
+            }
+            let accepted: Value = resp.json().await?;
+            let (id, saga) = (
+                accepted["id"].as_str().unwrap_or_default().to_string(),
+                accepted["saga_id"].as_str().unwrap_or_default().to_string(),
+            );
+            println!("site {id} requested (saga {saga})");
+            if !wait {
+                return Ok(ExitCode::SUCCESS);
+            }
+            follow(&c, &target.api, &token, &id, &saga).await
+        }
+        SiteAction::List { target } => {
+            let token = token(&target)?;
+            let resp = http()?
+                .get(format!("{}/v1/sites", target.api))
+                .bearer_auth(&token)
+                .send()
+                .await?;
+            if !resp.status().is_success() {
+                return Ok(problem(resp).await);
+            }
+            let sites: Value = resp.json().await?;
+            println!(
+                "{:<36}  {:<20}  {:<14}  {:<6}  {:<16}  node",
+                "site", "subdomain", "state", "vmid", "ip"
+            );
+            for s in sites.as_array().into_iter().flatten() {
+                let t = |k: &str| s[k].as_str().map(str::to_string).unwrap_or_else(|| s[k].to_string());
+                println!(
+                    "{:<36}  {:<20}  {:<14}  {:<6}  {:<16}  {}",
+                    t("id"),
+                    t("subdomain"),
+                    t("state"),
+                    t("vmid"),
+                    t("ip"),
+                    t("node")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SiteAction::Show { id, target } => {
+            let token = token(&target)?;
+            let resp = http()?
+                .get(format!("{}/v1/sites/{id}", target.api))
+                .bearer_auth(&token)
+                .send()
+                .await?;
+            if !resp.status().is_success() {
+                return Ok(problem(resp).await);
+            }
+            let site: Value = resp.json().await?;
+            println!("{}", serde_json::to_string_pretty(&site)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        SiteAction::Delete { id, wait, target } => {
+            let token = token(&target)?;
+            let c = http()?;
+            let resp = c
+                .delete(format!("{}/v1/sites/{id}", target.api))
+                .bearer_auth(&token)
+                .send()
+                .await?;
+            if !resp.status().is_success() {
+                return Ok(problem(resp).await);
+            }
+            let accepted: Value = resp.json().await?;
+            let saga = accepted["saga_id"].as_str().unwrap_or_default().to_string();
+            println!("site {id} deprovisioning (saga {saga})");
+            if !wait {
+                return Ok(ExitCode::SUCCESS);
+            }
+            follow(&c, &target.api, &token, &id, &saga).await
+        }
+    }
+}
+
+/// Follows a saga's events until it ends, showing each step as it starts and ends.
+async fn follow(c: &reqwest::Client, api: &str, token: &str, site: &str, saga: &str) -> anyhow::Result<ExitCode> {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed}] {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar.set_message("waiting for the saga to start");
+    let mut resp = c
+        .get(format!("{api}/v1/sagas/{saga}/events"))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bar.finish_and_clear();
+        return Ok(problem(resp).await);
+    }
+    let mut buffer = String::new();
+    let mut end: Option<Value> = None;
+    while end.is_none() {
+        let Some(chunk) = resp.chunk().await? else { break };
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(pos) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..pos + 2).collect();
+            let mut event = "message";
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(e) = line.strip_prefix("event:") {
+                    event = if e.trim() == "saga" {
+                        "saga"
+                    } else if e.trim() == "step" {
+                        "step"
+                    } else {
+                        "other"
+                    };
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push_str(d.trim_start());
+                }
+            }
+            let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+            match event {
+                "step" => {
+                    let name = v["name"].as_str().unwrap_or("?");
+                    let phase = if v["phase"] == "compensate" {
+                        " (compensating)"
+                    } else {
+                        ""
+                    };
+                    // Without a terminal the bar is hidden; the step lines are printed plainly.
+                    let say = |line: String| {
+                        if bar.is_hidden() {
+                            println!("{line}");
+                        } else {
+                            bar.println(line);
+                        }
+                    };
+                    match v["state"].as_str().unwrap_or("") {
+                        "sent" => bar.set_message(format!("{name}{phase} …")),
+                        "done" => say(format!("  ✓ {name}{phase}")),
+                        "failed" => say(format!(
+                            "  ✗ {name}{phase}: {}",
+                            v["error"]["message"].as_str().unwrap_or("failed")
+                        )),
+                        other => say(format!("  · {name}{phase}: {other}")),
+                    }
+                }
+                "saga" => end = Some(v),
+                _ => {}
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let Some(saga) = end else {
+        eprintln!("error: the event stream ended before the saga did");
+        return Ok(ExitCode::FAILURE);
+    };
+    let state = saga["state"].as_str().unwrap_or_default();
+    let resp = c
+        .get(format!("{api}/v1/sites/{site}"))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    let s: Value = resp.json().await.unwrap_or(Value::Null);
+    if state == "completed" {
+        println!(
+            "site {} is {}: vmid {}, ip {}, node {}",
+            s["subdomain"].as_str().unwrap_or("?"),
+            s["state"].as_str().unwrap_or("?"),
+            s["vmid"],
+            s["ip"].as_str().unwrap_or("-"),
+            s["node"].as_str().unwrap_or("-"),
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        let step = s["error"]["step"].as_str().unwrap_or("?");
+        let message = s["error"]["error"]["message"].as_str().unwrap_or("no message");
+        eprintln!("error: the saga ended {state}: {step}: {message}");
+        Ok(ExitCode::FAILURE)
+    }
+}
