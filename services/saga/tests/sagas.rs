@@ -369,6 +369,57 @@ async fn expect_events(f: &Fleet, kind: &str, n: usize) -> Vec<Value> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_delivered_twice_gives_the_same_end_state() {
+    // Every publish of every service goes out twice with the same message id: each command is
+    // handled twice by the provisioner and ha (no inbox), and the saga's inbox drops the copy.
+    let f = fleet_with(|s| s.bus.duplicate_publishes = true).await;
+    let req = request("twice", true);
+    let saga = f.send(&req).await;
+    let (kind, body) = f.event().await;
+    assert_eq!(kind, "site.provisioned", "{body}");
+    let (state, vmid, ip, _, _) = f.site(req.site_id).await;
+    assert_eq!(
+        (state.as_str(), vmid, ip.as_deref()),
+        ("active", Some(10_000), Some("10.10.0.100/24"))
+    );
+    let steps: Vec<String> = f
+        .timeline(saga)
+        .await
+        .into_iter()
+        .map(|(n, p, s)| format!("{n}/{p}/{s}"))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "container.create/forward/done",
+            "container.start/forward/done",
+            "container.snapshot/forward/done",
+            "ha.enable/forward/done"
+        ]
+    );
+    let containers = (10_000..10_010).filter(|v| f.sim.config_text(*v).is_some()).count();
+    assert_eq!(containers, 1, "one container");
+    assert_eq!(f.pve.ha_resources().await.unwrap().len(), 1, "one HA resource");
+    assert_eq!(f.pve.ha_rules().await.unwrap().len(), 1, "one HA rule");
+    let snapshots = f
+        .pve
+        .lxc_snapshots(body["node"].as_str().unwrap(), 10_000)
+        .await
+        .unwrap();
+    assert_eq!(snapshots.len(), 2, "one snapshot and 'current'");
+    // The site event itself arrives twice; the second copy is a duplicate, not a new saga.
+    let (kind, _) = f.event().await;
+    assert_eq!(kind, "site.provisioned");
+    f.send(&SiteDeprovision { site_id: req.site_id }).await;
+    let (kind, _) = f.event().await;
+    assert_eq!(kind, "site.deprovisioned");
+    assert_eq!((10_000..10_010).filter(|v| f.sim.config_text(*v).is_some()).count(), 0);
+    assert!(f.pve.ha_resources().await.unwrap().is_empty());
+    assert_eq!(f.leases(req.site_id).await, 0);
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_sagas_get_fifty_distinct_vmids_and_addresses() {
     let f = fleet_with(|s| s.worker.concurrency = 16).await;
     let requests: Vec<SiteProvision> = (0..50).map(|i| request(&format!("site{i}"), false)).collect();

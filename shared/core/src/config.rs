@@ -285,6 +285,10 @@ pub struct BusSettings {
     pub max_attempts: u32,
     /// `x-max-length` on work queues (with `reject-publish`), so a flood pushes back on publishers.
     pub queue_max_length: Option<u64>,
+    /// A test hook: every message is published twice with the same message id, as an
+    /// at-least-once broker may deliver it, so tests can prove every handler idempotent.
+    /// Never set it in production.
+    pub duplicate_publishes: bool,
 }
 
 impl Default for BusSettings {
@@ -299,6 +303,7 @@ impl Default for BusSettings {
             retry_tiers: [1, 5, 30, 120, 600].into_iter().map(Duration::from_secs).collect(),
             max_attempts: 6,
             queue_max_length: None,
+            duplicate_publishes: false,
         }
     }
 }

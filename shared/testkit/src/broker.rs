@@ -141,6 +141,13 @@ pub async fn temp_queue(ch: &Channel) -> anyhow::Result<String> {
 /// Consumes up to `n` messages from `queue` (acking each) or until `timeout` passes.
 pub async fn take(ch: &Channel, queue: &str, n: usize, timeout: Duration) -> anyhow::Result<Vec<Delivery>> {
     let tag = format!("take-{}", uuid::Uuid::new_v4().simple());
+    // At most `n` unacked at once: a message delivered beyond them would stay unacked on this
+    // channel after the consumer is cancelled, and the next `take` would never see it.
+    ch.basic_qos(
+        u16::try_from(n.max(1)).unwrap_or(u16::MAX),
+        lapin::options::BasicQosOptions::default(),
+    )
+    .await?;
     let mut consumer = ch
         .basic_consume(
             queue.into(),
@@ -149,18 +156,20 @@ pub async fn take(ch: &Channel, queue: &str, n: usize, timeout: Duration) -> any
             FieldTable::default(),
         )
         .await?;
-    let mut out = Vec::new();
+    let mut out: Vec<Delivery> = Vec::new();
     let deadline = tokio::time::Instant::now() + timeout;
     while out.len() < n {
         match tokio::time::timeout_at(deadline, consumer.next()).await {
-            Ok(Some(Ok(d))) => {
-                d.acker.ack(BasicAckOptions::default()).await?;
-                out.push(d);
-            }
+            Ok(Some(Ok(d))) => out.push(d),
             Ok(Some(Err(e))) => return Err(e.into()),
             Ok(None) | Err(_) => break,
         }
     }
+    // Cancel before acking: with at most `n` unacked, the broker cannot push one more that
+    // would then sit unacked on the cancelled consumer.
     let _ = ch.basic_cancel(tag.as_str().into(), Default::default()).await;
+    for d in &out {
+        d.acker.ack(BasicAckOptions::default()).await?;
+    }
     Ok(out)
 }

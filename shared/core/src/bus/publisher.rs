@@ -151,7 +151,10 @@ impl Publisher {
     /// Waiting for a window slot is bounded by the timeout too (slots free up as publishes in
     /// flight are confirmed or time out), so a publish takes at most twice the timeout.
     pub async fn publish(&self, msg: &Outgoing) -> Result<(), PublishError> {
-        let result = self.publish_timed(msg).await;
+        let mut result = self.publish_timed(msg).await;
+        if result.is_ok() && self.inner.settings.duplicate_publishes {
+            result = self.publish_timed(msg).await;
+        }
         if let Err(e) = &result {
             PublishFailed {
                 exchange: &msg.exchange,
