@@ -27,9 +27,9 @@ const RAW_QUEUE: &str = "pvefleet.bench.raw";
 const RUNTIME_QUEUE: &str = "pvefleet.bench.runtime";
 const BODY_BYTES: usize = 512;
 
-struct Rates {
-    publish: f64,
-    consume: f64,
+pub(crate) struct Rates {
+    pub(crate) publish: f64,
+    pub(crate) consume: f64,
 }
 
 pub async fn bus(
@@ -106,7 +106,7 @@ fn quorum_args() -> FieldTable {
     t
 }
 
-async fn raw(bus: &pvefleet_core::config::BusSettings, n: usize, window: u16) -> anyhow::Result<Rates> {
+pub(crate) async fn raw(bus: &pvefleet_core::config::BusSettings, n: usize, window: u16) -> anyhow::Result<Rates> {
     let (pconn, pch) = connect::open(bus, "bench-raw-publisher").await?;
     let _ = pch.queue_delete(RAW_QUEUE.into(), QueueDeleteOptions::default()).await;
     pch.queue_declare(

@@ -351,6 +351,25 @@ pub enum PveConfigAction {
 /// `pvefleet bench ...`
 #[derive(Debug, Subcommand)]
 pub enum BenchWhat {
+    /// Provisioning sagas end to end against pvesim: sagas/s, latency at an offered rate, fleet
+    /// vs raw broker messages/s, peak RSS.
+    Sagas {
+        /// Sagas in the throughput phase.
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+        /// Sagas in flight in the throughput phase.
+        #[arg(long, default_value_t = 200)]
+        concurrency: usize,
+        /// Offered sagas per second in the latency phase.
+        #[arg(long, default_value_t = 50)]
+        rate: u32,
+        /// Seconds of the latency phase.
+        #[arg(long, default_value_t = 10)]
+        rate_secs: u64,
+        /// Run saga, provisioner and ha as their own processes (binaries beside this one).
+        #[arg(long)]
+        separate: bool,
+    },
     /// Raw lapin vs the runtime's publisher and consumer runner (inbox off and on).
     Bus {
         /// Messages per phase.

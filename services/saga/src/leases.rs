@@ -10,37 +10,47 @@ use uuid::Uuid;
 
 const ATTEMPTS: usize = 32;
 
+/// The lowest free value of the pool is found in SQL, scanning up from the first candidate
+/// through the `leases` primary key: no candidate list crosses the wire.
+const LEASE_VMID: &str = "WITH free AS (
+        SELECT n::text AS value FROM generate_series($2::bigint, $3::bigint) AS n
+        WHERE NOT EXISTS (SELECT 1 FROM leases l WHERE l.kind = 'vmid' AND l.value = n::text)
+        ORDER BY n LIMIT 1)
+    INSERT INTO leases (kind, value, site_id) SELECT 'vmid', value, $1 FROM free
+    ON CONFLICT (kind, value) DO NOTHING RETURNING value";
+
+const LEASE_IP: &str = "WITH free AS (
+        SELECT host($4::text::inet + n) AS value FROM generate_series($2::bigint, $3::bigint) AS n
+        WHERE host($4::text::inet + n) <> $5
+          AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.kind = 'ip' AND l.value = host($4::text::inet + n))
+        ORDER BY n LIMIT 1)
+    INSERT INTO leases (kind, value, site_id) SELECT 'ip', value, $1 FROM free
+    ON CONFLICT (kind, value) DO NOTHING RETURNING value";
+
+const FREE_LEFT: &str = "SELECT count(*) < ($3::bigint - $2::bigint + 1) FROM leases WHERE kind = $1";
+
 async fn lease(
     db: &tokio_postgres::Client,
     kind: &str,
-    candidates: &[String],
-    site: Uuid,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    range: (i64, i64),
 ) -> Result<Option<String>, Outcome> {
     for _ in 0..ATTEMPTS {
         let row = db
-            .query_opt(
-                "WITH free AS (
-                     SELECT c.value FROM unnest($2::text[]) WITH ORDINALITY AS c(value, n)
-                     WHERE NOT EXISTS (SELECT 1 FROM leases l WHERE l.kind = $1 AND l.value = c.value)
-                     ORDER BY c.n LIMIT 1)
-                 INSERT INTO leases (kind, value, site_id) SELECT $1, value, $3 FROM free
-                 ON CONFLICT (kind, value) DO NOTHING RETURNING value",
-                &[&kind, &candidates, &site],
-            )
+            .query_opt(sql, params)
             .await
             .map_err(|e| Outcome::retry(format!("cannot lease a {kind}: {e}")))?;
         if let Some(row) = row {
             return Ok(Some(row.get(0)));
         }
-        let free = db
-            .query_one(
-                "SELECT count(*) FROM unnest($2::text[]) AS c(value)
-                 WHERE NOT EXISTS (SELECT 1 FROM leases l WHERE l.kind = $1 AND l.value = c.value)",
-                &[&kind, &candidates],
-            )
+        // Nothing inserted: the pool is full, or another transaction took the same value.
+        let left: bool = db
+            .query_one(FREE_LEFT, &[&kind, &range.0, &range.1])
             .await
-            .map_err(|e| Outcome::retry(format!("cannot lease a {kind}: {e}")))?;
-        if free.get::<_, i64>(0) == 0 {
+            .map_err(|e| Outcome::retry(format!("cannot lease a {kind}: {e}")))?
+            .get(0);
+        if !left {
             return Ok(None);
         }
     }
@@ -51,8 +61,8 @@ async fn lease(
 
 /// Leases the lowest free vmid of `saga.vmid_first..=saga.vmid_last`.
 pub(crate) async fn lease_vmid(db: &tokio_postgres::Client, s: &SagaSettings, site: Uuid) -> Result<u32, Outcome> {
-    let candidates: Vec<String> = (s.vmid_first..=s.vmid_last).map(|v| v.to_string()).collect();
-    match lease(db, "vmid", &candidates, site).await? {
+    let (first, last) = (i64::from(s.vmid_first), i64::from(s.vmid_last));
+    match lease(db, "vmid", LEASE_VMID, &[&site, &first, &last], (first, last)).await? {
         Some(v) => v.parse().map_err(|_| Outcome::retry("a leased vmid is not a number")),
         None => Err(Outcome::Fail(StepError::new(
             "lease.vmid_exhausted",
@@ -69,15 +79,20 @@ pub(crate) async fn lease_ip(db: &tokio_postgres::Client, s: &SagaSettings, site
             format!("saga.ip_cidr '{}' is not an IPv4 CIDR", s.ip_cidr),
         )));
     };
-    let gateway: Option<u32> = s.gateway.parse::<std::net::Ipv4Addr>().ok().map(u32::from);
-    let size = 1u64 << (32 - u32::from(prefix));
-    let candidates: Vec<String> = (s.ip_first..=s.ip_last)
-        .filter(|h| u64::from(*h) > 0 && u64::from(*h) < size - 1)
-        .map(|h| network + h)
-        .filter(|a| Some(*a) != gateway)
-        .map(|a| std::net::Ipv4Addr::from(a).to_string())
-        .collect();
-    match lease(db, "ip", &candidates, site).await? {
+    let size = 1i64 << (32 - u32::from(prefix));
+    let first = i64::from(s.ip_first).max(1);
+    let last = i64::from(s.ip_last).min(size - 2);
+    let net = std::net::Ipv4Addr::from(network).to_string();
+    let gateway = s.gateway.clone();
+    match lease(
+        db,
+        "ip",
+        LEASE_IP,
+        &[&site, &first, &last, &net, &gateway],
+        (first, last),
+    )
+    .await?
+    {
         Some(a) => Ok(format!("{a}/{prefix}")),
         None => Err(Outcome::Fail(StepError::new(
             "lease.ip_exhausted",

@@ -53,6 +53,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Site { action } => site::run(action).await,
         Command::Bench {
             what:
+                BenchWhat::Sagas {
+                    count,
+                    concurrency,
+                    rate,
+                    rate_secs,
+                    separate,
+                },
+        } => crate::bench_sagas::run(&settings, count, concurrency, rate, rate_secs, separate).await,
+        Command::Bench {
+            what:
                 BenchWhat::Bus {
                     messages,
                     window,
