@@ -21,7 +21,7 @@ use pvefleet_core::bus::{Context, Handler, Outcome, Router};
 use pvefleet_core::config::HaSettings;
 use pvefleet_proxmox::client::api::ResourceType;
 use pvefleet_proxmox::client::ha::{HaResourceSpec, HaRuleSpec};
-use pvefleet_proxmox::client::{Class, Params, PveClient, PveError, Reason};
+use pvefleet_proxmox::client::{Params, PveClient, PveError, Reason};
 use tokio_util::sync::CancellationToken;
 
 /// The tag on containers that should be HA resources.
@@ -38,25 +38,7 @@ struct Inner {
     settings: HaSettings,
 }
 
-fn pve_outcome(step: &str, e: PveError) -> Outcome {
-    match e.class {
-        Class::Transient => Outcome::retry(format!("{step}: {e}")),
-        Class::Permanent => Outcome::Fail(StepError::new(
-            match e.reason {
-                Reason::Forbidden => "proxmox.forbidden",
-                Reason::NotFound => "proxmox.not_found",
-                Reason::InvalidParameters => "proxmox.invalid_parameters",
-                _ => "proxmox.permanent",
-            },
-            if e.errors.is_empty() {
-                e.message.trim().to_string()
-            } else {
-                let fields: Vec<String> = e.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-                format!("{} ({})", e.message.trim(), fields.join("; "))
-            },
-        )),
-    }
-}
+use pvefleet_core::pve::outcome as pve_outcome;
 
 macro_rules! pve {
     ($step:expr, $e:expr) => {
@@ -65,13 +47,6 @@ macro_rules! pve {
             Err(e) => return pve_outcome($step, e),
         }
     };
-}
-
-async fn emit<M: pvefleet_contracts::Message>(ctx: &Context<'_>, msg: &M) -> Outcome {
-    match ctx.send(msg).await {
-        Ok(()) => Outcome::Ok,
-        Err(e) => Outcome::retry(format!("cannot send {}: {e}", M::TYPE)),
-    }
 }
 
 fn sid(vmid: u32) -> String {
@@ -283,13 +258,10 @@ impl Handler<HaEnable> for Ha {
             }
         }
         pve!("ha.enable", me.tag(vmid, true).await);
-        emit(
-            ctx,
-            &HaEnabled {
-                site_id: cmd.site_id,
-                vmid: cmd.vmid,
-            },
-        )
+        ctx.emit(&HaEnabled {
+            site_id: cmd.site_id,
+            vmid: cmd.vmid,
+        })
         .await
     }
 }
@@ -320,13 +292,10 @@ impl Handler<HaDisable> for Ha {
                 Err(e) => return pve_outcome("ha.disable", e),
             }
         }
-        emit(
-            ctx,
-            &HaDisabled {
-                site_id: cmd.site_id,
-                vmid: cmd.vmid,
-            },
-        )
+        ctx.emit(&HaDisabled {
+            site_id: cmd.site_id,
+            vmid: cmd.vmid,
+        })
         .await
     }
 }

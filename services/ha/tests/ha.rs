@@ -5,18 +5,14 @@
 
 use std::time::Duration;
 
-use lapin::options::{QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use pvefleet_contracts::ids::SiteId;
 use pvefleet_contracts::messages::{HaDisable, HaEnable};
-use pvefleet_contracts::routing::EVENTS_EXCHANGE;
 use pvefleet_contracts::{Message, Vmid};
 use pvefleet_core::Settings;
 use pvefleet_core::bus::outgoing::Origin;
 use pvefleet_core::bus::{Outgoing, Publisher};
 use pvefleet_proxmox::client::{Params, PveClient};
 use pvefleet_pvesim::{Sim, SimConfig};
-use pvefleet_testkit::broker::take;
 use pvefleet_testkit::{TestVhost, init_tracing, settings};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -62,29 +58,7 @@ async fn rig(version: &str) -> Rig {
     let publisher = Publisher::new(&s.bus, "test", Some(topology));
     publisher.connect().await.unwrap();
     let (conn, ch) = vhost.channel().await.unwrap();
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap()
-        .name()
-        .as_str()
-        .to_string();
-    ch.queue_bind(
-        q.as_str().into(),
-        EVENTS_EXCHANGE.into(),
-        "ha.*".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    let q = pvefleet_testkit::broker::event_queue(&ch, &["ha.*"]).await.unwrap();
     Rig {
         _vhost: vhost,
         _sim: sim,
@@ -110,10 +84,10 @@ impl Rig {
     }
 
     async fn event(&self) -> (String, Value) {
-        let got = take(&self.events.1, &self.events.2, 1, WAIT).await.unwrap();
-        let d = got.first().expect("an event arrives");
-        let kind = d.properties.kind().as_ref().map(|k| k.to_string()).unwrap_or_default();
-        (kind, serde_json::from_slice(&d.data).unwrap())
+        pvefleet_testkit::broker::next_json(&self.events.1, &self.events.2, WAIT)
+            .await
+            .unwrap()
+            .expect("an event arrives")
     }
 
     async fn container(&self, vmid: u32) {

@@ -77,31 +77,8 @@ impl Provisioner {
     }
 }
 
-/// Maps a PVE failure to an outcome: transient retries, permanent fails the step.
-fn pve_outcome(step: &str, e: PveError) -> Outcome {
-    match e.class {
-        Class::Transient => Outcome::retry(format!("{step}: {e}")),
-        Class::Permanent => {
-            let code = match e.reason {
-                Reason::NotFound => "proxmox.not_found",
-                Reason::AlreadyExists => "proxmox.already_exists",
-                Reason::Forbidden => "proxmox.forbidden",
-                Reason::InvalidParameters => "proxmox.invalid_parameters",
-                Reason::TaskFailed => "proxmox.task_failed",
-                Reason::NotImplemented => "proxmox.not_implemented",
-                Reason::Locked | Reason::Other => "proxmox.permanent",
-            };
-            let mut message = e.message.trim().to_string();
-            if !e.errors.is_empty() {
-                let fields: Vec<String> = e.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-                message = format!("{message} ({})", fields.join("; "));
-            }
-            Outcome::Fail(StepError::new(code, message))
-        }
-    }
-}
+use pvefleet_core::pve::outcome as pve_outcome;
 
-/// Runs `f`, mapping its PVE error to an outcome.
 macro_rules! pve {
     ($step:expr, $e:expr) => {
         match $e {
@@ -109,14 +86,6 @@ macro_rules! pve {
             Err(e) => return pve_outcome($step, e),
         }
     };
-}
-
-/// Sends an event; a failed send retries the command (the event must not be lost).
-async fn emit<M: pvefleet_contracts::Message>(ctx: &Context<'_>, msg: &M) -> Outcome {
-    match ctx.send(msg).await {
-        Ok(()) => Outcome::Ok,
-        Err(e) => Outcome::retry(format!("cannot send {}: {e}", M::TYPE)),
-    }
 }
 
 impl Inner {
@@ -221,15 +190,13 @@ impl Handler<ContainerCreate> for Provisioner {
                 if existing.lock.as_deref() == Some("create") {
                     return Outcome::retry(format!("container {vmid} is still being created"));
                 }
-                return emit(
-                    ctx,
-                    &ContainerCreated {
+                return ctx
+                    .emit(&ContainerCreated {
                         site_id: cmd.site_id,
                         vmid: cmd.vmid,
                         node,
-                    },
-                )
-                .await;
+                    })
+                    .await;
             }
             let node = if cmd.node.is_empty() {
                 match pve!("container.create", me.choose_node().await) {
@@ -247,15 +214,13 @@ impl Handler<ContainerCreate> for Provisioner {
             }
             match me.pve.lxc_create(&node, me.params(&cmd, ctx)).await {
                 Ok(_) => {
-                    return emit(
-                        ctx,
-                        &ContainerCreated {
+                    return ctx
+                        .emit(&ContainerCreated {
                             site_id: cmd.site_id,
                             vmid: cmd.vmid,
                             node,
-                        },
-                    )
-                    .await;
+                        })
+                        .await;
                 }
                 Err(e) if e.reason == Reason::AlreadyExists => continue,
                 Err(e) => return pve_outcome("container.create", e),
@@ -301,14 +266,11 @@ impl Handler<ContainerStart> for Provisioner {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        emit(
-            ctx,
-            &ContainerStarted {
-                site_id: cmd.site_id,
-                vmid: cmd.vmid,
-                node,
-            },
-        )
+        ctx.emit(&ContainerStarted {
+            site_id: cmd.site_id,
+            vmid: cmd.vmid,
+            node,
+        })
         .await
     }
 }
@@ -341,14 +303,11 @@ impl Handler<ContainerSnapshot> for Provisioner {
                 Err(e) => return pve_outcome("container.snapshot", e),
             }
         }
-        emit(
-            ctx,
-            &ContainerSnapshotted {
-                site_id: cmd.site_id,
-                vmid: cmd.vmid,
-                name: cmd.name,
-            },
-        )
+        ctx.emit(&ContainerSnapshotted {
+            site_id: cmd.site_id,
+            vmid: cmd.vmid,
+            name: cmd.name,
+        })
         .await
     }
 }
@@ -367,7 +326,7 @@ impl Handler<ContainerDestroy> for Provisioner {
             vmid: cmd.vmid,
         };
         let Some(found) = pve!("container.destroy", me.locate(vmid).await) else {
-            return emit(ctx, &done).await;
+            return ctx.emit(&done).await;
         };
         let node = found.node.clone().unwrap_or_default();
         if !pve!("container.destroy", me.owned_by(&node, vmid, &cmd.site_id).await) {
@@ -414,7 +373,7 @@ impl Handler<ContainerDestroy> for Provisioner {
             Err(e) if e.reason == Reason::NotFound => {}
             Err(e) => return pve_outcome("container.destroy", e),
         }
-        emit(ctx, &done).await
+        ctx.emit(&done).await
     }
 }
 

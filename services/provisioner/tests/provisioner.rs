@@ -6,17 +6,13 @@
 
 use std::time::Duration;
 
-use lapin::options::QueueBindOptions;
-use lapin::types::FieldTable;
 use pvefleet_contracts::ids::SiteId;
 use pvefleet_contracts::messages::{ContainerCreate, ContainerDestroy, ContainerSnapshot, ContainerStart, NetSpec};
-use pvefleet_contracts::routing::EVENTS_EXCHANGE;
 use pvefleet_contracts::{Message, Vmid};
 use pvefleet_core::Settings;
 use pvefleet_core::bus::outgoing::Origin;
 use pvefleet_core::bus::{Outgoing, Publisher};
 use pvefleet_pvesim::{Fault, Sim, SimConfig};
-use pvefleet_testkit::broker::take;
 use pvefleet_testkit::{TestDb, TestVhost, init_tracing, settings};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -64,30 +60,9 @@ async fn rig() -> Rig {
     let publisher = Publisher::new(&s.bus, "test", Some(topology));
     publisher.connect().await.unwrap();
     let (conn, ch) = vhost.channel().await.unwrap();
-    // Exclusive but not auto-delete: `take` cancels its consumer after each event.
-    let q = ch
-        .queue_declare(
-            "".into(),
-            lapin::options::QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    let q = pvefleet_testkit::broker::event_queue(&ch, &["container.*"])
         .await
-        .unwrap()
-        .name()
-        .as_str()
-        .to_string();
-    ch.queue_bind(
-        q.as_str().into(),
-        EVENTS_EXCHANGE.into(),
-        "container.*".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+        .unwrap();
     Rig {
         _vhost: vhost,
         _db: db,
@@ -114,10 +89,10 @@ impl Rig {
 
     /// The next event: its type and body.
     async fn event(&self) -> (String, Value) {
-        let got = take(&self.events.1, &self.events.2, 1, WAIT).await.unwrap();
-        let d = got.first().expect("an event arrives");
-        let kind = d.properties.kind().as_ref().map(|k| k.to_string()).unwrap_or_default();
-        (kind, serde_json::from_slice(&d.data).unwrap())
+        pvefleet_testkit::broker::next_json(&self.events.1, &self.events.2, WAIT)
+            .await
+            .unwrap()
+            .expect("an event arrives")
     }
 
     async fn stop(self) {

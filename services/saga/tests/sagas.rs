@@ -6,12 +6,10 @@
 
 use std::time::Duration;
 
-use lapin::options::{QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use pvefleet_contracts::Message;
 use pvefleet_contracts::ids::SiteId;
 use pvefleet_contracts::messages::{App, SiteDeprovision, SiteProvision};
-use pvefleet_contracts::routing::{EVENTS_EXCHANGE, PARKED_QUEUE};
+use pvefleet_contracts::routing::PARKED_QUEUE;
 use pvefleet_core::Settings;
 use pvefleet_core::bus::outgoing::Origin;
 use pvefleet_core::bus::{Outgoing, Publisher};
@@ -83,29 +81,7 @@ async fn fleet_with(tune: impl FnOnce(&mut Settings)) -> Fleet {
     let publisher = Publisher::new(&s.bus, "test", Some(topology));
     publisher.connect().await.unwrap();
     let (conn, ch) = vhost.channel().await.unwrap();
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap()
-        .name()
-        .as_str()
-        .to_string();
-    ch.queue_bind(
-        q.as_str().into(),
-        EVENTS_EXCHANGE.into(),
-        "site.*".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    let q = pvefleet_testkit::broker::event_queue(&ch, &["site.*"]).await.unwrap();
     Fleet {
         _vhost: vhost,
         pve_url: s.pve.url.clone(),
@@ -151,10 +127,10 @@ impl Fleet {
 
     /// The next `site.*` event.
     async fn event(&self) -> (String, Value) {
-        let got = take(&self.events.1, &self.events.2, 1, WAIT).await.unwrap();
-        let d = got.first().expect("a site event arrives");
-        let kind = d.properties.kind().as_ref().map(|k| k.to_string()).unwrap_or_default();
-        (kind, serde_json::from_slice(&d.data).unwrap())
+        pvefleet_testkit::broker::next_json(&self.events.1, &self.events.2, WAIT)
+            .await
+            .unwrap()
+            .expect("a site event arrives")
     }
 
     async fn site(&self, id: SiteId) -> (String, Option<i32>, Option<String>, Option<String>, Option<Value>) {

@@ -173,3 +173,45 @@ pub async fn take(ch: &Channel, queue: &str, n: usize, timeout: Duration) -> any
     }
     Ok(out)
 }
+
+/// Declares an exclusive queue (not auto-delete, so it outlives each `take`) bound to the
+/// events exchange with each pattern, for a test to read the events it causes.
+pub async fn event_queue(ch: &Channel, patterns: &[&str]) -> anyhow::Result<String> {
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?
+        .name()
+        .as_str()
+        .to_string();
+    for p in patterns {
+        ch.queue_bind(
+            q.as_str().into(),
+            pvefleet_contracts::routing::EVENTS_EXCHANGE.into(),
+            (*p).into(),
+            lapin::options::QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    }
+    Ok(q)
+}
+
+/// The next message of `queue`, as its type and JSON body; `None` after `timeout`.
+pub async fn next_json(
+    ch: &Channel,
+    queue: &str,
+    timeout: Duration,
+) -> anyhow::Result<Option<(String, serde_json::Value)>> {
+    let Some(d) = take(ch, queue, 1, timeout).await?.into_iter().next() else {
+        return Ok(None);
+    };
+    let kind = d.properties.kind().as_ref().map(|k| k.to_string()).unwrap_or_default();
+    Ok(Some((kind, serde_json::from_slice(&d.data)?)))
+}

@@ -104,6 +104,17 @@ impl Context<'_> {
     }
 }
 
+impl Context<'_> {
+    /// Sends the event that ends this command: `Ok` once it is sent (or queued), else a retry,
+    /// so the command is handled again rather than its event lost.
+    pub async fn emit<M: Message>(&self, msg: &M) -> Outcome {
+        match self.send(msg).await {
+            Ok(()) => Outcome::Ok,
+            Err(e) => Outcome::retry(format!("cannot send {}: {e}", M::TYPE)),
+        }
+    }
+}
+
 /// Why a handler could not send a message.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
