@@ -36,6 +36,27 @@ pub fn site_marker(site: &SiteId) -> String {
     format!("pvefleet-site: {site}")
 }
 
+/// The node for a container whose request names none: the configured `node`; else the first
+/// preferred node that is online with `memory_mb` free; else the online node with the most
+/// free memory. `None` when no node is online.
+pub fn pick_node(nodes: &[Resource], s: &ProvisionerSettings, memory_mb: u32) -> Option<String> {
+    if !s.node.is_empty() {
+        return Some(s.node.clone());
+    }
+    let online = || {
+        nodes
+            .iter()
+            .filter(|n| n.kind == "node" && n.status.as_deref() == Some("online"))
+    };
+    let free = |n: &Resource| n.maxmem.unwrap_or(0).saturating_sub(n.mem.unwrap_or(0));
+    let needed = u64::from(memory_mb) * 1024 * 1024;
+    s.preferred_nodes
+        .iter()
+        .find_map(|want| online().find(|n| n.node.as_deref() == Some(want.as_str()) && free(n) >= needed))
+        .or_else(|| online().max_by_key(|n| free(n)))
+        .and_then(|n| n.node.clone())
+}
+
 /// The provisioner's handlers, sharing one PVE client.
 #[derive(Clone)]
 pub struct Provisioner {
@@ -99,22 +120,22 @@ impl Inner {
         }
     }
 
-    /// Where a container is now (HA may have moved it), from one cluster read.
-    async fn locate(&self, vmid: u32) -> Result<Option<Resource>, PveError> {
+    /// The guest at `vmid`, container or VM, and where it is now (HA may have moved it),
+    /// from one cluster read.
+    async fn guest(&self, vmid: u32) -> Result<Option<Resource>, PveError> {
         let rows = self.pve.resources(Some(ResourceType::Vm)).await?;
-        Ok(rows
-            .into_iter()
-            .find(|r| r.vmid == Some(u64::from(vmid)) && r.kind == "lxc"))
+        Ok(rows.into_iter().find(|r| r.vmid == Some(u64::from(vmid))))
     }
 
-    /// The online node with the most free memory.
-    async fn choose_node(&self) -> Result<Option<String>, PveError> {
+    /// The container at `vmid`, if that vmid is a container.
+    async fn locate(&self, vmid: u32) -> Result<Option<Resource>, PveError> {
+        Ok(self.guest(vmid).await?.filter(|r| r.kind == "lxc"))
+    }
+
+    /// Where a new container goes: see [`pick_node`].
+    async fn choose_node(&self, memory_mb: u32) -> Result<Option<String>, PveError> {
         let nodes = self.pve.resources(Some(ResourceType::Node)).await?;
-        Ok(nodes
-            .into_iter()
-            .filter(|n| n.status.as_deref() == Some("online"))
-            .max_by_key(|n| n.maxmem.unwrap_or(0).saturating_sub(n.mem.unwrap_or(0)))
-            .and_then(|n| n.node))
+        Ok(pick_node(&nodes, &self.settings, memory_mb))
     }
 
     fn params(&self, cmd: &ContainerCreate, ctx: &Context<'_>) -> Params {
@@ -179,8 +200,17 @@ impl Handler<ContainerCreate> for Provisioner {
         };
         // Twice at most: a create that loses a race to another request re-checks ownership.
         for _ in 0..2 {
-            if let Some(existing) = pve!("container.create", me.locate(vmid).await) {
+            if let Some(existing) = pve!("container.create", me.guest(vmid).await) {
                 let node = existing.node.clone().unwrap_or_default();
+                if existing.kind != "lxc" {
+                    return Outcome::Fail(StepError::new(
+                        "vmid.taken",
+                        format!(
+                            "vmid {vmid} is a {} on {node}, not this site's container",
+                            existing.kind
+                        ),
+                    ));
+                }
                 if !pve!("container.create", me.owned_by(&node, vmid, &cmd.site_id).await) {
                     return Outcome::Fail(StepError::new(
                         "vmid.taken",
@@ -199,7 +229,7 @@ impl Handler<ContainerCreate> for Provisioner {
                     .await;
             }
             let node = if cmd.node.is_empty() {
-                match pve!("container.create", me.choose_node().await) {
+                match pve!("container.create", me.choose_node(cmd.memory_mb).await) {
                     Some(n) => n,
                     None => return Outcome::retry("no node is online"),
                 }
@@ -400,4 +430,63 @@ pub async fn run(
         ready,
     };
     run_worker(deps, provisioner.router(), spec, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn node(name: &str, status: &str, used_gib: u64, total_gib: u64) -> Resource {
+        serde_json::from_value(serde_json::json!({
+            "id": format!("node/{name}"), "type": "node", "node": name, "status": status,
+            "mem": used_gib << 30, "maxmem": total_gib << 30,
+        }))
+        .unwrap()
+    }
+
+    fn cluster() -> Vec<Resource> {
+        vec![
+            node("pve1", "online", 60, 64),  // 4 GiB free
+            node("pve2", "online", 8, 64),   // 56 GiB free
+            node("pve3", "offline", 0, 128), // most free, but down
+            node("pve4", "online", 30, 64),  // 34 GiB free
+        ]
+    }
+
+    #[test]
+    fn without_preferences_the_online_node_with_the_most_free_memory_is_chosen() {
+        let s = ProvisionerSettings::default();
+        assert_eq!(pick_node(&cluster(), &s, 1024).as_deref(), Some("pve2"));
+    }
+
+    #[test]
+    fn a_configured_node_wins() {
+        let s = ProvisionerSettings {
+            node: "pve1".into(),
+            preferred_nodes: vec!["pve4".into()],
+            ..ProvisionerSettings::default()
+        };
+        assert_eq!(pick_node(&cluster(), &s, 1024).as_deref(), Some("pve1"));
+    }
+
+    #[test]
+    fn the_first_preferred_node_that_is_online_with_room_is_chosen() {
+        let s = ProvisionerSettings {
+            preferred_nodes: vec!["pve3".into(), "pve1".into(), "pve4".into()],
+            ..ProvisionerSettings::default()
+        };
+        // pve3 is offline; pve1 has 4 GiB free.
+        assert_eq!(pick_node(&cluster(), &s, 2048).as_deref(), Some("pve1"));
+        // 8 GiB does not fit on pve1: pve4.
+        assert_eq!(pick_node(&cluster(), &s, 8192).as_deref(), Some("pve4"));
+        // No preferred node has 40 GiB: the most free memory overall.
+        assert_eq!(pick_node(&cluster(), &s, 40 * 1024).as_deref(), Some("pve2"));
+    }
+
+    #[test]
+    fn no_online_node_is_no_choice() {
+        let nodes = vec![node("pve1", "offline", 0, 64)];
+        assert_eq!(pick_node(&nodes, &ProvisionerSettings::default(), 512), None);
+    }
 }

@@ -101,6 +101,98 @@ pub(crate) async fn lease_ip(db: &tokio_postgres::Client, s: &SagaSettings, site
     }
 }
 
+/// A guest PVE has at a vmid: the vmid and a line saying what it is.
+pub struct Used {
+    /// The vmid.
+    pub vmid: u32,
+    /// `lxc/123 'name' on pve1`.
+    pub holder: String,
+}
+
+/// Brings the leases held outside the fleet in line with what PVE uses: every guest in the
+/// vmid pool that no site leased is held, so no site is given its vmid; a held vmid PVE no
+/// longer uses is freed. Returns (held now, freed).
+pub async fn sync_foreign_vmids(
+    db: &tokio_postgres::Client,
+    s: &SagaSettings,
+    used: &[Used],
+) -> Result<(u64, u64), tokio_postgres::Error> {
+    let (first, last) = (s.vmid_first, s.vmid_last);
+    let (values, holders): (Vec<String>, Vec<String>) = used
+        .iter()
+        .filter(|u| (first..=last).contains(&u.vmid))
+        .map(|u| (u.vmid.to_string(), u.holder.clone()))
+        .unzip();
+    let held = db
+        .execute(
+            "INSERT INTO leases (kind, value, site_id, holder)
+             SELECT 'vmid', v, NULL, h FROM unnest($1::text[], $2::text[]) AS u(v, h)
+             ON CONFLICT (kind, value) DO NOTHING",
+            &[&values, &holders],
+        )
+        .await?;
+    let freed = db
+        .execute(
+            "DELETE FROM leases WHERE kind = 'vmid' AND site_id IS NULL AND NOT (value = ANY($1::text[]))",
+            &[&values],
+        )
+        .await?;
+    Ok((held, freed))
+}
+
+/// Every `saga.lease_sync_interval`, reads the guests PVE has (one `/cluster/resources` read)
+/// and syncs the leases held outside the fleet with them, until `shutdown`.
+pub async fn run_sync(
+    pool: deadpool_postgres::Pool,
+    pve: pvefleet_proxmox::client::PveClient,
+    settings: SagaSettings,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        match sync_once(&pool, &pve, &settings).await {
+            Ok((0, 0)) => {}
+            Ok((held, freed)) => {
+                tracing::info!(
+                    held,
+                    freed,
+                    "vmids used in PVE outside the fleet are held from leasing."
+                );
+            }
+            Err(e) => tracing::warn!(error = ?e, "Cannot cross-check vmid leases with PVE; trying again later."),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(settings.lease_sync_interval) => {}
+        }
+    }
+}
+
+async fn sync_once(
+    pool: &deadpool_postgres::Pool,
+    pve: &pvefleet_proxmox::client::PveClient,
+    settings: &SagaSettings,
+) -> anyhow::Result<(u64, u64)> {
+    use pvefleet_proxmox::client::api::ResourceType;
+    let guests = pve.resources(Some(ResourceType::Vm)).await?;
+    let used: Vec<Used> = guests
+        .iter()
+        .filter_map(|g| {
+            let vmid = u32::try_from(g.vmid?).ok()?;
+            Some(Used {
+                vmid,
+                holder: format!(
+                    "{} '{}' on {}",
+                    g.id,
+                    g.name.as_deref().unwrap_or_default(),
+                    g.node.as_deref().unwrap_or("?")
+                ),
+            })
+        })
+        .collect();
+    let client = pool.get().await?;
+    Ok(sync_foreign_vmids(&client, settings, &used).await?)
+}
+
 fn parse_cidr(text: &str) -> Option<(u32, u8)> {
     let (addr, prefix) = text.split_once('/')?;
     let addr: std::net::Ipv4Addr = addr.parse().ok()?;

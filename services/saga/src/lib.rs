@@ -13,6 +13,7 @@
 //! Events are matched to a saga by their correlation id (the saga id). An event for a step
 //! that is not the one in flight (a duplicate, or a late completion) is logged and ignored.
 
+pub mod deadlines;
 mod leases;
 pub mod ops;
 mod steps;
@@ -52,6 +53,9 @@ pub struct SagaData {
     pub compensations: Vec<Step>,
     /// The step that failed, and why.
     pub failure: Option<(Step, StepError)>,
+    /// vmids given up because PVE already used them for something not ours.
+    #[serde(default)]
+    pub vmids_taken: Vec<u32>,
 }
 
 /// The coordinator's handlers.
@@ -66,6 +70,9 @@ struct Inner {
 }
 
 type Db<'a> = &'a tokio_postgres::Client;
+
+/// How many vmids a provisioning saga gives up, as found in use in PVE, before it fails.
+const VMID_RELEASES: usize = 8;
 
 /// A reason a site request is invalid: the field and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,8 +250,17 @@ async fn send_step(
     steps::send(db, origin, data, step, settings).await?;
     db.execute(
         "INSERT INTO saga_steps (saga_id, name, phase, state) VALUES ($1, $2, $3, 'sent')
-         ON CONFLICT (saga_id, name, phase) DO UPDATE SET state = 'sent', started_at = now(), finished_at = NULL, error = NULL",
+         ON CONFLICT (saga_id, name, phase) DO UPDATE SET state = 'sent', started_at = now(), finished_at = NULL,
+             error = NULL, sends = saga_steps.sends + 1",
         &[&saga, &step.command(), &phase],
+    )
+    .await
+    .map_err(retry_db)?;
+    // The step's answer is due by its deadline; the deadline scan re-sends it after that.
+    let timeout = settings.timeout_of(step.command()).as_secs_f64();
+    db.execute(
+        "UPDATE sagas SET deadline = now() + $2 * interval '1 second', step_sends = 0 WHERE id = $1",
+        &[&saga, &timeout],
     )
     .await
     .map_err(retry_db)?;
@@ -272,6 +288,40 @@ async fn reject(ctx: &Context<'_>, saga: Uuid, req: &SiteProvision, field: &str,
 
 fn retry_db(e: tokio_postgres::Error) -> Outcome {
     Outcome::retry(format!("database: {e}"))
+}
+
+/// Stops a saga for an operator: `compensation_failed` when a compensation gave up,
+/// `suspended` when a forward step did. The site keeps the error; a site being compensated is
+/// `failed`, one being built or torn down keeps that state. Returns the saga's new state.
+pub(crate) async fn give_up(
+    db: Db<'_>,
+    saga: Uuid,
+    data: &SagaData,
+    kind: &str,
+    step: Step,
+    phase: &str,
+    error: &StepError,
+) -> Result<&'static str, Outcome> {
+    let (state, site_state) = match (phase, kind) {
+        ("compensate", _) => ("compensation_failed", "failed"),
+        (_, "deprovision") => ("suspended", "deprovisioning"),
+        _ => ("suspended", "provisioning"),
+    };
+    let detail = json!({ "step": step.command(), "error": error });
+    db.execute(
+        "UPDATE sagas SET state = $2, error = $3, deadline = NULL, version = version + 1, updated_at = now() WHERE id = $1",
+        &[&saga, &state, &detail],
+    )
+    .await
+    .map_err(retry_db)?;
+    db.execute(
+        "UPDATE sites SET state = $2, error = $3, updated_at = now() WHERE id = $1",
+        &[&data.site.site_id.as_uuid(), &site_state, &detail],
+    )
+    .await
+    .map_err(retry_db)?;
+    tracing::error!(%saga, step = step.command(), error = %error.message, state, "The saga gave up; an operator must look.");
+    Ok(state)
 }
 
 macro_rules! tri {
@@ -358,6 +408,7 @@ impl Inner {
             done: Vec::new(),
             compensations: Vec::new(),
             failure: None,
+            vmids_taken: Vec::new(),
         };
         let first = data.plan[0];
         tri!(
@@ -457,6 +508,7 @@ impl Inner {
             done: Vec::new(),
             compensations: Vec::new(),
             failure: None,
+            vmids_taken: Vec::new(),
         };
         tri!(
             db.execute(
@@ -536,11 +588,18 @@ impl Inner {
                 }
                 tri!(self.finish_step(db, saga, step, "forward", error.as_ref()).await);
                 if let Some(error) = error {
+                    if kind == "provision"
+                        && step == Step::Create
+                        && error.code == "vmid.taken"
+                        && data.vmids_taken.len() < VMID_RELEASES
+                    {
+                        return self.lease_another_vmid(db, ctx, saga, data, index, error).await;
+                    }
                     if kind == "deprovision" {
                         // Forward recovery: the step is re-sent, and the saga waits for an operator
                         // after too many failures.
                         return self
-                            .suspend_or_resend(db, ctx, saga, &data, step, "forward", error)
+                            .suspend_or_resend(db, ctx, saga, &data, &kind, step, "forward", error)
                             .await;
                     }
                     data.failure = Some((step, error));
@@ -566,7 +625,7 @@ impl Inner {
                 tri!(self.finish_step(db, saga, step, "compensate", error.as_ref()).await);
                 if let Some(error) = error {
                     return self
-                        .suspend_or_resend(db, ctx, saga, &data, step, "compensate", error)
+                        .suspend_or_resend(db, ctx, saga, &data, &kind, step, "compensate", error)
                         .await;
                 }
                 tri!(
@@ -583,6 +642,45 @@ impl Inner {
         }
     }
 
+    /// The cross-check of a vmid lease against PVE, at the moment it counts: the vmid the
+    /// saga leased is used by a guest that is not this site's. It is kept as a lease held
+    /// outside the fleet, so no other site is given it, and the create goes again with the
+    /// next free vmid.
+    async fn lease_another_vmid(
+        &self,
+        db: Db<'_>,
+        ctx: &Context<'_>,
+        saga: Uuid,
+        mut data: SagaData,
+        index: usize,
+        error: StepError,
+    ) -> Outcome {
+        let site = data.site.site_id.as_uuid();
+        tri!(
+            db.execute(
+                "UPDATE leases SET site_id = NULL, holder = $2 WHERE kind = 'vmid' AND value = $1",
+                &[&data.vmid.to_string(), &error.message],
+            )
+            .await
+            .map_err(retry_db)
+        );
+        let vmid = tri!(leases::lease_vmid(db, &self.settings, site).await);
+        tracing::warn!(%saga, taken = data.vmid, vmid, reason = %error.message, "The leased vmid is in use in PVE; leased another.");
+        data.vmids_taken.push(data.vmid);
+        data.vmid = vmid;
+        tri!(
+            db.execute(
+                "UPDATE sites SET vmid = $2, updated_at = now() WHERE id = $1",
+                &[&site, &(vmid as i32)],
+            )
+            .await
+            .map_err(retry_db)
+        );
+        tri!(self.save(db, saga, "running", index, &data).await);
+        tri!(self.send_step(db, ctx, saga, &data, Step::Create, "forward").await);
+        Outcome::Ok
+    }
+
     /// Re-sends a failed step, or gives up: `compensation_failed` during compensation,
     /// `suspended` for forward recovery.
     #[allow(clippy::too_many_arguments)]
@@ -592,6 +690,7 @@ impl Inner {
         ctx: &Context<'_>,
         saga: Uuid,
         data: &SagaData,
+        kind: &str,
         step: Step,
         phase: &str,
         error: StepError,
@@ -609,32 +708,7 @@ impl Inner {
             tri!(self.send_step(db, ctx, saga, data, step, phase).await);
             return Outcome::Ok;
         }
-        let (state, site_state) = if phase == "compensate" {
-            ("compensation_failed", "failed")
-        } else {
-            ("suspended", "deprovisioning")
-        };
-        tri!(
-            db.execute(
-                "UPDATE sagas SET state = $2, error = $3, version = version + 1, updated_at = now() WHERE id = $1",
-                &[&saga, &state, &json!({ "step": step.command(), "error": error })],
-            )
-            .await
-            .map_err(retry_db)
-        );
-        tri!(
-            db.execute(
-                "UPDATE sites SET state = $2, error = $3, updated_at = now() WHERE id = $1",
-                &[
-                    &data.site.site_id.as_uuid(),
-                    &site_state,
-                    &json!({ "step": step.command(), "error": error })
-                ],
-            )
-            .await
-            .map_err(retry_db)
-        );
-        tracing::error!(%saga, step = step.command(), error = %error.message, state, "The saga gave up; an operator must look.");
+        tri!(give_up(db, saga, data, kind, step, phase, &error).await);
         Outcome::Ok
     }
 
@@ -811,10 +885,35 @@ pub async fn run(
     let publisher = pvefleet_core::bus::Publisher::new(&settings.bus, "saga", Some(topology.clone()));
     let coordinator = Coordinator::new(settings.saga.clone(), settings.pve.templates.clone());
     let relay = pvefleet_core::db::outbox::OutboxRelay::new(pool.clone(), publisher.clone(), settings.outbox.clone());
+    let poke = relay.poker();
     let relay_task = tokio::spawn(relay.run(shutdown.clone()));
+    let deadline_task = tokio::spawn(deadlines::run(
+        pool.clone(),
+        settings.saga.clone(),
+        Some(poke.clone()),
+        shutdown.clone(),
+    ));
+    let sync_task = if settings.saga.lease_sync_interval.is_zero() {
+        None
+    } else {
+        match pvefleet_core::pve::client(&settings.pve) {
+            Ok(pve) => Some(tokio::spawn(leases::run_sync(
+                pool.clone(),
+                pve,
+                settings.saga.clone(),
+                shutdown.clone(),
+            ))),
+            Err(e) => {
+                tracing::warn!(error = %e, "No PVE client: vmid leases are not cross-checked with PVE ahead of time.");
+                None
+            }
+        }
+    };
     let queue = pvefleet_contracts::routing::work_queue("saga");
     let mut spec = WorkerSpec::from_settings("saga", &queue, settings);
     spec.inbox = true;
+    // What a transition queues in the outbox is published as soon as it commits.
+    spec.after_commit = Some(poke);
     let deps = WorkerDeps {
         bus: settings.bus.clone(),
         topology,
@@ -824,5 +923,9 @@ pub async fn run(
     };
     let result = run_worker(deps, coordinator.router(), spec, shutdown).await;
     let _ = relay_task.await;
+    let _ = deadline_task.await;
+    if let Some(t) = sync_task {
+        let _ = t.await;
+    }
     result
 }

@@ -33,6 +33,8 @@ struct Fleet {
     events: (lapin::Connection, lapin::Channel, String),
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    settings: Settings,
+    pool: deadpool_postgres::Pool,
 }
 
 async fn fleet() -> Fleet {
@@ -40,6 +42,13 @@ async fn fleet() -> Fleet {
 }
 
 async fn fleet_with(tune: impl FnOnce(&mut Settings)) -> Fleet {
+    let mut f = fleet_without_provisioner(tune).await;
+    f.start_provisioner();
+    f
+}
+
+/// The fleet with the provisioner not (yet) consuming: its commands wait in its queue.
+async fn fleet_without_provisioner(tune: impl FnOnce(&mut Settings)) -> Fleet {
     init_tracing();
     let vhost = TestVhost::new().unwrap();
     let db = TestDb::create().await.unwrap();
@@ -70,10 +79,6 @@ async fn fleet_with(tune: impl FnOnce(&mut Settings)) -> Fleet {
         async move { pvefleet_saga::run(&s, pool, None, sd).await }
     }));
     tasks.push(tokio::spawn({
-        let (s, pool, sd) = (s.clone(), pool.clone(), shutdown.clone());
-        async move { pvefleet_provisioner::run(&s, Some(pool), None, sd).await }
-    }));
-    tasks.push(tokio::spawn({
         let (s, sd) = (s.clone(), shutdown.clone());
         async move { pvefleet_ha::run(&s, None, sd).await }
     }));
@@ -92,6 +97,8 @@ async fn fleet_with(tune: impl FnOnce(&mut Settings)) -> Fleet {
         events: (conn, ch, q),
         shutdown,
         tasks,
+        settings: s,
+        pool,
     }
 }
 
@@ -112,6 +119,13 @@ fn request(subdomain: &str, ha: bool) -> SiteProvision {
 }
 
 impl Fleet {
+    fn start_provisioner(&mut self) {
+        self.tasks.push(tokio::spawn({
+            let (s, pool, sd) = (self.settings.clone(), self.pool.clone(), self.shutdown.clone());
+            async move { pvefleet_provisioner::run(&s, Some(pool), None, sd).await }
+        }));
+    }
+
     async fn send<M: Message>(&self, msg: &M) -> uuid::Uuid {
         let saga = uuid::Uuid::now_v7();
         let origin = Origin {
@@ -325,6 +339,141 @@ async fn invalid_requests_published_straight_to_the_bus_are_parked_with_a_reason
         (kind.as_str(), body["field"].as_str()),
         ("site.rejected", Some("subdomain"))
     );
+    f.stop().await;
+}
+
+/// One malformed `site.provision` of kind `i % 10`: unreadable bodies, schema violations and
+/// policy violations, ten of each.
+fn malformed(i: usize) -> (&'static str, Vec<u8>) {
+    let mut v = serde_json::to_value(request(&format!("bad{i}"), false)).unwrap();
+    let o = v.as_object_mut().unwrap();
+    match i % 10 {
+        0 => return ("not json", format!("{{not json {i}").into_bytes()),
+        1 => return ("empty body", Vec::new()),
+        2 => return ("not an object", format!("[{i}, 2]").into_bytes()),
+        3 => {
+            o.remove("subdomain");
+        }
+        4 => {
+            o.insert("cores".into(), "two".into());
+            o.remove("plan");
+        }
+        5 => {
+            o.insert("subdomain".into(), format!("Bad_Name{i}").into());
+        }
+        6 => {
+            o.insert("subdomain".into(), format!("x{i};rm -rf /").into());
+        }
+        7 => {
+            o.insert("plan".into(), "enormous".into());
+        }
+        8 => {
+            o.remove("plan");
+            o.insert("cores".into(), 512.into());
+            o.insert("memory_mb".into(), 1024.into());
+            o.insert("disk_gb".into(), 8.into());
+        }
+        _ => {
+            o.insert("template".into(), "local:vztmpl/windows-11.tar.zst".into());
+        }
+    }
+    ("invalid", serde_json::to_vec(&v).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_malformed_requests_on_the_bus_are_all_parked_with_reasons_while_valid_ones_provision() {
+    let f = fleet().await;
+    let ch = &f.events.1;
+    let mut published = std::collections::BTreeMap::new();
+    let mut valid = Vec::new();
+    for i in 0..100 {
+        let (kind, body) = malformed(i);
+        let saga = uuid::Uuid::now_v7();
+        let origin = Origin {
+            correlation_id: Some(saga),
+            ..Origin::default()
+        };
+        // A real envelope (type, message id, content type) around a bad body.
+        let envelope = Outgoing::message(&request("envelope", false), &origin).unwrap();
+        let id = envelope.properties.message_id().clone().unwrap().to_string();
+        pvefleet_testkit::broker::publish_raw(
+            ch,
+            &envelope.exchange,
+            &envelope.routing_key,
+            envelope.properties.clone(),
+            &body,
+        )
+        .await
+        .unwrap();
+        published.insert(id, (saga, i, kind, body));
+        // Valid traffic goes on between them.
+        if i % 20 == 10 {
+            let r = request(&format!("good{i}"), false);
+            f.send(&r).await;
+            valid.push(r.site_id);
+        }
+    }
+    let parked = take(ch, PARKED_QUEUE, 100, Duration::from_secs(120)).await.unwrap();
+    assert_eq!(parked.len(), 100, "every malformed message is parked");
+    for p in &parked {
+        let id = p.properties.message_id().clone().unwrap().to_string();
+        let (_, i, kind, body) = published.get(&id).expect("a parked message is one we published");
+        let class = pvefleet_core::bus::fields::header_str(&p.properties, pvefleet_contracts::headers::fault::CLASS);
+        let reason = pvefleet_core::bus::fields::header_str(&p.properties, pvefleet_contracts::headers::fault::MESSAGE);
+        assert_eq!(&p.data, body, "the parked body is the one published");
+        // Unreadable bodies fail decoding, schema violations the schema check, and policy
+        // violations (plan, sizes, template) the coordinator's validation.
+        let expected_class = match (*kind, i % 10) {
+            ("not json" | "empty body", _) => "decode",
+            (_, 7..=9) => "rejected",
+            _ => "invalid",
+        };
+        assert_eq!(class.as_deref(), Some(expected_class), "message {i}: {reason:?}");
+        assert!(
+            reason.is_some_and(|r| r.len() > 10),
+            "message {i} is parked with a reason"
+        );
+    }
+    // Every one was told back as site.rejected with its correlation id; the five valid
+    // requests provisioned meanwhile.
+    let events = take(ch, &f.events.2, 100 + valid.len(), Duration::from_secs(120))
+        .await
+        .unwrap();
+    let sagas: std::collections::BTreeSet<uuid::Uuid> = published.values().map(|(s, ..)| *s).collect();
+    let mut rejected = std::collections::BTreeSet::new();
+    let mut provisioned = 0;
+    for d in &events {
+        let kind = d.properties.kind().as_ref().map(|k| k.to_string()).unwrap_or_default();
+        let body: Value = serde_json::from_slice(&d.data).unwrap();
+        match kind.as_str() {
+            "site.rejected" => {
+                assert!(body["reason"].as_str().is_some_and(|r| !r.is_empty()), "{body}");
+                let saga: uuid::Uuid = d
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .unwrap()
+                    .as_str()
+                    .parse()
+                    .unwrap();
+                assert!(
+                    sagas.contains(&saga),
+                    "site.rejected carries the request's correlation id"
+                );
+                rejected.insert(saga);
+            }
+            "site.provisioned" => provisioned += 1,
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(provisioned, valid.len());
+    assert_eq!(rejected.len(), 100);
+    for id in valid {
+        assert_eq!(f.site(id).await.0, "active");
+    }
+    let c = f.db.client().await.unwrap();
+    let sagas: i64 = c.query_one("SELECT count(*) FROM sagas", &[]).await.unwrap().get(0);
+    assert_eq!(sagas, 5, "no saga was started for a malformed request");
     f.stop().await;
 }
 
@@ -563,4 +712,170 @@ async fn clear_faults(f: &Fleet) {
     pvefleet_proxmox::client::tls::provider();
     let resp = reqwest::Client::new().delete(url).send().await.unwrap();
     assert!(resp.status().is_success());
+}
+
+/// The saga's state, polled until it is `want` (or the wait runs out).
+async fn saga_state(f: &Fleet, saga: uuid::Uuid, want: &str) -> String {
+    let c = f.db.client().await.unwrap();
+    let mut last = String::new();
+    let got = pvefleet_testkit::eventually(WAIT, || {
+        let c = &c;
+        async move {
+            let state: String = c
+                .query_one("SELECT state FROM sagas WHERE id = $1", &[&saga])
+                .await
+                .ok()?
+                .get(0);
+            (state == want).then_some(state)
+        }
+    })
+    .await;
+    if let Some(s) = got {
+        last = s;
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_step_is_resent_at_its_deadline_then_suspended_and_resume_completes_it_with_one_container() {
+    // The provisioner is down: container.create is never answered.
+    let mut f = fleet_without_provisioner(|s| {
+        s.saga.step_timeout = Duration::from_secs(1);
+        s.saga.step_resends = 2;
+        s.saga.deadline_scan_interval = Duration::from_millis(200);
+    })
+    .await;
+    let req = request("deadline", false);
+    let saga = f.send(&req).await;
+    assert_eq!(
+        saga_state(&f, saga, "suspended").await,
+        "suspended",
+        "the saga stops for an operator"
+    );
+    let c = f.db.client().await.unwrap();
+    let row = c
+        .query_one(
+            "SELECT s.sends, s.state, g.error->'error'->>'code', g.error->'error'->>'message'
+             FROM saga_steps s JOIN sagas g ON g.id = s.saga_id WHERE s.saga_id = $1 AND s.name = 'container.create'",
+            &[&saga],
+        )
+        .await
+        .unwrap();
+    let (sends, step_state, code, message): (i32, String, String, String) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(sends, 3, "sent once and re-sent twice");
+    assert_eq!(step_state, "failed");
+    assert_eq!(code, "step.deadline");
+    assert!(
+        message.contains("container.create") && message.contains("3 sends"),
+        "{message}"
+    );
+    assert_eq!(f.site(req.site_id).await.0, "provisioning");
+    // The three commands wait in the provisioner's queue; when it comes back it handles them
+    // all, creating one container, and the suspended saga ignores their answers.
+    f.start_provisioner();
+    let vmid = f.site(req.site_id).await.1.unwrap() as u32;
+    let created = pvefleet_testkit::eventually(WAIT, || async { f.sim.config_text(vmid).map(|_| ()) }).await;
+    assert!(created.is_some(), "the provisioner created the container");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        saga_state(&f, saga, "suspended").await,
+        "suspended",
+        "late answers do not move a suspended saga"
+    );
+    // `pvefleet saga resume`: the step is sent again and the saga completes.
+    let step = pvefleet_saga::ops::resume(&c, &f.settings.saga, saga, "tester")
+        .await
+        .unwrap();
+    assert_eq!(step, "container.create");
+    let (kind, body) = f.event().await;
+    assert_eq!(kind, "site.provisioned", "{body}");
+    assert_eq!(f.site(req.site_id).await.0, "active");
+    let containers = (10_000..10_010).filter(|v| f.sim.config_text(*v).is_some()).count();
+    assert_eq!(containers, 1, "exactly one container");
+    f.stop().await;
+}
+
+/// A container in pvesim that is not the fleet's: no site marker in its description.
+async fn foreign_container(f: &Fleet, vmid: u32) {
+    f.pve
+        .lxc_create(
+            "pve2",
+            pvefleet_proxmox::client::Params::new()
+                .set("vmid", vmid)
+                .set("hostname", "not-ours")
+                .set("ostemplate", TEMPLATE)
+                .set("rootfs", "local-lvm:4")
+                .set("description", "a container someone made by hand"),
+        )
+        .await
+        .unwrap();
+}
+
+async fn foreign_lease(f: &Fleet, vmid: u32) -> Option<String> {
+    let c = f.db.client().await.unwrap();
+    c.query_opt(
+        "SELECT holder FROM leases WHERE kind = 'vmid' AND value = $1 AND site_id IS NULL",
+        &[&vmid.to_string()],
+    )
+    .await
+    .unwrap()
+    .map(|r| r.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leased_vmid_that_pve_already_uses_is_held_and_the_saga_leases_the_next_one() {
+    // No ahead-of-time cross-check: the create meets the foreign container.
+    let f = fleet_with(|s| s.saga.lease_sync_interval = Duration::ZERO).await;
+    foreign_container(&f, 10_000).await;
+    let before = f.sim.config_text(10_000).unwrap();
+    let req = request("collide", false);
+    f.send(&req).await;
+    let (kind, body) = f.event().await;
+    assert_eq!(kind, "site.provisioned", "{body}");
+    assert_eq!(body["vmid"], 10_001);
+    assert_eq!(f.site(req.site_id).await.1, Some(10_001));
+    assert_eq!(
+        f.sim.config_text(10_000).unwrap(),
+        before,
+        "the foreign container is untouched"
+    );
+    let holder = foreign_lease(&f, 10_000).await.expect("the taken vmid is held");
+    assert!(holder.contains("10000"), "{holder}");
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vmids_pve_uses_are_held_ahead_of_time_and_freed_when_pve_no_longer_uses_them() {
+    let f = fleet_with(|s| s.saga.lease_sync_interval = Duration::from_millis(200)).await;
+    foreign_container(&f, 10_000).await;
+    let held = pvefleet_testkit::eventually(WAIT, || foreign_lease(&f, 10_000)).await;
+    assert!(
+        held.is_some_and(|h| h.contains("lxc/10000")),
+        "the sync holds the used vmid"
+    );
+    let req = request("ahead", false);
+    let saga = f.send(&req).await;
+    let (kind, body) = f.event().await;
+    assert_eq!(kind, "site.provisioned", "{body}");
+    assert_eq!(body["vmid"], 10_001);
+    let c = f.db.client().await.unwrap();
+    let sends: i32 = c
+        .query_one(
+            "SELECT sends FROM saga_steps WHERE saga_id = $1 AND name = 'container.create'",
+            &[&saga],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sends, 1, "no collision: the vmid was never leased");
+    // The site's own container is not held as foreign.
+    assert!(foreign_lease(&f, 10_001).await.is_none());
+    f.pve.lxc_destroy("pve2", 10_000, true, false).await.unwrap();
+    let freed = pvefleet_testkit::eventually(WAIT, || async {
+        foreign_lease(&f, 10_000).await.is_none().then_some(())
+    })
+    .await;
+    assert!(freed.is_some(), "a vmid PVE no longer uses is free again");
+    f.stop().await;
 }

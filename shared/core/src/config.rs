@@ -92,6 +92,31 @@ pub struct SagaSettings {
     pub compensation_attempts: u32,
     /// Live sites one owner may have.
     pub max_sites_per_owner: u32,
+    /// How long a step may go unanswered before its command is sent again. Longer than the
+    /// worker's whole retry ladder, so a re-send is for a lost command, not a slow one.
+    #[serde(with = "humantime_serde")]
+    pub step_timeout: Duration,
+    /// Per-command deadlines that differ from `step_timeout`, by command type
+    /// (`app.install = "30m"`).
+    pub step_timeouts: std::collections::BTreeMap<String, humantime_serde::Serde<Duration>>,
+    /// Re-sends of an unanswered step before the saga is `suspended` (forward) or
+    /// `compensation_failed` (compensating) for an operator.
+    pub step_resends: u32,
+    /// How often the coordinator looks for steps past their deadline.
+    #[serde(with = "humantime_serde")]
+    pub deadline_scan_interval: Duration,
+    /// How often the vmids PVE already uses are read and held from leasing (one
+    /// `/cluster/resources` read); `0s` turns the cross-check off. A create that still meets a
+    /// used vmid leases another.
+    #[serde(with = "humantime_serde")]
+    pub lease_sync_interval: Duration,
+}
+
+impl SagaSettings {
+    /// The deadline of a step's command.
+    pub fn timeout_of(&self, command: &str) -> Duration {
+        self.step_timeouts.get(command).map_or(self.step_timeout, |d| **d)
+    }
 }
 
 impl Default for SagaSettings {
@@ -123,6 +148,16 @@ impl Default for SagaSettings {
             .collect(),
             compensation_attempts: 5,
             max_sites_per_owner: 20,
+            step_timeout: Duration::from_secs(15 * 60),
+            step_timeouts: [(
+                "app.install".to_string(),
+                humantime_serde::Serde::from(Duration::from_secs(45 * 60)),
+            )]
+            .into_iter()
+            .collect(),
+            step_resends: 2,
+            deadline_scan_interval: Duration::from_secs(5),
+            lease_sync_interval: Duration::from_secs(60),
         }
     }
 }
@@ -178,6 +213,12 @@ pub struct ProvisionerSettings {
     /// How long `container.start` waits for the status `running`.
     #[serde(with = "humantime_serde")]
     pub start_timeout: Duration,
+    /// The node every container goes to when its request names none; empty: chosen.
+    pub node: String,
+    /// When neither the request nor `node` names one: the first of these nodes that is online
+    /// and has the container's memory free, in order, before the online node with the most
+    /// free memory.
+    pub preferred_nodes: Vec<String>,
 }
 
 impl Default for ProvisionerSettings {
@@ -189,6 +230,8 @@ impl Default for ProvisionerSettings {
             onboot: true,
             shutdown_timeout: Duration::from_secs(60),
             start_timeout: Duration::from_secs(60),
+            node: String::new(),
+            preferred_nodes: Vec::new(),
         }
     }
 }

@@ -120,6 +120,11 @@ pub(super) async fn process_batch(shared: &Shared, batch: Vec<Delivery>) {
     };
     client.clean = committed.is_ok();
     drop(client);
+    if committed.is_ok()
+        && let Some(poke) = &shared.spec.after_commit
+    {
+        poke.notify_one();
+    }
     let queue = shared.spec.queue.as_str();
     // Acks, retries and parks of the batch go out concurrently, as they would for separate tasks.
     let finish = items.iter().zip(results).map(|(it, done)| {

@@ -190,14 +190,21 @@ impl Shared {
                 ),
             ));
         }
+        // From here the route is known: a body it cannot read gets its notice too, so an
+        // upstream publisher learns why (with no fields to name).
+        let refused = |class: &'static str, reason: String| Rejection {
+            class,
+            reason,
+            notice: route.on_invalid.clone().map(|n| (n, Value::Null)),
+        };
         if props.message_id().as_ref().is_none_or(|m| m.as_str().is_empty()) {
-            return Err(reject("invalid-envelope", "message has no message_id".into()));
+            return Err(refused("invalid-envelope", "message has no message_id".into()));
         }
         if d.data.is_empty() {
-            return Err(reject("decode", "body is empty".into()));
+            return Err(refused("decode", "body is empty".into()));
         }
         if d.data.len() > self.spec.max_body_bytes {
-            return Err(reject(
+            return Err(refused(
                 "too-large",
                 format!(
                     "body is {} bytes; the limit is {}",
@@ -207,12 +214,13 @@ impl Shared {
             ));
         }
         let text = std::str::from_utf8(&d.data).map_err(|e| {
-            reject(
+            refused(
                 "decode",
                 format!("body is not valid UTF-8 (invalid byte at offset {})", e.valid_up_to()),
             )
         })?;
-        let body: Value = serde_json::from_str(text).map_err(|e| reject("decode", format!("body is not JSON: {e}")))?;
+        let body: Value =
+            serde_json::from_str(text).map_err(|e| refused("decode", format!("body is not JSON: {e}")))?;
         if let Some(validator) = route.validator.as_ref().filter(|v| !v.is_valid(&body)) {
             let errors: Vec<String> = validator
                 .iter_errors(&body)

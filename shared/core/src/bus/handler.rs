@@ -138,7 +138,8 @@ pub trait Handler<M: Message>: Send + Sync + 'static {
 
 type CallFn = dyn for<'a> Fn(Value, &'a Context<'a>) -> BoxFuture<'a, Outcome> + Send + Sync;
 type FailFn = dyn Fn(&Value, StepError, &Origin) -> Option<Result<Outgoing, serde_json::Error>> + Send + Sync;
-/// Builds the notice published when a message of the route fails its schema check.
+/// Builds the notice published when a message of the route fails its schema check, or has a
+/// body that cannot be read (then with `Value::Null`).
 pub(crate) type InvalidFn = dyn Fn(&Value, &str, &Origin) -> Option<Outgoing> + Send + Sync;
 
 pub(crate) struct Route {
@@ -182,8 +183,10 @@ impl Router {
         self
     }
 
-    /// For a type already routed: when a message of it fails its schema check, `notice` may
-    /// build an event (from the raw JSON body, the reason and the message's origin) that is
+    /// For a type already routed: when a message of it fails its schema check, or its body
+    /// cannot be read at all (empty, not UTF-8, not JSON, too large: then the body given is
+    /// `Value::Null`), `notice` may build an event (from the body, the reason and the
+    /// message's origin) that is
     /// published before the message is parked, so the sender learns why. A notice that cannot
     /// be published sends the message back for a retry instead of parking it without one.
     pub fn on_invalid<M: Message>(

@@ -51,6 +51,9 @@ pub struct WorkerSpec {
     pub inbox_connections: u16,
     /// With the inbox on: inbox rows older than this are deleted, at start and hourly.
     pub inbox_retention: Duration,
+    /// With the inbox on: woken after each batch commits, so an outbox relay publishes what
+    /// the handlers queued at once instead of at its next poll.
+    pub after_commit: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl WorkerSpec {
@@ -69,6 +72,7 @@ impl WorkerSpec {
                 .unwrap_or(u16::MAX)
                 .clamp(1, settings.worker.concurrency.max(1)),
             inbox_retention: settings.db.inbox_retention,
+            after_commit: None,
         }
     }
 
@@ -376,6 +380,7 @@ mod tests {
             inbox: false,
             inbox_connections: 1,
             inbox_retention: Duration::from_secs(3600),
+            after_commit: None,
         }
     }
 
