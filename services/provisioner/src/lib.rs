@@ -23,7 +23,7 @@ use pvefleet_contracts::messages::{
 };
 use pvefleet_core::bus::{Context, Handler, Outcome, Router};
 use pvefleet_core::config::ProvisionerSettings;
-use pvefleet_proxmox::client::api::{Resource, ResourceType};
+use pvefleet_proxmox::client::api::{LxcStatus, Resource, ResourceType};
 use pvefleet_proxmox::client::{Class, Params, PveClient, PveError, Reason};
 
 pub use lock::VmidLock;
@@ -132,6 +132,59 @@ impl Inner {
         Ok(self.guest(vmid).await?.filter(|r| r.kind == "lxc"))
     }
 
+    /// The node container `vmid` is on, and its status when it was read on the way: the
+    /// command's node hint is asked first (one status read), and the cluster is read only
+    /// when the container is not there (HA moved it) or that node does not answer.
+    async fn node_of(&self, vmid: u32, hint: Option<&str>) -> Result<Option<(String, Option<LxcStatus>)>, PveError> {
+        if let Some(node) = hint.filter(|n| !n.is_empty()) {
+            // Any failure here (moved, node gone or down) is settled by the cluster read.
+            match self.pve.lxc_status(node, vmid).await {
+                Ok(status) => return Ok(Some((node.to_string(), Some(status)))),
+                Err(e) => tracing::debug!(vmid, node, error = %e, "Not on the hinted node; reading the cluster."),
+            }
+        }
+        Ok(self
+            .locate(vmid)
+            .await?
+            .map(|found| (found.node.unwrap_or_default(), None)))
+    }
+
+    /// A create met an existing guest at `vmid`: success when it is this site's container,
+    /// a failure when it is anything else's. `None` when it has gone meanwhile.
+    async fn existing(&self, cmd: &ContainerCreate, ctx: &Context<'_>) -> Result<Option<Outcome>, PveError> {
+        let vmid = cmd.vmid.0;
+        let Some(existing) = self.guest(vmid).await? else {
+            return Ok(None);
+        };
+        let node = existing.node.clone().unwrap_or_default();
+        if existing.kind != "lxc" {
+            return Ok(Some(Outcome::Fail(StepError::new(
+                "vmid.taken",
+                format!(
+                    "vmid {vmid} is a {} on {node}, not this site's container",
+                    existing.kind
+                ),
+            ))));
+        }
+        if !self.owned_by(&node, vmid, &cmd.site_id).await? {
+            return Ok(Some(Outcome::Fail(StepError::new(
+                "vmid.taken",
+                format!("vmid {vmid} is used by a container that is not this site's (on {node})"),
+            ))));
+        }
+        if existing.lock.as_deref() == Some("create") {
+            return Ok(Some(Outcome::retry(format!("container {vmid} is still being created"))));
+        }
+        Ok(Some(
+            ctx.emit(&ContainerCreated {
+                site_id: cmd.site_id,
+                vmid: cmd.vmid,
+                node,
+            })
+            .await,
+        ))
+    }
+
     /// Where a new container goes: see [`pick_node`].
     async fn choose_node(&self, memory_mb: u32) -> Result<Option<String>, PveError> {
         let nodes = self.pve.resources(Some(ResourceType::Node)).await?;
@@ -198,36 +251,10 @@ impl Handler<ContainerCreate> for Provisioner {
             Ok(l) => l,
             Err(o) => return o,
         };
-        // Twice at most: a create that loses a race to another request re-checks ownership.
+        // Create first: on the happy path the cluster is not read at all. A vmid already in use
+        // answers "already exists", and only then is the guest there inspected. Twice at most:
+        // a guest that vanishes between the two is raced again.
         for _ in 0..2 {
-            if let Some(existing) = pve!("container.create", me.guest(vmid).await) {
-                let node = existing.node.clone().unwrap_or_default();
-                if existing.kind != "lxc" {
-                    return Outcome::Fail(StepError::new(
-                        "vmid.taken",
-                        format!(
-                            "vmid {vmid} is a {} on {node}, not this site's container",
-                            existing.kind
-                        ),
-                    ));
-                }
-                if !pve!("container.create", me.owned_by(&node, vmid, &cmd.site_id).await) {
-                    return Outcome::Fail(StepError::new(
-                        "vmid.taken",
-                        format!("vmid {vmid} is used by a container that is not this site's (on {node})"),
-                    ));
-                }
-                if existing.lock.as_deref() == Some("create") {
-                    return Outcome::retry(format!("container {vmid} is still being created"));
-                }
-                return ctx
-                    .emit(&ContainerCreated {
-                        site_id: cmd.site_id,
-                        vmid: cmd.vmid,
-                        node,
-                    })
-                    .await;
-            }
             let node = if cmd.node.is_empty() {
                 match pve!("container.create", me.choose_node(cmd.memory_mb).await) {
                     Some(n) => n,
@@ -252,7 +279,11 @@ impl Handler<ContainerCreate> for Provisioner {
                         })
                         .await;
                 }
-                Err(e) if e.reason == Reason::AlreadyExists => continue,
+                Err(e) if e.reason == Reason::AlreadyExists => {
+                    if let Some(outcome) = pve!("container.create", me.existing(&cmd, ctx).await) {
+                        return outcome;
+                    }
+                }
                 Err(e) => return pve_outcome("container.create", e),
             }
         }
@@ -269,14 +300,16 @@ impl Handler<ContainerStart> for Provisioner {
             Ok(l) => l,
             Err(o) => return o,
         };
-        let Some(found) = pve!("container.start", me.locate(vmid).await) else {
+        let Some((node, status)) = pve!("container.start", me.node_of(vmid, cmd.node.as_deref()).await) else {
             return Outcome::Fail(StepError::new(
                 "container.missing",
                 format!("container {vmid} does not exist"),
             ));
         };
-        let node = found.node.unwrap_or_default();
-        let status = pve!("container.start", me.pve.lxc_status(&node, vmid).await);
+        let status = match status {
+            Some(s) => s,
+            None => pve!("container.start", me.pve.lxc_status(&node, vmid).await),
+        };
         if status.status != "running" {
             match me.pve.lxc_start(&node, vmid).await {
                 Ok(_) => {}
@@ -314,13 +347,12 @@ impl Handler<ContainerSnapshot> for Provisioner {
             Ok(l) => l,
             Err(o) => return o,
         };
-        let Some(found) = pve!("container.snapshot", me.locate(vmid).await) else {
+        let Some((node, _)) = pve!("container.snapshot", me.node_of(vmid, cmd.node.as_deref()).await) else {
             return Outcome::Fail(StepError::new(
                 "container.missing",
                 format!("container {vmid} does not exist"),
             ));
         };
-        let node = found.node.unwrap_or_default();
         let snapshots = pve!("container.snapshot", me.pve.lxc_snapshots(&node, vmid).await);
         if !snapshots.iter().any(|s| s.name == cmd.name) {
             match me

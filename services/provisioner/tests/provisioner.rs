@@ -162,6 +162,7 @@ async fn create_start_snapshot_destroy_through_the_bus() {
     r.send(&ContainerStart {
         site_id: site,
         vmid: Vmid(300),
+        node: None,
     })
     .await;
     let (kind, body) = r.event().await;
@@ -169,9 +170,12 @@ async fn create_start_snapshot_destroy_through_the_bus() {
         (kind.as_str(), body["node"].as_str()),
         ("container.started", Some(node.as_str()))
     );
+    // A node hint that is wrong (HA moved the container) falls back to a cluster read.
+    let elsewhere = if node == "pve1" { "pve2" } else { "pve1" };
     r.send(&ContainerStart {
         site_id: site,
         vmid: Vmid(300),
+        node: Some(elsewhere.into()),
     })
     .await;
     assert_eq!(
@@ -185,6 +189,7 @@ async fn create_start_snapshot_destroy_through_the_bus() {
         vmid: Vmid(300),
         name: "initial".into(),
         description: Some("fresh".into()),
+        node: Some(node.clone()),
     };
     r.send(&snap).await;
     assert_eq!(r.event().await.0, "container.snapshotted");
@@ -254,6 +259,7 @@ async fn destroy_stops_a_container_that_will_not_shut_down_and_removes_ha_and_sn
     r.send(&ContainerStart {
         site_id: site,
         vmid: Vmid(310),
+        node: Some("pve2".into()),
     })
     .await;
     assert_eq!(r.event().await.0, "container.started");
@@ -262,6 +268,7 @@ async fn destroy_stops_a_container_that_will_not_shut_down_and_removes_ha_and_sn
         vmid: Vmid(310),
         name: "initial".into(),
         description: None,
+        node: None,
     })
     .await;
     assert_eq!(r.event().await.0, "container.snapshotted");

@@ -1,29 +1,40 @@
 //! Leases of vmids and addresses from the configured pools, unique in Postgres (`leases`).
 //!
-//! A lease takes the lowest free value. Two transactions racing for the same value meet on the
-//! primary key: the loser's insert does nothing and it takes the next.
+//! A lease takes the lowest free value that no other transaction is taking at the same time.
+//! Each candidate is claimed with a transaction-scoped advisory try-lock, so concurrent sagas
+//! walk past each other's candidates instead of queueing on the primary key behind each
+//! other's uncommitted inserts. The primary key still decides: an insert that meets a value
+//! committed meanwhile does nothing, and the next value is taken.
 
 use pvefleet_contracts::StepError;
 use pvefleet_core::bus::Outcome;
 use pvefleet_core::config::SagaSettings;
 use uuid::Uuid;
 
+/// The advisory lock classes of vmid and address candidates (first key of
+/// `pg_try_advisory_xact_lock(int, int)`).
+const VMID_CLASS: i32 = 0x706c_7600; // "plv\0"
+const IP_CLASS: i32 = 0x706c_6900; // "pli\0"
+
 const ATTEMPTS: usize = 32;
 
 /// The lowest free value of the pool is found in SQL, scanning up from the first candidate
-/// through the `leases` primary key: no candidate list crosses the wire.
+/// through the `leases` primary key: no candidate list crosses the wire. The CASE makes the
+/// try-lock run only for values that are free, and the scan stops at the first one locked.
 const LEASE_VMID: &str = "WITH free AS (
         SELECT n::text AS value FROM generate_series($2::bigint, $3::bigint) AS n
-        WHERE NOT EXISTS (SELECT 1 FROM leases l WHERE l.kind = 'vmid' AND l.value = n::text)
-        ORDER BY n LIMIT 1)
+        WHERE CASE WHEN EXISTS (SELECT 1 FROM leases l WHERE l.kind = 'vmid' AND l.value = n::text) THEN false
+                   ELSE pg_try_advisory_xact_lock($4::int, n::int) END
+        LIMIT 1)
     INSERT INTO leases (kind, value, site_id) SELECT 'vmid', value, $1 FROM free
     ON CONFLICT (kind, value) DO NOTHING RETURNING value";
 
 const LEASE_IP: &str = "WITH free AS (
         SELECT host($4::text::inet + n) AS value FROM generate_series($2::bigint, $3::bigint) AS n
-        WHERE host($4::text::inet + n) <> $5
-          AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.kind = 'ip' AND l.value = host($4::text::inet + n))
-        ORDER BY n LIMIT 1)
+        WHERE CASE WHEN host($4::text::inet + n) = $5
+                     OR EXISTS (SELECT 1 FROM leases l WHERE l.kind = 'ip' AND l.value = host($4::text::inet + n)) THEN false
+                   ELSE pg_try_advisory_xact_lock($6::int, n::int) END
+        LIMIT 1)
     INSERT INTO leases (kind, value, site_id) SELECT 'ip', value, $1 FROM free
     ON CONFLICT (kind, value) DO NOTHING RETURNING value";
 
@@ -62,7 +73,15 @@ async fn lease(
 /// Leases the lowest free vmid of `saga.vmid_first..=saga.vmid_last`.
 pub(crate) async fn lease_vmid(db: &tokio_postgres::Client, s: &SagaSettings, site: Uuid) -> Result<u32, Outcome> {
     let (first, last) = (i64::from(s.vmid_first), i64::from(s.vmid_last));
-    match lease(db, "vmid", LEASE_VMID, &[&site, &first, &last], (first, last)).await? {
+    match lease(
+        db,
+        "vmid",
+        LEASE_VMID,
+        &[&site, &first, &last, &VMID_CLASS],
+        (first, last),
+    )
+    .await?
+    {
         Some(v) => v.parse().map_err(|_| Outcome::retry("a leased vmid is not a number")),
         None => Err(Outcome::Fail(StepError::new(
             "lease.vmid_exhausted",
@@ -88,7 +107,7 @@ pub(crate) async fn lease_ip(db: &tokio_postgres::Client, s: &SagaSettings, site
         db,
         "ip",
         LEASE_IP,
-        &[&site, &first, &last, &net, &gateway],
+        &[&site, &first, &last, &net, &gateway, &IP_CLASS],
         (first, last),
     )
     .await?

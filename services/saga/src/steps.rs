@@ -138,7 +138,14 @@ pub(crate) async fn send(
             };
             crate::send_from(db, origin, &cmd).await
         }
-        Step::Start => crate::send_from(db, origin, &ContainerStart { site_id: site, vmid }).await,
+        Step::Start => {
+            let cmd = ContainerStart {
+                site_id: site,
+                vmid,
+                node: data.node.clone(),
+            };
+            crate::send_from(db, origin, &cmd).await
+        }
         Step::Install => {
             let app = match data.site.app {
                 App::Wordpress => "wordpress",
@@ -160,6 +167,7 @@ pub(crate) async fn send(
                 vmid,
                 name: "initial".into(),
                 description: Some(format!("pvefleet: {} as provisioned", data.site.subdomain)),
+                node: data.node.clone(),
             };
             crate::send_from(db, origin, &cmd).await
         }

@@ -381,6 +381,10 @@ pub struct ContainerStart {
     pub site_id: SiteId,
     /// The container.
     pub vmid: Vmid,
+    /// Where the container was last seen (from `container.created`): tried first, so the
+    /// cluster is read only when HA has moved it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 impl MaybeVmid for ContainerStart {
     fn vmid_opt(&self) -> Option<Vmid> {
@@ -395,6 +399,7 @@ command!(
     ContainerStart {
         site_id: example_site(),
         vmid: Vmid(123),
+        node: Some("pve1".into()),
     }
 );
 
@@ -437,6 +442,9 @@ pub struct ContainerSnapshot {
     /// A description stored with the snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Where the container was last seen: tried first, as for `container.start`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 impl MaybeVmid for ContainerSnapshot {
     fn vmid_opt(&self) -> Option<Vmid> {
@@ -453,6 +461,7 @@ command!(
         vmid: Vmid(123),
         name: "initial".into(),
         description: Some("after WordPress install".into()),
+        node: Some("pve1".into()),
     }
 );
 
