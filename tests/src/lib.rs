@@ -84,7 +84,7 @@ impl Handler<ContainerCreate> for RecordsEffect {
             return Outcome::reject("RecordsEffect needs the inbox on");
         };
         match db
-            .execute(
+            .exec(
                 "INSERT INTO effects (message_id, hostname) VALUES ($1, $2)",
                 &[&ctx.message_id, &msg.hostname],
             )

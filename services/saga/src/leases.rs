@@ -41,7 +41,7 @@ const LEASE_IP: &str = "WITH free AS (
 const FREE_LEFT: &str = "SELECT count(*) < ($3::bigint - $2::bigint + 1) FROM leases WHERE kind = $1";
 
 async fn lease(
-    db: &tokio_postgres::Client,
+    db: &dyn pvefleet_core::db::Sql,
     kind: &str,
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
@@ -49,7 +49,7 @@ async fn lease(
 ) -> Result<Option<String>, Outcome> {
     for _ in 0..ATTEMPTS {
         let row = db
-            .query_opt(sql, params)
+            .opt(sql, params)
             .await
             .map_err(|e| Outcome::retry(format!("cannot lease a {kind}: {e}")))?;
         if let Some(row) = row {
@@ -57,7 +57,7 @@ async fn lease(
         }
         // Nothing inserted: the pool is full, or another transaction took the same value.
         let left: bool = db
-            .query_one(FREE_LEFT, &[&kind, &range.0, &range.1])
+            .one(FREE_LEFT, &[&kind, &range.0, &range.1])
             .await
             .map_err(|e| Outcome::retry(format!("cannot lease a {kind}: {e}")))?
             .get(0);
@@ -71,7 +71,7 @@ async fn lease(
 }
 
 /// Leases the lowest free vmid of `saga.vmid_first..=saga.vmid_last`.
-pub(crate) async fn lease_vmid(db: &tokio_postgres::Client, s: &SagaSettings, site: Uuid) -> Result<u32, Outcome> {
+pub(crate) async fn lease_vmid(db: &dyn pvefleet_core::db::Sql, s: &SagaSettings, site: Uuid) -> Result<u32, Outcome> {
     let (first, last) = (i64::from(s.vmid_first), i64::from(s.vmid_last));
     match lease(
         db,
@@ -91,7 +91,7 @@ pub(crate) async fn lease_vmid(db: &tokio_postgres::Client, s: &SagaSettings, si
 }
 
 /// Leases the lowest free address of the pool, in CIDR form (`10.10.0.100/24`).
-pub(crate) async fn lease_ip(db: &tokio_postgres::Client, s: &SagaSettings, site: Uuid) -> Result<String, Outcome> {
+pub(crate) async fn lease_ip(db: &dyn pvefleet_core::db::Sql, s: &SagaSettings, site: Uuid) -> Result<String, Outcome> {
     let Some((network, prefix)) = parse_cidr(&s.ip_cidr) else {
         return Err(Outcome::Fail(StepError::new(
             "config.ip_cidr",
@@ -132,7 +132,7 @@ pub struct Used {
 /// vmid pool that no site leased is held, so no site is given its vmid; a held vmid PVE no
 /// longer uses is freed. Returns (held now, freed).
 pub async fn sync_foreign_vmids(
-    db: &tokio_postgres::Client,
+    db: &dyn pvefleet_core::db::Sql,
     s: &SagaSettings,
     used: &[Used],
 ) -> Result<(u64, u64), tokio_postgres::Error> {
@@ -143,7 +143,7 @@ pub async fn sync_foreign_vmids(
         .map(|u| (u.vmid.to_string(), u.holder.clone()))
         .unzip();
     let held = db
-        .execute(
+        .exec(
             "INSERT INTO leases (kind, value, site_id, holder)
              SELECT 'vmid', v, NULL, h FROM unnest($1::text[], $2::text[]) AS u(v, h)
              ON CONFLICT (kind, value) DO NOTHING",
@@ -151,7 +151,7 @@ pub async fn sync_foreign_vmids(
         )
         .await?;
     let freed = db
-        .execute(
+        .exec(
             "DELETE FROM leases WHERE kind = 'vmid' AND site_id IS NULL AND NOT (value = ANY($1::text[]))",
             &[&values],
         )
@@ -209,7 +209,7 @@ async fn sync_once(
         })
         .collect();
     let client = pool.get().await?;
-    Ok(sync_foreign_vmids(&client, settings, &used).await?)
+    Ok(sync_foreign_vmids(&*client, settings, &used).await?)
 }
 
 fn parse_cidr(text: &str) -> Option<(u32, u8)> {

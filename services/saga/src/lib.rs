@@ -69,7 +69,7 @@ struct Inner {
     templates: Vec<String>,
 }
 
-type Db<'a> = &'a tokio_postgres::Client;
+type Db<'a> = &'a dyn pvefleet_core::db::Sql;
 
 /// How many vmids a provisioning saga gives up, as found in use in PVE, before it fails.
 const VMID_RELEASES: usize = 8;
@@ -248,19 +248,17 @@ async fn send_step(
     settings: &SagaSettings,
 ) -> Result<(), Outcome> {
     steps::send(db, origin, data, step, settings).await?;
-    db.execute(
-        "INSERT INTO saga_steps (saga_id, name, phase, state) VALUES ($1, $2, $3, 'sent')
-         ON CONFLICT (saga_id, name, phase) DO UPDATE SET state = 'sent', started_at = now(), finished_at = NULL,
-             error = NULL, sends = saga_steps.sends + 1",
-        &[&saga, &step.command(), &phase],
-    )
-    .await
-    .map_err(retry_db)?;
-    // The step's answer is due by its deadline; the deadline scan re-sends it after that.
+    // The timeline row, and the deadline by which the step's answer is due (the deadline scan
+    // re-sends it after that), in one statement.
     let timeout = settings.timeout_of(step.command()).as_secs_f64();
-    db.execute(
-        "UPDATE sagas SET deadline = now() + $2 * interval '1 second', step_sends = 0 WHERE id = $1",
-        &[&saga, &timeout],
+    db.exec(
+        "WITH step AS (
+             INSERT INTO saga_steps (saga_id, name, phase, state) VALUES ($1, $2, $3, 'sent')
+             ON CONFLICT (saga_id, name, phase) DO UPDATE SET state = 'sent', started_at = now(), finished_at = NULL,
+                 error = NULL, sends = saga_steps.sends + 1
+             RETURNING 1)
+         UPDATE sagas SET deadline = now() + $4 * interval '1 second', step_sends = 0 WHERE id = $1",
+        &[&saga, &step.command(), &phase, &timeout],
     )
     .await
     .map_err(retry_db)?;
@@ -308,13 +306,13 @@ pub(crate) async fn give_up(
         _ => ("suspended", "provisioning"),
     };
     let detail = json!({ "step": step.command(), "error": error });
-    db.execute(
+    db.exec(
         "UPDATE sagas SET state = $2, error = $3, deadline = NULL, version = version + 1, updated_at = now() WHERE id = $1",
         &[&saga, &state, &detail],
     )
     .await
     .map_err(retry_db)?;
-    db.execute(
+    db.exec(
         "UPDATE sites SET state = $2, error = $3, updated_at = now() WHERE id = $1",
         &[&data.site.site_id.as_uuid(), &site_state, &detail],
     )
@@ -362,7 +360,7 @@ impl Inner {
         }
         // A saga that exists already: a redelivery.
         let existing = tri!(
-            db.query_opt("SELECT 1 FROM sagas WHERE id = $1", &[&saga])
+            db.opt("SELECT 1 FROM sagas WHERE id = $1", &[&saga])
                 .await
                 .map_err(retry_db)
         );
@@ -373,7 +371,7 @@ impl Inner {
         // The subdomain is free unless a live site holds it. (A race between two requests ends
         // in the unique index; the loser's batch is retried and then meets this check.)
         let taken = tri!(
-            db.query_opt(
+            db.opt(
                 "SELECT 1 FROM sites WHERE subdomain = $1 AND id <> $2 AND state NOT IN ('failed', 'deleted')",
                 &[&req.subdomain, &site],
             )
@@ -387,8 +385,7 @@ impl Inner {
         }
         let spec = serde_json::to_value(&req).unwrap_or(Value::Null);
         // Intake writes the site first; a publisher straight to the bus does not.
-        let inserted = db
-            .execute(
+        let inserted = db.exec(
                 "INSERT INTO sites (id, subdomain, owner, state, spec) VALUES ($1, $2, $3, 'provisioning', $4)
                  ON CONFLICT (id) DO UPDATE SET state = 'provisioning', updated_at = now() WHERE sites.state = 'requested'",
                 &[&site, &req.subdomain, &req.owner, &spec],
@@ -412,7 +409,7 @@ impl Inner {
         };
         let first = data.plan[0];
         tri!(
-            db.execute(
+            db.exec(
                 "INSERT INTO sagas (id, kind, site_id, state, step, data) VALUES ($1, 'provision', $2, 'running', 0, $3)",
                 &[&saga, &site, &json!(data)],
             )
@@ -420,7 +417,7 @@ impl Inner {
             .map_err(retry_db)
         );
         tri!(
-            db.execute(
+            db.exec(
                 "UPDATE sites SET vmid = $2, ip = $3, updated_at = now() WHERE id = $1",
                 &[&site, &(vmid as i32), &data.ip],
             )
@@ -454,7 +451,7 @@ impl Inner {
     ) -> Result<(), Outcome> {
         let state = if error.is_some() { "failed" } else { "done" };
         let error = error.map(|e| json!(e));
-        db.execute(
+        db.exec(
             "UPDATE saga_steps SET state = $4, finished_at = now(), error = $5 WHERE saga_id = $1 AND name = $2 AND phase = $3",
             &[&saga, &step.command(), &phase, &state, &error],
         )
@@ -468,7 +465,7 @@ impl Inner {
         let site = cmd.site_id.as_uuid();
         let saga = ctx.correlation_id.unwrap_or_else(Uuid::now_v7);
         let row = tri!(
-            db.query_opt(
+            db.opt(
                 "SELECT state, spec, vmid, ip, node FROM sites WHERE id = $1 FOR UPDATE",
                 &[&site]
             )
@@ -511,7 +508,7 @@ impl Inner {
             vmids_taken: Vec::new(),
         };
         tri!(
-            db.execute(
+            db.exec(
                 "INSERT INTO sagas (id, kind, site_id, state, step, data) VALUES ($1, 'deprovision', $2, 'running', 0, $3) ON CONFLICT (id) DO NOTHING",
                 &[&saga, &site, &json!(data)],
             )
@@ -519,7 +516,7 @@ impl Inner {
             .map_err(retry_db)
         );
         tri!(
-            db.execute(
+            db.exec(
                 "UPDATE sites SET state = 'deprovisioning', updated_at = now() WHERE id = $1",
                 &[&site]
             )
@@ -528,7 +525,7 @@ impl Inner {
         );
         // A provisioning saga still in flight stops here: its late events are then ignored.
         tri!(
-            db.execute(
+            db.exec(
                 "UPDATE sagas SET state = 'superseded', version = version + 1, updated_at = now()
                  WHERE site_id = $1 AND kind = 'provision' AND state IN ('running', 'compensating', 'suspended', 'compensation_failed')",
                 &[&site],
@@ -554,7 +551,7 @@ impl Inner {
             return Outcome::Ok;
         };
         let row = tri!(
-            db.query_opt(
+            db.opt(
                 "SELECT kind, state, step, data FROM sagas WHERE id = $1 FOR UPDATE",
                 &[&saga]
             )
@@ -629,7 +626,7 @@ impl Inner {
                         .await;
                 }
                 tri!(
-                    db.execute("UPDATE sagas SET resends = 0 WHERE id = $1", &[&saga])
+                    db.exec("UPDATE sagas SET resends = 0 WHERE id = $1", &[&saga])
                         .await
                         .map_err(retry_db)
                 );
@@ -657,7 +654,7 @@ impl Inner {
     ) -> Outcome {
         let site = data.site.site_id.as_uuid();
         tri!(
-            db.execute(
+            db.exec(
                 "UPDATE leases SET site_id = NULL, holder = $2 WHERE kind = 'vmid' AND value = $1",
                 &[&data.vmid.to_string(), &error.message],
             )
@@ -669,7 +666,7 @@ impl Inner {
         data.vmids_taken.push(data.vmid);
         data.vmid = vmid;
         tri!(
-            db.execute(
+            db.exec(
                 "UPDATE sites SET vmid = $2, updated_at = now() WHERE id = $1",
                 &[&site, &(vmid as i32)],
             )
@@ -696,7 +693,7 @@ impl Inner {
         error: StepError,
     ) -> Outcome {
         let row = tri!(
-            db.query_one(
+            db.one(
                 "UPDATE sagas SET resends = resends + 1, updated_at = now() WHERE id = $1 RETURNING resends",
                 &[&saga]
             )
@@ -730,7 +727,7 @@ impl Inner {
                 // Compensated: release the leases and fail the site with the step and PVE's message.
                 let site = data.site.site_id.as_uuid();
                 tri!(
-                    db.execute("DELETE FROM leases WHERE site_id = $1", &[&site])
+                    db.exec("DELETE FROM leases WHERE site_id = $1", &[&site])
                         .await
                         .map_err(retry_db)
                 );
@@ -740,7 +737,7 @@ impl Inner {
                     .unwrap_or((Step::Create, StepError::new("unknown", "no failure recorded")));
                 tri!(self.save(db, saga, "failed", index, &data).await);
                 tri!(
-                    db.execute(
+                    db.exec(
                         "UPDATE sites SET state = 'failed', error = $2, updated_at = now() WHERE id = $1",
                         &[&site, &json!({ "step": failed.command(), "error": error })],
                     )
@@ -769,10 +766,10 @@ impl Inner {
         let site = data.site.site_id.as_uuid();
         self.save(db, saga, "completed", data.plan.len(), data).await?;
         if kind == "deprovision" {
-            db.execute("DELETE FROM leases WHERE site_id = $1", &[&site])
+            db.exec("DELETE FROM leases WHERE site_id = $1", &[&site])
                 .await
                 .map_err(retry_db)?;
-            db.execute(
+            db.exec(
                 "UPDATE sites SET state = 'deleted', updated_at = now() WHERE id = $1",
                 &[&site],
             )
@@ -788,7 +785,7 @@ impl Inner {
             )
             .await
         } else {
-            db.execute(
+            db.exec(
                 "UPDATE sites SET state = 'active', node = $2, error = NULL, updated_at = now() WHERE id = $1",
                 &[&site, &data.node],
             )
@@ -807,7 +804,7 @@ impl Inner {
     }
 
     async fn save(&self, db: Db<'_>, saga: Uuid, state: &str, step: usize, data: &SagaData) -> Result<(), Outcome> {
-        db.execute(
+        db.exec(
             "UPDATE sagas SET state = $2, step = $3, data = $4, version = version + 1, updated_at = now() WHERE id = $1",
             &[&saga, &state, &(step as i32), &json!(data)],
         )

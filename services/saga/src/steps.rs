@@ -102,7 +102,7 @@ impl Step {
 
 /// Queues the command of `step` for saga `saga`.
 pub(crate) async fn send(
-    db: &tokio_postgres::Client,
+    db: &dyn pvefleet_core::db::Sql,
     origin: &Origin,
     data: &SagaData,
     step: Step,

@@ -151,7 +151,7 @@ impl pvefleet_core::bus::Handler<pvefleet_contracts::messages::ContainerCreate> 
             return Outcome::reject("needs the inbox");
         };
         if let Err(e) = db
-            .execute(
+            .exec(
                 "INSERT INTO effects (message_id, hostname) VALUES ($1, $2)",
                 &[&ctx.message_id, &msg.hostname],
             )
@@ -243,11 +243,11 @@ impl pvefleet_core::bus::Handler<pvefleet_contracts::messages::ContainerCreate> 
             return pvefleet_core::bus::Outcome::reject("needs the inbox");
         };
         if msg.hostname == "swallow" {
-            let _ = db.execute("SELECT 1 / 0", &[]).await; // fails, leaving the transaction failed
+            let _ = db.exec("SELECT 1 / 0", &[]).await; // fails, leaving the transaction failed
             return pvefleet_core::bus::Outcome::Ok;
         }
         match db
-            .execute(
+            .exec(
                 "INSERT INTO effects (message_id, hostname) VALUES ($1, $2)",
                 &[&ctx.message_id, &msg.hostname],
             )

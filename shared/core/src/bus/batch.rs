@@ -80,7 +80,7 @@ pub(super) async fn process_batch(shared: &Shared, batch: Vec<Delivery>) {
         Err(e) => return retry_all(shared, &items, &format!("database unavailable: {e}")).await,
     };
     let Some(obj) = client.obj.as_ref() else { return };
-    let raw: &tokio_postgres::Client = obj;
+    let raw: &deadpool_postgres::ClientWrapper = obj;
     let (claim_many, unclaim) = match tokio::try_join!(
         obj.prepare_cached(db::inbox::CLAIM_MANY_SQL),
         obj.prepare_cached(db::inbox::UNCLAIM_SQL)
@@ -208,7 +208,7 @@ enum TxAbort {
 /// its own savepoint; with `known`, message `known.0` is not run again: its outcome is `known.1`.
 async fn run_tx(
     shared: &Shared,
-    raw: &tokio_postgres::Client,
+    raw: &deadpool_postgres::ClientWrapper,
     stmts: &Stmts,
     items: &[Item<'_>],
     savepoints: bool,
@@ -279,7 +279,7 @@ async fn run_tx(
 /// One message inside the batch transaction, under its own savepoint when `savepoint` is set.
 async fn handle(
     shared: &Shared,
-    db: &tokio_postgres::Client,
+    db: &deadpool_postgres::ClientWrapper,
     unclaim: &tokio_postgres::Statement,
     it: &Item<'_>,
     claim: Claim,

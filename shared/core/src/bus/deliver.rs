@@ -76,7 +76,7 @@ impl Meta {
         &self,
         shared: &'a Shared,
         d: &Delivery,
-        db: Option<&'a tokio_postgres::Client>,
+        db: Option<&'a dyn crate::db::Sql>,
     ) -> Context<'a> {
         Context {
             message_id: self.message_id.clone(),

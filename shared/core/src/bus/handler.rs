@@ -77,7 +77,8 @@ pub struct Context<'a> {
     pub publisher: &'a Publisher,
     /// The database connection, inside the transaction that also holds the inbox row, when the
     /// worker runs with an inbox. Commit happens after the handler returns `Ok` or `Fail`.
-    pub db: Option<&'a tokio_postgres::Client>,
+    /// Its statements are prepared once per connection and cached.
+    pub db: Option<&'a dyn crate::db::Sql>,
     /// The service name, used as `app_id` on outgoing messages.
     pub app_id: &'a str,
 }

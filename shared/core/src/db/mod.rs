@@ -12,56 +12,96 @@ use tokio_postgres::error::SqlState;
 
 use crate::config::DbSettings;
 
-/// Runs a statement on any kind of connection or transaction: tokio-postgres's and deadpool's.
-/// The inbox and outbox take this, so they join whatever transaction the caller holds.
-pub trait Execute: Sync {
+type Params<'a> = &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)];
+type Fut<'a, T> = futures::future::BoxFuture<'a, Result<T, tokio_postgres::Error>>;
+
+/// Runs statements on any kind of connection or transaction: tokio-postgres's and deadpool's.
+/// The inbox, the outbox and handlers take this, so they join whatever transaction the caller
+/// holds. On deadpool's connections and transactions a statement is prepared once per
+/// connection and cached (deadpool's statement cache), so a hot statement is planned once,
+/// not on every call; on a bare tokio-postgres client it is prepared each time.
+pub trait Sql: Sync {
     /// Executes one statement and returns the affected row count.
-    fn exec<'a>(
-        &'a self,
-        sql: &'a str,
-        params: &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> futures::future::BoxFuture<'a, Result<u64, tokio_postgres::Error>>;
+    fn exec<'a>(&'a self, sql: &'a str, params: Params<'a>) -> Fut<'a, u64>;
+    /// Runs a query and returns every row.
+    fn rows<'a>(&'a self, sql: &'a str, params: Params<'a>) -> Fut<'a, Vec<tokio_postgres::Row>>;
+    /// Runs a query that returns exactly one row.
+    fn one<'a>(&'a self, sql: &'a str, params: Params<'a>) -> Fut<'a, tokio_postgres::Row>;
+    /// Runs a query that returns at most one row.
+    fn opt<'a>(&'a self, sql: &'a str, params: Params<'a>) -> Fut<'a, Option<tokio_postgres::Row>>;
 }
 
-impl Execute for tokio_postgres::Client {
-    fn exec<'a>(
-        &'a self,
-        sql: &'a str,
-        params: &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> futures::future::BoxFuture<'a, Result<u64, tokio_postgres::Error>> {
-        Box::pin(self.execute(sql, params))
+/// Implements `Sql` by preparing each time, for tokio-postgres's own types.
+macro_rules! sql_uncached {
+    ($($ty:ty),*) => {$(
+        impl Sql for $ty {
+            fn exec<'a>(&'a self, sql: &'a str, params: Params<'a>) -> Fut<'a, u64> {
+                Box::pin(self.execute(sql, params))
+            }
+            fn rows<'a>(&'a self, sql: &'a str, params: Params<'a>) -> Fut<'a, Vec<tokio_postgres::Row>> {
+                Box::pin(self.query(sql, params))
+            }
+            fn one<'a>(&'a self, sql: &'a str, params: Params<'a>) -> Fut<'a, tokio_postgres::Row> {
+                Box::pin(self.query_one(sql, params))
+            }
+            fn opt<'a>(&'a self, sql: &'a str, params: Params<'a>) -> Fut<'a, Option<tokio_postgres::Row>> {
+                Box::pin(self.query_opt(sql, params))
+            }
+        }
+    )*};
+}
+
+/// Implements `Sql` through deadpool's statement cache.
+macro_rules! sql_cached {
+    ($($ty:ty),*) => {$(
+        impl Sql for $ty {
+            fn exec<'a>(&'a self, sql: &'a str, params: Params<'a>) -> Fut<'a, u64> {
+                Box::pin(async move {
+                    let st = self.prepare_cached(sql).await?;
+                    self.execute(&st, params).await
+                })
+            }
+            fn rows<'a>(&'a self, sql: &'a str, params: Params<'a>) -> Fut<'a, Vec<tokio_postgres::Row>> {
+                Box::pin(async move {
+                    let st = self.prepare_cached(sql).await?;
+                    self.query(&st, params).await
+                })
+            }
+            fn one<'a>(&'a self, sql: &'a str, params: Params<'a>) -> Fut<'a, tokio_postgres::Row> {
+                Box::pin(async move {
+                    let st = self.prepare_cached(sql).await?;
+                    self.query_one(&st, params).await
+                })
+            }
+            fn opt<'a>(&'a self, sql: &'a str, params: Params<'a>) -> Fut<'a, Option<tokio_postgres::Row>> {
+                Box::pin(async move {
+                    let st = self.prepare_cached(sql).await?;
+                    self.query_opt(&st, params).await
+                })
+            }
+        }
+    )*};
+}
+
+sql_uncached!(tokio_postgres::Client, tokio_postgres::Transaction<'_>);
+sql_cached!(deadpool_postgres::ClientWrapper, deadpool_postgres::Transaction<'_>);
+
+impl Sql for deadpool_postgres::Object {
+    fn exec<'a>(&'a self, sql: &'a str, params: Params<'a>) -> Fut<'a, u64> {
+        let c: &deadpool_postgres::ClientWrapper = self;
+        c.exec(sql, params)
     }
-}
-
-impl Execute for tokio_postgres::Transaction<'_> {
-    fn exec<'a>(
-        &'a self,
-        sql: &'a str,
-        params: &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> futures::future::BoxFuture<'a, Result<u64, tokio_postgres::Error>> {
-        Box::pin(self.execute(sql, params))
+    fn rows<'a>(&'a self, sql: &'a str, params: Params<'a>) -> Fut<'a, Vec<tokio_postgres::Row>> {
+        let c: &deadpool_postgres::ClientWrapper = self;
+        c.rows(sql, params)
     }
-}
-
-impl Execute for deadpool_postgres::Transaction<'_> {
-    fn exec<'a>(
-        &'a self,
-        sql: &'a str,
-        params: &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> futures::future::BoxFuture<'a, Result<u64, tokio_postgres::Error>> {
-        let tx: &tokio_postgres::Transaction<'_> = self;
-        Box::pin(tx.execute(sql, params))
+    fn one<'a>(&'a self, sql: &'a str, params: Params<'a>) -> Fut<'a, tokio_postgres::Row> {
+        let c: &deadpool_postgres::ClientWrapper = self;
+        c.one(sql, params)
     }
-}
-
-impl Execute for deadpool_postgres::Object {
-    fn exec<'a>(
-        &'a self,
-        sql: &'a str,
-        params: &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> futures::future::BoxFuture<'a, Result<u64, tokio_postgres::Error>> {
-        let c: &tokio_postgres::Client = self;
-        Box::pin(c.execute(sql, params))
+    fn opt<'a>(&'a self, sql: &'a str, params: Params<'a>) -> Fut<'a, Option<tokio_postgres::Row>> {
+        let c: &deadpool_postgres::ClientWrapper = self;
+        c.opt(sql, params)
     }
 }
 

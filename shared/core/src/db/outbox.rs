@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Execute;
+use super::Sql;
 use bytes::Bytes;
 use lapin::BasicProperties;
 use tokio::sync::Notify;
@@ -30,7 +30,7 @@ pub enum OutboxError {
 }
 
 /// Writes a message into the outbox, on the caller's connection (inside its transaction).
-pub async fn enqueue<C: Execute + ?Sized>(client: &C, msg: &Outgoing) -> Result<(), OutboxError> {
+pub async fn enqueue<C: Sql + ?Sized>(client: &C, msg: &Outgoing) -> Result<(), OutboxError> {
     let props = serde_json::to_value(&msg.properties).map_err(OutboxError::Encode)?;
     let message_id = msg.message_id().unwrap_or_default().to_string();
     let mtype = msg.properties.kind().as_ref().map(|k| k.as_str().to_string());
