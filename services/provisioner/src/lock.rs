@@ -14,14 +14,26 @@ pub struct VmidLock {
 }
 
 impl VmidLock {
-    /// Waits for the lock on `vmid`, at most `timeout`.
+    /// Waits for the lock on `vmid`, at most `timeout`. An uncontended lock costs one round
+    /// trip (a try-lock); only a contended one sets `lock_timeout` and waits.
     pub async fn acquire(pool: &deadpool_postgres::Pool, vmid: u32, timeout: Duration) -> anyhow::Result<Self> {
+        use pvefleet_core::db::Sql;
         let conn = pool.get().await?;
         let vmid = i32::try_from(vmid)?;
-        let ms = timeout.as_millis().max(1);
-        conn.batch_execute(&format!("SET lock_timeout = {ms}")).await?;
-        conn.execute("SELECT pg_advisory_lock($1, $2)", &[&VMID_LOCK_CLASS, &vmid])
-            .await?;
+        let got: bool = conn
+            .one("SELECT pg_try_advisory_lock($1, $2)", &[&VMID_LOCK_CLASS, &vmid])
+            .await?
+            .get(0);
+        if !got {
+            let ms = timeout.as_millis().max(1);
+            conn.batch_execute(&format!("SET lock_timeout = {ms}")).await?;
+            let waited = conn
+                .exec("SELECT pg_advisory_lock($1, $2)", &[&VMID_LOCK_CLASS, &vmid])
+                .await;
+            let reset = conn.batch_execute("RESET lock_timeout").await;
+            waited?;
+            reset?;
+        }
         Ok(Self { conn: Some(conn), vmid })
     }
 }
@@ -33,12 +45,12 @@ impl Drop for VmidLock {
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(async move {
+                    use pvefleet_core::db::Sql;
                     let unlocked = conn
-                        .execute("SELECT pg_advisory_unlock($1, $2)", &[&VMID_LOCK_CLASS, &vmid])
+                        .exec("SELECT pg_advisory_unlock($1, $2)", &[&VMID_LOCK_CLASS, &vmid])
                         .await
                         .is_ok();
-                    let reset = conn.batch_execute("RESET lock_timeout").await.is_ok();
-                    if !(unlocked && reset) {
+                    if !unlocked {
                         // Closing the session frees its advisory locks.
                         drop(deadpool_postgres::Object::take(conn));
                     }

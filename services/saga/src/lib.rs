@@ -358,44 +358,31 @@ impl Inner {
             tri!(reject(ctx, saga, &req, invalid.field, &invalid.reason).await);
             return Outcome::reject(format!("{}: {}", invalid.field, invalid.reason));
         }
-        // A saga that exists already: a redelivery.
-        let existing = tri!(
-            db.opt("SELECT 1 FROM sagas WHERE id = $1", &[&saga])
-                .await
-                .map_err(retry_db)
-        );
-        if existing.is_some() {
-            return Outcome::Ok;
-        }
         let site = req.site_id.as_uuid();
-        // The subdomain is free unless a live site holds it. (A race between two requests ends
-        // in the unique index; the loser's batch is retried and then meets this check.)
-        let taken = tri!(
-            db.opt(
-                "SELECT 1 FROM sites WHERE subdomain = $1 AND id <> $2 AND state NOT IN ('failed', 'deleted')",
-                &[&req.subdomain, &site],
+        // A saga that exists already is a redelivery. The subdomain is free unless a live site
+        // holds it. (A race between two requests ends in the unique index; the loser's batch is
+        // retried and then meets this check.)
+        let row = tri!(
+            db.one(
+                "SELECT EXISTS (SELECT 1 FROM sagas WHERE id = $1),
+                        EXISTS (SELECT 1 FROM sites WHERE subdomain = $2 AND id <> $3 AND state NOT IN ('failed', 'deleted'))",
+                &[&saga, &req.subdomain, &site],
             )
             .await
             .map_err(retry_db)
         );
-        if taken.is_some() {
+        let (existing, taken): (bool, bool) = (row.get(0), row.get(1));
+        if existing {
+            return Outcome::Ok;
+        }
+        if taken {
             let reason = format!("subdomain '{}' is already in use", req.subdomain);
             tri!(reject(ctx, saga, &req, "subdomain", &reason).await);
             return Outcome::Ok;
         }
-        let spec = serde_json::to_value(&req).unwrap_or(Value::Null);
-        // Intake writes the site first; a publisher straight to the bus does not.
-        let inserted = db.exec(
-                "INSERT INTO sites (id, subdomain, owner, state, spec) VALUES ($1, $2, $3, 'provisioning', $4)
-                 ON CONFLICT (id) DO UPDATE SET state = 'provisioning', updated_at = now() WHERE sites.state = 'requested'",
-                &[&site, &req.subdomain, &req.owner, &spec],
-            )
-            .await;
-        if let Err(e) = inserted {
-            return retry_db(e);
-        }
         let vmid = tri!(leases::lease_vmid(db, &self.settings, site).await);
         let ip = tri!(leases::lease_ip(db, &self.settings, site).await);
+        let spec = serde_json::to_value(&req).unwrap_or(Value::Null);
         let data = SagaData {
             plan: self.plan(&req),
             site: req,
@@ -408,18 +395,26 @@ impl Inner {
             vmids_taken: Vec::new(),
         };
         let first = data.plan[0];
+        // The site (intake writes it first as `requested`; a publisher straight to the bus does
+        // not) and the saga, in one statement.
         tri!(
             db.exec(
-                "INSERT INTO sagas (id, kind, site_id, state, step, data) VALUES ($1, 'provision', $2, 'running', 0, $3)",
-                &[&saga, &site, &json!(data)],
-            )
-            .await
-            .map_err(retry_db)
-        );
-        tri!(
-            db.exec(
-                "UPDATE sites SET vmid = $2, ip = $3, updated_at = now() WHERE id = $1",
-                &[&site, &(vmid as i32), &data.ip],
+                "WITH site AS (
+                     INSERT INTO sites (id, subdomain, owner, state, spec, vmid, ip) VALUES ($2, $3, $4, 'provisioning', $5, $6, $7)
+                     ON CONFLICT (id) DO UPDATE SET state = 'provisioning', vmid = $6, ip = $7, updated_at = now()
+                         WHERE sites.state = 'requested'
+                     RETURNING 1)
+                 INSERT INTO sagas (id, kind, site_id, state, step, data) VALUES ($1, 'provision', $2, 'running', 0, $8)",
+                &[
+                    &saga,
+                    &site,
+                    &data.site.subdomain,
+                    &data.site.owner,
+                    &spec,
+                    &(vmid as i32),
+                    &data.ip,
+                    &json!(data)
+                ],
             )
             .await
             .map_err(retry_db)
@@ -535,7 +530,7 @@ impl Inner {
         );
         match data.plan.first() {
             Some(first) => tri!(self.send_step(db, ctx, saga, &data, *first, "forward").await),
-            None => tri!(self.complete(db, ctx, saga, "deprovision", &data).await),
+            None => tri!(self.complete(db, ctx, saga, "deprovision", &data, None).await),
         }
         Outcome::Ok
     }
@@ -583,8 +578,8 @@ impl Inner {
                 if let Some(node) = body.get("node").and_then(Value::as_str) {
                     data.node = Some(node.to_string());
                 }
-                tri!(self.finish_step(db, saga, step, "forward", error.as_ref()).await);
                 if let Some(error) = error {
+                    tri!(self.finish_step(db, saga, step, "forward", Some(&error)).await);
                     if kind == "provision"
                         && step == Step::Create
                         && error.code == "vmid.taken"
@@ -606,11 +601,11 @@ impl Inner {
                 data.done.push(step);
                 let next = index + 1;
                 match data.plan.get(next).copied() {
-                    Some(step) => {
-                        tri!(self.save(db, saga, "running", next, &data).await);
-                        tri!(self.send_step(db, ctx, saga, &data, step, "forward").await);
+                    Some(next_step) => {
+                        tri!(self.save_done(db, saga, "running", next, &data, step).await);
+                        tri!(self.send_step(db, ctx, saga, &data, next_step, "forward").await);
                     }
-                    None => tri!(self.complete(db, ctx, saga, &kind, &data).await),
+                    None => tri!(self.complete(db, ctx, saga, &kind, &data, Some(step)).await),
                 }
                 Outcome::Ok
             }
@@ -762,9 +757,16 @@ impl Inner {
         saga: Uuid,
         kind: &str,
         data: &SagaData,
+        last: Option<Step>,
     ) -> Result<(), Outcome> {
         let site = data.site.site_id.as_uuid();
-        self.save(db, saga, "completed", data.plan.len(), data).await?;
+        match last {
+            Some(step) => {
+                self.save_done(db, saga, "completed", data.plan.len(), data, step)
+                    .await?
+            }
+            None => self.save(db, saga, "completed", data.plan.len(), data).await?,
+        }
         if kind == "deprovision" {
             db.exec("DELETE FROM leases WHERE site_id = $1", &[&site])
                 .await
@@ -807,6 +809,28 @@ impl Inner {
         db.exec(
             "UPDATE sagas SET state = $2, step = $3, data = $4, version = version + 1, updated_at = now() WHERE id = $1",
             &[&saga, &state, &(step as i32), &json!(data)],
+        )
+        .await
+        .map_err(retry_db)?;
+        Ok(())
+    }
+
+    /// `save`, and the forward step `done` marked done in the timeline, in one statement.
+    async fn save_done(
+        &self,
+        db: Db<'_>,
+        saga: Uuid,
+        state: &str,
+        step: usize,
+        data: &SagaData,
+        done: Step,
+    ) -> Result<(), Outcome> {
+        db.exec(
+            "WITH done AS (
+                 UPDATE saga_steps SET state = 'done', finished_at = now(), error = NULL
+                 WHERE saga_id = $1 AND name = $5 AND phase = 'forward' RETURNING 1)
+             UPDATE sagas SET state = $2, step = $3, data = $4, version = version + 1, updated_at = now() WHERE id = $1",
+            &[&saga, &state, &(step as i32), &json!(data), &done.command()],
         )
         .await
         .map_err(retry_db)?;

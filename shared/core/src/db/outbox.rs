@@ -116,7 +116,7 @@ impl OutboxRelay {
         let mut client = self.pool.get().await.map_err(OutboxError::Pool)?;
         let tx = client.transaction().await.map_err(OutboxError::Postgres)?;
         let rows = tx
-            .query(
+            .rows(
                 "SELECT id, exchange, routing_key, mandatory, properties, body, attempts FROM outbox
                  WHERE sent_at IS NULL AND next_attempt_at <= now()
                  ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
@@ -175,7 +175,7 @@ impl OutboxRelay {
                 }
             }
         }
-        tx.execute(
+        tx.exec(
             "UPDATE outbox SET sent_at = now(), attempts = attempts + 1 WHERE id = ANY($1)",
             &[&sent],
         )
