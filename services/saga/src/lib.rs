@@ -285,7 +285,7 @@ async fn reject(ctx: &Context<'_>, saga: Uuid, req: &SiteProvision, field: &str,
 }
 
 fn retry_db(e: tokio_postgres::Error) -> Outcome {
-    Outcome::retry(format!("database: {e}"))
+    Outcome::retry(format!("database: {}", pvefleet_core::db::describe(&e)))
 }
 
 /// Stops a saga for an operator: `compensation_failed` when a compensation gave up,

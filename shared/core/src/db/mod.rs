@@ -12,6 +12,18 @@ use tokio_postgres::error::SqlState;
 
 use crate::config::DbSettings;
 
+/// A Postgres error as one line, with the server's message and detail when there is one
+/// (tokio-postgres's own `Display` says only "db error").
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{}: {} ({detail})", db.severity(), db.message()),
+            None => format!("{}: {}", db.severity(), db.message()),
+        },
+        None => e.to_string(),
+    }
+}
+
 type Params<'a> = &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)];
 type Fut<'a, T> = futures::future::BoxFuture<'a, Result<T, tokio_postgres::Error>>;
 
