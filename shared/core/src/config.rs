@@ -43,6 +43,53 @@ pub struct Settings {
     pub ha: HaSettings,
     /// The saga coordinator: sites, plans, leases and providers.
     pub saga: SagaSettings,
+    /// The edge service: how the DNS and reverse-proxy providers are reached.
+    pub edge: EdgeSettings,
+}
+
+/// The edge service's providers. Which provider runs is `saga.dns_provider` and
+/// `saga.proxy_provider`, so the saga skips exactly the steps no provider serves.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeSettings {
+    /// What a site's A record points at: `container` (its address) or `proxy` (`proxy_ip`).
+    pub dns_target: String,
+    /// The reverse proxy's public address, for `dns_target = "proxy"`.
+    pub proxy_ip: String,
+    /// TTL of the records written.
+    pub ttl: u32,
+    /// PowerDNS: the API base, `http://127.0.0.1:8081`.
+    pub powerdns_url: String,
+    /// PowerDNS: the API key (`X-API-Key`).
+    pub powerdns_api_key: Option<Secret>,
+    /// PowerDNS: the server id.
+    pub powerdns_server: String,
+    /// The DNS zone sites are written into; empty: `saga.domain`.
+    pub zone: String,
+    /// Caddy: the admin API, `http://127.0.0.1:2019`.
+    pub caddy_admin_url: String,
+    /// Caddy: the HTTP server (under `apps.http.servers`) that gets the routes.
+    pub caddy_server: String,
+    /// How long one provider call may take.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for EdgeSettings {
+    fn default() -> Self {
+        Self {
+            dns_target: "container".into(),
+            proxy_ip: String::new(),
+            ttl: 300,
+            powerdns_url: "http://127.0.0.1:8081".into(),
+            powerdns_api_key: None,
+            powerdns_server: "localhost".into(),
+            zone: String::new(),
+            caddy_admin_url: "http://127.0.0.1:2019".into(),
+            caddy_server: "edge".into(),
+            timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// A size plan sites can name.

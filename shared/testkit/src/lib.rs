@@ -5,6 +5,7 @@
 
 pub mod broker;
 pub mod db;
+pub mod edge;
 pub mod proxy;
 
 pub use broker::{TestVhost, rabbitmqctl};

@@ -1,0 +1,201 @@
+//! The edge service: `dns.upsert`, `dns.delete`, `proxy.upsert` and `proxy.delete` (DESIGN.md
+//! §5, edge-installer.md §1–2). Which providers run is `saga.dns_provider` and
+//! `saga.proxy_provider` (`powerdns` | `none`, `caddy` | `none`), so the saga skips exactly
+//! the steps nothing serves; how they are reached is `[edge]`.
+//!
+//! Every upsert is idempotent and every delete tolerates absence, so a redelivered command
+//! converges on the same state. Provider answers are classified: auth errors and refused
+//! requests fail the step with the provider's message, 429, 5xx and timeouts retry.
+
+pub mod dns;
+pub mod provider;
+pub mod proxy;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pvefleet_contracts::messages::{
+    DnsDelete, DnsDeleted, DnsUpsert, DnsUpserted, ProxyDelete, ProxyDeleted, ProxyUpsert, ProxyUpserted, RecordType,
+};
+use pvefleet_core::bus::{Context, Handler, Outcome, Router};
+use pvefleet_core::config::{EdgeSettings, SagaSettings};
+
+pub use dns::{Dns, PowerDns};
+pub use proxy::{Caddy, Proxy};
+
+/// The edge service's handlers.
+#[derive(Clone)]
+pub struct Edge {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dns: Dns,
+    proxy: Proxy,
+    settings: EdgeSettings,
+}
+
+impl Edge {
+    /// The providers named by `saga`, configured by `edge`.
+    pub fn from_settings(edge: &EdgeSettings, saga: &SagaSettings) -> anyhow::Result<Self> {
+        // reqwest is built without a default TLS provider: ring, as the PVE client uses.
+        let _ = rustls::crypto::CryptoProvider::install_default(rustls::crypto::ring::default_provider());
+        let http = reqwest::Client::builder()
+            .timeout(edge.timeout)
+            .connect_timeout(edge.timeout)
+            .build()?;
+        let dns = match saga.dns_provider.as_str() {
+            "none" => Dns::None,
+            "powerdns" => {
+                let key = edge.powerdns_api_key.clone().ok_or_else(|| {
+                    anyhow::anyhow!("edge.powerdns_api_key is required for saga.dns_provider = powerdns")
+                })?;
+                let zone = if edge.zone.is_empty() { &saga.domain } else { &edge.zone };
+                Dns::PowerDns(PowerDns::new(
+                    http.clone(),
+                    &edge.powerdns_url,
+                    &edge.powerdns_server,
+                    zone,
+                    key,
+                )?)
+            }
+            other => anyhow::bail!("saga.dns_provider '{other}' is not known (powerdns, none)"),
+        };
+        let proxy = match saga.proxy_provider.as_str() {
+            "none" => Proxy::None,
+            "caddy" => Proxy::Caddy(Caddy::new(http, &edge.caddy_admin_url, &edge.caddy_server)),
+            other => anyhow::bail!("saga.proxy_provider '{other}' is not known (caddy, none)"),
+        };
+        anyhow::ensure!(
+            matches!(edge.dns_target.as_str(), "container" | "proxy"),
+            "edge.dns_target must be 'container' or 'proxy'"
+        );
+        anyhow::ensure!(
+            edge.dns_target != "proxy" || edge.proxy_ip.parse::<std::net::IpAddr>().is_ok(),
+            "edge.dns_target = proxy needs edge.proxy_ip to be an address"
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                dns,
+                proxy,
+                settings: edge.clone(),
+            }),
+        })
+    }
+
+    /// The router of the edge queue.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .command::<DnsUpsert, _>(self.clone())
+            .command::<DnsDelete, _>(self.clone())
+            .command::<ProxyUpsert, _>(self.clone())
+            .command::<ProxyDelete, _>(self.clone())
+    }
+}
+
+fn record_type(t: RecordType) -> &'static str {
+    match t {
+        RecordType::A => "A",
+        RecordType::AAAA => "AAAA",
+        RecordType::CNAME => "CNAME",
+    }
+}
+
+#[async_trait]
+impl Handler<DnsUpsert> for Edge {
+    async fn handle(&self, cmd: DnsUpsert, ctx: &Context<'_>) -> Outcome {
+        let me = &self.inner;
+        // The record points at the proxy when it fronts the sites, else at the container.
+        let content = if me.settings.dns_target == "proxy" && cmd.record_type != RecordType::CNAME {
+            me.settings.proxy_ip.clone()
+        } else {
+            cmd.content.clone()
+        };
+        if let Dns::PowerDns(p) = &me.dns {
+            let ttl = cmd.ttl.unwrap_or(me.settings.ttl);
+            if let Err(e) = p.upsert(&cmd.fqdn, record_type(cmd.record_type), &content, ttl).await {
+                return e.outcome();
+            }
+        }
+        ctx.emit(&DnsUpserted {
+            site_id: cmd.site_id,
+            fqdn: cmd.fqdn,
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Handler<DnsDelete> for Edge {
+    async fn handle(&self, cmd: DnsDelete, ctx: &Context<'_>) -> Outcome {
+        if let Dns::PowerDns(p) = &self.inner.dns
+            && let Err(e) = p.delete(&cmd.fqdn, record_type(cmd.record_type)).await
+        {
+            return e.outcome();
+        }
+        ctx.emit(&DnsDeleted {
+            site_id: cmd.site_id,
+            fqdn: cmd.fqdn,
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Handler<ProxyUpsert> for Edge {
+    async fn handle(&self, cmd: ProxyUpsert, ctx: &Context<'_>) -> Outcome {
+        if let Proxy::Caddy(c) = &self.inner.proxy
+            && let Err(e) = c.upsert(&cmd.site_id, &cmd.host, &cmd.upstream).await
+        {
+            return e.outcome();
+        }
+        ctx.emit(&ProxyUpserted {
+            site_id: cmd.site_id,
+            host: cmd.host,
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Handler<ProxyDelete> for Edge {
+    async fn handle(&self, cmd: ProxyDelete, ctx: &Context<'_>) -> Outcome {
+        if let Proxy::Caddy(c) = &self.inner.proxy
+            && let Err(e) = c.delete(&cmd.site_id).await
+        {
+            return e.outcome();
+        }
+        ctx.emit(&ProxyDeleted {
+            site_id: cmd.site_id,
+            host: cmd.host,
+        })
+        .await
+    }
+}
+
+/// Runs the edge service until `shutdown`: consumes `pvefleet.edge`.
+pub async fn run(
+    settings: &pvefleet_core::Settings,
+    ready: Option<pvefleet_core::http::ReadyFlag>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    use pvefleet_core::bus::runner::{WorkerDeps, WorkerSpec, run_worker};
+    let edge = Edge::from_settings(&settings.edge, &settings.saga)?;
+    tracing::info!(
+        dns = edge.inner.dns.name(),
+        proxy = edge.inner.proxy.name(),
+        "Edge providers."
+    );
+    let topology = pvefleet_core::bus::topology::Topology::fleet(&settings.bus);
+    let publisher = pvefleet_core::bus::Publisher::new(&settings.bus, "edge", Some(topology.clone()));
+    let queue = pvefleet_contracts::routing::work_queue("edge");
+    let spec = WorkerSpec::from_settings("edge", &queue, settings);
+    let deps = WorkerDeps {
+        bus: settings.bus.clone(),
+        topology,
+        publisher,
+        db: None,
+        ready,
+    };
+    run_worker(deps, edge.router(), spec, shutdown).await
+}
