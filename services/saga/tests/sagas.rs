@@ -82,6 +82,10 @@ async fn fleet_without_provisioner(tune: impl FnOnce(&mut Settings)) -> Fleet {
         let (s, sd) = (s.clone(), shutdown.clone());
         async move { pvefleet_ha::run(&s, None, sd).await }
     }));
+    tasks.push(tokio::spawn({
+        let (s, sd) = (s.clone(), shutdown.clone());
+        async move { pvefleet_edge::run(&s, None, sd).await }
+    }));
     let topology = pvefleet_core::bus::topology::Topology::fleet(&s.bus);
     let publisher = Publisher::new(&s.bus, "test", Some(topology));
     publisher.connect().await.unwrap();
@@ -877,5 +881,61 @@ async fn vmids_pve_uses_are_held_ahead_of_time_and_freed_when_pve_no_longer_uses
     })
     .await;
     assert!(freed.is_some(), "a vmid PVE no longer uses is free again");
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_sites_with_real_dns_and_proxy_provision_and_deprovision_leaving_the_servers_as_they_were() {
+    use pvefleet_testkit::edge::{Caddy, PowerDns};
+    let pdns = PowerDns::start("sites.test").await.unwrap();
+    let caddy = Caddy::start().await.unwrap();
+    // The zone's records but its SOA, whose serial counts every change.
+    let records = || async {
+        let mut r = pdns.rrsets().await.unwrap();
+        r.retain(|(_, kind, _)| kind != "SOA");
+        r
+    };
+    let (zone_before, routes_before) = (records().await, caddy.routes().await.unwrap());
+    let f = fleet_with(|s| {
+        s.worker.concurrency = 16;
+        s.saga.dns_provider = "powerdns".into();
+        s.saga.proxy_provider = "caddy".into();
+        s.saga.domain = "sites.test".into();
+        s.edge.powerdns_url = pdns.api_url.clone();
+        s.edge.powerdns_api_key = Some(pvefleet_core::Secret::new(pdns.api_key.clone()));
+        s.edge.caddy_admin_url = caddy.admin_url.clone();
+    })
+    .await;
+    let requests: Vec<SiteProvision> = (0..10).map(|i| request(&format!("web{i}"), false)).collect();
+    for r in &requests {
+        f.send(r).await;
+    }
+    let provisioned = expect_events(&f, "site.provisioned", 10).await;
+    assert!(
+        provisioned
+            .iter()
+            .all(|p| p["fqdn"].as_str().is_some_and(|d| d.ends_with(".sites.test")))
+    );
+    // Each site answers in DNS with its address, and has its route.
+    for r in &requests {
+        let (state, _, ip, ..) = f.site(r.site_id).await;
+        assert_eq!(state, "active");
+        let address: std::net::Ipv4Addr = ip.unwrap().split('/').next().unwrap().parse().unwrap();
+        assert_eq!(
+            pdns.query_a(&format!("{}.sites.test", r.subdomain)).unwrap(),
+            vec![address]
+        );
+    }
+    assert_eq!(caddy.routes().await.unwrap().len(), 10);
+    for r in &requests {
+        f.send(&SiteDeprovision { site_id: r.site_id }).await;
+    }
+    expect_events(&f, "site.deprovisioned", 10).await;
+    assert_eq!(records().await, zone_before, "PowerDNS is as it was");
+    assert_eq!(caddy.routes().await.unwrap(), routes_before, "Caddy is as it was");
+    assert!(
+        (10_000..10_020).all(|v| f.sim.config_text(v).is_none()),
+        "pvesim is as it was"
+    );
     f.stop().await;
 }

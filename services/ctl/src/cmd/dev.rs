@@ -79,6 +79,10 @@ pub async fn run(settings: &Settings, listen: SocketAddr, task_ms: u64) -> anyho
         let (s, sd) = (s.clone(), shutdown.clone());
         async move { pvefleet_ha::run(&s, None, sd).await }
     });
+    tasks.spawn({
+        let (s, sd) = (s.clone(), shutdown.clone());
+        async move { pvefleet_edge::run(&s, None, sd).await }
+    });
     let mut failed = false;
     while let Some(done) = tasks.join_next().await {
         match done {
