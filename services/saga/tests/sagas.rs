@@ -939,3 +939,46 @@ async fn ten_sites_with_real_dns_and_proxy_provision_and_deprovision_leaving_the
     );
     f.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_after_the_edge_steps_compensates_the_dns_record_and_the_route() {
+    use pvefleet_testkit::edge::{Caddy, PowerDns};
+    let pdns = PowerDns::start("sites.test").await.unwrap();
+    let caddy = Caddy::start().await.unwrap();
+    let f = fleet_with(|s| {
+        s.saga.dns_provider = "powerdns".into();
+        s.saga.proxy_provider = "caddy".into();
+        s.saga.domain = "sites.test".into();
+        s.edge.powerdns_url = pdns.api_url.clone();
+        s.edge.powerdns_api_key = Some(pvefleet_core::Secret::new(pdns.api_key.clone()));
+        s.edge.caddy_admin_url = caddy.admin_url.clone();
+    })
+    .await;
+    // ha.enable, the last step, fails for good: dns.upsert and proxy.upsert are undone.
+    f.sim.inject(
+        serde_json::from_value::<Fault>(serde_json::json!({
+            "path": "/cluster/ha/resources", "method": "POST", "status": 403,
+            "message": "Permission check failed (/, Sys.Console)"
+        }))
+        .unwrap(),
+    );
+    let req = request("undone", true);
+    let saga = f.send(&req).await;
+    let (kind, body) = f.event().await;
+    assert_eq!(kind, "site.provision_failed", "{body}");
+    assert_eq!(body["failed_step"], "ha.enable");
+    let compensated: Vec<String> = f
+        .timeline(saga)
+        .await
+        .into_iter()
+        .filter(|(_, phase, state)| phase == "compensate" && state == "done")
+        .map(|(name, ..)| name)
+        .collect();
+    assert_eq!(compensated, vec!["proxy.delete", "dns.delete", "container.destroy"]);
+    assert!(
+        pdns.query_a("undone.sites.test").unwrap().is_empty(),
+        "the record is gone"
+    );
+    assert!(caddy.routes().await.unwrap().is_empty(), "the route is gone");
+    f.stop().await;
+}
