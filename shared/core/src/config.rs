@@ -143,8 +143,8 @@ pub struct SagaSettings {
     /// worker's whole retry ladder, so a re-send is for a lost command, not a slow one.
     #[serde(with = "humantime_serde")]
     pub step_timeout: Duration,
-    /// Per-command deadlines that differ from `step_timeout`, by command type
-    /// (`app.install = "30m"`).
+    /// Per-command deadlines that differ from `step_timeout`, keyed by the command type with
+    /// `_` for `.` (`app_install = "45m"`), so the keys stay plain in TOML.
     pub step_timeouts: std::collections::BTreeMap<String, humantime_serde::Serde<Duration>>,
     /// Re-sends of an unanswered step before the saga is `suspended` (forward) or
     /// `compensation_failed` (compensating) for an operator.
@@ -162,7 +162,9 @@ pub struct SagaSettings {
 impl SagaSettings {
     /// The deadline of a step's command.
     pub fn timeout_of(&self, command: &str) -> Duration {
-        self.step_timeouts.get(command).map_or(self.step_timeout, |d| **d)
+        self.step_timeouts
+            .get(&command.replace('.', "_"))
+            .map_or(self.step_timeout, |d| **d)
     }
 }
 
@@ -197,7 +199,7 @@ impl Default for SagaSettings {
             max_sites_per_owner: 20,
             step_timeout: Duration::from_secs(15 * 60),
             step_timeouts: [(
-                "app.install".to_string(),
+                "app_install".to_string(),
                 humantime_serde::Serde::from(Duration::from_secs(45 * 60)),
             )]
             .into_iter()
@@ -651,6 +653,19 @@ mod tests {
             "amqp://guest:guest@127.0.0.1:5672/%2f",
             "default secrets survive loading"
         );
+    }
+
+    #[test]
+    fn the_example_config_loads_with_every_section() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/pvefleet.example.toml");
+        let s = Settings::load_from(Some(&example), env(&[])).unwrap();
+        assert_eq!(s.saga.dns_provider, "powerdns");
+        assert_eq!(s.saga.timeout_of("app.install"), Duration::from_secs(45 * 60));
+        assert_eq!(s.saga.timeout_of("container.create"), Duration::from_secs(15 * 60));
+        assert_eq!(s.provisioner.preferred_nodes, vec!["pve1", "pve2"]);
+        assert_eq!(s.edge.caddy_server, "edge");
+        let plans: Vec<&String> = s.saga.plans.keys().collect();
+        assert_eq!(plans, ["medium", "small"], "the file's plans replace the defaults");
     }
 
     #[test]
