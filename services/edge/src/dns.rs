@@ -15,6 +15,8 @@ pub enum Dns {
     None,
     /// PowerDNS Authoritative's HTTP API.
     PowerDns(PowerDns),
+    /// Cloudflare's API v4.
+    Cloudflare(crate::cloudflare::Cloudflare),
 }
 
 /// A PowerDNS Authoritative server's API, for one zone.
@@ -101,6 +103,7 @@ impl Dns {
         match self {
             Dns::None => "none",
             Dns::PowerDns(_) => "powerdns",
+            Dns::Cloudflare(_) => "cloudflare",
         }
     }
 }

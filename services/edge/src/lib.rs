@@ -7,7 +7,9 @@
 //! converges on the same state. Provider answers are classified: auth errors and refused
 //! requests fail the step with the provider's message, 429, 5xx and timeouts retry.
 
+pub mod cloudflare;
 pub mod dns;
+pub mod npm;
 pub mod provider;
 pub mod proxy;
 
@@ -59,12 +61,43 @@ impl Edge {
                     key,
                 )?)
             }
-            other => anyhow::bail!("saga.dns_provider '{other}' is not known (powerdns, none)"),
+            "cloudflare" => {
+                let token = edge.cloudflare_api_token.clone().ok_or_else(|| {
+                    anyhow::anyhow!("edge.cloudflare_api_token is required for saga.dns_provider = cloudflare")
+                })?;
+                let zone = if edge.zone.is_empty() { &saga.domain } else { &edge.zone };
+                Dns::Cloudflare(cloudflare::Cloudflare::new(
+                    http.clone(),
+                    &edge.cloudflare_api_url,
+                    token,
+                    zone,
+                    Some(edge.cloudflare_zone_id.clone()),
+                    edge.cloudflare_proxied,
+                ))
+            }
+            other => anyhow::bail!("saga.dns_provider '{other}' is not known (powerdns, cloudflare, none)"),
         };
         let proxy = match saga.proxy_provider.as_str() {
             "none" => Proxy::None,
             "caddy" => Proxy::Caddy(Caddy::new(http, &edge.caddy_admin_url, &edge.caddy_server)),
-            other => anyhow::bail!("saga.proxy_provider '{other}' is not known (caddy, none)"),
+            "npm" => {
+                let secret = edge
+                    .npm_secret
+                    .clone()
+                    .ok_or_else(|| anyhow::anyhow!("edge.npm_secret is required for saga.proxy_provider = npm"))?;
+                anyhow::ensure!(
+                    !edge.npm_identity.is_empty(),
+                    "edge.npm_identity is required for saga.proxy_provider = npm"
+                );
+                Proxy::Npm(npm::Npm::new(
+                    http,
+                    &edge.npm_url,
+                    &edge.npm_identity,
+                    secret,
+                    edge.npm_certificate_id,
+                ))
+            }
+            other => anyhow::bail!("saga.proxy_provider '{other}' is not known (caddy, npm, none)"),
         };
         anyhow::ensure!(
             matches!(edge.dns_target.as_str(), "container" | "proxy"),
@@ -111,11 +144,18 @@ impl Handler<DnsUpsert> for Edge {
         } else {
             cmd.content.clone()
         };
-        if let Dns::PowerDns(p) = &me.dns {
-            let ttl = cmd.ttl.unwrap_or(me.settings.ttl);
-            if let Err(e) = p.upsert(&cmd.fqdn, record_type(cmd.record_type), &content, ttl).await {
-                return e.outcome();
+        let ttl = cmd.ttl.unwrap_or(me.settings.ttl);
+        let kind = record_type(cmd.record_type);
+        let done = match &me.dns {
+            Dns::None => Ok(()),
+            Dns::PowerDns(p) => p.upsert(&cmd.fqdn, kind, &content, ttl).await,
+            Dns::Cloudflare(c) => {
+                let comment = format!("pvefleet-site: {}", cmd.site_id);
+                c.upsert(&cmd.fqdn, kind, &content, ttl, &comment).await
             }
+        };
+        if let Err(e) = done {
+            return e.outcome();
         }
         ctx.emit(&DnsUpserted {
             site_id: cmd.site_id,
@@ -128,9 +168,13 @@ impl Handler<DnsUpsert> for Edge {
 #[async_trait]
 impl Handler<DnsDelete> for Edge {
     async fn handle(&self, cmd: DnsDelete, ctx: &Context<'_>) -> Outcome {
-        if let Dns::PowerDns(p) = &self.inner.dns
-            && let Err(e) = p.delete(&cmd.fqdn, record_type(cmd.record_type)).await
-        {
+        let kind = record_type(cmd.record_type);
+        let done = match &self.inner.dns {
+            Dns::None => Ok(()),
+            Dns::PowerDns(p) => p.delete(&cmd.fqdn, kind).await,
+            Dns::Cloudflare(c) => c.delete(&cmd.fqdn, kind).await,
+        };
+        if let Err(e) = done {
             return e.outcome();
         }
         ctx.emit(&DnsDeleted {
@@ -144,9 +188,12 @@ impl Handler<DnsDelete> for Edge {
 #[async_trait]
 impl Handler<ProxyUpsert> for Edge {
     async fn handle(&self, cmd: ProxyUpsert, ctx: &Context<'_>) -> Outcome {
-        if let Proxy::Caddy(c) = &self.inner.proxy
-            && let Err(e) = c.upsert(&cmd.site_id, &cmd.host, &cmd.upstream).await
-        {
+        let done = match &self.inner.proxy {
+            Proxy::None => Ok(()),
+            Proxy::Caddy(c) => c.upsert(&cmd.site_id, &cmd.host, &cmd.upstream).await,
+            Proxy::Npm(n) => n.upsert(&cmd.site_id, &cmd.host, &cmd.upstream).await,
+        };
+        if let Err(e) = done {
             return e.outcome();
         }
         ctx.emit(&ProxyUpserted {
@@ -160,9 +207,12 @@ impl Handler<ProxyUpsert> for Edge {
 #[async_trait]
 impl Handler<ProxyDelete> for Edge {
     async fn handle(&self, cmd: ProxyDelete, ctx: &Context<'_>) -> Outcome {
-        if let Proxy::Caddy(c) = &self.inner.proxy
-            && let Err(e) = c.delete(&cmd.site_id).await
-        {
+        let done = match &self.inner.proxy {
+            Proxy::None => Ok(()),
+            Proxy::Caddy(c) => c.delete(&cmd.site_id).await,
+            Proxy::Npm(n) => n.delete(&cmd.site_id, &cmd.host).await,
+        };
+        if let Err(e) = done {
             return e.outcome();
         }
         ctx.emit(&ProxyDeleted {

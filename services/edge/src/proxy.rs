@@ -17,6 +17,8 @@ pub enum Proxy {
     None,
     /// Caddy's admin API.
     Caddy(Caddy),
+    /// Nginx Proxy Manager.
+    Npm(crate::npm::Npm),
 }
 
 impl Proxy {
@@ -25,6 +27,7 @@ impl Proxy {
         match self {
             Proxy::None => "none",
             Proxy::Caddy(_) => "caddy",
+            Proxy::Npm(_) => "npm",
         }
     }
 }
