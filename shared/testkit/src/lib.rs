@@ -7,6 +7,7 @@ pub mod broker;
 pub mod db;
 pub mod edge;
 pub mod proxy;
+pub mod ssh;
 
 pub use broker::{TestVhost, rabbitmqctl};
 pub use db::TestDb;
