@@ -86,6 +86,10 @@ async fn fleet_without_provisioner(tune: impl FnOnce(&mut Settings)) -> Fleet {
         let (s, sd) = (s.clone(), shutdown.clone());
         async move { pvefleet_edge::run(&s, None, sd).await }
     }));
+    tasks.push(tokio::spawn({
+        let (s, pool, sd) = (s.clone(), pool.clone(), shutdown.clone());
+        async move { pvefleet_installer::run(&s, pool, None, sd).await }
+    }));
     let topology = pvefleet_core::bus::topology::Topology::fleet(&s.bus);
     let publisher = Publisher::new(&s.bus, "test", Some(topology));
     publisher.connect().await.unwrap();
@@ -980,5 +984,102 @@ async fn a_failure_after_the_edge_steps_compensates_the_dns_record_and_the_route
         "the record is gone"
     );
     assert!(caddy.routes().await.unwrap().is_empty(), "the route is gone");
+    f.stop().await;
+}
+
+/// Installer settings reaching every pvesim node through `sshd`.
+fn through(sshd: &pvefleet_testkit::ssh::Sshd, s: &mut Settings) {
+    s.installer.ssh_port = sshd.port;
+    s.installer.ssh_key = Some(sshd.client_key.clone());
+    s.installer.known_hosts = Some(sshd.known_hosts.clone());
+    s.installer.node_addresses = ["pve1", "pve2", "pve3"]
+        .into_iter()
+        .map(|n| (n.to_string(), "127.0.0.1".to_string()))
+        .collect();
+    s.installer.ready_delay = Duration::from_millis(50);
+    s.installer.secrets_key = Some(pvefleet_core::Secret::new(
+        "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=",
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wordpress_site_is_installed_through_a_real_sshd_in_the_full_saga() {
+    let sshd = pvefleet_testkit::ssh::Sshd::start().await.unwrap();
+    let f = fleet_with(|s| through(&sshd, s)).await;
+    let mut req = request("press", false);
+    req.app = App::Wordpress;
+    let saga = f.send(&req).await;
+    let (kind, body) = f.event().await;
+    assert_eq!(kind, "site.provisioned", "{body}");
+    let vmid = f.site(req.site_id).await.1.unwrap().to_string();
+    let steps: Vec<String> = f.timeline(saga).await.into_iter().map(|(n, ..)| n).collect();
+    assert_eq!(
+        steps,
+        [
+            "container.create",
+            "container.start",
+            "app.install",
+            "container.snapshot"
+        ]
+    );
+    let script = sshd.pct_calls().into_iter().find(|c| c.stdin.is_some()).unwrap();
+    assert_eq!(
+        script.argv,
+        [
+            "exec",
+            vmid.as_str(),
+            "--",
+            "bash",
+            "-s",
+            "--",
+            "https://press.example.org",
+            "press",
+            "alice@example.org",
+            "admin"
+        ]
+    );
+    assert!(
+        script
+            .stdin
+            .unwrap()
+            .ends_with(pvefleet_installer::WORDPRESS_SETUP.as_bytes())
+    );
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_setup_script_fails_the_saga_with_its_stderr_and_compensates() {
+    let sshd = pvefleet_testkit::ssh::Sshd::start().await.unwrap();
+    sshd.fail_scripts(Some(
+        "E: Unable to locate package php8.3-fpm\nwordpress-setup: failed at line 48\n",
+    ));
+    let f = fleet_with(|s| through(&sshd, s)).await;
+    let mut req = request("broken", false);
+    req.app = App::Wordpress;
+    let saga = f.send(&req).await;
+    let (kind, body) = f.event().await;
+    assert_eq!(kind, "site.provision_failed", "{body}");
+    assert_eq!(body["failed_step"], "app.install");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Unable to locate package php8.3-fpm"),
+        "{body}"
+    );
+    let compensated: Vec<String> = f
+        .timeline(saga)
+        .await
+        .into_iter()
+        .filter(|(_, phase, _)| phase == "compensate")
+        .map(|(n, ..)| n)
+        .collect();
+    assert_eq!(compensated, ["container.destroy"]);
+    assert!(
+        (10_000..10_010).all(|v| f.sim.config_text(v).is_none()),
+        "the container is gone"
+    );
+    let (state, ..) = f.site(req.site_id).await;
+    assert_eq!(state, "failed");
     f.stop().await;
 }
