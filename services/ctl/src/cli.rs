@@ -134,6 +134,15 @@ pub enum SiteAction {
         #[command(flatten)]
         target: SiteTarget,
     },
+    /// The site's generated credentials (WordPress admin, database). Needs a token with the
+    /// `admin` scope; every reveal is audited.
+    Credentials {
+        /// The site id.
+        id: String,
+        /// The API.
+        #[command(flatten)]
+        target: SiteTarget,
+    },
     /// Deprovision a site.
     Delete {
         /// The site id.

@@ -11,7 +11,6 @@
 //! Outcomes: a node that cannot be reached, or a container that is not ready yet, retries
 //! through the wait tiers; a script that fails fails the step with the tail of its stderr.
 
-pub mod secrets;
 pub mod transport;
 
 use std::sync::Arc;
@@ -26,7 +25,7 @@ use pvefleet_core::config::InstallerSettings;
 use pvefleet_proxmox::client::PveClient;
 use pvefleet_proxmox::client::api::ResourceType;
 
-pub use secrets::{Credentials, SecretBox};
+pub use pvefleet_core::site_secrets::{self as secrets, Credentials, SecretBox};
 pub use transport::{Local, Output, Runner, Ssh, TransportError};
 
 /// The WordPress setup script, built into the binary.

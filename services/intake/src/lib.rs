@@ -39,15 +39,28 @@ pub struct AppState {
     pool: deadpool_postgres::Pool,
     settings: Arc<Settings>,
     poke: Option<Arc<tokio::sync::Notify>>,
+    /// Opens sites' sealed credentials (`installer.secrets_key`), when configured.
+    secrets: Option<pvefleet_core::site_secrets::SecretBox>,
 }
 
 impl AppState {
     /// State over a pool; `poke` wakes the outbox relay after each write.
     pub fn new(pool: deadpool_postgres::Pool, settings: Settings, poke: Option<Arc<tokio::sync::Notify>>) -> Self {
+        let secrets = match settings.installer.secrets_key.as_ref() {
+            None => None,
+            Some(key) => match pvefleet_core::site_secrets::SecretBox::from_base64(key.expose()) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::error!(error = %e, "Sites' credentials cannot be revealed.");
+                    None
+                }
+            },
+        };
         Self {
             pool,
             settings: Arc::new(settings),
             poke,
+            secrets,
         }
     }
 }
@@ -107,7 +120,15 @@ pub struct Accepted {
         title = "pvefleet intake",
         description = "Provision and remove sites; follow their sagas."
     ),
-    paths(create_site, list_sites, get_site, delete_site, get_saga, saga_events),
+    paths(
+        create_site,
+        list_sites,
+        get_site,
+        site_credentials,
+        delete_site,
+        get_saga,
+        saga_events
+    ),
     components(schemas(SiteRequest, Accepted, Problem))
 )]
 struct ApiDoc;
@@ -117,6 +138,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/sites", get(list_sites).post(create_site))
         .route("/v1/sites/{id}", get(get_site).delete(delete_site))
+        .route("/v1/sites/{id}/credentials", get(site_credentials))
         .route("/v1/sagas/{id}", get(get_saga))
         .route("/v1/sagas/{id}/events", get(saga_events))
         .route("/openapi.json", get(openapi))
@@ -413,6 +435,70 @@ async fn get_site(State(st): State<AppState>, headers: HeaderMap, Path(id): Path
             format!("No site {id}."),
         )),
     }
+}
+
+/// A site's generated credentials (WordPress admin, database), to a token with the `admin`
+/// scope only. Every reveal is written to `audit_log` with the token, in the same transaction.
+#[utoipa::path(get, path = "/v1/sites/{id}/credentials", responses((status = 200), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn site_credentials(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let caller = auth::require(&st.pool, &headers, "admin").await?;
+    let id = parse_id(&id)?;
+    let Some(sbox) = &st.secrets else {
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-configured",
+            "installer.secrets_key is not set here: credentials cannot be opened.",
+        ));
+    };
+    let mut client = st.pool.get().await.map_err(db_problem)?;
+    let tx = client.transaction().await.map_err(db_problem)?;
+    let row = tx
+        .query_opt("SELECT sealed FROM site_secrets WHERE site_id = $1", &[&id])
+        .await
+        .map_err(db_problem)?;
+    let Some(row) = row else {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("Site {id} has no stored credentials."),
+        ));
+    };
+    let creds = sbox.open(id, row.get(0)).map_err(|e| {
+        tracing::error!(site = %id, error = %e, "Stored credentials do not open.");
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "sealed",
+            "The stored credentials do not open with this key.",
+        )
+    })?;
+    tx.execute(
+        "INSERT INTO audit_log (actor, action, target, detail) VALUES ($1, 'site.credentials.reveal', $2, $3)",
+        &[
+            &format!("token:{} ({})", caller.id, caller.name),
+            &id.to_string(),
+            &serde_json::json!({ "token_id": caller.id }),
+        ],
+    )
+    .await
+    .map_err(db_problem)?;
+    tx.commit().await.map_err(db_problem)?;
+    tracing::info!(site = %id, token = %caller.id, "Site credentials revealed.");
+    let body = serde_json::json!({
+        "site_id": id,
+        "admin_user": creds.admin_user,
+        "admin_password": creds.admin_password,
+        "db_password": creds.db_password,
+    });
+    let mut response = axum::Json(body).into_response();
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(response)
 }
 
 /// Deprovision a site.

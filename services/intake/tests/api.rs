@@ -12,14 +12,17 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 const TEMPLATE: &str = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst";
+/// 32 bytes, base64.
+const SECRETS_KEY: &str = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
 
 struct Api {
     _vhost: TestVhost,
-    _db: TestDb,
+    db: TestDb,
     sim: Sim,
     base: String,
     write: String,
     read: String,
+    admin: String,
     http: reqwest::Client,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -42,6 +45,7 @@ async fn api() -> Api {
     s.pve.token_secret = Some(pvefleet_core::Secret::new("x"));
     s.pve.templates = vec![TEMPLATE.into()];
     s.saga.max_sites_per_owner = 3;
+    s.installer.secrets_key = Some(pvefleet_core::Secret::new(SECRETS_KEY));
     let pool = pvefleet_core::db::connect(&s.db).await.unwrap();
     pvefleet_core::db::migrate(&pool).await.unwrap();
     let client = pool.get().await.unwrap();
@@ -49,6 +53,9 @@ async fn api() -> Api {
         .await
         .unwrap();
     let read = pvefleet_intake::create_token(&client, "viewer", &["sites:read".into()])
+        .await
+        .unwrap();
+    let admin = pvefleet_intake::create_token(&client, "ops", &["admin".into()])
         .await
         .unwrap();
     drop(client);
@@ -70,11 +77,12 @@ async fn api() -> Api {
     }));
     Api {
         _vhost: vhost,
-        _db: db,
+        db,
         sim,
         base,
         write,
         read,
+        admin,
         http: reqwest::Client::new(),
         shutdown,
         tasks,
@@ -288,5 +296,58 @@ async fn bad_requests_get_a_problem_naming_the_field() {
     assert!(doc["paths"]["/v1/sites"]["post"].is_object(), "{doc}");
     let (status, _) = a.get("/v1/sites/not-a-uuid").await;
     assert_eq!(status, 400);
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_revealed_only_to_an_admin_token_and_every_reveal_is_audited() {
+    use pvefleet_core::site_secrets::{Credentials, SecretBox};
+    let a = api().await;
+    let site = uuid::Uuid::now_v7();
+    let creds = Credentials {
+        admin_user: "admin".into(),
+        admin_password: "Zq3mWk9TrXvB4nLpHs7yFd2c".into(),
+        db_password: "Nn4Rp8VxTq2KmWz6HsJd3LfYc9BgTa5e".into(),
+    };
+    let sealed = SecretBox::from_base64(SECRETS_KEY).unwrap().seal(site, &creds).unwrap();
+    let c = a.db.client().await.unwrap();
+    c.execute(
+        "INSERT INTO site_secrets (site_id, sealed) VALUES ($1, $2)",
+        &[&site, &sealed],
+    )
+    .await
+    .unwrap();
+    let url = format!("{}/v1/sites/{site}/credentials", a.base);
+    // A token without the admin scope is refused, with a problem naming the scope.
+    let denied = a.http.get(&url).bearer_auth(&a.read).send().await.unwrap();
+    assert_eq!(denied.status().as_u16(), 403);
+    let problem: Value = denied.json().await.unwrap();
+    assert!(problem["detail"].as_str().unwrap().contains("admin"), "{problem}");
+    // The admin token gets them, uncached.
+    let shown = a.http.get(&url).bearer_auth(&a.admin).send().await.unwrap();
+    assert_eq!(shown.status().as_u16(), 200);
+    assert_eq!(shown.headers()["cache-control"], "no-store");
+    let body: Value = shown.json().await.unwrap();
+    assert_eq!(body["admin_password"], creds.admin_password.as_str());
+    assert_eq!(body["db_password"], creds.db_password.as_str());
+    // The reveal is audited with the token; the refused attempt revealed nothing.
+    let rows = c
+        .query("SELECT actor, action, target FROM audit_log ORDER BY id", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    let (actor, action, target): (String, String, String) = (rows[0].get(0), rows[0].get(1), rows[0].get(2));
+    assert!(actor.contains("ops"), "{actor}");
+    assert_eq!(action, "site.credentials.reveal");
+    assert_eq!(target, site.to_string());
+    // An unknown site: 404 problem.
+    let missing = a
+        .http
+        .get(format!("{}/v1/sites/{}/credentials", a.base, uuid::Uuid::now_v7()))
+        .bearer_auth(&a.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
     a.stop().await;
 }

@@ -10,6 +10,7 @@ pub mod instrument;
 pub mod pve;
 pub mod secret;
 pub mod shutdown;
+pub mod site_secrets;
 pub mod telemetry;
 
 pub use config::Settings;

@@ -117,6 +117,24 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&site)?);
             Ok(ExitCode::SUCCESS)
         }
+        SiteAction::Credentials { id, target } => {
+            let token = token(&target)?;
+            let resp = http()?
+                .get(format!("{}/v1/sites/{id}/credentials", target.api))
+                .bearer_auth(&token)
+                .send()
+                .await?;
+            if !resp.status().is_success() {
+                return Ok(problem(resp).await);
+            }
+            let c: Value = resp.json().await?;
+            println!("site            {}", c["site_id"].as_str().unwrap_or_default());
+            println!("admin user      {}", c["admin_user"].as_str().unwrap_or_default());
+            println!("admin password  {}", c["admin_password"].as_str().unwrap_or_default());
+            println!("db password     {}", c["db_password"].as_str().unwrap_or_default());
+            eprintln!("(this reveal is recorded in the audit log)");
+            Ok(ExitCode::SUCCESS)
+        }
         SiteAction::Delete { id, wait, target } => {
             let token = token(&target)?;
             let c = http()?;

@@ -1,4 +1,4 @@
-//! Sites' generated credentials, sealed in Postgres (`site_secrets`) with ChaCha20-Poly1305:
+//! Sites' generated credentials (made by the installer), sealed in Postgres (`site_secrets`) with ChaCha20-Poly1305:
 //! a fresh random nonce per row, the site id as associated data (so a row cannot be moved to
 //! another site), the key from config. They are made once per site and read back on a
 //! re-run, so a redelivered install uses the passwords the site already has. They never go
