@@ -285,3 +285,44 @@ async fn a_failing_script_fails_the_step_with_the_tail_of_its_stderr() {
     assert!(!message.contains("PVEFLEET_ADMIN_PASSWORD="), "no secret in the event");
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_app_runs_its_own_script_and_the_local_transport_runs_pct_here() {
+    let sshd = Sshd::start().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("pvefleet-app-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("static-site.sh");
+    std::fs::write(&script, "#!/bin/bash\nset -eu\necho \"static site for $1\"\n").unwrap();
+    // The worker on the node itself: no ssh, `pct` straight from this machine.
+    let pct = sshd.state.parent().unwrap().join("bin/pct");
+    let r = rig(&sshd, |s| {
+        s.installer.transport = "local".into();
+        s.installer.pct = pct.display().to_string();
+        s.installer.apps.insert(
+            "static".into(),
+            pvefleet_core::config::AppSettings { script: script.clone() },
+        );
+    })
+    .await;
+    let mut cmd = install(SiteId::new(), "docs");
+    cmd.app = "static".into();
+    r.send(&cmd).await;
+    let (kind, body) = r.event().await;
+    assert_eq!(kind, "app.installed", "{body}");
+    let calls = sshd.pct_calls();
+    let run = calls.iter().find(|c| c.stdin.is_some()).unwrap();
+    assert!(run.stdin.as_ref().unwrap().ends_with(&std::fs::read(&script).unwrap()));
+    assert!(
+        !calls.iter().any(|c| c.argv.contains(&"wp".to_string())),
+        "only WordPress is verified with wp-cli"
+    );
+    // An app nobody configured fails the step.
+    let mut unknown = install(SiteId::new(), "x");
+    unknown.app = "joomla".into();
+    r.send(&unknown).await;
+    let (kind, body) = r.event().await;
+    assert_eq!(kind, "app.install_failed");
+    assert_eq!(body["error"]["code"], "app.unknown");
+    r.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
