@@ -31,14 +31,17 @@ admin_user=$4
 [ "$(id -u)" -eq 0 ] || fail "must run as root inside the container"
 
 export LC_ALL=C.UTF-8 LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH="${PATH:+$PATH:}/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-webroot=/var/www/html
+# The paths can be moved (the repository's tests run the script against stand-ins).
+webroot=${PVEFLEET_WEBROOT:-/var/www/html}
+nginx_dir=${PVEFLEET_NGINX_DIR:-/etc/nginx}
+os_release=${PVEFLEET_OS_RELEASE:-/etc/os-release}
 db_name=wordpress
 db_user=wordpress
 
 # shellcheck source=/dev/null
-. /etc/os-release
+. "$os_release"
 case "${ID}:${VERSION_ID}" in
   debian:12 | ubuntu:24.04) ;;
   *) fail "unsupported template ${PRETTY_NAME:-$ID $VERSION_ID}; Debian 12 and Ubuntu 24.04 are" ;;
@@ -90,7 +93,7 @@ fi
 chown -R www-data:www-data "$webroot"
 
 step "nginx"
-cat > /etc/nginx/sites-available/wordpress <<NGINX
+cat > "$nginx_dir/sites-available/wordpress" <<NGINX
 server {
     listen 80 default_server;
     listen [::]:80 default_server;
@@ -104,8 +107,8 @@ server {
     }
 }
 NGINX
-ln -sf /etc/nginx/sites-available/wordpress /etc/nginx/sites-enabled/wordpress
-rm -f /etc/nginx/sites-enabled/default
+ln -sf "$nginx_dir/sites-available/wordpress" "$nginx_dir/sites-enabled/wordpress"
+rm -f "$nginx_dir/sites-enabled/default"
 nginx -t
 systemctl reload nginx
 

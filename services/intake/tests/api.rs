@@ -212,6 +212,13 @@ async fn bad_requests_get_a_problem_naming_the_field() {
             422,
             Some("subdomain"),
         ),
+        // Shell metacharacters never get past intake.
+        (
+            json!({ "subdomain": "x;rm -rf /", "plan": "small" }),
+            422,
+            Some("subdomain"),
+        ),
+        (json!({ "subdomain": "$(id)", "plan": "small" }), 422, Some("subdomain")),
         (json!({ "subdomain": "ok", "plan": "huge" }), 422, Some("plan")),
         (
             json!({ "subdomain": "ok", "cores": 64, "memory_mb": 1024, "disk_gb": 8 }),

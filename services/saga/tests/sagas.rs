@@ -889,7 +889,7 @@ async fn vmids_pve_uses_are_held_ahead_of_time_and_freed_when_pve_no_longer_uses
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_sites_with_real_dns_and_proxy_provision_and_deprovision_leaving_the_servers_as_they_were() {
+async fn ten_wordpress_sites_with_real_sshd_dns_and_proxy_provision_and_deprovision_leaving_the_servers_as_they_were() {
     use pvefleet_testkit::edge::{Caddy, PowerDns};
     let pdns = PowerDns::start("sites.test").await.unwrap();
     let caddy = Caddy::start().await.unwrap();
@@ -900,7 +900,9 @@ async fn ten_sites_with_real_dns_and_proxy_provision_and_deprovision_leaving_the
         r
     };
     let (zone_before, routes_before) = (records().await, caddy.routes().await.unwrap());
+    let sshd = pvefleet_testkit::ssh::Sshd::start().await.unwrap();
     let f = fleet_with(|s| {
+        through(&sshd, s);
         s.worker.concurrency = 16;
         s.saga.dns_provider = "powerdns".into();
         s.saga.proxy_provider = "caddy".into();
@@ -910,7 +912,12 @@ async fn ten_sites_with_real_dns_and_proxy_provision_and_deprovision_leaving_the
         s.edge.caddy_admin_url = caddy.admin_url.clone();
     })
     .await;
-    let requests: Vec<SiteProvision> = (0..10).map(|i| request(&format!("web{i}"), false)).collect();
+    let requests: Vec<SiteProvision> = (0..10)
+        .map(|i| SiteProvision {
+            app: App::Wordpress,
+            ..request(&format!("web{i}"), false)
+        })
+        .collect();
     for r in &requests {
         f.send(r).await;
     }
@@ -931,6 +938,8 @@ async fn ten_sites_with_real_dns_and_proxy_provision_and_deprovision_leaving_the
         );
     }
     assert_eq!(caddy.routes().await.unwrap().len(), 10);
+    let scripts = sshd.pct_calls().into_iter().filter(|c| c.stdin.is_some()).count();
+    assert_eq!(scripts, 10, "WordPress was installed into each container through sshd");
     for r in &requests {
         f.send(&SiteDeprovision { site_id: r.site_id }).await;
     }

@@ -76,9 +76,10 @@ pub struct PowerDns {
 }
 
 impl PowerDns {
-    /// Starts `pdns_server` and creates `zone` through the API.
+    /// Creates `zone` with `pdnsutil`, then starts `pdns_server`.
     pub async fn start(zone: &str) -> anyhow::Result<Self> {
         need("pdns_server", "pdns-server pdns-backend-sqlite3")?;
+        need("pdnsutil", "pdns-server")?;
         need("sqlite3", "sqlite3")?;
         let dir = temp_dir("pdns")?;
         let db = dir.join("pdns.sqlite3");
@@ -104,6 +105,17 @@ impl PowerDns {
             dir = dir.display(),
         );
         std::fs::write(dir.join("pdns.conf"), conf)?;
+        // The zone, made the way an operator would.
+        let made = Command::new("pdnsutil")
+            .arg(format!("--config-dir={}", dir.display()))
+            .args(["create-zone", zone, &format!("ns1.{zone}")])
+            .output()
+            .context("pdnsutil")?;
+        anyhow::ensure!(
+            made.status.success(),
+            "pdnsutil create-zone {zone}: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
         let log = std::fs::File::create(dir.join("pdns.log"))?;
         let mut child = Command::new("pdns_server")
             .arg(format!("--config-dir={}", dir.display()))
@@ -114,19 +126,6 @@ impl PowerDns {
         let api_url = format!("http://127.0.0.1:{api_port}");
         let servers = format!("{api_url}/api/v1/servers/localhost");
         wait_http(&servers, Some(("X-API-Key", &api_key)), "pdns_server", &mut child).await?;
-        let created = client()
-            .post(format!("{servers}/zones"))
-            .header("X-API-Key", &api_key)
-            .json(&serde_json::json!({
-                "name": format!("{zone}."), "kind": "Native", "nameservers": [format!("ns1.{zone}.")],
-            }))
-            .send()
-            .await?;
-        anyhow::ensure!(
-            created.status().is_success(),
-            "creating zone {zone}: {}",
-            created.status()
-        );
         Ok(Self {
             child,
             dir,
