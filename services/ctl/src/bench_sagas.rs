@@ -224,7 +224,7 @@ pub async fn run(
                     template: TEMPLATE.into(),
                     node: None,
                     ha: false,
-                    app: App::None,
+                    app: App::none(),
                 };
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 waiters

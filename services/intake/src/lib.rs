@@ -204,18 +204,8 @@ async fn create_site(State(st): State<AppState>, headers: HeaderMap, body: Bytes
             "Only unprivileged containers are provisioned.",
         ));
     }
-    let app = match req.app.as_deref() {
-        None | Some("wordpress") => App::Wordpress,
-        Some("none") => App::None,
-        Some(other) => {
-            return Err(Problem::field(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid",
-                "app",
-                format!("Unknown app '{other}'; use wordpress or none."),
-            ));
-        }
-    };
+    // Any app name goes to the policy check below, which knows the installer's apps.
+    let app = req.app.clone().map_or_else(App::wordpress, App);
     let site_id = SiteId::new();
     let mut cmd = SiteProvision {
         site_id,
@@ -234,7 +224,8 @@ async fn create_site(State(st): State<AppState>, headers: HeaderMap, body: Bytes
         ha: req.ha,
         app,
     };
-    if let Err(invalid) = pvefleet_saga::validate(&s.saga, &s.pve.templates, &cmd) {
+    let apps: Vec<String> = s.installer.apps.keys().cloned().collect();
+    if let Err(invalid) = pvefleet_saga::validate(&s.saga, &s.pve.templates, &apps, &cmd) {
         return Err(Problem::field(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid",

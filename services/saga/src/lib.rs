@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use pvefleet_contracts::messages::{
-    App, SiteDeprovision, SiteDeprovisioned, SiteProvision, SiteProvisionFailed, SiteProvisioned, SiteRejected,
+    SiteDeprovision, SiteDeprovisioned, SiteProvision, SiteProvisionFailed, SiteProvisioned, SiteRejected,
 };
 use pvefleet_contracts::{Message, StepError};
 use pvefleet_core::bus::outgoing::Origin;
@@ -67,6 +67,7 @@ pub struct Coordinator {
 struct Inner {
     settings: SagaSettings,
     templates: Vec<String>,
+    apps: Vec<String>,
 }
 
 type Db<'a> = &'a dyn pvefleet_core::db::Sql;
@@ -84,10 +85,15 @@ pub struct Invalid {
 }
 
 impl Coordinator {
-    /// A coordinator with the saga settings and the allowed templates.
-    pub fn new(settings: SagaSettings, templates: Vec<String>) -> Self {
+    /// A coordinator with the saga settings, the allowed templates and the installer's apps
+    /// besides `wordpress` and `none`.
+    pub fn new(settings: SagaSettings, templates: Vec<String>, apps: Vec<String>) -> Self {
         Self {
-            inner: Arc::new(Inner { settings, templates }),
+            inner: Arc::new(Inner {
+                settings,
+                templates,
+                apps,
+            }),
         }
     }
 
@@ -124,14 +130,20 @@ impl Coordinator {
     }
 
     /// Checks a request against the policy (DESIGN.md §9): the subdomain, the plan or sizes
-    /// within bounds, the template allow-list.
+    /// within bounds, the template allow-list, a known app.
     pub fn validate(&self, req: &SiteProvision) -> Result<(u32, u32, u32), Invalid> {
-        validate(&self.inner.settings, &self.inner.templates, req)
+        validate(&self.inner.settings, &self.inner.templates, &self.inner.apps, req)
     }
 }
 
 /// The sizes a request asks for, or why it is invalid.
-pub fn validate(s: &SagaSettings, templates: &[String], req: &SiteProvision) -> Result<(u32, u32, u32), Invalid> {
+/// `apps` are the installer's apps besides `wordpress` and `none` (`installer.apps`).
+pub fn validate(
+    s: &SagaSettings,
+    templates: &[String],
+    apps: &[String],
+    req: &SiteProvision,
+) -> Result<(u32, u32, u32), Invalid> {
     let label = &req.subdomain;
     let valid_label = !label.is_empty()
         && label.len() <= 63
@@ -186,6 +198,16 @@ pub fn validate(s: &SagaSettings, templates: &[String], req: &SiteProvision) -> 
         return Err(Invalid {
             field: "template",
             reason: format!("template '{}' is not allowed (pve.templates)", req.template),
+        });
+    }
+    let app = req.app.as_str();
+    if !matches!(app, "wordpress" | "none") && !apps.iter().any(|a| a == app) {
+        return Err(Invalid {
+            field: "app",
+            reason: format!(
+                "unknown app '{app}'; known: wordpress, none{}",
+                apps.iter().map(|a| format!(", {a}")).collect::<String>()
+            ),
         });
     }
     Ok((cores, memory, disk))
@@ -335,7 +357,7 @@ impl Inner {
     /// The forward steps of a provisioning saga.
     fn plan(&self, req: &SiteProvision) -> Vec<Step> {
         let mut plan = vec![Step::Create, Step::Start];
-        if req.app != App::None {
+        if !req.app.is_none() {
             plan.push(Step::Install);
         }
         plan.push(Step::Snapshot);
@@ -354,7 +376,7 @@ impl Inner {
     async fn provision(&self, req: SiteProvision, ctx: &Context<'_>) -> Outcome {
         let db = tri!(db(ctx));
         let saga = ctx.correlation_id.unwrap_or_else(Uuid::now_v7);
-        if let Err(invalid) = validate(&self.settings, &self.templates, &req) {
+        if let Err(invalid) = validate(&self.settings, &self.templates, &self.apps, &req) {
             tri!(reject(ctx, saga, &req, invalid.field, &invalid.reason).await);
             return Outcome::reject(format!("{}: {}", invalid.field, invalid.reason));
         }
@@ -904,7 +926,11 @@ pub async fn run(
     use pvefleet_core::bus::runner::{WorkerDeps, WorkerSpec, run_worker};
     let topology = pvefleet_core::bus::topology::Topology::fleet(&settings.bus);
     let publisher = pvefleet_core::bus::Publisher::new(&settings.bus, "saga", Some(topology.clone()));
-    let coordinator = Coordinator::new(settings.saga.clone(), settings.pve.templates.clone());
+    let coordinator = Coordinator::new(
+        settings.saga.clone(),
+        settings.pve.templates.clone(),
+        settings.installer.apps.keys().cloned().collect(),
+    );
     let relay = pvefleet_core::db::outbox::OutboxRelay::new(pool.clone(), publisher.clone(), settings.outbox.clone());
     let poke = relay.poker();
     let relay_task = tokio::spawn(relay.run(shutdown.clone()));

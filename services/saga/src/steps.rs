@@ -2,8 +2,8 @@
 
 use pvefleet_contracts::Vmid;
 use pvefleet_contracts::messages::{
-    App, AppInstall, ContainerCreate, ContainerDestroy, ContainerSnapshot, ContainerStart, DnsDelete, DnsUpsert,
-    HaDisable, HaEnable, NetSpec, ProxyDelete, ProxyUpsert, RecordType,
+    AppInstall, ContainerCreate, ContainerDestroy, ContainerSnapshot, ContainerStart, DnsDelete, DnsUpsert, HaDisable,
+    HaEnable, NetSpec, ProxyDelete, ProxyUpsert, RecordType,
 };
 use pvefleet_core::bus::Outcome;
 use pvefleet_core::bus::outgoing::Origin;
@@ -147,10 +147,7 @@ pub(crate) async fn send(
             crate::send_from(db, origin, &cmd).await
         }
         Step::Install => {
-            let app = match data.site.app {
-                App::Wordpress => "wordpress",
-                App::None => "none",
-            };
+            let app = data.site.app.as_str();
             let cmd = AppInstall {
                 site_id: site,
                 vmid,

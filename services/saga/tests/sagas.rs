@@ -122,7 +122,7 @@ fn request(subdomain: &str, ha: bool) -> SiteProvision {
         template: TEMPLATE.into(),
         node: None,
         ha,
-        app: App::None,
+        app: App::none(),
     }
 }
 
@@ -682,7 +682,7 @@ async fn a_half_provisioned_site_deprovisions_cleanly() {
     // WordPress needs the installer, which is not running: the saga waits at app.install with
     // the container created and started.
     let mut req = request("half", true);
-    req.app = App::Wordpress;
+    req.app = App::wordpress();
     let saga = f.send(&req).await;
     let c = f.db.client().await.unwrap();
     let waiting = pvefleet_testkit::eventually(WAIT, || async {
@@ -914,7 +914,7 @@ async fn ten_wordpress_sites_with_real_sshd_dns_and_proxy_provision_and_deprovis
     .await;
     let requests: Vec<SiteProvision> = (0..10)
         .map(|i| SiteProvision {
-            app: App::Wordpress,
+            app: App::wordpress(),
             ..request(&format!("web{i}"), false)
         })
         .collect();
@@ -1016,7 +1016,7 @@ async fn a_wordpress_site_is_installed_through_a_real_sshd_in_the_full_saga() {
     let sshd = pvefleet_testkit::ssh::Sshd::start().await.unwrap();
     let f = fleet_with(|s| through(&sshd, s)).await;
     let mut req = request("press", false);
-    req.app = App::Wordpress;
+    req.app = App::wordpress();
     let saga = f.send(&req).await;
     let (kind, body) = f.event().await;
     assert_eq!(kind, "site.provisioned", "{body}");
@@ -1064,7 +1064,7 @@ async fn a_failing_setup_script_fails_the_saga_with_its_stderr_and_compensates()
     ));
     let f = fleet_with(|s| through(&sshd, s)).await;
     let mut req = request("broken", false);
-    req.app = App::Wordpress;
+    req.app = App::wordpress();
     let saga = f.send(&req).await;
     let (kind, body) = f.event().await;
     assert_eq!(kind, "site.provision_failed", "{body}");
@@ -1091,4 +1091,44 @@ async fn a_failing_setup_script_fails_the_saga_with_its_stderr_and_compensates()
     let (state, ..) = f.site(req.site_id).await;
     assert_eq!(state, "failed");
     f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_can_ask_for_an_app_of_the_operators_own() {
+    let sshd = pvefleet_testkit::ssh::Sshd::start().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("pvefleet-apps-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("static.sh");
+    std::fs::write(&script, "#!/bin/bash\nset -eu\necho \"a static site for $1\"\n").unwrap();
+    let f = fleet_with(|s| {
+        through(&sshd, s);
+        s.installer.apps.insert(
+            "static".into(),
+            pvefleet_core::config::AppSettings { script: script.clone() },
+        );
+    })
+    .await;
+    let req = SiteProvision {
+        app: App("static".into()),
+        ..request("docs", false)
+    };
+    f.send(&req).await;
+    let (kind, body) = f.event().await;
+    assert_eq!(kind, "site.provisioned", "{body}");
+    let run = sshd.pct_calls().into_iter().find(|c| c.stdin.is_some()).unwrap();
+    assert!(run.stdin.unwrap().ends_with(&std::fs::read(&script).unwrap()));
+    // An app nobody configured is refused with the field named.
+    f.send(&SiteProvision {
+        app: App("joomla".into()),
+        ..request("other", false)
+    })
+    .await;
+    let (kind, body) = f.event().await;
+    assert_eq!(
+        (kind.as_str(), body["field"].as_str()),
+        ("site.rejected", Some("app")),
+        "{body}"
+    );
+    f.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -81,15 +81,39 @@ trait MaybeVmid {
     fn vmid_opt(&self) -> Option<Vmid>;
 }
 
-/// The application installed in a site's container.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum App {
+/// The application installed in a site's container: `wordpress` (the default), `none` for a
+/// bare container (the install step is skipped), or the name of an app the installer is
+/// configured with (`installer.apps.<name>`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct App(#[schemars(regex(pattern = r"^[a-z][a-z0-9_-]{0,31}$"))] pub String);
+
+impl App {
     /// WordPress on nginx, php-fpm and MariaDB.
-    #[default]
-    Wordpress,
-    /// A bare container: the install step is skipped.
-    None,
+    pub fn wordpress() -> Self {
+        Self("wordpress".into())
+    }
+
+    /// A bare container.
+    pub fn none() -> Self {
+        Self("none".into())
+    }
+
+    /// Whether the install step is skipped.
+    pub fn is_none(&self) -> bool {
+        self.0 == "none"
+    }
+
+    /// The app's name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for App {
+    fn default() -> Self {
+        Self::wordpress()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -150,7 +174,7 @@ impl_message!(
         template: "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst".into(),
         node: None,
         ha: true,
-        app: App::Wordpress,
+        app: App::wordpress(),
     }
 );
 
