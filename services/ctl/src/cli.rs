@@ -107,7 +107,7 @@ pub enum SiteAction {
         /// The plan.
         #[arg(long, default_value = "small")]
         plan: String,
-        /// `wordpress` or `none`.
+        /// `wordpress`, `none`, or an app configured on the installer (`installer.apps.<name>`).
         #[arg(long, default_value = "wordpress")]
         app: String,
         /// Make it HA.
