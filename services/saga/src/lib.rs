@@ -14,6 +14,8 @@
 //! that is not the one in flight (a duplicate, or a late completion) is logged and ignored.
 
 pub mod deadlines;
+pub mod dlq;
+pub mod keeper;
 mod leases;
 pub mod ops;
 mod steps;
@@ -125,7 +127,8 @@ impl Coordinator {
             .route::<HaEnabled, _>(c.clone())
             .route::<HaEnableFailed, _>(c.clone())
             .route::<HaDisabled, _>(c.clone())
-            .route::<HaDisableFailed, _>(c)
+            .route::<HaDisableFailed, _>(c.clone())
+            .route::<MessageParked, _>(c)
             .on_invalid::<SiteProvision>(rejection_notice)
     }
 
@@ -874,6 +877,54 @@ impl Handler<SiteDeprovision> for Coordinator {
     }
 }
 
+/// A parked command of a saga stops the saga for an operator, naming the dead letter: a
+/// forward step leaves it `suspended`, a compensation `compensation_failed`. A replay of the
+/// dead letter puts it back (`dlq::replay`); `pvefleet saga abort` compensates it.
+#[async_trait]
+impl Handler<pvefleet_contracts::messages::MessageParked> for Coordinator {
+    async fn handle(&self, msg: pvefleet_contracts::messages::MessageParked, ctx: &Context<'_>) -> Outcome {
+        let db = tri!(db(ctx));
+        let (Some(saga), Some(mtype)) = (msg.correlation_id, msg.message_type.as_deref()) else {
+            return Outcome::Ok;
+        };
+        let row = tri!(
+            db.opt("SELECT state, step, data FROM sagas WHERE id = $1 FOR UPDATE", &[&saga])
+                .await
+                .map_err(retry_db)
+        );
+        let Some(row) = row else { return Outcome::Ok };
+        let state: String = row.get(0);
+        let index = usize::try_from(row.get::<_, i32>(1)).unwrap_or(0);
+        let Ok(data) = serde_json::from_value::<SagaData>(row.get(2)) else {
+            return Outcome::Ok;
+        };
+        let (in_flight, stopped) = match state.as_str() {
+            "running" => (data.plan.get(index), "suspended"),
+            "compensating" => (data.compensations.get(index), "compensation_failed"),
+            _ => return Outcome::Ok,
+        };
+        if in_flight.map(|s| s.command()) != Some(mtype) {
+            // Not the step in flight: an old copy; the saga is not waiting on it.
+            return Outcome::Ok;
+        }
+        let error = json!({
+            "step": mtype,
+            "dead_letter_id": msg.dead_letter_id.to_string(),
+            "error": { "code": "parked", "message": format!("the command was parked ({}); see pvefleet dlq show {}", msg.fault_class, msg.dead_letter_id) },
+        });
+        tri!(
+            db.exec(
+                "UPDATE sagas SET state = $2, error = $3, deadline = NULL, version = version + 1, updated_at = now() WHERE id = $1",
+                &[&saga, &stopped, &error],
+            )
+            .await
+            .map_err(retry_db)
+        );
+        tracing::error!(%saga, step = mtype, dead_letter = %msg.dead_letter_id, state = stopped, "A saga's command was parked; the saga waits for an operator.");
+        Outcome::Ok
+    }
+}
+
 /// Every step event goes to the same state machine.
 macro_rules! step_events {
     ($($ty:ident),* $(,)?) => {
@@ -956,6 +1007,13 @@ pub async fn run(
             }
         }
     };
+    let keeper_task = tokio::spawn(keeper::run(
+        settings.bus.clone(),
+        topology.clone(),
+        pool.clone(),
+        Some(poke.clone()),
+        shutdown.clone(),
+    ));
     let queue = pvefleet_contracts::routing::work_queue("saga");
     let mut spec = WorkerSpec::from_settings("saga", &queue, settings);
     spec.inbox = true;
@@ -971,6 +1029,7 @@ pub async fn run(
     let result = run_worker(deps, coordinator.router(), spec, shutdown).await;
     let _ = relay_task.await;
     let _ = deadline_task.await;
+    let _ = keeper_task.await;
     if let Some(t) = sync_task {
         let _ = t.await;
     }

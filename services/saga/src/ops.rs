@@ -221,6 +221,12 @@ async fn abort_tx(
             .await?;
         }
     }
+    // Its parked commands are not for replay any more: kept for the record, out of the way.
+    tx.execute(
+        "UPDATE dead_letters SET state = 'archived', updated_at = now() WHERE correlation_id = $1 AND state = 'parked'",
+        &[&id],
+    )
+    .await?;
     audit(
         tx,
         id,

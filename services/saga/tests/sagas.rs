@@ -1132,3 +1132,344 @@ async fn a_site_can_ask_for_an_app_of_the_operators_own() {
     f.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+// ------------------------------------------------------------------------------- dead letters
+
+/// An envelope for `msg` with two headers of our own, to see them kept.
+fn with_marks<M: Message>(msg: &M, i: usize) -> Outgoing {
+    let origin = Origin {
+        correlation_id: Some(uuid::Uuid::now_v7()),
+        ..Origin::default()
+    };
+    let mut out = Outgoing::message(msg, &origin).unwrap();
+    out.properties = pvefleet_core::bus::fields::with_headers(
+        out.properties,
+        vec![
+            ("x-tenant", pvefleet_core::bus::fields::text(format!("tenant-{i}"))),
+            ("x-priority-class", lapin::types::AMQPValue::LongLongInt(i as i64)),
+        ],
+    );
+    out
+}
+
+async fn dead_letters(f: &Fleet) -> i64 {
+    let c = f.db.client().await.unwrap();
+    c.query_one("SELECT count(*) FROM dead_letters", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_parked_messages_of_three_kinds_are_stored_byte_for_byte_and_replay_keeps_every_header() {
+    use futures::StreamExt as _;
+    use lapin::options::{BasicConsumeOptions, BasicNackOptions};
+    // No provisioner: its queue is where the broker dead-letters by delivery limit.
+    let f = fleet_without_provisioner(|s| {
+        s.bus.delivery_limit = 2;
+        s.bus.max_attempts = 2;
+        s.bus.retry_tiers = vec![Duration::from_millis(100)];
+    })
+    .await;
+    // HA's API answers 500 to everything: ha.enable retries, then parks (retries exhausted).
+    f.sim.inject(
+        serde_json::from_value::<Fault>(serde_json::json!({
+            "path": "/cluster/ha", "status": 500, "message": "got no worker upid - start worker failed", "count": 1_000_000
+        }))
+        .unwrap(),
+    );
+    let mut published = std::collections::HashMap::new();
+    // 100 refused by the coordinator's policy (Reject).
+    for i in 0..100 {
+        let mut r = request(&format!("dl{i}"), false);
+        r.template = "local:vztmpl/not-allowed.tar.zst".into();
+        let out = with_marks(&r, i);
+        f.publisher.publish(&out).await.unwrap();
+        published.insert(out.message_id().unwrap().to_string(), out);
+    }
+    // 40 that fail transiently until their attempts run out.
+    for i in 100..140 {
+        let cmd = pvefleet_contracts::messages::HaEnable {
+            site_id: SiteId::new(),
+            vmid: pvefleet_contracts::Vmid(20_000 + i as u32),
+            group: None,
+        };
+        let out = with_marks(&cmd, i);
+        f.publisher.publish(&out).await.unwrap();
+        published.insert(out.message_id().unwrap().to_string(), out);
+    }
+    // 60 that a consumer keeps handing back until the broker's delivery limit dead-letters them.
+    let (_conn, ch) = f._vhost.channel().await.unwrap();
+    let mut nacker = ch
+        .basic_consume(
+            "pvefleet.provisioner".into(),
+            "nacker".into(),
+            BasicConsumeOptions::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let nacking = tokio::spawn(async move {
+        while let Some(Ok(d)) = nacker.next().await {
+            let _ = d
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
+        }
+    });
+    let mut broker_ids = Vec::new();
+    for i in 140..200 {
+        let cmd = pvefleet_contracts::messages::ContainerStart {
+            site_id: SiteId::new(),
+            vmid: pvefleet_contracts::Vmid(30_000 + i as u32),
+            node: None,
+        };
+        let out = with_marks(&cmd, i);
+        f.publisher.publish(&out).await.unwrap();
+        broker_ids.push(out.message_id().unwrap().to_string());
+        published.insert(out.message_id().unwrap().to_string(), out);
+    }
+    let all = pvefleet_testkit::eventually(Duration::from_secs(90), || async {
+        (dead_letters(&f).await >= 200).then_some(())
+    })
+    .await;
+    assert!(all.is_some(), "200 dead letters stored, got {}", dead_letters(&f).await);
+    ch.basic_cancel("nacker".into(), Default::default()).await.unwrap();
+    nacking.abort();
+    let c = f.db.client().await.unwrap();
+    let rows = c
+        .query(
+            "SELECT message_id, properties, body, fault_class, origin_queue FROM dead_letters",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 200, "each parked once");
+    let mut classes = std::collections::BTreeMap::new();
+    for row in &rows {
+        let id: String = row.get(0);
+        let sent = published.get(&id).expect("a dead letter we published");
+        let props: lapin::BasicProperties = serde_json::from_value(row.get(1)).unwrap();
+        let body: Vec<u8> = row.get(2);
+        assert_eq!(body, sent.body.to_vec(), "{id}: the body, byte for byte");
+        assert_eq!(props.message_id(), sent.properties.message_id());
+        assert_eq!(props.correlation_id(), sent.properties.correlation_id());
+        assert_eq!(props.kind(), sent.properties.kind());
+        assert_eq!(props.content_type(), sent.properties.content_type());
+        assert_eq!(props.timestamp(), sent.properties.timestamp());
+        let stored = props.headers().clone().unwrap_or_default();
+        for (k, v) in sent.properties.headers().clone().unwrap_or_default().inner() {
+            if k.as_str() == "pvefleet-attempt" {
+                continue; // the runtime's own counter moves with each attempt
+            }
+            assert_eq!(stored.inner().get(k.as_str()), Some(v), "{id}: header {k} is kept");
+        }
+        *classes.entry(row.get::<_, String>(3)).or_insert(0) += 1;
+    }
+    assert_eq!(classes.get("rejected"), Some(&100), "{classes:?}");
+    assert_eq!(classes.get("retries-exhausted"), Some(&40), "{classes:?}");
+    assert_eq!(classes.get("broker-delivery_limit"), Some(&60), "{classes:?}");
+    // Replay one of the broker's: it reaches its origin queue with its id and headers, plus the
+    // replay headers.
+    let one: uuid::Uuid = c
+        .query_one("SELECT id FROM dead_letters WHERE message_id = $1", &[&broker_ids[0]])
+        .await
+        .unwrap()
+        .get(0);
+    let done = pvefleet_saga::dlq::replay(
+        &c,
+        &f.publisher,
+        &pvefleet_saga::dlq::Filter {
+            id: Some(one),
+            ..Default::default()
+        },
+        "tester",
+        false,
+        None,
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.replayed, vec![one]);
+    let back = take(&ch, "pvefleet.provisioner", 1, WAIT).await.unwrap();
+    assert_eq!(back.len(), 1);
+    let sent = &published[&broker_ids[0]];
+    assert_eq!(back[0].properties.message_id(), sent.properties.message_id());
+    assert_eq!(back[0].data, sent.body.to_vec());
+    let headers = back[0].properties.headers().clone().unwrap();
+    for (k, v) in sent.properties.headers().clone().unwrap().inner() {
+        assert_eq!(
+            headers.inner().get(k.as_str()),
+            Some(v),
+            "header {k} survives the replay"
+        );
+    }
+    assert_eq!(
+        pvefleet_core::bus::fields::header_str(&back[0].properties, "pvefleet-replay-of"),
+        Some(one.to_string())
+    );
+    assert_eq!(
+        pvefleet_core::bus::fields::header_i64(&back[0].properties, "pvefleet-replay-count"),
+        Some(1)
+    );
+    let state: String = c
+        .query_one("SELECT state FROM dead_letters WHERE id = $1", &[&one])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "replayed", "kept for audit");
+    f.stop().await;
+}
+
+/// A fleet whose container.create keeps failing transiently until its attempts run out.
+async fn fleet_with_pve_down_for_creates() -> Fleet {
+    let f = fleet_with(|s| {
+        s.bus.max_attempts = 2;
+        s.bus.retry_tiers = vec![Duration::from_millis(100)];
+    })
+    .await;
+    f.sim.inject(
+        serde_json::from_value::<Fault>(serde_json::json!({
+            "path": "/nodes", "method": "POST", "status": 596, "message": "Connection timed out", "count": 1_000_000
+        }))
+        .unwrap(),
+    );
+    f
+}
+
+async fn parked_saga(f: &Fleet, req: &SiteProvision) -> (uuid::Uuid, uuid::Uuid, String) {
+    let saga = f.send(req).await;
+    assert_eq!(
+        saga_state(f, saga, "suspended").await,
+        "suspended",
+        "the parked create suspends the saga"
+    );
+    let c = f.db.client().await.unwrap();
+    let row = c
+        .query_one(
+            "SELECT d.id, d.fingerprint, g.error->>'dead_letter_id' FROM dead_letters d JOIN sagas g ON g.id = d.correlation_id
+             WHERE d.correlation_id = $1",
+            &[&saga],
+        )
+        .await
+        .unwrap();
+    let (dl, group, named): (uuid::Uuid, String, Option<String>) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(named, Some(dl.to_string()), "the saga names its dead letter");
+    assert!(group.starts_with("container.create/retries-exhausted/"), "{group}");
+    (saga, dl, group)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_suspended_on_a_parked_create_resumes_when_its_group_is_replayed() {
+    let f = fleet_with_pve_down_for_creates().await;
+    let req = request("parked", false);
+    let (saga, _dl, group) = parked_saga(&f, &req).await;
+    clear_faults(&f).await;
+    let c = f.db.client().await.unwrap();
+    let done = pvefleet_saga::dlq::replay(
+        &c,
+        &f.publisher,
+        &pvefleet_saga::dlq::Filter {
+            group: Some(group),
+            ..Default::default()
+        },
+        "tester",
+        false,
+        None,
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.replayed.len(), 1);
+    let (kind, body) = f.event().await;
+    assert_eq!(kind, "site.provisioned", "{body}");
+    assert_eq!(saga_state(&f, saga, "completed").await, "completed");
+    assert_eq!(f.site(req.site_id).await.0, "active");
+    let containers = (10_000..10_010).filter(|v| f.sim.config_text(*v).is_some()).count();
+    assert_eq!(containers, 1, "exactly one container");
+    let audited: i64 = c
+        .query_one(
+            "SELECT count(*) FROM audit_log WHERE action = 'dlq.replay' AND actor = 'tester'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(audited, 1);
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_saga_fails_and_a_late_replay_of_its_parked_create_does_nothing() {
+    let f = fleet_with_pve_down_for_creates().await;
+    let req = request("aborted", false);
+    let (saga, dl, _group) = parked_saga(&f, &req).await;
+    let c = f.db.client().await.unwrap();
+    pvefleet_saga::ops::abort(&c, &f.settings.saga, saga, "tester")
+        .await
+        .unwrap();
+    assert_eq!(saga_state(&f, saga, "failed").await, "failed");
+    assert_eq!(f.site(req.site_id).await.0, "failed");
+    assert_eq!(f.leases(req.site_id).await, 0, "the leases are released");
+    clear_faults(&f).await;
+    // The dead letter was archived with the abort: a replay by group or id finds nothing.
+    let filter = pvefleet_saga::dlq::Filter {
+        id: Some(dl),
+        ..Default::default()
+    };
+    let none = pvefleet_saga::dlq::replay(&c, &f.publisher, &filter, "tester", false, None, |_, _| {})
+        .await
+        .unwrap();
+    assert!(none.replayed.is_empty());
+    // Even asked for explicitly among the archived, it is refused: its saga has ended.
+    let archived = pvefleet_saga::dlq::Filter {
+        id: Some(dl),
+        state: Some("archived".into()),
+        ..Default::default()
+    };
+    let refused = pvefleet_saga::dlq::replay(&c, &f.publisher, &archived, "tester", false, None, |_, _| {})
+        .await
+        .unwrap();
+    assert!(refused.replayed.is_empty());
+    assert_eq!(refused.skipped.len(), 1, "{refused:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        (10_000..10_010).all(|v| f.sim.config_text(v).is_none()),
+        "no container for an aborted saga"
+    );
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_park_of_the_same_message_and_attempt_is_stored_once() {
+    let f = fleet().await;
+    let (_c, ch) = f._vhost.channel().await.unwrap();
+    let out = with_marks(&request("twice", false), 1);
+    let props = pvefleet_core::bus::fields::with_headers(
+        out.properties.clone(),
+        vec![
+            (
+                "pvefleet-fault-class",
+                pvefleet_core::bus::fields::text("retries-exhausted"),
+            ),
+            ("pvefleet-fault-message", pvefleet_core::bus::fields::text("gave up")),
+            ("pvefleet-fault-attempts", lapin::types::AMQPValue::LongLongInt(3)),
+            (
+                "pvefleet-fault-origin-queue",
+                pvefleet_core::bus::fields::text("pvefleet.saga"),
+            ),
+        ],
+    );
+    for _ in 0..2 {
+        pvefleet_testkit::broker::publish_raw(&ch, "pvefleet.parked", "pvefleet.saga", props.clone(), &out.body)
+            .await
+            .unwrap();
+    }
+    let stored = pvefleet_testkit::eventually(WAIT, || async { (dead_letters(&f).await == 1).then_some(()) }).await;
+    assert!(stored.is_some());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(dead_letters(&f).await, 1, "stored once");
+    f.stop().await;
+}

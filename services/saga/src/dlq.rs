@@ -1,0 +1,342 @@
+//! What operators do to dead letters (`pvefleet dlq ...`): list, group, show, replay, purge
+//! and archive. Every action is written to `audit_log`.
+//!
+//! A replay republishes the stored message to its origin exchange and routing key with its
+//! message id, properties and every header intact, plus `pvefleet-replay-of` (the dead
+//! letter's id) and `pvefleet-replay-count`. The row becomes `replayed` and is kept. A dead
+//! letter of a saga that is `suspended` on it puts the saga back to `running`, so the
+//! replayed command's answer moves it on. One of a saga that has ended (failed, aborted,
+//! superseded) is not replayed: that would act for a saga no one is following.
+
+use std::time::Duration;
+
+use lapin::BasicProperties;
+use lapin::types::AMQPValue;
+use pvefleet_contracts::headers;
+use pvefleet_core::bus::fields::{text, with_headers};
+use pvefleet_core::bus::{Outgoing, Publisher};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// Which dead letters an operation takes.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// One dead letter.
+    pub id: Option<Uuid>,
+    /// Its fingerprint.
+    pub group: Option<String>,
+    /// The queue it was parked from.
+    pub queue: Option<String>,
+    /// Its message type.
+    pub message_type: Option<String>,
+    /// Its correlation id.
+    pub correlation_id: Option<Uuid>,
+    /// Parked at or after (RFC 3339).
+    pub since: Option<String>,
+    /// Parked before (RFC 3339).
+    pub until: Option<String>,
+    /// Its state; `parked` unless given.
+    pub state: Option<String>,
+}
+
+const WHERE: &str = "($1::uuid IS NULL OR id = $1)
+    AND ($2::text IS NULL OR fingerprint = $2)
+    AND ($3::text IS NULL OR origin_queue = $3)
+    AND ($4::text IS NULL OR message_type = $4)
+    AND ($5::uuid IS NULL OR correlation_id = $5)
+    AND ($6::text IS NULL OR parked_at >= $6::timestamptz)
+    AND ($7::text IS NULL OR parked_at < $7::timestamptz)
+    AND state = coalesce($8::text, 'parked')";
+
+macro_rules! filter_params {
+    ($f:expr) => {
+        [
+            &$f.id as &(dyn tokio_postgres::types::ToSql + Sync),
+            &$f.group,
+            &$f.queue,
+            &$f.message_type,
+            &$f.correlation_id,
+            &$f.since,
+            &$f.until,
+            &$f.state,
+        ]
+    };
+}
+
+/// The dead letters a filter selects, newest first: the summary columns.
+pub async fn list(client: &tokio_postgres::Client, f: &Filter, limit: i64) -> anyhow::Result<Vec<Value>> {
+    let sql = format!(
+        "SELECT coalesce(json_agg(x ORDER BY x.parked_at DESC), '[]'::json) FROM (
+             SELECT id, message_id, message_type, correlation_id, origin_queue AS queue, fault_class,
+                    left(fault_message, 200) AS fault_message, fingerprint AS \"group\", state, replay_count,
+                    attempts, parked_at
+             FROM dead_letters WHERE {WHERE} ORDER BY parked_at DESC LIMIT {limit}) x"
+    );
+    let row = client.query_one(&sql, &filter_params!(f)).await?;
+    let v: Value = row.get(0);
+    Ok(v.as_array().cloned().unwrap_or_default())
+}
+
+/// Counts per fingerprint of parked dead letters, with the newest example of each.
+pub async fn groups(client: &tokio_postgres::Client) -> anyhow::Result<Vec<Value>> {
+    let row = client
+        .query_one(
+            "SELECT coalesce(json_agg(g ORDER BY g.count DESC), '[]'::json) FROM (
+                 SELECT fingerprint AS \"group\", count(*) AS count, max(parked_at) AS newest,
+                        (array_agg(id ORDER BY parked_at DESC))[1] AS example,
+                        (array_agg(left(fault_message, 200) ORDER BY parked_at DESC))[1] AS fault_message
+                 FROM dead_letters WHERE state = 'parked' GROUP BY fingerprint) g",
+            &[],
+        )
+        .await?;
+    let v: Value = row.get(0);
+    Ok(v.as_array().cloned().unwrap_or_default())
+}
+
+/// One dead letter: properties, headers, the body (as JSON when it is), the fault and its
+/// replay history.
+pub async fn show(client: &tokio_postgres::Client, id: Uuid) -> anyhow::Result<Option<Value>> {
+    let Some(row) = client
+        .query_opt(
+            "SELECT json_build_object('id', d.id, 'message_id', d.message_id, 'message_type', d.message_type,
+                 'correlation_id', d.correlation_id, 'properties', d.properties,
+                 'origin', json_build_object('exchange', d.origin_exchange, 'routing_key', d.origin_routing_key, 'queue', d.origin_queue),
+                 'fault', json_build_object('class', d.fault_class, 'message', d.fault_message, 'attempts', d.attempts,
+                     'first_failure', d.first_failure, 'last_failure', d.last_failure, 'x_death', d.x_death),
+                 'group', d.fingerprint, 'state', d.state, 'replay_count', d.replay_count, 'parked_at', d.parked_at,
+                 'replays', coalesce((SELECT json_agg(json_build_object('actor', r.actor, 'at', r.replayed_at) ORDER BY r.id)
+                     FROM dead_letter_replays r WHERE r.dead_letter_id = d.id), '[]'::json)), d.body
+             FROM dead_letters d WHERE d.id = $1",
+            &[&id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let mut v: Value = row.get(0);
+    let body: Vec<u8> = row.get(1);
+    v["body"] = match serde_json::from_slice::<Value>(&body) {
+        Ok(json) => json,
+        Err(_) => json!(String::from_utf8_lossy(&body)),
+    };
+    Ok(Some(v))
+}
+
+/// Writes an operator action to `audit_log`.
+pub async fn audit(
+    client: &tokio_postgres::Client,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: Value,
+) -> anyhow::Result<()> {
+    client
+        .execute(
+            "INSERT INTO audit_log (actor, action, target, detail) VALUES ($1, $2, $3, $4)",
+            &[&actor, &action, &target, &detail],
+        )
+        .await?;
+    Ok(())
+}
+
+/// A dead letter to replay.
+struct Row {
+    id: Uuid,
+    message_id: String,
+    correlation_id: Option<Uuid>,
+    properties: Value,
+    body: Vec<u8>,
+    exchange: String,
+    routing_key: String,
+    replay_count: i32,
+}
+
+/// What a replay did (or, dry, would do).
+#[derive(Debug, Clone, Default)]
+pub struct Replayed {
+    /// Republished (or, dry, selected).
+    pub replayed: Vec<Uuid>,
+    /// Left alone, with the reason.
+    pub skipped: Vec<(Uuid, String)>,
+}
+
+/// Replays the dead letters `f` selects, at most `rate` a second when given; `progress` is
+/// called after each with (done, total).
+pub async fn replay(
+    client: &tokio_postgres::Client,
+    publisher: &Publisher,
+    f: &Filter,
+    actor: &str,
+    dry_run: bool,
+    rate: Option<f64>,
+    mut progress: impl FnMut(usize, usize),
+) -> anyhow::Result<Replayed> {
+    let sql = format!(
+        "SELECT d.id, d.message_id, d.correlation_id, d.properties, d.body, d.origin_exchange, d.origin_routing_key,
+                d.replay_count, g.state
+         FROM (SELECT * FROM dead_letters WHERE {WHERE}) d LEFT JOIN sagas g ON g.id = d.correlation_id
+         ORDER BY d.parked_at"
+    );
+    let rows = client.query(&sql, &filter_params!(f)).await?;
+    let mut out = Replayed::default();
+    let mut todo = Vec::new();
+    for r in rows {
+        let saga_state: Option<String> = r.get(8);
+        let id: Uuid = r.get(0);
+        if let Some(state) = saga_state.filter(|s| matches!(s.as_str(), "failed" | "superseded" | "completed")) {
+            out.skipped.push((
+                id,
+                format!("its saga is {state}; replaying would act for a saga that has ended"),
+            ));
+            continue;
+        }
+        todo.push(Row {
+            id,
+            message_id: r.get(1),
+            correlation_id: r.get(2),
+            properties: r.get(3),
+            body: r.get(4),
+            exchange: r.get(5),
+            routing_key: r.get(6),
+            replay_count: r.get(7),
+        });
+    }
+    if dry_run {
+        out.replayed = todo.iter().map(|r| r.id).collect();
+        return Ok(out);
+    }
+    let total = todo.len();
+    let gap = rate.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(1.0 / r));
+    let started = tokio::time::Instant::now();
+    for (i, row) in todo.into_iter().enumerate() {
+        if let Some(gap) = gap {
+            tokio::time::sleep_until(started + gap * i as u32).await;
+        }
+        let props: BasicProperties = serde_json::from_value(row.properties.clone())?;
+        let count = row.replay_count + 1;
+        let props = with_headers(
+            props,
+            vec![
+                (headers::replay::OF, text(row.id.to_string())),
+                (headers::replay::COUNT, AMQPValue::LongLongInt(i64::from(count))),
+            ],
+        );
+        let msg = Outgoing {
+            exchange: row.exchange.clone(),
+            routing_key: row.routing_key.clone(),
+            mandatory: true,
+            properties: props,
+            body: bytes::Bytes::from(row.body),
+        };
+        // A saga suspended on this dead letter runs again: the replayed command's answer moves it on.
+        client.batch_execute("BEGIN").await?;
+        let done = async {
+            if let Some(saga) = row.correlation_id {
+                client
+                    .execute(
+                        "UPDATE sagas SET state = CASE state WHEN 'suspended' THEN 'running' ELSE 'compensating' END,
+                             error = NULL, resends = 0, version = version + 1, updated_at = now(),
+                             deadline = now() + interval '15 minutes'
+                         WHERE id = $1 AND state IN ('suspended', 'compensation_failed')
+                           AND error->>'dead_letter_id' = $2",
+                        &[&saga, &row.id.to_string()],
+                    )
+                    .await?;
+            }
+            client
+                .execute(
+                    "UPDATE dead_letters SET state = 'replayed', replay_count = $2, updated_at = now() WHERE id = $1",
+                    &[&row.id, &count],
+                )
+                .await?;
+            client
+                .execute(
+                    "INSERT INTO dead_letter_replays (dead_letter_id, actor) VALUES ($1, $2)",
+                    &[&row.id, &actor],
+                )
+                .await?;
+            audit(
+                client,
+                actor,
+                "dlq.replay",
+                &row.id.to_string(),
+                json!({ "message_id": row.message_id, "replay_count": count }),
+            )
+            .await?;
+            // Published before the commit: a failed publish rolls the row back to parked.
+            publisher
+                .publish(&msg)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot republish dead letter {}: {e}", row.id))?;
+            anyhow::Ok(())
+        }
+        .await;
+        match done {
+            Ok(()) => client.batch_execute("COMMIT").await?,
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(e);
+            }
+        }
+        out.replayed.push(row.id);
+        metrics::counter!("pvefleet_dead_letters_replayed_total").increment(1);
+        progress(i + 1, total);
+    }
+    Ok(out)
+}
+
+/// Sets the dead letters `f` selects to `archived` (kept, out of the way) or deletes them
+/// (`purge`); returns how many.
+pub async fn retire(client: &tokio_postgres::Client, f: &Filter, actor: &str, purge: bool) -> anyhow::Result<u64> {
+    client.batch_execute("BEGIN").await?;
+    let work = async {
+        let ids: Vec<Uuid> = client
+            .query(
+                &format!("SELECT id FROM dead_letters WHERE {WHERE}"),
+                &filter_params!(f),
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let n = if purge {
+            client
+                .execute(
+                    "DELETE FROM dead_letter_replays WHERE dead_letter_id = ANY($1)",
+                    &[&ids],
+                )
+                .await?;
+            client
+                .execute("DELETE FROM dead_letters WHERE id = ANY($1)", &[&ids])
+                .await?
+        } else {
+            client
+                .execute(
+                    "UPDATE dead_letters SET state = 'archived', updated_at = now() WHERE id = ANY($1)",
+                    &[&ids],
+                )
+                .await?
+        };
+        let action = if purge { "dlq.purge" } else { "dlq.archive" };
+        audit(
+            client,
+            actor,
+            action,
+            &format!("{} dead letters", ids.len()),
+            json!({ "ids": ids }),
+        )
+        .await?;
+        anyhow::Ok(n)
+    }
+    .await;
+    match work {
+        Ok(n) => {
+            client.batch_execute("COMMIT").await?;
+            Ok(n)
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
