@@ -66,6 +66,18 @@ pub enum Command {
         #[command(subcommand)]
         action: SagaAction,
     },
+    /// Dead letters: list, group, show, replay, archive, purge (audited).
+    Dlq {
+        /// What to do.
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+    /// The audit log of operator actions.
+    Audit {
+        /// What to do.
+        #[command(subcommand)]
+        action: AuditAction,
+    },
     /// Intake API tokens.
     Token {
         /// What to do.
@@ -153,6 +165,119 @@ pub enum SiteAction {
         /// The API.
         #[command(flatten)]
         target: SiteTarget,
+    },
+}
+
+/// Which dead letters a `dlq` command takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DlqFilter {
+    /// One dead letter.
+    #[arg(long)]
+    pub id: Option<uuid::Uuid>,
+    /// A group (fingerprint), as `dlq groups` shows.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// The queue it was parked from.
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Its message type.
+    #[arg(long = "type")]
+    pub message_type: Option<String>,
+    /// Its correlation id (a saga).
+    #[arg(long)]
+    pub correlation_id: Option<uuid::Uuid>,
+    /// Parked at or after (RFC 3339).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Parked before (RFC 3339).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Its state: parked (the default), replayed, archived.
+    #[arg(long)]
+    pub state: Option<String>,
+}
+
+/// `pvefleet dlq ...`
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// Dead letters, newest first.
+    List {
+        /// Which.
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// At most this many.
+        #[arg(long, default_value_t = 200)]
+        limit: i64,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counts per group (message type, fault class, normalised message), with the newest example.
+    Groups {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One dead letter: properties, headers, body, fault and replay history (JSON).
+    Show {
+        /// The dead letter.
+        id: uuid::Uuid,
+        /// JSON (the only form; accepted for symmetry).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Republishes to the origin exchange and routing key, every header kept, plus the replay headers.
+    Replay {
+        /// Which (at least one of --id, --group, or another filter).
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Show what would be replayed, and replay nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// At most this many a second.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sets dead letters aside as `archived` (kept).
+    Archive {
+        /// Which.
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deletes dead letters for good.
+    Purge {
+        /// Which.
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `pvefleet audit ...`
+#[derive(Debug, Subcommand)]
+pub enum AuditAction {
+    /// Operator actions, newest first.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 

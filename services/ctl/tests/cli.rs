@@ -561,3 +561,96 @@ async fn dev_runs_the_fleet_and_site_create_wait_follows_the_saga_to_an_active_s
     }
     std::fs::remove_dir_all(&home).ok();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dlq_commands_list_group_show_replay_dry_archive_and_purge_with_json_and_exit_codes() {
+    let db = TestDb::create().await.unwrap();
+    let vhost = TestVhost::new().unwrap();
+    let (url, bus) = (db.url(), vhost.url());
+    let run = |args: Vec<String>| {
+        let (url, bus) = (url.clone(), bus.clone());
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            pvefleet(
+                &[
+                    ("PVEFLEET_DB__URL", url.as_str()),
+                    ("PVEFLEET_BUS__URL", bus.as_str()),
+                    ("PVEFLEET_OPERATOR", "night-shift"),
+                ],
+                &args,
+            )
+        })
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // The schema first, then three dead letters in two groups.
+    let out = run(args(&["dlq", "list", "--json"])).await.unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let c = db.client().await.unwrap();
+    let mut ids = Vec::new();
+    for (i, group) in ["g/a/1", "g/a/1", "g/b/2"].iter().enumerate() {
+        let id = uuid::Uuid::now_v7();
+        c.execute(
+            "INSERT INTO dead_letters (id, message_id, attempts, message_type, properties, body, origin_exchange,
+                 origin_routing_key, origin_queue, fault_class, fault_message, fingerprint)
+             VALUES ($1, $2, 3, 'container.create', '{}'::jsonb, '{\"vmid\": 1}'::bytea, 'pvefleet.commands',
+                 'container.create', 'pvefleet.provisioner', 'retries-exhausted', 'PVE is down', $3)",
+            &[&id, &format!("m{i}"), group],
+        )
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    let out = run(args(&["dlq", "list", "--json"])).await.unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 3);
+    let out = run(args(&["dlq", "list", "--group", "g/b/2", "--json"])).await.unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let out = run(args(&["dlq", "groups", "--json"])).await.unwrap();
+    let groups: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(groups[0]["group"], "g/a/1");
+    assert_eq!(groups[0]["count"], 2);
+    let out = run(args(&["dlq", "show", &ids[0].to_string()])).await.unwrap();
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["body"]["vmid"], 1, "the body, pretty as JSON");
+    assert_eq!(shown["fault"]["class"], "retries-exhausted");
+    // A replay without saying which is refused; a dry run names what it would replay.
+    let out = run(args(&["dlq", "replay", "--json"])).await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("error"), "{}", text(&out.stdout));
+    let out = run(args(&["dlq", "replay", "--group", "g/a/1", "--dry-run", "--json"]))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let dry: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(dry["replayed"].as_array().unwrap().len(), 2);
+    // Purge without --yes and without a terminal: not confirmed, nothing done.
+    let out = run(args(&["dlq", "purge", "--group", "g/b/2"])).await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let out = run(args(&["dlq", "archive", "--group", "g/a/1", "--yes", "--json"]))
+        .await
+        .unwrap();
+    let archived: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(archived["count"], 2);
+    let out = run(args(&["dlq", "purge", "--group", "g/b/2", "--yes", "--json"]))
+        .await
+        .unwrap();
+    let purged: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(purged["count"], 1);
+    let out = run(args(&["dlq", "list", "--json"])).await.unwrap();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+        serde_json::json!([])
+    );
+    // Both changes are in the audit log, with the operator.
+    let out = run(args(&["audit", "list", "--json"])).await.unwrap();
+    let audit: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["dlq.purge", "dlq.archive"]);
+    assert_eq!(audit[0]["actor"], "cli:night-shift");
+}

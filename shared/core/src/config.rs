@@ -649,7 +649,12 @@ impl Settings {
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        // Settings live in sections (`PVEFLEET_<SECTION>__<KEY>`); the CLI's own variables
+        // without a section (`PVEFLEET_TOKEN`, `PVEFLEET_OPERATOR`) are not settings.
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && (k == CONFIG_FILE_ENV || k.contains("__")))
+            .collect();
         let file = path.map(Path::to_path_buf).or_else(|| {
             env.iter()
                 .find(|(k, _)| k == CONFIG_FILE_ENV)
@@ -747,6 +752,20 @@ mod tests {
             "amqp://guest:guest@127.0.0.1:5672/%2f",
             "default secrets survive loading"
         );
+    }
+
+    #[test]
+    fn variables_without_a_section_are_the_clis_own_not_settings() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("PVEFLEET_TOKEN", "t"),
+                ("PVEFLEET_OPERATOR", "me"),
+                ("PVEFLEET_WORKER__CONCURRENCY", "3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.worker.concurrency, 3);
     }
 
     #[test]

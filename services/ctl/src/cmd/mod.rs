@@ -3,6 +3,7 @@
 mod bus;
 mod config;
 mod dev;
+mod dlq;
 mod migrate;
 mod pve;
 mod pve_check;
@@ -49,6 +50,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sim { action } => sim::run(&settings, action).await,
         Command::Token { action } => token::run(&settings, action).await,
         Command::Saga { action } => saga::run(&settings, action).await,
+        Command::Dlq { action } => dlq::run(&settings, action).await,
+        Command::Audit { action } => dlq::audit(&settings, action).await,
         Command::Dev { listen, task_ms } => dev::run(&settings, listen, task_ms).await,
         Command::Site { action } => site::run(action).await,
         Command::Bench {
