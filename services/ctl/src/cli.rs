@@ -485,6 +485,12 @@ pub enum PveConfigAction {
 /// `pvefleet bench ...`
 #[derive(Debug, Subcommand)]
 pub enum BenchWhat {
+    /// Batch replay of dead letters: stored rows republished to a queue, msgs/s.
+    Dlq {
+        /// Dead letters to store and replay.
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+    },
     /// Provisioning sagas end to end against pvesim: sagas/s, latency at an offered rate, fleet
     /// vs raw broker messages/s, peak RSS.
     Sagas {

@@ -206,83 +206,123 @@ pub async fn replay(
         return Ok(out);
     }
     let total = todo.len();
-    let gap = rate.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(1.0 / r));
+    // Unpaced, dead letters go in chunks: one transaction and concurrent confirmed publishes
+    // per chunk. Paced, one at a time.
+    let (chunk, gap) = match rate.filter(|r| *r > 0.0) {
+        Some(r) => (1, Some(Duration::from_secs_f64(1.0 / r))),
+        None => (CHUNK, None),
+    };
     let started = tokio::time::Instant::now();
-    for (i, row) in todo.into_iter().enumerate() {
+    let mut done = 0usize;
+    let mut rows = todo.into_iter().peekable();
+    while rows.peek().is_some() {
+        let batch: Vec<Row> = rows.by_ref().take(chunk).collect();
         if let Some(gap) = gap {
-            tokio::time::sleep_until(started + gap * i as u32).await;
+            tokio::time::sleep_until(started + gap * done as u32).await;
         }
+        replay_chunk(client, publisher, actor, &batch).await?;
+        done += batch.len();
+        out.replayed.extend(batch.iter().map(|r| r.id));
+        metrics::counter!("pvefleet_dead_letters_replayed_total").increment(batch.len() as u64);
+        progress(done, total);
+    }
+    Ok(out)
+}
+
+/// Dead letters replayed in one transaction.
+const CHUNK: usize = 250;
+
+/// Republishes `batch` and records it, in one transaction: the rows become `replayed`, sagas
+/// suspended on them run again, the history and the audit get their rows. The publishes go out
+/// before the commit, so a failed one rolls the chunk back to parked (a replay may repeat; the
+/// consumers' inbox and idempotent handlers absorb that, a lost one could not be).
+async fn replay_chunk(
+    client: &tokio_postgres::Client,
+    publisher: &Publisher,
+    actor: &str,
+    batch: &[Row],
+) -> anyhow::Result<()> {
+    let mut messages = Vec::with_capacity(batch.len());
+    for row in batch {
         let props: BasicProperties = serde_json::from_value(row.properties.clone())?;
-        let count = row.replay_count + 1;
         let props = with_headers(
             props,
             vec![
                 (headers::replay::OF, text(row.id.to_string())),
-                (headers::replay::COUNT, AMQPValue::LongLongInt(i64::from(count))),
+                (headers::replay::COUNT, AMQPValue::LongLongInt(i64::from(row.replay_count + 1))),
             ],
         );
-        let msg = Outgoing {
+        messages.push(Outgoing {
             exchange: row.exchange.clone(),
             routing_key: row.routing_key.clone(),
             mandatory: true,
             properties: props,
-            body: bytes::Bytes::from(row.body),
-        };
+            body: bytes::Bytes::from(row.body.clone()),
+        });
+    }
+    let ids: Vec<Uuid> = batch.iter().map(|r| r.id).collect();
+    let (sagas, saga_dls): (Vec<Uuid>, Vec<String>) = batch
+        .iter()
+        .filter_map(|r| r.correlation_id.map(|c| (c, r.id.to_string())))
+        .unzip();
+    client.batch_execute("BEGIN").await?;
+    let work = async {
         // A saga suspended on this dead letter runs again: the replayed command's answer moves it on.
-        client.batch_execute("BEGIN").await?;
-        let done = async {
-            if let Some(saga) = row.correlation_id {
-                client
-                    .execute(
-                        "UPDATE sagas SET state = CASE state WHEN 'suspended' THEN 'running' ELSE 'compensating' END,
-                             error = NULL, resends = 0, version = version + 1, updated_at = now(),
-                             deadline = now() + interval '15 minutes'
-                         WHERE id = $1 AND state IN ('suspended', 'compensation_failed')
-                           AND error->>'dead_letter_id' = $2",
-                        &[&saga, &row.id.to_string()],
-                    )
-                    .await?;
-            }
-            client
-                .execute(
-                    "UPDATE dead_letters SET state = 'replayed', replay_count = $2, updated_at = now() WHERE id = $1",
-                    &[&row.id, &count],
-                )
-                .await?;
-            client
-                .execute(
-                    "INSERT INTO dead_letter_replays (dead_letter_id, actor) VALUES ($1, $2)",
-                    &[&row.id, &actor],
-                )
-                .await?;
-            audit(
-                client,
-                actor,
-                "dlq.replay",
-                &row.id.to_string(),
-                json!({ "message_id": row.message_id, "replay_count": count }),
+        client
+            .execute(
+                "UPDATE sagas g SET state = CASE g.state WHEN 'suspended' THEN 'running' ELSE 'compensating' END,
+                     error = NULL, resends = 0, version = g.version + 1, updated_at = now(),
+                     deadline = now() + interval '15 minutes'
+                 FROM unnest($1::uuid[], $2::text[]) AS u(saga, dead_letter)
+                 WHERE g.id = u.saga AND g.state IN ('suspended', 'compensation_failed')
+                   AND g.error->>'dead_letter_id' = u.dead_letter",
+                &[&sagas, &saga_dls],
             )
             .await?;
-            // Published before the commit: a failed publish rolls the row back to parked.
-            publisher
-                .publish(&msg)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot republish dead letter {}: {e}", row.id))?;
-            anyhow::Ok(())
+        client
+            .execute(
+                "UPDATE dead_letters SET state = 'replayed', replay_count = replay_count + 1, updated_at = now()
+                 WHERE id = ANY($1)",
+                &[&ids],
+            )
+            .await?;
+        client
+            .execute(
+                "INSERT INTO dead_letter_replays (dead_letter_id, actor) SELECT unnest($1::uuid[]), $2",
+                &[&ids, &actor],
+            )
+            .await?;
+        let target = if ids.len() == 1 {
+            ids[0].to_string()
+        } else {
+            format!("{} dead letters", ids.len())
+        };
+        let message_ids: Vec<&str> = batch.iter().map(|r| r.message_id.as_str()).collect();
+        audit(
+            client,
+            actor,
+            "dlq.replay",
+            &target,
+            json!({ "ids": ids, "message_ids": message_ids }),
+        )
+        .await?;
+        let published = futures::future::join_all(messages.iter().map(|m| publisher.publish(m))).await;
+        if let Some((row, Err(e))) = batch.iter().zip(published).find(|(_, r)| r.is_err()) {
+            anyhow::bail!("cannot republish dead letter {}: {e}", row.id);
         }
-        .await;
-        match done {
-            Ok(()) => client.batch_execute("COMMIT").await?,
-            Err(e) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                return Err(e);
-            }
-        }
-        out.replayed.push(row.id);
-        metrics::counter!("pvefleet_dead_letters_replayed_total").increment(1);
-        progress(i + 1, total);
+        anyhow::Ok(())
     }
-    Ok(out)
+    .await;
+    match work {
+        Ok(()) => {
+            client.batch_execute("COMMIT").await?;
+            Ok(())
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
 }
 
 /// Sets the dead letters `f` selects to `archived` (kept, out of the way) or deletes them

@@ -73,5 +73,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     inbox_connections,
                 },
         } => crate::bench::bus(&settings, messages, window, rounds, inbox_connections).await,
+        Command::Bench {
+            what: BenchWhat::Dlq { count },
+        } => crate::bench_dlq::run(&settings, count).await,
     }
 }

@@ -1,0 +1,107 @@
+//! `pvefleet bench dlq`: a batch replay of stored dead letters, as `pvefleet dlq replay` does
+//! it, with no rate limit. The dead letters are made in a database of the bench's own and
+//! replayed into a queue of its own on the configured broker; it reports messages per second.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use pvefleet_core::bus::Publisher;
+use uuid::Uuid;
+
+pub async fn run(settings: &pvefleet_core::Settings, count: usize) -> anyhow::Result<ExitCode> {
+    let mut s = settings.clone();
+    let bench_db = format!("pvefleet_bench_{}", Uuid::new_v4().simple());
+    let base = s.db.url.expose().to_string();
+    let (prefix, _) = base
+        .rsplit_once('/')
+        .ok_or_else(|| anyhow::anyhow!("db.url has no database"))?;
+    s.db.url = pvefleet_core::Secret::new(format!("{prefix}/{bench_db}"));
+    let pool = pvefleet_core::db::connect(&s.db).await?;
+    pvefleet_core::db::migrate(&pool).await?;
+    let (_conn, ch) = pvefleet_core::bus::connect::open(&s.bus, "bench-dlq").await?;
+    let queue = format!("pvefleet.bench.dlq-{}", Uuid::new_v4().simple());
+    ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), FieldTable::default())
+        .await?;
+    eprintln!("storing {count} dead letters…");
+    let client = pool.get().await?;
+    let properties = serde_json::to_value(pvefleet_core::bus::fields::with_headers(
+        lapin::BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_type("container.start".into())
+            .with_delivery_mode(2)
+            .with_message_id("bench".into()),
+        vec![
+            ("x-tenant", pvefleet_core::bus::fields::text("bench")),
+            ("pvefleet-fault-class", pvefleet_core::bus::fields::text("retries-exhausted")),
+        ],
+    ))?;
+    client
+        .execute(
+            "INSERT INTO dead_letters (id, message_id, attempts, message_type, properties, body, origin_exchange,
+                 origin_routing_key, origin_queue, fault_class, fault_message, fingerprint)
+             SELECT gen_random_uuid(), 'bench-' || n, 3, 'container.start',
+                    jsonb_set($1::jsonb, '{message_id}', to_jsonb('bench-' || n)),
+                    convert_to('{\"site_id\":\"01930c5e-7a10-7000-8000-000000000001\",\"vmid\":' || n || '}', 'UTF8'),
+                    '', $2, 'pvefleet.provisioner', 'retries-exhausted', 'bench', 'bench/group'
+             FROM generate_series(1, $3::bigint) AS n",
+            &[&properties, &queue, &(count as i64)],
+        )
+        .await?;
+    let topology = pvefleet_core::bus::topology::Topology::fleet(&s.bus);
+    let publisher = Publisher::new(&s.bus, "bench-dlq", Some(topology));
+    publisher.connect().await?;
+    eprintln!("replaying…");
+    let started = Instant::now();
+    let done = pvefleet_saga::dlq::replay(
+        &client,
+        &publisher,
+        &pvefleet_saga::dlq::Filter {
+            group: Some("bench/group".into()),
+            ..Default::default()
+        },
+        "bench",
+        false,
+        None,
+        |_, _| {},
+    )
+    .await?;
+    let elapsed = started.elapsed();
+    let landed = ch
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?
+        .message_count();
+    let rate = done.replayed.len() as f64 / elapsed.as_secs_f64();
+    println!("| measure | value |");
+    println!("|---|---:|");
+    println!("| dead letters replayed | {} |", done.replayed.len());
+    println!("| messages in the destination queue | {landed} |");
+    println!("| elapsed | {:.2} s |", elapsed.as_secs_f64());
+    println!("| replay rate | {rate:.0} msgs/s |");
+    let _ = ch
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    drop(client);
+    drop(pool);
+    let admin_url = format!("{prefix}/postgres");
+    if let Ok((admin, conn)) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await {
+        tokio::spawn(conn);
+        let _ = admin
+            .execute(&format!("DROP DATABASE IF EXISTS {bench_db} WITH (FORCE)"), &[])
+            .await;
+    }
+    Ok(if landed as usize == count {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("error: {landed} of {count} replayed messages reached the queue");
+        ExitCode::from(1)
+    })
+}
