@@ -22,8 +22,12 @@ pub async fn run(settings: &pvefleet_core::Settings, count: usize) -> anyhow::Re
     pvefleet_core::db::migrate(&pool).await?;
     let (_conn, ch) = pvefleet_core::bus::connect::open(&s.bus, "bench-dlq").await?;
     let queue = format!("pvefleet.bench.dlq-{}", Uuid::new_v4().simple());
-    ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), FieldTable::default())
-        .await?;
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
     eprintln!("storing {count} dead letters…");
     let client = pool.get().await?;
     let properties = serde_json::to_value(pvefleet_core::bus::fields::with_headers(
@@ -34,7 +38,10 @@ pub async fn run(settings: &pvefleet_core::Settings, count: usize) -> anyhow::Re
             .with_message_id("bench".into()),
         vec![
             ("x-tenant", pvefleet_core::bus::fields::text("bench")),
-            ("pvefleet-fault-class", pvefleet_core::bus::fields::text("retries-exhausted")),
+            (
+                "pvefleet-fault-class",
+                pvefleet_core::bus::fields::text("retries-exhausted"),
+            ),
         ],
     ))?;
     client

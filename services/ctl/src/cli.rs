@@ -241,6 +241,35 @@ pub enum DlqAction {
         #[arg(long)]
         json: bool,
     },
+    /// Replays an edited copy (from `$EDITOR`, or `--body FILE`) with a new message id, after
+    /// checking it against the message's schema; the original becomes `resolved`.
+    Edit {
+        /// The dead letter.
+        id: uuid::Uuid,
+        /// The new body, instead of opening an editor.
+        #[arg(long)]
+        body: Option<std::path::PathBuf>,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Writes dead letters as NDJSON (every column, the body in base64).
+    Export {
+        /// Which.
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// The file; standard output when absent.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Stores dead letters from an NDJSON export, as parked; ones already here are skipped.
+    Import {
+        /// The file.
+        file: std::path::PathBuf,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Sets dead letters aside as `archived` (kept).
     Archive {
         /// Which.

@@ -654,3 +654,135 @@ async fn dlq_commands_list_group_show_replay_dry_archive_and_purge_with_json_and
     assert_eq!(actions, ["dlq.purge", "dlq.archive"]);
     assert_eq!(audit[0]["actor"], "cli:night-shift");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dlq_edit_checks_the_schema_and_export_import_moves_dead_letters_between_databases() {
+    let (db, other) = (TestDb::create().await.unwrap(), TestDb::create().await.unwrap());
+    let vhost = TestVhost::new().unwrap();
+    let run = |url: String, args: Vec<String>| {
+        let bus = vhost.url();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            pvefleet(
+                &[("PVEFLEET_DB__URL", url.as_str()), ("PVEFLEET_BUS__URL", bus.as_str())],
+                &args,
+            )
+        })
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert!(run(db.url(), args(&["migrate"])).await.unwrap().status.success());
+    // A parked container.start, as the keeper stores one.
+    let sent = Outgoing::message(
+        &pvefleet_contracts::messages::ContainerStart {
+            site_id: pvefleet_contracts::ids::SiteId::new(),
+            vmid: pvefleet_contracts::Vmid(101),
+            node: None,
+        },
+        &Origin::default(),
+    )
+    .unwrap();
+    let id = uuid::Uuid::now_v7();
+    let c = db.client().await.unwrap();
+    c.execute(
+        "INSERT INTO dead_letters (id, message_id, attempts, message_type, properties, body, origin_exchange,
+             origin_routing_key, origin_queue, fault_class, fault_message, fingerprint)
+         VALUES ($1, $2, 3, 'container.start', $3, $4, 'pvefleet.commands', 'container.start',
+             'pvefleet.provisioner', 'retries-exhausted', 'PVE is down', 'container.start/retries-exhausted/x')",
+        &[
+            &id,
+            &sent.message_id().unwrap().to_string(),
+            &serde_json::to_value(&sent.properties).unwrap(),
+            &sent.body.to_vec(),
+        ],
+    )
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("pvefleet-dlq-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // An edit that breaks the schema is refused with the validation error; nothing changes.
+    let bad = dir.join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"site_id": "01930c5e-7a10-7000-8000-000000000001", "vmid": "one hundred"}"#,
+    )
+    .unwrap();
+    let out = run(
+        db.url(),
+        args(&["dlq", "edit", &id.to_string(), "--body", bad.to_str().unwrap()]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("/vmid"), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("stays parked"), "{}", text(&out.stderr));
+    // Export, then import into another database: the same dead letter, parked there.
+    let file = dir.join("dl.ndjson");
+    let out = run(db.url(), args(&["dlq", "export", "--out", file.to_str().unwrap()]))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(run(other.url(), args(&["migrate"])).await.unwrap().status.success());
+    let out = run(other.url(), args(&["dlq", "import", file.to_str().unwrap(), "--json"]))
+        .await
+        .unwrap();
+    let imported: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(imported["imported"], 1, "{}", text(&out.stderr));
+    let out = run(other.url(), args(&["dlq", "import", file.to_str().unwrap(), "--json"]))
+        .await
+        .unwrap();
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (again["imported"].as_u64(), again["skipped"].as_u64()),
+        (Some(0), Some(1))
+    );
+    let o = other.client().await.unwrap();
+    let (body, props): (Vec<u8>, serde_json::Value) = {
+        let r = o
+            .query_one("SELECT body, properties FROM dead_letters", &[])
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(body, sent.body.to_vec(), "the body survives the move byte for byte");
+    assert_eq!(props, serde_json::to_value(&sent.properties).unwrap());
+    // A valid edit: a copy with a new message id goes out, the original is resolved.
+    let good = dir.join("good.json");
+    std::fs::write(
+        &good,
+        r#"{"site_id": "01930c5e-7a10-7000-8000-000000000001", "vmid": 102}"#,
+    )
+    .unwrap();
+    let (_conn, ch) = vhost.channel().await.unwrap();
+    let out = run(
+        db.url(),
+        args(&[
+            "dlq",
+            "edit",
+            &id.to_string(),
+            "--body",
+            good.to_str().unwrap(),
+            "--json",
+        ]),
+    )
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let edited: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let copy = edited["message_id"].as_str().unwrap().to_string();
+    assert_ne!(copy, sent.message_id().unwrap());
+    let queued = take(&ch, "pvefleet.provisioner", 1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(queued[0].properties.message_id().as_ref().unwrap().as_str(), copy);
+    assert_eq!(
+        pvefleet_core::bus::fields::header_str(&queued[0].properties, "pvefleet-replay-of"),
+        Some(id.to_string())
+    );
+    let state: String = c
+        .query_one("SELECT state FROM dead_letters WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "resolved");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -249,7 +249,10 @@ async fn replay_chunk(
             props,
             vec![
                 (headers::replay::OF, text(row.id.to_string())),
-                (headers::replay::COUNT, AMQPValue::LongLongInt(i64::from(row.replay_count + 1))),
+                (
+                    headers::replay::COUNT,
+                    AMQPValue::LongLongInt(i64::from(row.replay_count + 1)),
+                ),
             ],
         );
         messages.push(Outgoing {
@@ -373,6 +376,227 @@ pub async fn retire(client: &tokio_postgres::Client, f: &Filter, actor: &str, pu
         Ok(n) => {
             client.batch_execute("COMMIT").await?;
             Ok(n)
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+/// Why an edited body was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    /// The body does not match the message's schema (the errors, one per line).
+    #[error("the edited body does not match {schema}:\n{errors}")]
+    Invalid { schema: String, errors: String },
+    /// Something else.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// Replays a copy of dead letter `id` with `body` instead of its own: checked against the
+/// message type's schema first (a refused edit changes nothing), then published with a new
+/// message id and the original's other properties and headers, plus `pvefleet-replay-of`
+/// naming the original, which becomes `resolved`. Returns the copy's message id.
+pub async fn edit(
+    client: &tokio_postgres::Client,
+    publisher: &Publisher,
+    id: Uuid,
+    body: &[u8],
+    actor: &str,
+) -> Result<String, EditError> {
+    let row = client
+        .query_opt(
+            "SELECT message_type, properties, origin_exchange, origin_routing_key, state, replay_count
+             FROM dead_letters WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .map_err(anyhow::Error::from)?
+        .ok_or_else(|| anyhow::anyhow!("no dead letter {id}"))?;
+    let (mtype, props, exchange, routing_key, state, replays): (Option<String>, Value, String, String, String, i32) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4), row.get(5));
+    if state != "parked" {
+        return Err(anyhow::anyhow!("dead letter {id} is {state}, not parked").into());
+    }
+    let mtype = mtype.ok_or_else(|| anyhow::anyhow!("dead letter {id} has no type to check an edit against"))?;
+    let info = pvefleet_contracts::registry::find_latest(&mtype)
+        .ok_or_else(|| anyhow::anyhow!("'{mtype}' is not a message type of the contract"))?;
+    let json: Value = serde_json::from_slice(body).map_err(|e| EditError::Invalid {
+        schema: info.schema_file(),
+        errors: format!("  not JSON: {e}"),
+    })?;
+    let validator = jsonschema::validator_for(&info.schema())
+        .map_err(|e| anyhow::anyhow!("the schema of {mtype} does not compile: {e}"))?;
+    let errors: Vec<String> = validator
+        .iter_errors(&json)
+        .map(|e| {
+            let path = e.instance_path().to_string();
+            format!("  {}: {e}", if path.is_empty() { "/".into() } else { path })
+        })
+        .collect();
+    if !errors.is_empty() {
+        return Err(EditError::Invalid {
+            schema: info.schema_file(),
+            errors: errors.join("\n"),
+        });
+    }
+    let copy_id = Uuid::now_v7().to_string();
+    let props: BasicProperties = serde_json::from_value(props).map_err(anyhow::Error::from)?;
+    let props = with_headers(
+        props.with_message_id(copy_id.as_str().into()),
+        vec![
+            (headers::replay::OF, text(id.to_string())),
+            (headers::replay::COUNT, AMQPValue::LongLongInt(i64::from(replays + 1))),
+        ],
+    );
+    let msg = Outgoing {
+        exchange,
+        routing_key,
+        mandatory: true,
+        properties: props,
+        body: bytes::Bytes::copy_from_slice(body),
+    };
+    client.batch_execute("BEGIN").await.map_err(anyhow::Error::from)?;
+    let work = async {
+        client
+            .execute(
+                "UPDATE dead_letters SET state = 'resolved', replay_count = replay_count + 1, updated_at = now() WHERE id = $1",
+                &[&id],
+            )
+            .await?;
+        client
+            .execute(
+                "INSERT INTO dead_letter_replays (dead_letter_id, actor) VALUES ($1, $2)",
+                &[&id, &actor],
+            )
+            .await?;
+        audit(
+            client,
+            actor,
+            "dlq.edit",
+            &id.to_string(),
+            json!({ "copy_message_id": copy_id }),
+        )
+        .await?;
+        publisher
+            .publish(&msg)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot publish the edited copy: {e}"))?;
+        anyhow::Ok(())
+    }
+    .await;
+    match work {
+        Ok(()) => {
+            client.batch_execute("COMMIT").await.map_err(anyhow::Error::from)?;
+            Ok(copy_id)
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e.into())
+        }
+    }
+}
+
+/// The dead letters `f` selects as NDJSON lines: every stored column, the body in base64.
+pub async fn export(client: &tokio_postgres::Client, f: &Filter) -> anyhow::Result<Vec<String>> {
+    use base64::Engine as _;
+    let rows = client
+        .query(
+            &format!(
+                "SELECT id, message_id, attempts, generation, message_type, correlation_id, properties, body,
+                        origin_exchange, origin_routing_key, origin_queue, fault_class, fault_message,
+                        first_failure, last_failure, x_death, fingerprint, state, replay_count, parked_at::text
+                 FROM dead_letters WHERE {WHERE} ORDER BY parked_at"
+            ),
+            &filter_params!(f),
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.get::<_, Uuid>(0), "message_id": r.get::<_, String>(1), "attempts": r.get::<_, i64>(2),
+                "generation": r.get::<_, i64>(3), "message_type": r.get::<_, Option<String>>(4),
+                "correlation_id": r.get::<_, Option<Uuid>>(5), "properties": r.get::<_, Value>(6),
+                "body": base64::engine::general_purpose::STANDARD.encode(r.get::<_, Vec<u8>>(7)),
+                "origin_exchange": r.get::<_, String>(8), "origin_routing_key": r.get::<_, String>(9),
+                "origin_queue": r.get::<_, String>(10), "fault_class": r.get::<_, String>(11),
+                "fault_message": r.get::<_, String>(12), "first_failure": r.get::<_, Option<String>>(13),
+                "last_failure": r.get::<_, Option<String>>(14), "x_death": r.get::<_, Option<Value>>(15),
+                "fingerprint": r.get::<_, String>(16), "state": r.get::<_, String>(17),
+                "replay_count": r.get::<_, i32>(18), "parked_at": r.get::<_, String>(19),
+            })
+            .to_string()
+        })
+        .collect())
+}
+
+/// Stores exported NDJSON lines as parked dead letters here; one already stored (same
+/// message id, attempt and generation) is skipped. Returns (imported, skipped).
+pub async fn import(client: &tokio_postgres::Client, lines: &[String], actor: &str) -> anyhow::Result<(u64, u64)> {
+    use base64::Engine as _;
+    let (mut imported, mut skipped) = (0, 0);
+    client.batch_execute("BEGIN").await?;
+    let work = async {
+        for (n, line) in lines.iter().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let v: Value = serde_json::from_str(line).map_err(|e| anyhow::anyhow!("line {}: not JSON: {e}", n + 1))?;
+            let s = |k: &str| v[k].as_str().map(str::to_string);
+            let body = base64::engine::general_purpose::STANDARD
+                .decode(v["body"].as_str().unwrap_or_default())
+                .map_err(|e| anyhow::anyhow!("line {}: body is not base64: {e}", n + 1))?;
+            let message_id = s("message_id").ok_or_else(|| anyhow::anyhow!("line {}: no message_id", n + 1))?;
+            let correlation: Option<Uuid> = s("correlation_id").and_then(|c| c.parse().ok());
+            let done = client
+                .execute(
+                    "INSERT INTO dead_letters (id, message_id, attempts, generation, message_type, correlation_id,
+                         properties, body, origin_exchange, origin_routing_key, origin_queue, fault_class,
+                         fault_message, first_failure, last_failure, x_death, fingerprint)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+                     ON CONFLICT (message_id, attempts, generation) DO NOTHING",
+                    &[
+                        &Uuid::now_v7(),
+                        &message_id,
+                        &v["attempts"].as_i64().unwrap_or(1),
+                        &v["generation"].as_i64().unwrap_or(0),
+                        &s("message_type"),
+                        &correlation,
+                        &v["properties"],
+                        &body,
+                        &s("origin_exchange").unwrap_or_default(),
+                        &s("origin_routing_key").unwrap_or_default(),
+                        &s("origin_queue").unwrap_or_default(),
+                        &s("fault_class").unwrap_or_else(|| "imported".into()),
+                        &s("fault_message").unwrap_or_default(),
+                        &s("first_failure"),
+                        &s("last_failure"),
+                        &v.get("x_death").filter(|x| !x.is_null()).cloned(),
+                        &s("fingerprint").unwrap_or_else(|| "imported".into()),
+                    ],
+                )
+                .await?;
+            if done == 1 {
+                imported += 1;
+            } else {
+                skipped += 1;
+            }
+        }
+        audit(
+            client,
+            actor,
+            "dlq.import",
+            &format!("{imported} dead letters"),
+            json!({ "imported": imported, "skipped": skipped }),
+        )
+        .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    match work {
+        Ok(()) => {
+            client.batch_execute("COMMIT").await?;
+            Ok((imported, skipped))
         }
         Err(e) => {
             let _ = client.batch_execute("ROLLBACK").await;

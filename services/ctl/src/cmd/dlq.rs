@@ -49,6 +49,29 @@ fn fail(json: bool, message: &str) -> ExitCode {
     ExitCode::from(1)
 }
 
+/// Opens the dead letter's body, pretty, in `$EDITOR` (else `vi`); returns what was saved.
+async fn edit_in_editor(client: &tokio_postgres::Client, id: uuid::Uuid) -> anyhow::Result<Vec<u8>> {
+    let shown = dlq::show(client, id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no dead letter {id}"))?;
+    let path = std::env::temp_dir().join(format!("pvefleet-dlq-{id}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(&shown["body"])? + "\n")?;
+    let editor = std::env::var("EDITOR").unwrap_or_else(|_| "vi".into());
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{editor} \"$1\""))
+        .arg("sh")
+        .arg(&path)
+        .status()?;
+    let body = std::fs::read(&path)?;
+    let _ = std::fs::remove_file(&path);
+    anyhow::ensure!(
+        status.success(),
+        "the editor exited with {status}; nothing was replayed"
+    );
+    Ok(body)
+}
+
 fn confirm(question: &str) -> bool {
     if !std::io::stdin().is_terminal() {
         return false;
@@ -184,6 +207,59 @@ pub async fn run(settings: &pvefleet_core::Settings, action: DlqAction) -> anyho
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        DlqAction::Edit { id, body, json } => {
+            let body = match body {
+                Some(path) => {
+                    std::fs::read(&path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
+                }
+                None => match edit_in_editor(&client, id).await {
+                    Ok(b) => b,
+                    Err(e) => return Ok(fail(json, &format!("{e:#}"))),
+                },
+            };
+            let topology = pvefleet_core::bus::topology::Topology::fleet(&settings.bus);
+            let publisher = pvefleet_core::bus::Publisher::new(&settings.bus, "pvefleet-cli", Some(topology));
+            publisher.connect().await?;
+            match dlq::edit(&client, &publisher, id, &body, &actor()).await {
+                Ok(copy) => {
+                    if json {
+                        println!("{}", json!({ "resolved": id, "message_id": copy }));
+                    } else {
+                        println!("replayed an edited copy of {id} as message {copy}; the original is resolved");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => Ok(fail(json, &format!("{e}; the dead letter stays parked"))),
+            }
+        }
+        DlqAction::Export { filter: f, out } => {
+            let lines = dlq::export(&client, &filter(f)).await?;
+            let text = lines.iter().map(|l| format!("{l}\n")).collect::<String>();
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, text)?;
+                    eprintln!("exported {} dead letters to {}", lines.len(), path.display());
+                }
+                None => print!("{text}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqAction::Import { file, json } => {
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let lines: Vec<String> = text.lines().map(str::to_string).collect();
+            match dlq::import(&client, &lines, &actor()).await {
+                Ok((imported, skipped)) => {
+                    if json {
+                        println!("{}", json!({ "imported": imported, "skipped": skipped }));
+                    } else {
+                        println!("imported {imported} dead letters ({skipped} already here)");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => Ok(fail(json, &format!("{e:#}; nothing was imported"))),
+            }
         }
         DlqAction::Archive { filter: f, yes, json } => retire(&client, &filter(f), yes, json, false).await,
         DlqAction::Purge { filter: f, yes, json } => retire(&client, &filter(f), yes, json, true).await,
