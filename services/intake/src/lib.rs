@@ -8,6 +8,7 @@
 //! `sites:write`); they are stored hashed.
 
 mod auth;
+mod dead_letters;
 mod problem;
 
 use std::sync::Arc;
@@ -41,6 +42,8 @@ pub struct AppState {
     poke: Option<Arc<tokio::sync::Notify>>,
     /// Opens sites' sealed credentials (`installer.secrets_key`), when configured.
     secrets: Option<pvefleet_core::site_secrets::SecretBox>,
+    /// Republishes dead letters.
+    publisher: Option<pvefleet_core::bus::Publisher>,
 }
 
 impl AppState {
@@ -61,7 +64,14 @@ impl AppState {
             settings: Arc::new(settings),
             poke,
             secrets,
+            publisher: None,
         }
+    }
+
+    /// With a publisher for dead-letter replays.
+    pub fn with_publisher(mut self, publisher: pvefleet_core::bus::Publisher) -> Self {
+        self.publisher = Some(publisher);
+        self
     }
 }
 
@@ -140,6 +150,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sites/{id}", get(get_site).delete(delete_site))
         .route("/v1/sites/{id}/credentials", get(site_credentials))
         .route("/v1/sagas/{id}", get(get_saga))
+        .route("/v1/dead-letters", get(dead_letters::list))
+        .route("/v1/dead-letters/groups", get(dead_letters::groups))
+        .route("/v1/dead-letters/replay", axum::routing::post(dead_letters::replay))
+        .route("/v1/dead-letters/archive", axum::routing::post(dead_letters::archive))
+        .route("/v1/dead-letters/purge", axum::routing::post(dead_letters::purge))
+        .route("/v1/dead-letters/{id}", get(dead_letters::show))
         .route("/v1/sagas/{id}/events", get(saga_events))
         .route("/openapi.json", get(openapi))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "No such resource.") })
@@ -158,7 +174,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-fn db_problem(e: impl std::fmt::Display) -> Problem {
+pub(crate) fn db_problem(e: impl std::fmt::Display) -> Problem {
     tracing::error!(error = %e, "Database error in intake.");
     Problem::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -387,7 +403,7 @@ async fn list_sites(
     Ok(axum::Json(list).into_response())
 }
 
-fn parse_id(id: &str) -> Result<Uuid, Problem> {
+pub(crate) fn parse_id(id: &str) -> Result<Uuid, Problem> {
     id.parse().map_err(|_| {
         Problem::field(
             StatusCode::BAD_REQUEST,
@@ -630,10 +646,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let topology = pvefleet_core::bus::topology::Topology::fleet(&settings.bus);
     let publisher = pvefleet_core::bus::Publisher::new(&settings.bus, "intake", Some(topology));
-    let relay = pvefleet_core::db::outbox::OutboxRelay::new(pool.clone(), publisher, settings.outbox.clone());
+    let relay = pvefleet_core::db::outbox::OutboxRelay::new(pool.clone(), publisher.clone(), settings.outbox.clone());
     let poke = relay.poker();
     let relay_task = tokio::spawn(relay.run(shutdown.clone()));
-    let state = AppState::new(pool, settings.clone(), Some(poke));
+    let state = AppState::new(pool, settings.clone(), Some(poke)).with_publisher(publisher);
     let app = router(state).merge(pvefleet_core::http::ops_router(readiness));
     let served = pvefleet_core::http::serve_listener(listener, app, shutdown.clone()).await;
     shutdown.cancel();

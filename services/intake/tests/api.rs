@@ -358,3 +358,136 @@ async fn credentials_are_revealed_only_to_an_admin_token_and_every_reveal_is_aud
     assert_eq!(missing.status().as_u16(), 404);
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_over_http_need_the_dlq_admin_scope_and_every_change_is_audited() {
+    let a = api().await;
+    let c = a.db.client().await.unwrap();
+    let id = uuid::Uuid::now_v7();
+    c.execute(
+        "INSERT INTO dead_letters (id, message_id, attempts, message_type, properties, body, origin_exchange,
+             origin_routing_key, origin_queue, fault_class, fault_message, fingerprint)
+         VALUES ($1, 'm1', 3, 'container.start', '{}'::jsonb, '{}'::bytea, 'pvefleet.commands', 'container.start',
+             'pvefleet.provisioner', 'retries-exhausted', 'PVE is down', 'container.start/retries-exhausted/x')",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    let ops = {
+        let client = pvefleet_core::db::connect(&pvefleet_core::config::DbSettings {
+            url: pvefleet_core::Secret::new(a.db.url()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .get()
+        .await
+        .unwrap();
+        pvefleet_intake::create_token(&client, "night-shift", &["dlq:admin".into()])
+            .await
+            .unwrap()
+    };
+    let url = |p: &str| format!("{}{p}", a.base);
+    // Without the scope: 403 problem naming it.
+    let denied = a
+        .http
+        .get(url("/v1/dead-letters"))
+        .bearer_auth(&a.read)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status().as_u16(), 403);
+    assert_eq!(denied.headers()["content-type"], "application/problem+json");
+    // With it: list, groups, show.
+    let list: Value = a
+        .http
+        .get(url("/v1/dead-letters?queue=pvefleet.provisioner"))
+        .bearer_auth(&ops)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let groups: Value = a
+        .http
+        .get(url("/v1/dead-letters/groups"))
+        .bearer_auth(&ops)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(groups[0]["count"], 1);
+    let shown = a
+        .http
+        .get(url(&format!("/v1/dead-letters/{id}")))
+        .bearer_auth(&ops)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shown.status().as_u16(), 200);
+    // A bad query and a bad body get problems, not panics.
+    let bad = a
+        .http
+        .get(url("/v1/dead-letters?id=not-a-uuid"))
+        .bearer_auth(&ops)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+    assert_eq!(bad.headers()["content-type"], "application/problem+json");
+    let bad = a
+        .http
+        .post(url("/v1/dead-letters/replay"))
+        .bearer_auth(&ops)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+    let unnamed = a
+        .http
+        .post(url("/v1/dead-letters/archive"))
+        .bearer_auth(&ops)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unnamed.status().as_u16(), 422, "a change must say which dead letters");
+    // A dry run, then an archive: the archive is audited with the token.
+    let dry: Value = a
+        .http
+        .post(url("/v1/dead-letters/replay"))
+        .bearer_auth(&ops)
+        .json(&json!({ "id": id, "dry_run": true }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dry["replayed"], json!([id]));
+    let archived: Value = a
+        .http
+        .post(url("/v1/dead-letters/archive"))
+        .bearer_auth(&ops)
+        .json(&json!({ "id": id }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(archived["count"], 1);
+    let row = c
+        .query_one("SELECT actor, action FROM audit_log ORDER BY id DESC LIMIT 1", &[])
+        .await
+        .unwrap();
+    let (actor, action): (String, String) = (row.get(0), row.get(1));
+    assert!(actor.contains("night-shift"), "{actor}");
+    assert_eq!(action, "dlq.archive");
+    a.stop().await;
+}

@@ -1,0 +1,185 @@
+//! `/v1/dead-letters...`: the dead-letter store over HTTP, for a token with the `dlq:admin`
+//! scope (403 otherwise). The same operations as `pvefleet dlq`, each change written to
+//! `audit_log` with the token.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use pvefleet_saga::dlq::{self, Filter};
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::problem::Problem;
+use crate::{AppState, auth, db_problem};
+
+const SCOPE: &str = "dlq:admin";
+
+/// Which dead letters: query parameters, or the body of a change.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selector {
+    id: Option<Uuid>,
+    group: Option<String>,
+    queue: Option<String>,
+    #[serde(rename = "type")]
+    message_type: Option<String>,
+    correlation_id: Option<Uuid>,
+    since: Option<String>,
+    until: Option<String>,
+    state: Option<String>,
+    limit: Option<i64>,
+    /// Replay: show what would be replayed.
+    #[serde(default)]
+    dry_run: bool,
+    /// Replay: at most this many a second.
+    rate: Option<f64>,
+}
+
+impl Selector {
+    fn filter(&self) -> Filter {
+        Filter {
+            id: self.id,
+            group: self.group.clone(),
+            queue: self.queue.clone(),
+            message_type: self.message_type.clone(),
+            correlation_id: self.correlation_id,
+            since: self.since.clone(),
+            until: self.until.clone(),
+            state: self.state.clone(),
+        }
+    }
+
+    fn names_some(&self) -> Result<Filter, Problem> {
+        let f = self.filter();
+        if f.id.is_none()
+            && f.group.is_none()
+            && f.queue.is_none()
+            && f.message_type.is_none()
+            && f.correlation_id.is_none()
+            && f.since.is_none()
+            && f.until.is_none()
+        {
+            return Err(Problem::field(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                "id",
+                "Say which dead letters: id, group, queue, type, correlation_id, since or until.",
+            ));
+        }
+        Ok(f)
+    }
+}
+
+/// The body as a selector, or a problem naming what is wrong with it.
+fn selector(body: &[u8]) -> Result<Selector, Problem> {
+    if body.is_empty() {
+        return Ok(Selector::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-body",
+            format!("The body is not a dead-letter selector: {e}"),
+        )
+    })
+}
+
+fn actor(caller: &auth::Caller) -> String {
+    format!("token:{} ({})", caller.id, caller.name)
+}
+
+fn failed(e: anyhow::Error) -> Problem {
+    tracing::error!(error = %e, "A dead-letter operation failed.");
+    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("{e:#}"))
+}
+
+pub(crate) async fn list(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<Selector>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    auth::require(&st.pool, &headers, SCOPE).await?;
+    let Query(q) = q.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid-query", e.body_text()))?;
+    let client = st.pool.get().await.map_err(db_problem)?;
+    let rows = dlq::list(&client, &q.filter(), q.limit.unwrap_or(200).clamp(1, 10_000))
+        .await
+        .map_err(failed)?;
+    Ok(Json(rows).into_response())
+}
+
+pub(crate) async fn groups(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, Problem> {
+    auth::require(&st.pool, &headers, SCOPE).await?;
+    let client = st.pool.get().await.map_err(db_problem)?;
+    Ok(Json(dlq::groups(&client).await.map_err(failed)?).into_response())
+}
+
+pub(crate) async fn show(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    auth::require(&st.pool, &headers, SCOPE).await?;
+    let id = crate::parse_id(&id)?;
+    let client = st.pool.get().await.map_err(db_problem)?;
+    match dlq::show(&client, id).await.map_err(failed)? {
+        Some(v) => Ok(Json(v).into_response()),
+        None => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("No dead letter {id}."),
+        )),
+    }
+}
+
+pub(crate) async fn replay(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let caller = auth::require(&st.pool, &headers, SCOPE).await?;
+    let q = selector(&body)?;
+    let f = q.names_some()?;
+    let Some(publisher) = &st.publisher else {
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "This intake has no broker connection for replays.",
+        ));
+    };
+    let client = st.pool.get().await.map_err(db_problem)?;
+    let done = dlq::replay(&client, publisher, &f, &actor(&caller), q.dry_run, q.rate, |_, _| {})
+        .await
+        .map_err(failed)?;
+    Ok(Json(json!({
+        "dry_run": q.dry_run,
+        "replayed": done.replayed,
+        "skipped": done.skipped.iter().map(|(id, why)| json!({ "id": id, "reason": why })).collect::<Vec<_>>(),
+    }))
+    .into_response())
+}
+
+async fn retire(st: AppState, headers: HeaderMap, body: &[u8], purge: bool) -> Result<Response, Problem> {
+    let caller = auth::require(&st.pool, &headers, SCOPE).await?;
+    let f = selector(body)?.names_some()?;
+    let client = st.pool.get().await.map_err(db_problem)?;
+    let n = dlq::retire(&client, &f, &actor(&caller), purge).await.map_err(failed)?;
+    Ok(Json(json!({ "action": if purge { "purge" } else { "archive" }, "count": n })).into_response())
+}
+
+pub(crate) async fn archive(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    retire(st, headers, &body, false).await
+}
+
+pub(crate) async fn purge(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    retire(st, headers, &body, true).await
+}
