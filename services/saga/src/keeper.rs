@@ -239,6 +239,7 @@ pub async fn run(
     relay: Option<Arc<Notify>>,
     shutdown: CancellationToken,
 ) {
+    let gauge = tokio::spawn(parked_gauge(pool.clone(), shutdown.clone()));
     while !shutdown.is_cancelled() {
         if let Err(e) = consume(&bus, &topology, &pool, relay.as_deref(), &shutdown).await {
             tracing::warn!(error = %e, "The dead-letter keeper lost its consumer; reconnecting.");
@@ -246,6 +247,24 @@ pub async fn run(
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
             }
+        }
+    }
+    let _ = gauge.await;
+}
+
+/// Keeps `pvefleet_dead_letters_parked` at the number of parked dead letters, every 15 s.
+async fn parked_gauge(pool: deadpool_postgres::Pool, shutdown: CancellationToken) {
+    loop {
+        if let Ok(client) = pool.get().await
+            && let Ok(row) = client
+                .query_one("SELECT count(*) FROM dead_letters WHERE state = 'parked'", &[])
+                .await
+        {
+            metrics::gauge!("pvefleet_dead_letters_parked").set(row.get::<_, i64>(0) as f64);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(15)) => {}
         }
     }
 }

@@ -1473,3 +1473,111 @@ async fn a_second_park_of_the_same_message_and_attempt_is_stored_once() {
     assert_eq!(dead_letters(&f).await, 1, "stored once");
     f.stop().await;
 }
+
+/// `pvefleet-saga` as its own process on the test's vhost and database.
+fn saga_process(f: &Fleet) -> std::process::Child {
+    // The same queue arguments as the test's topology, or declaring them would be refused.
+    let b = &f.settings.bus;
+    let tiers: Vec<String> = b.retry_tiers.iter().map(|t| format!("\"{}ms\"", t.as_millis())).collect();
+    let config = std::env::temp_dir().join(format!("pvefleet-keeper-{}.toml", uuid::Uuid::new_v4().simple()));
+    std::fs::write(
+        &config,
+        format!(
+            "[bus]\ndelivery_limit = {}\nmax_attempts = {}\nretry_tiers = [{}]\n",
+            b.delivery_limit,
+            b.max_attempts,
+            tiers.join(", ")
+        ),
+    )
+    .unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_pvefleet-saga"))
+        .env_clear()
+        .env("PVEFLEET_CONFIG", &config)
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PVEFLEET_BUS__URL", f.settings.bus.url.expose())
+        .env("PVEFLEET_DB__URL", f.settings.db.url.expose())
+        .env("PVEFLEET_HTTP__LISTEN", "127.0.0.1:0")
+        .env("PVEFLEET_SAGA__LEASE_SYNC_INTERVAL", "0s")
+        .env("PVEFLEET_TELEMETRY__FILTER", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(std::env::temp_dir().join("pvefleet-keeper-child.log")).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keeper_killed_mid_stream_loses_no_dead_letter_and_stores_none_twice() {
+    // The in-process coordinator (and its keeper) stops first: the parked queue is the child's.
+    let mut f = fleet().await;
+    f.shutdown.cancel();
+    for t in f.tasks.drain(..) {
+        t.await.unwrap().unwrap();
+    }
+    let (_c, ch) = f._vhost.channel().await.unwrap();
+    const N: usize = 2000;
+    let mut sent = std::collections::BTreeSet::new();
+    for i in 0..N {
+        let out = with_marks(&request(&format!("kill{i}"), false), i);
+        let props = pvefleet_core::bus::fields::with_headers(
+            out.properties.clone(),
+            vec![
+                ("pvefleet-fault-class", pvefleet_core::bus::fields::text("rejected")),
+                ("pvefleet-fault-message", pvefleet_core::bus::fields::text("no")),
+                ("pvefleet-fault-attempts", lapin::types::AMQPValue::LongLongInt(1)),
+                (
+                    "pvefleet-fault-origin-queue",
+                    pvefleet_core::bus::fields::text("pvefleet.saga"),
+                ),
+            ],
+        );
+        pvefleet_testkit::broker::publish_raw(&ch, "pvefleet.parked", "pvefleet.saga", props, &out.body)
+            .await
+            .unwrap();
+        sent.insert(out.message_id().unwrap().to_string());
+    }
+    let mut child = saga_process(&f);
+    let some = pvefleet_testkit::eventually(Duration::from_secs(60), || async {
+        (dead_letters(&f).await >= 100).then_some(())
+    })
+    .await;
+    assert!(
+        some.is_some(),
+        "the keeper started storing: {}",
+        std::fs::read_to_string(std::env::temp_dir().join("pvefleet-keeper-child.log")).unwrap_or_default()
+    );
+    child.kill().unwrap(); // SIGKILL, mid-stream
+    child.wait().unwrap();
+    let at_kill = dead_letters(&f).await;
+    assert!(at_kill < N as i64, "killed before the end ({at_kill} of {N})");
+    let mut child = saga_process(&f);
+    let all = pvefleet_testkit::eventually(Duration::from_secs(120), || async {
+        (dead_letters(&f).await >= N as i64).then_some(())
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        all.is_some(),
+        "every dead letter stored: {} of {N}",
+        dead_letters(&f).await
+    );
+    let c = f.db.client().await.unwrap();
+    let stored: std::collections::BTreeSet<String> = c
+        .query("SELECT message_id FROM dead_letters", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(dead_letters(&f).await, N as i64, "none twice");
+    assert_eq!(stored, sent, "none lost");
+    let events: i64 = c
+        .query_one("SELECT count(*) FROM outbox WHERE message_type = 'message.parked'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        events, N as i64,
+        "one message.parked per dead letter, committed with it"
+    );
+}
