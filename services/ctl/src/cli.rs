@@ -261,6 +261,9 @@ pub enum DlqAction {
         /// The file; standard output when absent.
         #[arg(long)]
         out: Option<std::path::PathBuf>,
+        /// With --out: a JSON summary instead of text (the export itself is always JSON lines).
+        #[arg(long)]
+        json: bool,
     },
     /// Stores dead letters from an NDJSON export, as parked; ones already here are skipped.
     Import {

@@ -233,13 +233,17 @@ pub async fn run(settings: &pvefleet_core::Settings, action: DlqAction) -> anyho
                 Err(e) => Ok(fail(json, &format!("{e}; the dead letter stays parked"))),
             }
         }
-        DlqAction::Export { filter: f, out } => {
+        DlqAction::Export { filter: f, out, json } => {
             let lines = dlq::export(&client, &filter(f)).await?;
             let text = lines.iter().map(|l| format!("{l}\n")).collect::<String>();
             match out {
                 Some(path) => {
                     std::fs::write(&path, text)?;
-                    eprintln!("exported {} dead letters to {}", lines.len(), path.display());
+                    if json {
+                        println!("{}", json!({ "exported": lines.len(), "file": path }));
+                    } else {
+                        eprintln!("exported {} dead letters to {}", lines.len(), path.display());
+                    }
                 }
                 None => print!("{text}"),
             }
