@@ -1478,7 +1478,11 @@ async fn a_second_park_of_the_same_message_and_attempt_is_stored_once() {
 fn saga_process(f: &Fleet) -> std::process::Child {
     // The same queue arguments as the test's topology, or declaring them would be refused.
     let b = &f.settings.bus;
-    let tiers: Vec<String> = b.retry_tiers.iter().map(|t| format!("\"{}ms\"", t.as_millis())).collect();
+    let tiers: Vec<String> = b
+        .retry_tiers
+        .iter()
+        .map(|t| format!("\"{}ms\"", t.as_millis()))
+        .collect();
     let config = std::env::temp_dir().join(format!("pvefleet-keeper-{}.toml", uuid::Uuid::new_v4().simple()));
     std::fs::write(
         &config,
