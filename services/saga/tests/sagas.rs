@@ -9,7 +9,6 @@ use std::time::Duration;
 use pvefleet_contracts::Message;
 use pvefleet_contracts::ids::SiteId;
 use pvefleet_contracts::messages::{App, SiteDeprovision, SiteProvision};
-use pvefleet_contracts::routing::PARKED_QUEUE;
 use pvefleet_core::Settings;
 use pvefleet_core::bus::outgoing::Origin;
 use pvefleet_core::bus::{Outgoing, Publisher};
@@ -323,7 +322,7 @@ async fn a_permanent_failure_at_each_step_compensates_the_completed_steps_in_rev
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_requests_published_straight_to_the_bus_are_parked_with_a_reason_and_rejected() {
     let f = fleet().await;
-    let (_c, ch) = (&f.events.0, &f.events.1);
+
     let mut bad = request("Bad_Name", false);
     f.send(&bad).await;
     let (kind, body) = f.event().await;
@@ -334,8 +333,9 @@ async fn invalid_requests_published_straight_to_the_bus_are_parked_with_a_reason
     f.send(&bad).await;
     let (_, body) = f.event().await;
     assert_eq!(body["field"], "template", "{body}");
-    let parked = take(ch, PARKED_QUEUE, 2, WAIT).await.unwrap();
-    assert_eq!(parked.len(), 2);
+    // Both are parked (and kept by the dead-letter keeper).
+    let kept = pvefleet_testkit::eventually(WAIT, || async { (dead_letters(&f).await == 2).then_some(()) }).await;
+    assert!(kept.is_some(), "both parked: {}", dead_letters(&f).await);
     // Valid traffic continues.
     let ok = request("fine", false);
     f.send(&ok).await;
@@ -421,14 +421,30 @@ async fn a_hundred_malformed_requests_on_the_bus_are_all_parked_with_reasons_whi
             valid.push(r.site_id);
         }
     }
-    let parked = take(ch, PARKED_QUEUE, 100, Duration::from_secs(120)).await.unwrap();
-    assert_eq!(parked.len(), 100, "every malformed message is parked");
+    // Every one is parked, and the dead-letter keeper stores it with the fault headers the
+    // runtime put on it and the body as it was published.
+    let kept = pvefleet_testkit::eventually(Duration::from_secs(120), || async {
+        (dead_letters(&f).await == 100).then_some(())
+    })
+    .await;
+    assert!(
+        kept.is_some(),
+        "every malformed message is parked: {}",
+        dead_letters(&f).await
+    );
+    let c = f.db.client().await.unwrap();
+    let parked = c
+        .query("SELECT message_id, properties, body FROM dead_letters", &[])
+        .await
+        .unwrap();
     for p in &parked {
-        let id = p.properties.message_id().clone().unwrap().to_string();
+        let id: String = p.get(0);
+        let props: lapin::BasicProperties = serde_json::from_value(p.get(1)).unwrap();
+        let data: Vec<u8> = p.get(2);
         let (_, i, kind, body) = published.get(&id).expect("a parked message is one we published");
-        let class = pvefleet_core::bus::fields::header_str(&p.properties, pvefleet_contracts::headers::fault::CLASS);
-        let reason = pvefleet_core::bus::fields::header_str(&p.properties, pvefleet_contracts::headers::fault::MESSAGE);
-        assert_eq!(&p.data, body, "the parked body is the one published");
+        let class = pvefleet_core::bus::fields::header_str(&props, pvefleet_contracts::headers::fault::CLASS);
+        let reason = pvefleet_core::bus::fields::header_str(&props, pvefleet_contracts::headers::fault::MESSAGE);
+        assert_eq!(&data, body, "the parked body is the one published");
         // Unreadable bodies fail decoding, schema violations the schema check, and policy
         // violations (plan, sizes, template) the coordinator's validation.
         let expected_class = match (*kind, i % 10) {
