@@ -1,0 +1,259 @@
+//! Autoscaler ticks against pvesim with a driven load profile, and the real Postgres (own
+//! database) for cooldowns, actions and the leader lock.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use pvefleet_autoscaler::tick::Scaler;
+use pvefleet_core::config::AutoscalerSettings;
+use pvefleet_pvesim::{Fault, Load, Sim, SimConfig};
+use pvefleet_testkit::TestDb;
+
+const VMID: u32 = 700;
+const MIB: u64 = 1024 * 1024;
+
+struct Rig {
+    sim: Sim,
+    pve: pvefleet_proxmox::client::PveClient,
+    pool: deadpool_postgres::Pool,
+    db: TestDb,
+    settings: AutoscalerSettings,
+}
+
+async fn rig() -> Rig {
+    pvefleet_testkit::init_tracing();
+    let (sim, addr) = Sim::spawn(SimConfig {
+        token: Some(("a@pve!s".into(), "x".into())),
+        record_requests: true,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    sim.populate(VMID, 1, Load::default());
+    let pve_settings = pvefleet_core::config::PveSettings {
+        url: format!("http://{addr}"),
+        token_id: Some("a@pve!s".into()),
+        token_secret: Some(pvefleet_core::Secret::new("x")),
+        ..Default::default()
+    };
+    let pve = pvefleet_core::pve::client(&pve_settings).unwrap();
+    let db = TestDb::create().await.unwrap();
+    let pool = pvefleet_core::db::connect(&pvefleet_core::config::DbSettings {
+        url: pvefleet_core::Secret::new(db.url()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    pvefleet_core::db::migrate(&pool).await.unwrap();
+    let mut settings = AutoscalerSettings::default();
+    settings.policy.cooldown_secs = 1;
+    settings.policy.evaluation_periods = 1;
+    settings.policy.max_cores = 4;
+    settings.policy.min_cores = 1;
+    Rig {
+        sim,
+        pve,
+        pool,
+        db,
+        settings,
+    }
+}
+
+fn cores(sim: &Sim) -> u32 {
+    let text = sim.config_text(VMID).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("cores: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn resources_reads(sim: &Sim) -> usize {
+    sim.requests().iter().filter(|r| r.path == "/cluster/resources").count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sustained_load_grows_one_step_per_cooldown_to_the_max_then_shrinks_with_one_cluster_read_per_tick() {
+    let r = rig().await;
+    let mut scaler = Scaler::default();
+    r.sim.set_load(
+        VMID,
+        Load {
+            cpu: 0.95,
+            mem: 900 * MIB,
+            ..Load::default()
+        },
+    );
+    let mut seen = vec![cores(&r.sim)];
+    let mut ticks = 0;
+    for _ in 0..8 {
+        let before = resources_reads(&r.sim);
+        let report = scaler.tick(&r.pve, &r.pool, &r.settings).await.unwrap();
+        ticks += 1;
+        assert!(report.leader);
+        assert_eq!(
+            resources_reads(&r.sim) - before,
+            1,
+            "one /cluster/resources read per tick"
+        );
+        seen.push(cores(&r.sim));
+        // Inside the cooldown, the next tick holds.
+        let held = scaler.tick(&r.pve, &r.pool, &r.settings).await.unwrap();
+        ticks += 1;
+        assert!(held.actions.iter().all(|a| a.1 != "cpu"), "{held:?}");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        if cores(&r.sim) == 4 {
+            break;
+        }
+    }
+    seen.dedup();
+    assert_eq!(seen, vec![2, 3, 4], "one step per cooldown, up to the max");
+    assert!(ticks >= 4);
+    // At the max, high load holds.
+    let report = scaler.tick(&r.pve, &r.pool, &r.settings).await.unwrap();
+    assert!(report.actions.iter().all(|a| a.1 != "cpu"));
+    assert_eq!(cores(&r.sim), 4);
+    // The load drops: back down, a step per cooldown, to the minimum.
+    r.sim.set_load(
+        VMID,
+        Load {
+            cpu: 0.05,
+            mem: 900 * MIB,
+            ..Load::default()
+        },
+    );
+    for _ in 0..8 {
+        scaler.tick(&r.pve, &r.pool, &r.settings).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        if cores(&r.sim) == 1 {
+            break;
+        }
+    }
+    assert_eq!(cores(&r.sim), 1);
+    let c = r.db.client().await.unwrap();
+    let scaled: i64 = c
+        .query_one(
+            "SELECT count(*) FROM autoscale_actions WHERE resource = 'cpu' AND outcome = 'scaled'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(scaled, 5, "2→3→4, then 4→3→2→1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_digest_conflict_is_retried_and_never_overwrites_the_other_writers_change() {
+    let r = rig().await;
+    let mut scaler = Scaler::default();
+    r.sim.set_load(
+        VMID,
+        Load {
+            cpu: 0.95,
+            mem: 900 * MIB,
+            ..Load::default()
+        },
+    );
+    // Another writer changes the config; then PVE refuses our first write as a conflict.
+    let node = r
+        .pve
+        .resources(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|x| x.vmid == Some(u64::from(VMID)))
+        .unwrap()
+        .node
+        .unwrap();
+    r.pve
+        .lxc_set_config(
+            &node,
+            VMID,
+            pvefleet_proxmox::client::Params::new().set("description", "set by someone else"),
+            None,
+        )
+        .await
+        .unwrap();
+    r.sim.inject(
+        serde_json::from_value::<Fault>(serde_json::json!({
+            "path": format!("/nodes/{node}/lxc/{VMID}/config"), "method": "PUT", "status": 500,
+            "message": "detected modified configuration - file changed by other user? Try again.", "count": 1
+        }))
+        .unwrap(),
+    );
+    let report = scaler.tick(&r.pve, &r.pool, &r.settings).await.unwrap();
+    let cpu: Vec<_> = report.actions.iter().filter(|a| a.1 == "cpu").collect();
+    assert_eq!(cpu.len(), 1);
+    assert_eq!(cpu[0].4, "scaled", "retried after the conflict");
+    let text = r.sim.config_text(VMID).unwrap();
+    assert!(text.contains("cores: 3"), "{text}");
+    assert!(text.contains("set by someone else"), "the other change is kept: {text}");
+    let puts = r
+        .sim
+        .requests()
+        .iter()
+        .filter(|q| q.method == "PUT" && q.path.ends_with("/config"))
+        .count();
+    assert_eq!(puts, 3, "the other writer's, our refused one, our retry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_another_replica_holds_the_lock_a_tick_does_nothing_and_cooldowns_outlive_the_scaler() {
+    let r = rig().await;
+    r.sim.set_load(
+        VMID,
+        Load {
+            cpu: 0.95,
+            mem: 900 * MIB,
+            ..Load::default()
+        },
+    );
+    // Another replica mid-tick: it holds the leader lock.
+    let other = r.pool.get().await.unwrap();
+    other
+        .execute("SELECT pg_advisory_lock($1, 0)", &[&0x7061_7300_i32])
+        .await
+        .unwrap();
+    let reads = resources_reads(&r.sim);
+    let report = Scaler::default().tick(&r.pve, &r.pool, &r.settings).await.unwrap();
+    assert!(!report.leader);
+    assert!(report.actions.is_empty());
+    assert_eq!(resources_reads(&r.sim), reads, "a follower does not even read");
+    other
+        .execute("SELECT pg_advisory_unlock($1, 0)", &[&0x7061_7300_i32])
+        .await
+        .unwrap();
+    let mut settings = r.settings.clone();
+    settings.policy.cooldown_secs = 3600;
+    let report = Scaler::default().tick(&r.pve, &r.pool, &settings).await.unwrap();
+    assert!(report.leader);
+    assert!(report.actions.iter().any(|a| a.1 == "cpu" && a.4 == "scaled"));
+    // A new scaler (a restart, or another replica) sees the cooldown in Postgres.
+    let report = Scaler::default().tick(&r.pve, &r.pool, &settings).await.unwrap();
+    assert!(report.actions.iter().all(|a| a.1 != "cpu"), "{report:?}");
+    assert_eq!(cores(&r.sim), 3);
+    // Opted out by tag: never scaled.
+    let node = r
+        .pve
+        .resources(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|x| x.vmid == Some(u64::from(VMID)))
+        .unwrap()
+        .node
+        .unwrap();
+    r.pve
+        .lxc_set_config(
+            &node,
+            VMID,
+            pvefleet_proxmox::client::Params::new().set("tags", "fleet;pvefleet-noscale"),
+            None,
+        )
+        .await
+        .unwrap();
+    let report = Scaler::default().tick(&r.pve, &r.pool, &r.settings).await.unwrap();
+    assert_eq!(report.containers, 0);
+}
