@@ -7,10 +7,15 @@
 //! restarts and are shared. An action is one config PUT with the `digest` just read: a
 //! conflicting writer makes PVE refuse it, and the autoscaler reads again and retries, never
 //! overwriting the other change (it writes only the key it scales). A locked container waits
-//! for the next tick. The config is read back to verify, and the result is recorded.
+//! for the next tick. The config is read back to verify, and the result is recorded in
+//! `autoscale_actions` with its `container.scaled` event, through the outbox.
 
 use std::collections::HashMap;
 
+use pvefleet_contracts::Vmid;
+use pvefleet_contracts::messages::ContainerScaled;
+use pvefleet_core::bus::Outgoing;
+use pvefleet_core::bus::outgoing::Origin;
 use pvefleet_core::config::AutoscalerSettings;
 use pvefleet_proxmox::client::api::Resource;
 use pvefleet_proxmox::client::{Params, PveClient, Reason};
@@ -36,6 +41,8 @@ pub struct Report {
     pub actions: Vec<(u32, &'static str, u64, u64, String)>,
     /// Containers that wanted to act but wait for a free slot.
     pub waiting: Vec<u32>,
+    /// Time spent updating windows and deciding, after the read.
+    pub decide_time: std::time::Duration,
 }
 
 /// The autoscaler's state between ticks: the sample windows.
@@ -128,6 +135,7 @@ impl Scaler {
             .iter()
             .map(|r| ((r.get(0), r.get(1)), u64::try_from(r.get::<_, i64>(2)).unwrap_or(0)))
             .collect();
+        let deciding = std::time::Instant::now();
         let mut wanted = Vec::new();
         let mut inputs: HashMap<u32, (String, Container)> = HashMap::new();
         for r in rows
@@ -174,6 +182,7 @@ impl Scaler {
             wanted.push(Wanted { vmid, decision });
         }
         let (go, wait) = decide::plan(&wanted, s.safety.max_concurrent, 0);
+        report.decide_time = deciding.elapsed();
         report.waiting = wait;
         for w in wanted.iter().filter(|w| go.contains(&w.vmid)) {
             let Some((node, _)) = inputs.get(&w.vmid) else { continue };
@@ -213,30 +222,51 @@ impl Scaler {
                     Err(e) => e,
                 }
             };
-            client
-                .execute(
-                    "INSERT INTO autoscale_actions (vmid, node, resource, from_value, to_value, outcome, emergency)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    &[
-                        &(vmid as i32),
-                        &node,
-                        &resource,
-                        &(*from as i64),
-                        &(*to as i64),
-                        &outcome,
-                        emergency,
-                    ],
-                )
-                .await?;
-            if outcome == "scaled" || outcome == "would_scale" {
-                // The cooldown starts for a dry run too, or it would decide the same every tick.
+            // The action, its cooldown and its `container.scaled` (through the outbox) commit together.
+            client.batch_execute("BEGIN").await?;
+            let recorded = async {
                 client
                     .execute(
-                        "INSERT INTO autoscale_cooldowns (vmid, resource, until) VALUES ($1, $2, now() + $3 * interval '1 second')
-                         ON CONFLICT (vmid, resource) DO UPDATE SET until = excluded.until",
-                        &[&(vmid as i32), &resource, &(s.policy.cooldown_secs as f64)],
+                        "INSERT INTO autoscale_actions (vmid, node, resource, from_value, to_value, outcome, emergency)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                        &[&(vmid as i32), &node, &resource, &(*from as i64), &(*to as i64), &outcome, emergency],
                     )
                     .await?;
+                if outcome == "scaled" || outcome == "would_scale" {
+                    // The cooldown starts for a dry run too, or it would decide the same every tick.
+                    client
+                        .execute(
+                            "INSERT INTO autoscale_cooldowns (vmid, resource, until) VALUES ($1, $2, now() + $3 * interval '1 second')
+                             ON CONFLICT (vmid, resource) DO UPDATE SET until = excluded.until",
+                            &[&(vmid as i32), &resource, &(s.policy.cooldown_secs as f64)],
+                        )
+                        .await?;
+                    let event = ContainerScaled {
+                        vmid: Vmid(vmid),
+                        node: node.to_string(),
+                        resource: resource.to_string(),
+                        from: *from,
+                        to: *to,
+                        outcome: outcome.clone(),
+                        emergency: *emergency,
+                    };
+                    let origin = Origin {
+                        app_id: Some("autoscaler".into()),
+                        ..Origin::default()
+                    };
+                    pvefleet_core::db::outbox::enqueue(client, &Outgoing::message(&event, &origin)?).await?;
+                }
+                anyhow::Ok(())
+            }
+            .await;
+            match recorded {
+                Ok(()) => client.batch_execute("COMMIT").await?,
+                Err(e) => {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    return Err(e);
+                }
+            }
+            if outcome == "scaled" || outcome == "would_scale" {
                 tracing::info!(vmid, node, resource, from, to, outcome = %outcome, "Scaled.");
             } else {
                 tracing::warn!(vmid, node, resource, from, to, outcome = %outcome, "Not scaled this tick.");

@@ -142,6 +142,15 @@ async fn sustained_load_grows_one_step_per_cooldown_to_the_max_then_shrinks_with
         .unwrap()
         .get(0);
     assert_eq!(scaled, 5, "2→3→4, then 4→3→2→1");
+    let events: i64 = c
+        .query_one(
+            "SELECT count(*) FROM outbox WHERE message_type = 'container.scaled'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(events, 5, "a container.scaled per action, committed with it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -517,6 +517,12 @@ pub enum PveConfigAction {
 /// `pvefleet bench ...`
 #[derive(Debug, Subcommand)]
 pub enum BenchWhat {
+    /// One autoscaler tick over many containers in pvesim: API calls, time, window memory.
+    Autoscaler {
+        /// Containers, spread over 3 nodes.
+        #[arg(long, default_value_t = 10_000)]
+        containers: u32,
+    },
     /// Batch replay of dead letters: stored rows republished to a queue, msgs/s.
     Dlq {
         /// Dead letters to store and replay.

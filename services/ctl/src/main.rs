@@ -1,6 +1,7 @@
 //! `pvefleet`: the operator CLI. Thin: parse, load config, init telemetry, dispatch.
 
 mod bench;
+mod bench_autoscaler;
 mod bench_dlq;
 mod bench_sagas;
 mod cli;

@@ -128,7 +128,8 @@ impl Coordinator {
             .route::<HaEnableFailed, _>(c.clone())
             .route::<HaDisabled, _>(c.clone())
             .route::<HaDisableFailed, _>(c.clone())
-            .route::<MessageParked, _>(c)
+            .route::<MessageParked, _>(c.clone())
+            .route::<ContainerScaled, _>(c)
             .on_invalid::<SiteProvision>(rejection_notice)
     }
 
@@ -921,6 +922,15 @@ impl Handler<pvefleet_contracts::messages::MessageParked> for Coordinator {
             .map_err(retry_db)
         );
         tracing::error!(%saga, step = mtype, dead_letter = %msg.dead_letter_id, state = stopped, "A saga's command was parked; the saga waits for an operator.");
+        Outcome::Ok
+    }
+}
+
+/// The autoscaler's `container.scaled` matches the saga queue's `container.*` binding; it is
+/// no saga's step.
+#[async_trait]
+impl Handler<pvefleet_contracts::messages::ContainerScaled> for Coordinator {
+    async fn handle(&self, _msg: pvefleet_contracts::messages::ContainerScaled, _ctx: &Context<'_>) -> Outcome {
         Outcome::Ok
     }
 }

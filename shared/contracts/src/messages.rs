@@ -975,3 +975,40 @@ event!(
         fault_class: "retries-exhausted".into(),
     }
 );
+
+// ---------------------------------------------------------------------------------------------
+// autoscaler
+
+/// The autoscaler changed a container's cores or memory (or, in a dry run, would have).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ContainerScaled {
+    /// The container.
+    pub vmid: Vmid,
+    /// The node it runs on.
+    pub node: String,
+    /// `cpu` (cores) or `memory` (MiB).
+    pub resource: String,
+    /// The value before.
+    pub from: u64,
+    /// The value after.
+    pub to: u64,
+    /// `scaled`, or `would_scale` in a dry run.
+    pub outcome: String,
+    /// An emergency scale-up that bypassed the cooldown.
+    #[serde(default)]
+    pub emergency: bool,
+}
+event!(
+    ContainerScaled,
+    "container.scaled",
+    "The autoscaler changed a container's cores or memory.",
+    ContainerScaled {
+        vmid: Vmid(123),
+        node: "pve1".into(),
+        resource: "memory".into(),
+        from: 2048,
+        to: 2560,
+        outcome: "scaled".into(),
+        emergency: false,
+    }
+);

@@ -108,7 +108,7 @@ const fn plain_command<M: Message>() -> MessageInfo {
 
 /// Every message type, in a stable order.
 pub fn registry() -> &'static [MessageInfo] {
-    static REGISTRY: [MessageInfo; 40] = [
+    static REGISTRY: [MessageInfo; 41] = [
         plain_command::<SiteProvision>(),
         plain_command::<SiteDeprovision>(),
         event::<SiteProvisioned>(),
@@ -149,6 +149,7 @@ pub fn registry() -> &'static [MessageInfo] {
         event::<HaDisabled>(),
         event::<HaDisableFailed>(),
         event::<MessageParked>(),
+        event::<ContainerScaled>(),
     ];
     &REGISTRY
 }

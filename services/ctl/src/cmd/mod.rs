@@ -76,5 +76,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench {
             what: BenchWhat::Dlq { count },
         } => crate::bench_dlq::run(&settings, count).await,
+        Command::Bench {
+            what: BenchWhat::Autoscaler { containers },
+        } => crate::bench_autoscaler::run(&settings, containers).await,
     }
 }
