@@ -5,6 +5,7 @@
 //! come: per-tag and per-container policies, `container.scaled`, alerts, the watchdog, the CLI,
 //! the lxc-autoscaler import, the service binary and its benchmark.
 
+pub mod alerts;
 pub mod decide;
 pub mod tick;
 pub mod window;

@@ -266,3 +266,63 @@ async fn while_another_replica_holds_the_lock_a_tick_does_nothing_and_cooldowns_
     let report = Scaler::default().tick(&r.pve, &r.pool, &r.settings).await.unwrap();
     assert_eq!(report.containers, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_fire_once_per_crossing_and_clear_once() {
+    let r = rig().await;
+    let mut settings = r.settings.clone();
+    settings.policy.dry_run = true; // alerts only: nothing is resized
+    let mut scaler = Scaler::default();
+    let load = |mem_mib: u64| Load {
+        cpu: 0.5,
+        mem: mem_mib * MIB,
+        ..Load::default()
+    };
+    let memory_edges = |report: &pvefleet_autoscaler::tick::Report| {
+        report
+            .alerts
+            .iter()
+            .filter_map(|e| match e {
+                pvefleet_autoscaler::alerts::Edge::Raised {
+                    subject,
+                    resource: "memory",
+                    ..
+                } => Some(format!("raised {subject}")),
+                pvefleet_autoscaler::alerts::Edge::Cleared {
+                    subject,
+                    resource: "memory",
+                    ..
+                } => Some(format!("cleared {subject}")),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    // 2 GiB container: 1.9 GiB used is 93 %.
+    r.sim.set_load(VMID, load(1900));
+    let first = scaler.tick(&r.pve, &r.pool, &settings).await.unwrap();
+    assert_eq!(memory_edges(&first), vec![format!("raised lxc/{VMID}")]);
+    for _ in 0..3 {
+        let again = scaler.tick(&r.pve, &r.pool, &settings).await.unwrap();
+        assert!(memory_edges(&again).is_empty(), "not every tick");
+    }
+    // A restarted autoscaler knows it is raised already.
+    let restarted = Scaler::default().tick(&r.pve, &r.pool, &settings).await.unwrap();
+    assert!(memory_edges(&restarted).is_empty());
+    // 82 %: below 85 but within the margin; 70 %: cleared, once.
+    r.sim.set_load(VMID, load(1680));
+    assert!(memory_edges(&scaler.tick(&r.pve, &r.pool, &settings).await.unwrap()).is_empty());
+    r.sim.set_load(VMID, load(1430));
+    let cleared = scaler.tick(&r.pve, &r.pool, &settings).await.unwrap();
+    assert_eq!(memory_edges(&cleared), vec![format!("cleared lxc/{VMID}")]);
+    assert!(memory_edges(&scaler.tick(&r.pve, &r.pool, &settings).await.unwrap()).is_empty());
+    let c = r.db.client().await.unwrap();
+    let events: i64 = c
+        .query_one(
+            "SELECT count(*) FROM outbox WHERE message_type = 'resource.alert' AND convert_from(body, 'UTF8') LIKE '%memory%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(events, 2, "one raised, one cleared");
+}

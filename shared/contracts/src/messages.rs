@@ -1012,3 +1012,31 @@ event!(
         emergency: false,
     }
 );
+
+/// A container or node crossed a resource threshold (`raised`), or went back below it
+/// (`cleared`); once per crossing, never every tick.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ResourceAlert {
+    /// `lxc/101` or `node/pve1`.
+    pub subject: String,
+    /// `cpu`, `memory`, `disk`, or `restart_loop` (the watchdog gave up restarting it).
+    pub kind: String,
+    /// `raised` or `cleared`.
+    pub state: String,
+    /// The usage, %, when it changed.
+    pub value: f64,
+    /// The threshold, %.
+    pub threshold: f64,
+}
+event!(
+    ResourceAlert,
+    "resource.alert",
+    "A container or node crossed a resource threshold, or went back below it.",
+    ResourceAlert {
+        subject: "lxc/123".into(),
+        kind: "memory".into(),
+        state: "raised".into(),
+        value: 91.5,
+        threshold: 85.0,
+    }
+);

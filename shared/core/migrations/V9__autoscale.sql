@@ -22,3 +22,12 @@ CREATE TABLE autoscale_actions (
     at        TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE INDEX autoscale_actions_vmid ON autoscale_actions (vmid, at);
+
+-- Alerts raised and not yet cleared, so each is raised once and cleared once, across restarts
+-- and replicas.
+CREATE TABLE resource_alerts (
+    subject   TEXT NOT NULL,
+    resource  TEXT NOT NULL,
+    raised_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (subject, resource)
+);

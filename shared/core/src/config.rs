@@ -64,6 +64,8 @@ pub struct AutoscalerSettings {
     pub safety: AutoscaleSafety,
     /// Containers with this tag are never scaled.
     pub opt_out_tag: String,
+    /// `resource.alert` thresholds for containers and nodes.
+    pub alerts: AlertThresholds,
 }
 
 impl Default for AutoscalerSettings {
@@ -73,6 +75,32 @@ impl Default for AutoscalerSettings {
             policy: AutoscalePolicy::default(),
             safety: AutoscaleSafety::default(),
             opt_out_tag: "pvefleet-noscale".into(),
+            alerts: AlertThresholds::default(),
+        }
+    }
+}
+
+/// Alert thresholds, %.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertThresholds {
+    /// CPU.
+    pub cpu: f64,
+    /// Memory.
+    pub memory: f64,
+    /// Disk.
+    pub disk: f64,
+    /// An alert clears when usage falls this many points below its threshold.
+    pub hysteresis: f64,
+}
+
+impl Default for AlertThresholds {
+    fn default() -> Self {
+        Self {
+            cpu: 80.0,
+            memory: 85.0,
+            disk: 90.0,
+            hysteresis: 5.0,
         }
     }
 }
