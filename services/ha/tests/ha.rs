@@ -245,3 +245,49 @@ async fn the_reconciler_restores_a_missing_resource_and_a_wrong_state() {
     );
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_starts_a_stopped_fleet_container_and_gives_up_on_a_loop_with_an_alert() {
+    let r = rig("9.1.3").await;
+    let (_c, ch) = (&r.events.0, &r.events.1);
+    let alerts = pvefleet_testkit::broker::event_queue(ch, &["resource.alert"])
+        .await
+        .unwrap();
+    r.container(410).await; // tagged pvefleet, created stopped, not HA-managed
+    r.container(411).await;
+    r.pve
+        .lxc_set_config("pve1", 411, Params::new().set("tags", "pvefleet;pvefleet-hold"), None)
+        .await
+        .unwrap();
+    let mut s = r.settings.ha.clone();
+    s.watchdog_max_restarts = 2;
+    let ha = pvefleet_ha::Ha::with_publisher(r.pve.clone(), s, r.publisher.clone());
+    let status = |vmid| {
+        let pve = r.pve.clone();
+        async move { pve.lxc_status("pve1", vmid).await.unwrap().status }
+    };
+    // It keeps stopping: started twice, then the watchdog gives up and alerts once.
+    for round in 1..=2 {
+        let repaired = ha.reconcile().await.unwrap();
+        assert_eq!(repaired.started, 1, "round {round}");
+        assert_eq!(status(410).await, "running");
+        r.pve.lxc_stop("pve1", 410).await.unwrap();
+    }
+    let repaired = ha.reconcile().await.unwrap();
+    assert_eq!((repaired.started, repaired.restart_loops), (0, 1));
+    let (kind, body) = pvefleet_testkit::broker::next_json(ch, &alerts, WAIT)
+        .await
+        .unwrap()
+        .expect("a restart_loop alert");
+    assert_eq!(kind, "resource.alert");
+    assert_eq!(
+        (body["subject"].as_str(), body["kind"].as_str()),
+        (Some("lxc/410"), Some("restart_loop"))
+    );
+    // It stops trying, and says so once.
+    let repaired = ha.reconcile().await.unwrap();
+    assert_eq!((repaired.started, repaired.restart_loops), (0, 0));
+    assert_eq!(status(410).await, "stopped");
+    assert_eq!(status(411).await, "stopped", "a container on hold is left alone");
+    r.stop().await;
+}

@@ -31,6 +31,9 @@ pub use lock::VmidLock;
 /// The tag every container the fleet creates carries.
 pub const FLEET_TAG: &str = "pvefleet";
 
+/// The tag that keeps the ha service's watchdog from starting a container (`ha.watchdog_hold_tag`).
+pub const HOLD_TAG: &str = "pvefleet-hold";
+
 /// The description line that marks a container as a site's.
 pub fn site_marker(site: &SiteId) -> String {
     format!("pvefleet-site: {site}")
@@ -396,6 +399,20 @@ impl Handler<ContainerDestroy> for Provisioner {
                 "vmid.taken",
                 format!("container {vmid} is not this site's; it is left alone"),
             ));
+        }
+        // On hold first, so the ha service's watchdog does not start it again while it goes.
+        let mut tags: Vec<String> = found.tag_list().iter().map(|t| t.to_string()).collect();
+        if !tags.iter().any(|t| t == HOLD_TAG) {
+            tags.push(HOLD_TAG.to_string());
+            match me
+                .pve
+                .lxc_set_config(&node, vmid, Params::new().set("tags", tags.join(";")), None)
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if e.reason == Reason::NotFound => return ctx.emit(&done).await,
+                Err(e) => return pve_outcome("container.destroy", e),
+            }
         }
         // A clean shutdown first; a container that does not stop in time is stopped.
         if found.status.as_deref() == Some("running") {

@@ -465,6 +465,14 @@ pub struct HaSettings {
     /// How often the reconciler repairs drift (missing HA resources, wrong states).
     #[serde(with = "humantime_serde")]
     pub reconcile_interval: Duration,
+    /// The watchdog: a fleet container (tag `pvefleet`) that is not HA-managed and is found
+    /// stopped is started again.
+    pub watchdog: bool,
+    /// Watchdog starts of one container per hour before it gives up with a `restart_loop`
+    /// alert.
+    pub watchdog_max_restarts: u32,
+    /// Containers with this tag are left stopped (an operator's hold).
+    pub watchdog_hold_tag: String,
 }
 
 impl Default for HaSettings {
@@ -476,6 +484,9 @@ impl Default for HaSettings {
             strict: false,
             group: "pvefleet".into(),
             reconcile_interval: Duration::from_secs(60),
+            watchdog: true,
+            watchdog_max_restarts: 3,
+            watchdog_hold_tag: "pvefleet-hold".into(),
         }
     }
 }
