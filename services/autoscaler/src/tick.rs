@@ -104,7 +104,6 @@ impl Scaler {
             ..Report::default()
         };
         let rows = pve.resources(None).await?;
-        let p = &s.policy;
         // Nodes, with the memory their guests are allowed.
         let mut allocated: HashMap<String, u64> = HashMap::new();
         for r in rows.iter().filter(|r| r.kind == "lxc" || r.kind == "qemu") {
@@ -137,9 +136,10 @@ impl Scaler {
             .iter()
             .map(|r| ((r.get(0), r.get(1)), u64::try_from(r.get::<_, i64>(2)).unwrap_or(0)))
             .collect();
+        let policies = crate::policies::Policies::load(&client, &s.policy).await?;
         let deciding = std::time::Instant::now();
         let mut wanted = Vec::new();
-        let mut inputs: HashMap<u32, (String, Container)> = HashMap::new();
+        let mut inputs: HashMap<u32, (String, Container, pvefleet_core::config::AutoscalePolicy)> = HashMap::new();
         for r in rows
             .iter()
             .filter(|r| r.kind == "lxc" && r.status.as_deref() == Some("running"))
@@ -153,6 +153,8 @@ impl Scaler {
             }
             let Some(node_name) = r.node.clone() else { continue };
             let Some(node) = nodes.get(&node_name) else { continue };
+            let tag_list = r.tag_list();
+            let p = policies.resolve(vmid, &tag_list, &s.policy);
             report.containers += 1;
             let maxcpu = r.maxcpu.unwrap_or(1.0);
             let w = self
@@ -180,7 +182,7 @@ impl Scaler {
                 memory_secs: cooldowns.get(&(vm, "memory".to_string())).copied().unwrap_or(0),
             };
             let decision = decide::decide(p, &s.safety, &c, node, cd);
-            inputs.insert(vmid, (node_name, c));
+            inputs.insert(vmid, (node_name, c, p.clone()));
             wanted.push(Wanted { vmid, decision });
         }
         let (go, wait) = decide::plan(&wanted, s.safety.max_concurrent, 0);
@@ -188,8 +190,10 @@ impl Scaler {
         report.alerts = alerts(&client, s, &rows).await?;
         report.waiting = wait;
         for w in wanted.iter().filter(|w| go.contains(&w.vmid)) {
-            let Some((node, _)) = inputs.get(&w.vmid) else { continue };
-            self.act(pve, &client, s, w.vmid, node, &w.decision, &mut report)
+            let Some((node, _, p)) = inputs.get(&w.vmid) else {
+                continue;
+            };
+            self.act(pve, &client, p, w.vmid, node, &w.decision, &mut report)
                 .await?;
         }
         // Windows of containers no longer seen are dropped.
@@ -204,7 +208,7 @@ impl Scaler {
         &self,
         pve: &PveClient,
         client: &tokio_postgres::Client,
-        s: &AutoscalerSettings,
+        policy: &pvefleet_core::config::AutoscalePolicy,
         vmid: u32,
         node: &str,
         d: &Decision,
@@ -217,7 +221,7 @@ impl Scaler {
             else {
                 continue;
             };
-            let outcome = if s.policy.dry_run {
+            let outcome = if policy.dry_run {
                 "would_scale".to_string()
             } else {
                 match write(pve, node, vmid, key, *to).await {
@@ -241,7 +245,7 @@ impl Scaler {
                         .execute(
                             "INSERT INTO autoscale_cooldowns (vmid, resource, until) VALUES ($1, $2, now() + $3 * interval '1 second')
                              ON CONFLICT (vmid, resource) DO UPDATE SET until = excluded.until",
-                            &[&(vmid as i32), &resource, &(s.policy.cooldown_secs as f64)],
+                            &[&(vmid as i32), &resource, &(policy.cooldown_secs as f64)],
                         )
                         .await?;
                     let event = ContainerScaled {
