@@ -7,6 +7,7 @@
 
 pub mod alerts;
 pub mod decide;
+pub mod import;
 pub mod policies;
 pub mod tick;
 pub mod window;

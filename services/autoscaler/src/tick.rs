@@ -155,6 +155,9 @@ impl Scaler {
             let Some(node) = nodes.get(&node_name) else { continue };
             let tag_list = r.tag_list();
             let p = policies.resolve(vmid, &tag_list, &s.policy);
+            if !p.enabled {
+                continue;
+            }
             report.containers += 1;
             let maxcpu = r.maxcpu.unwrap_or(1.0);
             let w = self

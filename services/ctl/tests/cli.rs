@@ -786,3 +786,126 @@ async fn dlq_edit_checks_the_schema_and_export_import_moves_dead_letters_between
     assert_eq!(state, "resolved");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn autoscale_simulate_replays_decisions_and_policy_and_import_store_policies() {
+    let db = TestDb::create().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("pvefleet-autoscale-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"evaluation_periods": 1, "cooldown_secs": 120, "max_cores": 3}"#,
+    )
+    .unwrap();
+    let samples = dir.join("samples.ndjson");
+    // A 2-core container whose load grows with it, one sample a minute.
+    let lines: Vec<String> = [1.8, 2.7, 2.7, 2.7, 0.4]
+        .iter()
+        .enumerate()
+        .map(|(i, cpu)| {
+            format!(
+                r#"{{"t": {}, "cores": 2, "memory_mb": 2048, "cpu_cores": {cpu}, "mem_mb": 1000}}"#,
+                i * 60
+            )
+        })
+        .collect();
+    std::fs::write(&samples, lines.join("\n")).unwrap();
+    let url = db.url();
+    let run = |args: Vec<String>| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            pvefleet(&[("PVEFLEET_DB__URL", url.as_str())], &args)
+        })
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let out = run(args(&[
+        "autoscale",
+        "simulate",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--samples",
+        samples.to_str().unwrap(),
+    ]))
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ticks: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(ticks.len(), 5);
+    assert_eq!(ticks[0]["cores"]["to"], 3, "t=0: 90 %, up one step");
+    assert_eq!(
+        ticks[1]["cores"]["hold"], "cpu cooldown",
+        "t=60: within the 120 s cooldown"
+    );
+    assert_eq!(ticks[2]["cores"]["hold"], "cores at their limit", "t=120: max_cores 3");
+    assert_eq!(ticks[4]["cores"]["to"], 2, "t=240: the load dropped, down one step");
+    // Policies: set, get, list, delete.
+    let out = run(args(&[
+        "autoscale",
+        "policy",
+        "set",
+        "--tag",
+        "web",
+        "--json",
+        r#"{"max_cores": 4}"#,
+    ]))
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(args(&[
+        "autoscale",
+        "policy",
+        "set",
+        "--tag",
+        "web",
+        "--json",
+        r#"{"max_cpus": 4}"#,
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "an unknown key is refused");
+    assert!(text(&out.stderr).contains("max_cpus"), "{}", text(&out.stderr));
+    let out = run(args(&["autoscale", "policy", "get", "--tag", "web"]))
+        .await
+        .unwrap();
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (got["policy"]["max_cores"].as_u64(), got["policy"]["cpu_up"].as_f64()),
+        (Some(4), Some(80.0))
+    );
+    // Import of an lxc-autoscaler config: policies stored, the rest reported.
+    let yaml = dir.join("config.yaml");
+    std::fs::write(
+        &yaml,
+        "proxmox:\n  host: \"192.168.2.90\"\n  token_value: \"secret-value\"\ncontainers:\n  - vmid: 101\n    enabled: true\n    limits:\n      max_cpu_cores: 6\n    cooldown_seconds: 600\nglobal:\n  enable_dry_run: true\n",
+    )
+    .unwrap();
+    let out = run(args(&["autoscale", "import", yaml.to_str().unwrap(), "--json"]))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        !text(&out.stdout).contains("secret-value"),
+        "a credential is never printed"
+    );
+    assert_eq!(report["unmapped"].as_array().unwrap().len(), 2, "{report}");
+    let out = run(args(&["autoscale", "policy", "list", "--json"])).await.unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let scopes: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["scope"].as_str().unwrap())
+        .collect();
+    assert_eq!(scopes, ["global", "tag:web", "vmid:101"]);
+    let out = run(args(&["autoscale", "policy", "delete", "--tag", "web"]))
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -140,6 +140,8 @@ pub struct AutoscalePolicy {
     pub emergency_mem: f64,
     /// Decide and record (`would_scale`), but change nothing.
     pub dry_run: bool,
+    /// Scale at all (`false` is an opt-out, like the `pvefleet-noscale` tag).
+    pub enabled: bool,
 }
 
 impl Default for AutoscalePolicy {
@@ -160,6 +162,7 @@ impl Default for AutoscalePolicy {
             memory_headroom_mb: 256,
             emergency_mem: 98.0,
             dry_run: false,
+            enabled: true,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Subcommand implementations.
 
+mod autoscale;
 mod bus;
 mod config;
 mod dev;
@@ -52,6 +53,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Saga { action } => saga::run(&settings, action).await,
         Command::Dlq { action } => dlq::run(&settings, action).await,
         Command::Audit { action } => dlq::audit(&settings, action).await,
+        Command::Autoscale { action } => autoscale::run(&settings, action).await,
         Command::Dev { listen, task_ms } => dev::run(&settings, listen, task_ms).await,
         Command::Site { action } => site::run(action).await,
         Command::Bench {
