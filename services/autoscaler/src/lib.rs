@@ -1,9 +1,12 @@
-//! The autoscaler (issue 7, in progress): resizes running containers' cores and memory from
-//! measured load. Built: the pure decision (`decide`), the sample windows (`window`) and the
-//! tick (`tick`: one `/cluster/resources` read, a Postgres advisory lock so one replica acts,
-//! persisted cooldowns, digest-guarded config writes read back, `autoscale_actions`). Still to
-//! come: per-tag and per-container policies, `container.scaled`, alerts, the watchdog, the CLI,
-//! the lxc-autoscaler import, the service binary and its benchmark.
+//! The autoscaler: resizes running containers' cores and memory from measured load.
+//!
+//! - `decide`: the decision, a pure function;
+//! - `window`: sample windows that count each PVE sample once;
+//! - `tick`: one `/cluster/resources` read, a Postgres advisory lock so one replica acts,
+//!   persisted cooldowns, digest-guarded config writes read back, `autoscale_actions` and
+//!   `container.scaled`, and `resource.alert`s (`alerts`);
+//! - `policies`: global, per-tag and per-container policies in Postgres;
+//! - `import`: an lxc-autoscaler `config.yaml` as policies.
 
 pub mod alerts;
 pub mod decide;
@@ -13,6 +16,43 @@ pub mod tick;
 pub mod window;
 
 use tokio_util::sync::CancellationToken;
+
+/// `autoscale.policy.set`: stores (or deletes) a policy. A bad scope or key is refused and
+/// parked with the reason.
+#[derive(Clone)]
+pub struct PolicyHandler {
+    pool: deadpool_postgres::Pool,
+    default: pvefleet_core::config::AutoscalePolicy,
+}
+
+#[async_trait::async_trait]
+impl pvefleet_core::bus::Handler<pvefleet_contracts::messages::AutoscalePolicySet> for PolicyHandler {
+    async fn handle(
+        &self,
+        msg: pvefleet_contracts::messages::AutoscalePolicySet,
+        _ctx: &pvefleet_core::bus::Context<'_>,
+    ) -> pvefleet_core::bus::Outcome {
+        use pvefleet_core::bus::Outcome;
+        let Some(scope) = policies::Scope::parse(&msg.scope) else {
+            return Outcome::reject(format!("'{}' is not a policy scope", msg.scope));
+        };
+        let client = match self.pool.get().await {
+            Ok(c) => c,
+            Err(e) => return Outcome::retry(format!("database: {e}")),
+        };
+        match msg.policy {
+            Some(keys) => match policies::set(&client, &self.default, &scope, &serde_json::Value::Object(keys)).await {
+                Ok(()) => Outcome::Ok,
+                Err(e) if e.contains("unknown field") || e.contains("invalid type") => Outcome::reject(e),
+                Err(e) => Outcome::retry(e),
+            },
+            None => match policies::delete(&client, &scope).await {
+                Ok(_) => Outcome::Ok,
+                Err(e) => Outcome::retry(format!("{e:#}")),
+            },
+        }
+    }
+}
 
 /// Runs the autoscaler until `shutdown`: a tick every `autoscaler.interval`, and the outbox
 /// relay that publishes its `container.scaled` events.
@@ -24,13 +64,29 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let pve = pvefleet_core::pve::client(&settings.pve)?;
     let topology = pvefleet_core::bus::topology::Topology::fleet(&settings.bus);
-    let publisher = pvefleet_core::bus::Publisher::new(&settings.bus, "autoscaler", Some(topology));
-    let relay = pvefleet_core::db::outbox::OutboxRelay::new(pool.clone(), publisher, settings.outbox.clone());
+    let publisher = pvefleet_core::bus::Publisher::new(&settings.bus, "autoscaler", Some(topology.clone()));
+    let relay = pvefleet_core::db::outbox::OutboxRelay::new(pool.clone(), publisher.clone(), settings.outbox.clone());
+    let worker = {
+        use pvefleet_core::bus::runner::{WorkerDeps, WorkerSpec, run_worker};
+        let handler = PolicyHandler {
+            pool: pool.clone(),
+            default: settings.autoscaler.policy.clone(),
+        };
+        let router =
+            pvefleet_core::bus::Router::new().route::<pvefleet_contracts::messages::AutoscalePolicySet, _>(handler);
+        let queue = pvefleet_contracts::routing::work_queue("autoscaler");
+        let spec = WorkerSpec::from_settings("autoscaler", &queue, settings);
+        let deps = WorkerDeps {
+            bus: settings.bus.clone(),
+            topology,
+            publisher,
+            db: None,
+            ready: ready.clone(),
+        };
+        tokio::spawn(run_worker(deps, router, spec, shutdown.clone()))
+    };
     let poke = relay.poker();
     let relay_task = tokio::spawn(relay.run(shutdown.clone()));
-    if let Some(r) = &ready {
-        r.set(true);
-    }
     let mut scaler = tick::Scaler::default();
     let s = &settings.autoscaler;
     loop {
@@ -57,5 +113,6 @@ pub async fn run(
         }
     }
     let _ = relay_task.await;
+    worker.await??;
     Ok(())
 }

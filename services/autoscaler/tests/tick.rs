@@ -15,6 +15,7 @@ const MIB: u64 = 1024 * 1024;
 
 struct Rig {
     sim: Sim,
+    pve_url: String,
     pve: pvefleet_proxmox::client::PveClient,
     pool: deadpool_postgres::Pool,
     db: TestDb,
@@ -53,6 +54,7 @@ async fn rig() -> Rig {
     settings.policy.min_cores = 1;
     Rig {
         sim,
+        pve_url: format!("http://{addr}"),
         pve,
         pool,
         db,
@@ -325,4 +327,71 @@ async fn alerts_fire_once_per_crossing_and_clear_once() {
         .unwrap()
         .get(0);
     assert_eq!(events, 2, "one raised, one cleared");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoscale_policy_set_messages_store_and_delete_policies() {
+    use pvefleet_contracts::messages::AutoscalePolicySet;
+    use pvefleet_core::bus::outgoing::Origin;
+    use pvefleet_core::bus::{Outgoing, Publisher};
+    let r = rig().await;
+    let vhost = pvefleet_testkit::TestVhost::new().unwrap();
+    let mut s = pvefleet_testkit::settings(&vhost, Some(&r.db));
+    s.pve.url = r.pve_url.clone();
+    s.pve.token_id = Some("a@pve!s".into());
+    s.pve.token_secret = Some(pvefleet_core::Secret::new("x"));
+    s.autoscaler.interval = Duration::from_secs(3600);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn({
+        let (s, pool, sd) = (s.clone(), r.pool.clone(), shutdown.clone());
+        async move { pvefleet_autoscaler::run(&s, pool, None, sd).await }
+    });
+    let publisher = Publisher::new(
+        &s.bus,
+        "test",
+        Some(pvefleet_core::bus::topology::Topology::fleet(&s.bus)),
+    );
+    publisher.connect().await.unwrap();
+    let send = |m: AutoscalePolicySet| {
+        let publisher = publisher.clone();
+        async move {
+            publisher
+                .publish(&Outgoing::message(&m, &Origin::default()).unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    let mut keys = serde_json::Map::new();
+    keys.insert("max_cores".into(), serde_json::json!(6));
+    send(AutoscalePolicySet {
+        scope: "tag:web".into(),
+        policy: Some(keys),
+    })
+    .await;
+    let c = r.db.client().await.unwrap();
+    let stored = pvefleet_testkit::eventually(Duration::from_secs(20), || async {
+        c.query_opt("SELECT policy FROM autoscale_policies WHERE scope = 'tag:web'", &[])
+            .await
+            .unwrap()
+            .map(|row| row.get::<_, serde_json::Value>(0))
+    })
+    .await;
+    assert_eq!(stored, Some(serde_json::json!({ "max_cores": 6 })));
+    send(AutoscalePolicySet {
+        scope: "tag:web".into(),
+        policy: None,
+    })
+    .await;
+    let gone = pvefleet_testkit::eventually(Duration::from_secs(20), || async {
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM autoscale_policies", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (n == 0).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "deleted");
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
 }

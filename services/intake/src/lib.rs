@@ -8,6 +8,7 @@
 //! `sites:write`); they are stored hashed.
 
 mod auth;
+mod autoscale;
 mod dead_letters;
 mod problem;
 
@@ -156,6 +157,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/dead-letters/archive", axum::routing::post(dead_letters::archive))
         .route("/v1/dead-letters/purge", axum::routing::post(dead_letters::purge))
         .route("/v1/dead-letters/{id}", get(dead_letters::show))
+        .route(
+            "/v1/containers/{vmid}/autoscale",
+            get(autoscale::get).put(autoscale::put).delete(autoscale::delete),
+        )
         .route("/v1/sagas/{id}/events", get(saga_events))
         .route("/openapi.json", get(openapi))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "No such resource.") })

@@ -491,3 +491,69 @@ async fn dead_letters_over_http_need_the_dlq_admin_scope_and_every_change_is_aud
     assert_eq!(action, "dlq.archive");
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_containers_autoscaling_policy_is_put_read_and_deleted_with_the_autoscale_scopes() {
+    let a = api().await;
+    let client = pvefleet_core::db::connect(&pvefleet_core::config::DbSettings {
+        url: pvefleet_core::Secret::new(a.db.url()),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .get()
+    .await
+    .unwrap();
+    let writer = pvefleet_intake::create_token(&client, "ops", &["autoscale:write".into(), "autoscale:read".into()])
+        .await
+        .unwrap();
+    let url = format!("{}/v1/containers/101/autoscale", a.base);
+    let denied = a
+        .http
+        .put(&url)
+        .bearer_auth(&a.read)
+        .body(r#"{"max_cores": 4}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status().as_u16(), 403);
+    let bad = a
+        .http
+        .put(&url)
+        .bearer_auth(&writer)
+        .body(r#"{"max_cpus": 4}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 422);
+    let problem: Value = bad.json().await.unwrap();
+    assert_eq!(problem["field"], "policy");
+    assert!(problem["detail"].as_str().unwrap().contains("max_cpus"), "{problem}");
+    let ok = a
+        .http
+        .put(&url)
+        .bearer_auth(&writer)
+        .body(r#"{"max_cores": 4}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+    let got: Value = a
+        .http
+        .get(&url)
+        .bearer_auth(&writer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["stored"], json!({ "max_cores": 4 }));
+    assert_eq!(got["policy"]["max_cores"], 4);
+    assert_eq!(got["policy"]["cpu_up"], 80.0, "the rest from the default");
+    let gone = a.http.delete(&url).bearer_auth(&writer).send().await.unwrap();
+    assert_eq!(gone.status().as_u16(), 204);
+    let missing = a.http.get(&url).bearer_auth(&writer).send().await.unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
+    a.stop().await;
+}

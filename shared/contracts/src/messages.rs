@@ -1040,3 +1040,27 @@ event!(
         threshold: 85.0,
     }
 );
+
+/// Set (or, with no policy, delete) an autoscaling policy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AutoscalePolicySet {
+    /// `global`, `tag:<tag>` or `vmid:<n>`.
+    #[schemars(regex(pattern = r"^(global|tag:[A-Za-z0-9_.-]{1,64}|vmid:[0-9]{1,9})$"))]
+    pub scope: String,
+    /// The keys to change over the default (`{"max_cores": 4}`); absent: delete the policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<serde_json::Map<String, serde_json::Value>>,
+}
+impl_message!(
+    AutoscalePolicySet,
+    "autoscale.policy.set",
+    Command,
+    "Set or delete an autoscaling policy.",
+    AutoscalePolicySet {
+        scope: "tag:web".into(),
+        policy: Some(serde_json::Map::from_iter([(
+            "max_cores".to_string(),
+            serde_json::json!(4)
+        )])),
+    }
+);

@@ -108,7 +108,7 @@ const fn plain_command<M: Message>() -> MessageInfo {
 
 /// Every message type, in a stable order.
 pub fn registry() -> &'static [MessageInfo] {
-    static REGISTRY: [MessageInfo; 42] = [
+    static REGISTRY: [MessageInfo; 43] = [
         plain_command::<SiteProvision>(),
         plain_command::<SiteDeprovision>(),
         event::<SiteProvisioned>(),
@@ -151,6 +151,7 @@ pub fn registry() -> &'static [MessageInfo] {
         event::<MessageParked>(),
         event::<ContainerScaled>(),
         event::<ResourceAlert>(),
+        plain_command::<AutoscalePolicySet>(),
     ];
     &REGISTRY
 }

@@ -66,6 +66,7 @@ pub fn fleet_bindings() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)
             ],
         ),
         ("installer", vec![(COMMANDS_EXCHANGE, AppInstall::TYPE)]),
+        ("autoscaler", vec![(COMMANDS_EXCHANGE, AutoscalePolicySet::TYPE)]),
         (
             "edge",
             vec![
