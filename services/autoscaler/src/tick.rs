@@ -138,6 +138,7 @@ impl Scaler {
             .collect();
         let policies = crate::policies::Policies::load(&client, &s.policy).await?;
         let deciding = std::time::Instant::now();
+        let mut context: HashMap<u32, (Node, Cooldown)> = HashMap::new();
         let mut wanted = Vec::new();
         let mut inputs: HashMap<u32, (String, Container, pvefleet_core::config::AutoscalePolicy)> = HashMap::new();
         for r in rows
@@ -185,7 +186,8 @@ impl Scaler {
                 memory_secs: cooldowns.get(&(vm, "memory".to_string())).copied().unwrap_or(0),
             };
             let decision = decide::decide(p, &s.safety, &c, node, cd);
-            inputs.insert(vmid, (node_name, c, p.clone()));
+            inputs.insert(vmid, (node_name.clone(), c, p.clone()));
+            context.insert(vmid, (*node, cd));
             wanted.push(Wanted { vmid, decision });
         }
         let (go, wait) = decide::plan(&wanted, s.safety.max_concurrent, 0);
@@ -193,11 +195,24 @@ impl Scaler {
         report.alerts = alerts(&client, s, &rows).await?;
         report.waiting = wait;
         for w in wanted.iter().filter(|w| go.contains(&w.vmid)) {
-            let Some((node, _, p)) = inputs.get(&w.vmid) else {
+            let Some((node, c, p)) = inputs.get(&w.vmid) else {
                 continue;
             };
-            self.act(pve, &client, p, w.vmid, node, &w.decision, &mut report)
-                .await?;
+            let mut decision = w.decision.clone();
+            // The cluster read does not show `cpulimit`; a container about to get cores has its
+            // config read (the write needs its digest anyway), and with a limit the CPU is
+            // decided again against it.
+            if decision.cores.scales()
+                && let Some((n, cd)) = context.get(&w.vmid)
+                && let Some(limit) = cpulimit(pve, node, w.vmid).await
+            {
+                let limited = Container {
+                    cpulimit: Some(limit),
+                    ..*c
+                };
+                decision.cores = decide::decide(p, &s.safety, &limited, n, *cd).cores;
+            }
+            self.act(pve, &client, p, w.vmid, node, &decision, &mut report).await?;
         }
         // Windows of containers no longer seen are dropped.
         let seen: std::collections::HashSet<u32> = inputs.keys().copied().collect();
@@ -285,6 +300,14 @@ impl Scaler {
         }
         Ok(())
     }
+}
+
+/// The container's `cpulimit`, when it has one (PVE's 0 is none).
+async fn cpulimit(pve: &PveClient, node: &str, vmid: u32) -> Option<f64> {
+    let config = pve.lxc_config(node, vmid, false).await.ok()?;
+    let v = config.get("cpulimit")?;
+    let limit = v.as_f64().or_else(|| v.as_str()?.parse().ok())?;
+    (limit > 0.0).then_some(limit)
 }
 
 /// Sets one config key with the digest just read, retrying when another writer got in

@@ -395,3 +395,51 @@ async fn autoscale_policy_set_messages_store_and_delete_policies() {
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_is_measured_against_a_cpulimit_the_cluster_read_does_not_show() {
+    let r = rig().await;
+    let node = r
+        .pve
+        .resources(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|x| x.vmid == Some(u64::from(VMID)))
+        .unwrap()
+        .node
+        .unwrap();
+    // 2 cores, 1.7 busy: 85 % of the cores, but 42 % of a cpulimit of 4.
+    r.pve
+        .lxc_set_config(
+            &node,
+            VMID,
+            pvefleet_proxmox::client::Params::new().set("cpulimit", 4),
+            None,
+        )
+        .await
+        .unwrap();
+    r.sim.set_load(
+        VMID,
+        Load {
+            cpu: 0.85,
+            mem: 900 * MIB,
+            ..Load::default()
+        },
+    );
+    let report = Scaler::default().tick(&r.pve, &r.pool, &r.settings).await.unwrap();
+    assert!(report.actions.iter().all(|a| a.1 != "cpu"), "{report:?}");
+    assert_eq!(cores(&r.sim), 2);
+    // Without the limit, the same load adds a core.
+    r.pve
+        .lxc_set_config(
+            &node,
+            VMID,
+            pvefleet_proxmox::client::Params::new().set("cpulimit", 0),
+            None,
+        )
+        .await
+        .unwrap();
+    Scaler::default().tick(&r.pve, &r.pool, &r.settings).await.unwrap();
+    assert_eq!(cores(&r.sim), 3);
+}
