@@ -265,9 +265,8 @@ pub async fn migrate(pool: &Pool) -> Result<Vec<String>, DbError> {
 
 /// The migrations built into this binary, as `V<n>__<name>`.
 pub fn embedded_migrations() -> Vec<String> {
-    embedded::migrations::runner()
-        .get_migrations()
-        .iter()
-        .map(|m| m.to_string())
-        .collect()
+    let mut all: Vec<_> = embedded::migrations::runner().get_migrations().to_vec();
+    // In version order, as they apply (V10 after V9, not after V1).
+    all.sort_by_key(|m| m.version());
+    all.iter().map(|m| m.to_string()).collect()
 }
