@@ -139,6 +139,8 @@ impl Scaler {
         let policies = crate::policies::Policies::load(&client, &s.policy).await?;
         let deciding = std::time::Instant::now();
         let mut context: HashMap<u32, (Node, Cooldown)> = HashMap::new();
+        // Every container sampled this tick, full window or not: their windows are kept.
+        let mut observed = std::collections::HashSet::new();
         let mut wanted = Vec::new();
         let mut inputs: HashMap<u32, (String, Container, pvefleet_core::config::AutoscalePolicy)> = HashMap::new();
         for r in rows
@@ -171,6 +173,7 @@ impl Scaler {
                 cpu_cores: r.cpu.unwrap_or(0.0) * maxcpu,
                 mem_mb: r.mem.unwrap_or(0) as f64 / MIB as f64,
             });
+            observed.insert(vmid);
             let Some(avg) = w.averages() else { continue };
             let c = Container {
                 cores: maxcpu.round() as u32,
@@ -215,9 +218,7 @@ impl Scaler {
             self.act(pve, &client, p, w.vmid, node, &decision, &mut report).await?;
         }
         // Windows of containers no longer seen are dropped.
-        let seen: std::collections::HashSet<u32> = inputs.keys().copied().collect();
-        self.windows
-            .retain(|vmid, _| seen.contains(vmid) || wanted.iter().any(|w| w.vmid == *vmid));
+        self.windows.retain(|vmid, _| observed.contains(vmid));
         Ok(report)
     }
 

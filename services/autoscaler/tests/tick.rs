@@ -443,3 +443,35 @@ async fn cpu_is_measured_against_a_cpulimit_the_cluster_read_does_not_show() {
     Scaler::default().tick(&r.pve, &r.pool, &r.settings).await.unwrap();
     assert_eq!(cores(&r.sim), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_of_several_periods_fills_across_ticks_before_the_first_decision() {
+    let r = rig().await;
+    let mut settings = r.settings.clone();
+    settings.policy.evaluation_periods = 3;
+    r.sim.set_load(
+        VMID,
+        Load {
+            cpu: 0.95,
+            mem: 900 * MIB,
+            ..Load::default()
+        },
+    );
+    let mut scaler = Scaler::default();
+    let mut acted_at = None;
+    for tick in 1..=5 {
+        let report = scaler.tick(&r.pve, &r.pool, &settings).await.unwrap();
+        if report.actions.iter().any(|a| a.1 == "cpu") {
+            acted_at = Some(tick);
+            break;
+        }
+        // A new PVE sample each second (its uptime moves).
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    assert_eq!(
+        acted_at,
+        Some(3),
+        "three distinct samples, kept across ticks, then a decision"
+    );
+    assert_eq!(cores(&r.sim), 3);
+}
