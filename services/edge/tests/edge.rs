@@ -11,8 +11,7 @@ use pvefleet_contracts::Message;
 use pvefleet_contracts::ids::SiteId;
 use pvefleet_contracts::messages::{DnsDelete, DnsUpsert, ProxyDelete, ProxyUpsert, RecordType};
 use pvefleet_core::Settings;
-use pvefleet_core::bus::outgoing::Origin;
-use pvefleet_core::bus::{Outgoing, Publisher};
+use pvefleet_core::bus::Publisher;
 use pvefleet_testkit::edge::{Caddy, PowerDns, http_backend};
 use pvefleet_testkit::{TestVhost, init_tracing, settings};
 use serde_json::Value;
@@ -49,9 +48,7 @@ async fn rig(pdns: &PowerDns, caddy: &Caddy, tune: impl FnOnce(&mut Settings)) -
         let shutdown = shutdown.clone();
         async move { pvefleet_edge::run(&s, None, shutdown).await }
     });
-    let topology = pvefleet_core::bus::topology::Topology::fleet(&s.bus);
-    let publisher = Publisher::new(&s.bus, "test", Some(topology));
-    publisher.connect().await.unwrap();
+    let publisher = pvefleet_testkit::broker::fleet_publisher(&s).await.unwrap();
     let (conn, ch) = vhost.channel().await.unwrap();
     let q = pvefleet_testkit::broker::event_queue(&ch, &["dns.*", "proxy.*"])
         .await
@@ -67,14 +64,7 @@ async fn rig(pdns: &PowerDns, caddy: &Caddy, tune: impl FnOnce(&mut Settings)) -
 
 impl Rig {
     async fn send<M: Message>(&self, msg: &M) {
-        let origin = Origin {
-            correlation_id: Some(uuid::Uuid::now_v7()),
-            ..Origin::default()
-        };
-        self.publisher
-            .publish(&Outgoing::message(msg, &origin).unwrap())
-            .await
-            .unwrap();
+        pvefleet_testkit::broker::send(&self.publisher, msg).await.unwrap();
     }
 
     async fn event(&self) -> (String, Value) {

@@ -9,8 +9,7 @@ use pvefleet_contracts::ids::SiteId;
 use pvefleet_contracts::messages::{HaDisable, HaEnable};
 use pvefleet_contracts::{Message, Vmid};
 use pvefleet_core::Settings;
-use pvefleet_core::bus::outgoing::Origin;
-use pvefleet_core::bus::{Outgoing, Publisher};
+use pvefleet_core::bus::Publisher;
 use pvefleet_proxmox::client::{Params, PveClient};
 use pvefleet_pvesim::{Sim, SimConfig};
 use pvefleet_testkit::{TestVhost, init_tracing, settings};
@@ -54,9 +53,7 @@ async fn rig(version: &str) -> Rig {
         let shutdown = shutdown.clone();
         async move { pvefleet_ha::run(&s, None, shutdown).await }
     });
-    let topology = pvefleet_core::bus::topology::Topology::fleet(&s.bus);
-    let publisher = Publisher::new(&s.bus, "test", Some(topology));
-    publisher.connect().await.unwrap();
+    let publisher = pvefleet_testkit::broker::fleet_publisher(&s).await.unwrap();
     let (conn, ch) = vhost.channel().await.unwrap();
     let q = pvefleet_testkit::broker::event_queue(&ch, &["ha.*"]).await.unwrap();
     Rig {
@@ -73,14 +70,7 @@ async fn rig(version: &str) -> Rig {
 
 impl Rig {
     async fn send<M: Message>(&self, msg: &M) {
-        let origin = Origin {
-            correlation_id: Some(uuid::Uuid::now_v7()),
-            ..Origin::default()
-        };
-        self.publisher
-            .publish(&Outgoing::message(msg, &origin).unwrap())
-            .await
-            .unwrap();
+        pvefleet_testkit::broker::send(&self.publisher, msg).await.unwrap();
     }
 
     async fn event(&self) -> (String, Value) {

@@ -13,8 +13,7 @@ use pvefleet_contracts::ids::SiteId;
 use pvefleet_contracts::messages::AppInstall;
 use pvefleet_contracts::{Vmid, routing::PARKED_QUEUE};
 use pvefleet_core::Settings;
-use pvefleet_core::bus::outgoing::Origin;
-use pvefleet_core::bus::{Outgoing, Publisher};
+use pvefleet_core::bus::Publisher;
 use pvefleet_installer::{SecretBox, WORDPRESS_SETUP};
 use pvefleet_pvesim::{Sim, SimConfig};
 use pvefleet_testkit::ssh::Sshd;
@@ -106,14 +105,7 @@ async fn rig(sshd: &Sshd, tune: impl FnOnce(&mut Settings)) -> Rig {
 
 impl Rig {
     async fn send<M: Message>(&self, msg: &M) {
-        let origin = Origin {
-            correlation_id: Some(uuid::Uuid::now_v7()),
-            ..Origin::default()
-        };
-        self.publisher
-            .publish(&Outgoing::message(msg, &origin).unwrap())
-            .await
-            .unwrap();
+        pvefleet_testkit::broker::send(&self.publisher, msg).await.unwrap();
     }
 
     async fn event(&self) -> (String, Value) {

@@ -10,8 +10,7 @@ use pvefleet_contracts::ids::SiteId;
 use pvefleet_contracts::messages::{ContainerCreate, ContainerDestroy, ContainerSnapshot, ContainerStart, NetSpec};
 use pvefleet_contracts::{Message, Vmid};
 use pvefleet_core::Settings;
-use pvefleet_core::bus::outgoing::Origin;
-use pvefleet_core::bus::{Outgoing, Publisher};
+use pvefleet_core::bus::Publisher;
 use pvefleet_pvesim::{Fault, Sim, SimConfig};
 use pvefleet_testkit::{TestDb, TestVhost, init_tracing, settings};
 use serde_json::Value;
@@ -56,9 +55,7 @@ async fn rig() -> Rig {
         let shutdown = shutdown.clone();
         async move { pvefleet_provisioner::run(&s, Some(pool), None, shutdown).await }
     });
-    let topology = pvefleet_core::bus::topology::Topology::fleet(&s.bus);
-    let publisher = Publisher::new(&s.bus, "test", Some(topology));
-    publisher.connect().await.unwrap();
+    let publisher = pvefleet_testkit::broker::fleet_publisher(&s).await.unwrap();
     let (conn, ch) = vhost.channel().await.unwrap();
     let q = pvefleet_testkit::broker::event_queue(&ch, &["container.*"])
         .await
@@ -77,14 +74,7 @@ async fn rig() -> Rig {
 
 impl Rig {
     async fn send<M: Message>(&self, msg: &M) {
-        let origin = Origin {
-            correlation_id: Some(uuid::Uuid::now_v7()),
-            ..Origin::default()
-        };
-        self.publisher
-            .publish(&Outgoing::message(msg, &origin).unwrap())
-            .await
-            .unwrap();
+        pvefleet_testkit::broker::send(&self.publisher, msg).await.unwrap();
     }
 
     /// The next event: its type and body.

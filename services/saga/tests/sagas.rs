@@ -89,9 +89,7 @@ async fn fleet_without_provisioner(tune: impl FnOnce(&mut Settings)) -> Fleet {
         let (s, pool, sd) = (s.clone(), pool.clone(), shutdown.clone());
         async move { pvefleet_installer::run(&s, pool, None, sd).await }
     }));
-    let topology = pvefleet_core::bus::topology::Topology::fleet(&s.bus);
-    let publisher = Publisher::new(&s.bus, "test", Some(topology));
-    publisher.connect().await.unwrap();
+    let publisher = pvefleet_testkit::broker::fleet_publisher(&s).await.unwrap();
     let (conn, ch) = vhost.channel().await.unwrap();
     let q = pvefleet_testkit::broker::event_queue(&ch, &["site.*"]).await.unwrap();
     Fleet {
@@ -134,16 +132,7 @@ impl Fleet {
     }
 
     async fn send<M: Message>(&self, msg: &M) -> uuid::Uuid {
-        let saga = uuid::Uuid::now_v7();
-        let origin = Origin {
-            correlation_id: Some(saga),
-            ..Origin::default()
-        };
-        self.publisher
-            .publish(&Outgoing::message(msg, &origin).unwrap())
-            .await
-            .unwrap();
-        saga
+        pvefleet_testkit::broker::send(&self.publisher, msg).await.unwrap()
     }
 
     /// The next `site.*` event.
@@ -1168,6 +1157,24 @@ fn with_marks<M: Message>(msg: &M, i: usize) -> Outgoing {
     out
 }
 
+/// `out`'s properties with the fault headers the runtime puts on a message it parks from the
+/// saga queue.
+fn parked_from_saga(out: &Outgoing, class: &str, message: &str, attempts: i64) -> lapin::BasicProperties {
+    use pvefleet_core::bus::fields::text;
+    pvefleet_core::bus::fields::with_headers(
+        out.properties.clone(),
+        vec![
+            ("pvefleet-fault-class", text(class)),
+            ("pvefleet-fault-message", text(message)),
+            (
+                "pvefleet-fault-attempts",
+                lapin::types::AMQPValue::LongLongInt(attempts),
+            ),
+            ("pvefleet-fault-origin-queue", text("pvefleet.saga")),
+        ],
+    )
+}
+
 async fn dead_letters(f: &Fleet) -> i64 {
     let c = f.db.client().await.unwrap();
     c.query_one("SELECT count(*) FROM dead_letters", &[])
@@ -1463,21 +1470,7 @@ async fn a_second_park_of_the_same_message_and_attempt_is_stored_once() {
     let f = fleet().await;
     let (_c, ch) = f._vhost.channel().await.unwrap();
     let out = with_marks(&request("twice", false), 1);
-    let props = pvefleet_core::bus::fields::with_headers(
-        out.properties.clone(),
-        vec![
-            (
-                "pvefleet-fault-class",
-                pvefleet_core::bus::fields::text("retries-exhausted"),
-            ),
-            ("pvefleet-fault-message", pvefleet_core::bus::fields::text("gave up")),
-            ("pvefleet-fault-attempts", lapin::types::AMQPValue::LongLongInt(3)),
-            (
-                "pvefleet-fault-origin-queue",
-                pvefleet_core::bus::fields::text("pvefleet.saga"),
-            ),
-        ],
-    );
+    let props = parked_from_saga(&out, "retries-exhausted", "gave up", 3);
     for _ in 0..2 {
         pvefleet_testkit::broker::publish_raw(&ch, "pvefleet.parked", "pvefleet.saga", props.clone(), &out.body)
             .await
@@ -1538,18 +1531,7 @@ async fn a_keeper_killed_mid_stream_loses_no_dead_letter_and_stores_none_twice()
     let mut sent = std::collections::BTreeSet::new();
     for i in 0..N {
         let out = with_marks(&request(&format!("kill{i}"), false), i);
-        let props = pvefleet_core::bus::fields::with_headers(
-            out.properties.clone(),
-            vec![
-                ("pvefleet-fault-class", pvefleet_core::bus::fields::text("rejected")),
-                ("pvefleet-fault-message", pvefleet_core::bus::fields::text("no")),
-                ("pvefleet-fault-attempts", lapin::types::AMQPValue::LongLongInt(1)),
-                (
-                    "pvefleet-fault-origin-queue",
-                    pvefleet_core::bus::fields::text("pvefleet.saga"),
-                ),
-            ],
-        );
+        let props = parked_from_saga(&out, "rejected", "no", 1);
         pvefleet_testkit::broker::publish_raw(&ch, "pvefleet.parked", "pvefleet.saga", props, &out.body)
             .await
             .unwrap();

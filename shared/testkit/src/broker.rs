@@ -215,3 +215,27 @@ pub async fn next_json(
     let kind = d.properties.kind().as_ref().map(|k| k.to_string()).unwrap_or_default();
     Ok(Some((kind, serde_json::from_slice(&d.data)?)))
 }
+
+/// A publisher on `settings`' broker that declares the fleet's topology, connected.
+pub async fn fleet_publisher(settings: &pvefleet_core::Settings) -> anyhow::Result<pvefleet_core::bus::Publisher> {
+    let topology = pvefleet_core::bus::topology::Topology::fleet(&settings.bus);
+    let publisher = pvefleet_core::bus::Publisher::new(&settings.bus, "test", Some(topology));
+    publisher.connect().await?;
+    Ok(publisher)
+}
+
+/// Publishes `msg` with a fresh correlation id, as an upstream system would; returns the id.
+pub async fn send<M: pvefleet_contracts::Message>(
+    publisher: &pvefleet_core::bus::Publisher,
+    msg: &M,
+) -> anyhow::Result<uuid::Uuid> {
+    let id = uuid::Uuid::now_v7();
+    let origin = pvefleet_core::bus::outgoing::Origin {
+        correlation_id: Some(id),
+        ..Default::default()
+    };
+    publisher
+        .publish(&pvefleet_core::bus::Outgoing::message(msg, &origin)?)
+        .await?;
+    Ok(id)
+}
