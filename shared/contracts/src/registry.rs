@@ -108,7 +108,7 @@ const fn plain_command<M: Message>() -> MessageInfo {
 
 /// Every message type, in a stable order.
 pub fn registry() -> &'static [MessageInfo] {
-    static REGISTRY: [MessageInfo; 43] = [
+    static REGISTRY: [MessageInfo; 59] = [
         plain_command::<SiteProvision>(),
         plain_command::<SiteDeprovision>(),
         event::<SiteProvisioned>(),
@@ -152,6 +152,22 @@ pub fn registry() -> &'static [MessageInfo] {
         event::<ContainerScaled>(),
         event::<ResourceAlert>(),
         plain_command::<AutoscalePolicySet>(),
+        command::<NetAttach>(),
+        command::<NetUpdate>(),
+        command::<NetDetach>(),
+        command::<VnetBind>(),
+        command::<VnetUnbind>(),
+        command::<VnetEnsure>(),
+        command::<VnetRemove>(),
+        plain_command::<VnetProvision>(),
+        event::<NetAttached>(),
+        event::<NetUpdated>(),
+        event::<NetDetached>(),
+        event::<VnetBound>(),
+        event::<VnetUnbound>(),
+        event::<VnetEnsured>(),
+        event::<VnetRemoved>(),
+        event::<NetOperationFailed>(),
     ];
     &REGISTRY
 }
@@ -192,9 +208,12 @@ mod tests {
             match m.kind {
                 Kind::Command => assert!(!verb.ends_with("ed"), "{} looks like an event", m.name),
                 // `resource.alert` is the name the monitoring guardrails give it; its `state`
-                // says raised or cleared.
+                // says raised or cleared. `bound` and `unbound` are irregular.
                 Kind::Event => assert!(
-                    verb.ends_with("ed") || verb.ends_with("_failed") || m.name == "resource.alert",
+                    verb.ends_with("ed")
+                        || verb.ends_with("_failed")
+                        || verb.ends_with("bound")
+                        || m.name == "resource.alert",
                     "{} is not past tense",
                     m.name
                 ),

@@ -54,6 +54,11 @@ pub fn fleet_bindings() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)
                 (EVENTS_EXCHANGE, "proxy.*"),
                 (EVENTS_EXCHANGE, "ha.*"),
                 (EVENTS_EXCHANGE, "message.parked"),
+                (COMMANDS_EXCHANGE, VnetProvision::TYPE),
+                (EVENTS_EXCHANGE, VnetEnsured::TYPE),
+                (EVENTS_EXCHANGE, VnetRemoved::TYPE),
+                (EVENTS_EXCHANGE, VnetBound::TYPE),
+                (EVENTS_EXCHANGE, NetOperationFailed::TYPE),
             ],
         ),
         (
@@ -66,6 +71,18 @@ pub fn fleet_bindings() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)
             ],
         ),
         ("installer", vec![(COMMANDS_EXCHANGE, AppInstall::TYPE)]),
+        (
+            "nethotplug",
+            vec![
+                (COMMANDS_EXCHANGE, NetAttach::TYPE),
+                (COMMANDS_EXCHANGE, NetUpdate::TYPE),
+                (COMMANDS_EXCHANGE, NetDetach::TYPE),
+                (COMMANDS_EXCHANGE, VnetBind::TYPE),
+                (COMMANDS_EXCHANGE, VnetUnbind::TYPE),
+                (COMMANDS_EXCHANGE, VnetEnsure::TYPE),
+                (COMMANDS_EXCHANGE, VnetRemove::TYPE),
+            ],
+        ),
         ("autoscaler", vec![(COMMANDS_EXCHANGE, AutoscalePolicySet::TYPE)]),
         (
             "edge",
