@@ -17,8 +17,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = {"pve9": "subset.json", "pve8": "subset-pve8.json"}
 FULL = {"pve9": "apidoc.js", "pve8": "apidoc-pve8.js"}
 # Endpoints outside the subset that pvesim also answers, read from the full schema:
-# `pvefleet pve check` reads the caller's privileges.
-EXTRA = [("GET", "/access/permissions")]
+# `pvefleet pve check` reads the caller's privileges; nethotplug checks a bridge exists.
+EXTRA = [("GET", "/access/permissions"), ("GET", "/nodes/{node}/network")]
 OUT = os.path.join(ROOT, "shared", "pvesim", "data", "pve-rules.json")
 KEEP = ["type", "optional", "enum", "pattern", "minimum", "maximum", "minLength", "maxLength"]
 INDEX_LIMITS = {"net": 32, "mp": 256, "unused": 256, "dev": 256}

@@ -215,7 +215,7 @@ impl Scaler {
                 };
                 decision.cores = decide::decide(p, &s.safety, &limited, n, *cd).cores;
             }
-            self.act(pve, &client, p, w.vmid, node, &decision, &mut report).await?;
+            self.act(pve, pool, &client, p, w.vmid, node, &decision, &mut report).await?;
         }
         // Windows of containers no longer seen are dropped.
         self.windows.retain(|vmid, _| observed.contains(vmid));
@@ -226,6 +226,7 @@ impl Scaler {
     async fn act(
         &self,
         pve: &PveClient,
+        pool: &deadpool_postgres::Pool,
         client: &tokio_postgres::Client,
         policy: &pvefleet_core::config::AutoscalePolicy,
         vmid: u32,
@@ -243,7 +244,7 @@ impl Scaler {
             let outcome = if policy.dry_run {
                 "would_scale".to_string()
             } else {
-                match write(pve, node, vmid, key, *to).await {
+                match write(pve, Some(pool), node, vmid, key, *to).await {
                     Ok(()) => "scaled".to_string(),
                     Err(e) => e,
                 }
@@ -312,8 +313,25 @@ async fn cpulimit(pve: &PveClient, node: &str, vmid: u32) -> Option<f64> {
 }
 
 /// Sets one config key with the digest just read, retrying when another writer got in
-/// between; reads back to verify. An error is the outcome to record.
-async fn write(pve: &PveClient, node: &str, vmid: u32, key: &str, to: u64) -> Result<(), String> {
+/// between; reads back to verify. With a pool, it holds the per-vmid lock the provisioner and
+/// nethotplug take, so their read-modify-write cycles do not interleave with this one. An
+/// error is the outcome to record.
+pub async fn write(
+    pve: &PveClient,
+    locks: Option<&deadpool_postgres::Pool>,
+    node: &str,
+    vmid: u32,
+    key: &str,
+    to: u64,
+) -> Result<(), String> {
+    let _lock = match locks {
+        Some(pool) => Some(
+            pvefleet_core::db::VmidLock::acquire(pool, vmid, std::time::Duration::from_secs(30))
+                .await
+                .map_err(|e| format!("locked: cannot lock vmid {vmid}: {e:#}"))?,
+        ),
+        None => None,
+    };
     for _ in 0..WRITE_ATTEMPTS {
         let config = pve
             .lxc_config(node, vmid, false)

@@ -9,8 +9,6 @@
 //! with PVE's message. Work on one vmid is serialized across replicas by a Postgres advisory
 //! lock. The provisioner runs without the inbox: a PVE task can outlast any transaction.
 
-mod lock;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +24,7 @@ use pvefleet_core::config::ProvisionerSettings;
 use pvefleet_proxmox::client::api::{LxcStatus, Resource, ResourceType};
 use pvefleet_proxmox::client::{Class, Params, PveClient, PveError, Reason};
 
-pub use lock::VmidLock;
+pub use pvefleet_core::db::VmidLock;
 
 /// The tag every container the fleet creates carries.
 pub const FLEET_TAG: &str = "pvefleet";

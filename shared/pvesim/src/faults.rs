@@ -164,10 +164,25 @@ pub(crate) fn control(sim: &Sim, method: &Method, path: &str, body: &[u8]) -> Re
                 Err(e) => ApiError::new(400, format!("bad task error: {e}")).into_response(),
             }
         }
+        ("POST", "/sdn/fail") => {
+            #[derive(Deserialize)]
+            struct SdnFail {
+                node: String,
+            }
+            match serde_json::from_slice::<SdnFail>(body) {
+                Ok(f) if sim.lock().has_node(&f.node) => {
+                    sim.lock().sdn_failing.insert(f.node);
+                    ok(serde_json::Value::Null)
+                }
+                Ok(f) => ApiError::new(404, format!("no such node '{}'", f.node)).into_response(),
+                Err(e) => ApiError::new(400, format!("bad sdn fault: {e}")).into_response(),
+            }
+        }
         ("DELETE", "/faults") => {
             let mut s = sim.lock();
             s.faults.clear();
             s.task_errors.clear();
+            s.sdn_failing.clear();
             ok(serde_json::Value::Null)
         }
         ("POST", "/load") => {

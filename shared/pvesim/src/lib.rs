@@ -465,6 +465,7 @@ fn route(
         }
         ("GET", ["nodes", node, "storage", storage, "content"]) => s.storage_content(node, storage, params)?,
         ("GET", ["nodes", node, "sdn", rest @ ..]) => sdn::node_route(&mut s, node, rest)?,
+        ("GET", ["nodes", node, "network"]) => s.node_network(node, params)?,
         (_, ["nodes", node, "lxc", rest @ ..]) => lxc::route(&mut s, m, node, rest, params)?,
         _ => {
             return Err(ApiError::new(

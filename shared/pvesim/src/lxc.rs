@@ -90,8 +90,35 @@ impl SimState {
             .filter(|(_, v)| v.running.is_some())
             .map(|(k, _)| k.clone())
             .collect();
-        out.insert("vmbr0".into());
+        out.extend(self.config.bridges.iter().cloned());
         out
+    }
+
+    /// `GET /nodes/{node}/network`: the node's interfaces. `type=any_bridge` lists the bridges;
+    /// `include_sdn` adds the applied vnets (type `vnet`), unless the last SDN apply failed
+    /// on this node.
+    pub(crate) fn node_network(&self, node: &str, params: &[(String, String)]) -> Result<Value, ApiError> {
+        self.reachable(node)?;
+        let kind = get(params, "type");
+        let mut rows = Vec::new();
+        if matches!(kind, None | Some("eth")) {
+            rows.push(json!({ "iface": "eno1", "type": "eth", "active": 1, "exists": 1 }));
+        }
+        if matches!(kind, None | Some("bridge" | "any_bridge" | "any_local_bridge" | "include_sdn")) {
+            for bridge in &self.config.bridges {
+                rows.push(json!({
+                    "iface": bridge, "type": "bridge", "active": 1, "autostart": 1,
+                    "bridge_ports": "eno1", "bridge_vlan_aware": 1, "families": ["inet"],
+                }));
+            }
+        }
+        if matches!(kind, Some("vnet" | "any_bridge" | "include_sdn")) && !self.sdn_errors.contains_key(node) {
+            for (name, v) in self.vnets.iter().filter(|(_, v)| v.running.is_some()) {
+                let zone = v.running.as_ref().and_then(|r| r.get("zone")).cloned().unwrap_or_default();
+                rows.push(json!({ "iface": name, "type": "vnet", "active": 1, "zone": zone }));
+            }
+        }
+        Ok(Value::Array(rows))
     }
 
     fn ha_managed(&self, vmid: u32) -> bool {

@@ -71,6 +71,13 @@ pub(crate) fn apply(s: &mut SimState) {
     }
     let vnets = s.vnets.clone();
     s.subnets.retain(|vnet, _| vnets.contains_key(vnet));
+    // `reloadnetworkall` only warns when a node's reload fails: the task still ends OK, and
+    // the node's zones show `error` (pve-behaviour.md §5.13).
+    s.sdn_errors = s
+        .sdn_failing
+        .iter()
+        .map(|n| (n.clone(), format!("ifreload failed on {n}: error: vnet bridge could not be created")))
+        .collect();
 }
 
 impl SimState {
@@ -178,7 +185,15 @@ impl SimState {
         Ok(Value::Null)
     }
 
-    fn sdn_zone_status(&self) -> Value {
+    fn sdn_zone_status(&self, node: &str) -> Value {
+        if self.sdn_errors.contains_key(node) {
+            return Value::Array(
+                self.sdn_zones
+                    .keys()
+                    .map(|zone| json!({ "zone": zone, "status": "error" }))
+                    .collect(),
+            );
+        }
         Value::Array(
             self.sdn_zones
                 .keys()
@@ -197,7 +212,7 @@ impl SimState {
         )
     }
 
-    fn sdn_zone_content(&self, zone: &str) -> Result<Value, ApiError> {
+    fn sdn_zone_content(&self, node: &str, zone: &str) -> Result<Value, ApiError> {
         if !self.sdn_zones.contains_key(zone) {
             return Err(ApiError::new(500, format!("zone '{zone}' does not exist")));
         }
@@ -206,7 +221,10 @@ impl SimState {
                 .iter()
                 .filter_map(|(name, v)| v.running.as_ref().map(|r| (name, r)))
                 .filter(|(_, r)| r.get("zone").and_then(Value::as_str) == Some(zone))
-                .map(|(name, _)| json!({ "vnet": name, "status": "available" }))
+                .map(|(name, _)| match self.sdn_errors.get(node) {
+                    Some(msg) => json!({ "vnet": name, "status": "error", "statusmsg": msg }),
+                    None => json!({ "vnet": name, "status": "available" }),
+                })
                 .collect(),
         ))
     }
@@ -279,8 +297,8 @@ pub(crate) fn route(
 pub(crate) fn node_route(s: &mut SimState, node: &str, rest: &[&str]) -> Result<Value, ApiError> {
     s.reachable(node)?;
     match rest {
-        ["zones"] => Ok(s.sdn_zone_status()),
-        ["zones", zone, "content"] => s.sdn_zone_content(zone),
+        ["zones"] => Ok(s.sdn_zone_status(node)),
+        ["zones", zone, "content"] => s.sdn_zone_content(node, zone),
         _ => Err(ApiError::new(
             501,
             format!("Method 'GET /nodes/{node}/sdn/{}' not implemented", rest.join("/")),

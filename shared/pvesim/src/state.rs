@@ -65,6 +65,8 @@ pub struct SimConfig {
     pub reason_phrase_errors: bool,
     /// Keep every API request for inspection (`Sim::requests`).
     pub record_requests: bool,
+    /// The Linux bridges every node has.
+    pub bridges: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -84,6 +86,7 @@ impl Default for SimConfig {
             ],
             reason_phrase_errors: false,
             record_requests: false,
+            bridges: vec!["vmbr0".into(), "vmbr1".into()],
         }
     }
 }
@@ -202,6 +205,10 @@ pub struct SimState {
     pub vnets: BTreeMap<String, SdnObject>,
     /// SDN subnets by vnet, then subnet id.
     pub subnets: BTreeMap<String, BTreeMap<String, SdnObject>>,
+    /// Nodes where the next SDN applies fail (`/_sim/sdn/fail`).
+    pub sdn_failing: BTreeSet<String>,
+    /// Why the last SDN apply failed, per node: its zones then show `error`.
+    pub sdn_errors: BTreeMap<String, String>,
     /// Pending faults.
     pub faults: Vec<Fault>,
     /// Task types whose next task ends in error, with the error.
@@ -241,6 +248,8 @@ impl SimState {
             sdn_zones,
             vnets: BTreeMap::new(),
             subnets: BTreeMap::new(),
+            sdn_failing: BTreeSet::new(),
+            sdn_errors: BTreeMap::new(),
             faults: Vec::new(),
             task_errors: Vec::new(),
             requests: Vec::new(),

@@ -2,6 +2,9 @@
 
 pub mod inbox;
 pub mod outbox;
+pub mod vmid_lock;
+
+pub use vmid_lock::VmidLock;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -186,3 +186,28 @@ impl PveClient {
         .await
     }
 }
+
+/// A network interface of a node.
+#[derive(Debug, Clone, Deserialize)]
+pub struct NodeIface {
+    /// Its name, such as `vmbr0`.
+    pub iface: String,
+    /// `bridge`, `OVSBridge`, `vnet`, `eth`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Whether it is up.
+    #[serde(default, deserialize_with = "lenient::opt_bool")]
+    pub active: Option<bool>,
+}
+
+impl PveClient {
+    /// `GET /nodes/{node}/network?type=any_bridge`: the bridges a guest NIC can use on a node
+    /// (Linux and OVS bridges; PVE 8.1+ lists applied SDN vnets there too).
+    pub async fn node_bridges(&self, node: &str) -> Result<Vec<NodeIface>, PveError> {
+        self.get(
+            &format!("/nodes/{}/network", enc(node)),
+            Params::new().set("type", "any_bridge"),
+        )
+        .await
+    }
+}

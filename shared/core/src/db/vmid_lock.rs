@@ -1,5 +1,5 @@
-//! Per-vmid serialization across provisioner replicas (and, later, the autoscaler and
-//! nethotplug): a Postgres session advisory lock keyed by the vmid.
+//! Per-vmid serialization across the provisioner, the autoscaler and nethotplug, and across
+//! their replicas: a Postgres session advisory lock keyed by the vmid.
 
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ impl VmidLock {
     /// Waits for the lock on `vmid`, at most `timeout`. An uncontended lock costs one round
     /// trip (a try-lock); only a contended one sets `lock_timeout` and waits.
     pub async fn acquire(pool: &deadpool_postgres::Pool, vmid: u32, timeout: Duration) -> anyhow::Result<Self> {
-        use pvefleet_core::db::Sql;
+        use crate::db::Sql;
         let conn = pool.get().await?;
         let vmid = i32::try_from(vmid)?;
         let got: bool = conn
@@ -45,7 +45,7 @@ impl Drop for VmidLock {
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(async move {
-                    use pvefleet_core::db::Sql;
+                    use crate::db::Sql;
                     let unlocked = conn
                         .exec("SELECT pg_advisory_unlock($1, $2)", &[&VMID_LOCK_CLASS, &vmid])
                         .await
