@@ -191,6 +191,12 @@ impl Sim {
         self.lock().task_errors.push((kind.to_string(), message.to_string()));
     }
 
+    /// Makes every SDN apply from now on fail on `node`: the task still ends OK (PVE only
+    /// warns), and the node's zones show `error`.
+    pub fn fail_sdn_on(&self, node: &str) {
+        self.lock().sdn_failing.insert(node.to_string());
+    }
+
     /// Adds a fault (for tests in the same process).
     pub fn inject(&self, fault: Fault) {
         self.lock().faults.push(fault);
