@@ -10,6 +10,7 @@
 mod auth;
 mod autoscale;
 mod dead_letters;
+mod network;
 mod problem;
 
 use std::sync::Arc;
@@ -45,6 +46,8 @@ pub struct AppState {
     secrets: Option<pvefleet_core::site_secrets::SecretBox>,
     /// Republishes dead letters.
     publisher: Option<pvefleet_core::bus::Publisher>,
+    /// Checks network requests against PVE before they are accepted.
+    pve: Option<pvefleet_proxmox::client::PveClient>,
 }
 
 impl AppState {
@@ -60,12 +63,20 @@ impl AppState {
                 }
             },
         };
+        let pve = match pvefleet_core::pve::client(&settings.pve) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "No Proxmox VE client: the network endpoints answer 503.");
+                None
+            }
+        };
         Self {
             pool,
             settings: Arc::new(settings),
             poke,
             secrets,
             publisher: None,
+            pve,
         }
     }
 
@@ -138,7 +149,17 @@ pub struct Accepted {
         site_credentials,
         delete_site,
         get_saga,
-        saga_events
+        saga_events,
+        network::attach,
+        network::update,
+        network::detach,
+        network::bind,
+        network::unbind,
+        network::operation,
+        network::operations,
+        network::container_network,
+        network::vnet_containers,
+        network::stats
     ),
     components(schemas(SiteRequest, Accepted, Problem))
 )]
@@ -161,6 +182,20 @@ pub fn router(state: AppState) -> Router {
             "/v1/containers/{vmid}/autoscale",
             get(autoscale::get).put(autoscale::put).delete(autoscale::delete),
         )
+        .route("/v1/containers/{vmid}/interfaces", axum::routing::post(network::attach))
+        .route(
+            "/v1/containers/{vmid}/interfaces/{name}",
+            axum::routing::patch(network::update).delete(network::detach),
+        )
+        .route("/v1/containers/{vmid}/operations", get(network::operations))
+        .route("/v1/containers/{vmid}/network", get(network::container_network))
+        .route(
+            "/v1/vnets/{vnet}/bindings",
+            axum::routing::post(network::bind).delete(network::unbind),
+        )
+        .route("/v1/vnets/{vnet}/containers", get(network::vnet_containers))
+        .route("/v1/operations/{id}", get(network::operation))
+        .route("/v1/network/stats", get(network::stats))
         .route("/v1/sagas/{id}/events", get(saga_events))
         .route("/openapi.json", get(openapi))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "No such resource.") })
@@ -355,7 +390,7 @@ async fn create_site(State(st): State<AppState>, headers: HeaderMap, body: Bytes
     Ok(accepted(site_id.as_uuid(), saga, "requested"))
 }
 
-async fn enqueue<M: Message>(tx: &deadpool_postgres::Transaction<'_>, msg: &M, saga: Uuid) -> Result<(), Problem> {
+pub(crate) async fn enqueue<M: Message>(tx: &deadpool_postgres::Transaction<'_>, msg: &M, saga: Uuid) -> Result<(), Problem> {
     let origin = Origin {
         correlation_id: Some(saga),
         app_id: Some("intake".into()),

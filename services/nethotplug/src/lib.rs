@@ -10,6 +10,7 @@
 //! pending list tells whether PVE applied it live or left it for a restart; "unable to
 //! hotplug" is a failure, and the pending change it leaves is reverted.
 
+pub mod check;
 pub mod ops;
 pub mod pool;
 pub mod spec;

@@ -103,8 +103,8 @@ impl Operation {
 }
 
 /// Records a new `pending` operation; nothing when it exists already.
-pub async fn create(
-    client: &tokio_postgres::Client,
+pub async fn create<C: tokio_postgres::GenericClient + Sync>(
+    client: &C,
     id: Uuid,
     kind: &str,
     vmid: Option<u32>,

@@ -17,6 +17,7 @@ pub mod deadlines;
 pub mod dlq;
 pub mod keeper;
 mod leases;
+mod netsaga;
 pub mod ops;
 mod steps;
 
@@ -129,7 +130,12 @@ impl Coordinator {
             .route::<HaDisabled, _>(c.clone())
             .route::<HaDisableFailed, _>(c.clone())
             .route::<MessageParked, _>(c.clone())
-            .route::<ContainerScaled, _>(c)
+            .route::<ContainerScaled, _>(c.clone())
+            .route::<VnetProvision, _>(c.clone())
+            .route::<VnetEnsured, _>(c.clone())
+            .route::<VnetBound, _>(c.clone())
+            .route::<VnetRemoved, _>(c.clone())
+            .route::<NetOperationFailed, _>(c)
             .on_invalid::<SiteProvision>(rejection_notice)
     }
 
