@@ -1,6 +1,6 @@
 //! `pvefleet dev`: the whole fleet in one process for a laptop or a homelab trial. pvesim
 //! (3 nodes) stands in for Proxmox; migrations and topology are applied; intake, the saga
-//! coordinator, the provisioner and the ha service run against the local RabbitMQ and
+//! coordinator, the provisioner, the ha service, edge and nethotplug run against the local RabbitMQ and
 //! Postgres (the database is created when missing). A dev token is printed and saved.
 
 use std::net::SocketAddr;
@@ -33,6 +33,18 @@ pub async fn run(settings: &Settings, listen: SocketAddr, task_ms: u64) -> anyho
         "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst".into(),
         "local:vztmpl/ubuntu-24.04-standard_24.04-2_amd64.tar.zst".into(),
     ];
+    if s.nethotplug.pools.is_empty() {
+        // An address pool on the second bridge, for `pvefleet net attach --ip pool`.
+        s.nethotplug.pools.insert(
+            "vmbr1".into(),
+            pvefleet_core::config::IpPool {
+                cidr: "10.10.1.0/24".into(),
+                gateway: Some("10.10.1.1".into()),
+                first: None,
+                last: None,
+            },
+        );
+    }
     let pool = pvefleet_core::db::connect(&s.db).await?;
     pvefleet_core::db::migrate(&pool).await?;
     let topology = pvefleet_core::bus::topology::Topology::fleet(&s.bus);
@@ -82,6 +94,10 @@ pub async fn run(settings: &Settings, listen: SocketAddr, task_ms: u64) -> anyho
     tasks.spawn({
         let (s, sd) = (s.clone(), shutdown.clone());
         async move { pvefleet_edge::run(&s, None, sd).await }
+    });
+    tasks.spawn({
+        let (s, pool, sd) = (s.clone(), pool.clone(), shutdown.clone());
+        async move { pvefleet_nethotplug::run(&s, pool, None, sd).await }
     });
     let mut failed = false;
     while let Some(done) = tasks.join_next().await {

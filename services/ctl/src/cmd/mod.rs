@@ -6,6 +6,7 @@ mod config;
 mod dev;
 mod dlq;
 mod migrate;
+mod net;
 mod pve;
 mod pve_check;
 mod saga;
@@ -56,6 +57,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Autoscale { action } => autoscale::run(&settings, action).await,
         Command::Dev { listen, task_ms } => dev::run(&settings, listen, task_ms).await,
         Command::Site { action } => site::run(action).await,
+        Command::Net { action } => net::run_net(action).await,
+        Command::Vnet { action } => net::run_vnet(action).await,
         Command::Bench {
             what:
                 BenchWhat::Sagas {

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::cli::{SiteAction, SiteTarget};
 
-fn token(t: &SiteTarget) -> anyhow::Result<String> {
+pub(crate) fn token(t: &SiteTarget) -> anyhow::Result<String> {
     if let Some(tok) = t.token.clone().or_else(|| std::env::var("PVEFLEET_TOKEN").ok()) {
         return Ok(tok);
     }
@@ -21,7 +21,7 @@ fn token(t: &SiteTarget) -> anyhow::Result<String> {
     anyhow::bail!("no API token: pass --token, set PVEFLEET_TOKEN, or run `pvefleet dev` (it saves one)")
 }
 
-fn http() -> anyhow::Result<reqwest::Client> {
+pub(crate) fn http() -> anyhow::Result<reqwest::Client> {
     pvefleet_proxmox::client::tls::provider();
     Ok(reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
@@ -29,7 +29,7 @@ fn http() -> anyhow::Result<reqwest::Client> {
 }
 
 /// Prints a problem+json answer and gives the exit code.
-async fn problem(resp: reqwest::Response) -> ExitCode {
+pub(crate) async fn problem(resp: reqwest::Response) -> ExitCode {
     let status = resp.status();
     let body: Value = resp.json().await.unwrap_or(Value::Null);
     let detail = body["detail"].as_str().unwrap_or("no detail");
