@@ -274,7 +274,7 @@ pub enum VnetAction {
         ensure_tag: Option<u32>,
         /// The interface's options (its bridge is the VNet).
         #[command(flatten)]
-        iface: IfaceArgs,
+        iface: Box<IfaceArgs>,
         /// Follow the operation to its end.
         #[arg(long)]
         wait: bool,
