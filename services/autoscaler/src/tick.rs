@@ -215,7 +215,8 @@ impl Scaler {
                 };
                 decision.cores = decide::decide(p, &s.safety, &limited, n, *cd).cores;
             }
-            self.act(pve, pool, &client, p, w.vmid, node, &decision, &mut report).await?;
+            self.act(pve, pool, &client, p, w.vmid, node, &decision, &mut report)
+                .await?;
         }
         // Windows of containers no longer seen are dropped.
         self.windows.retain(|vmid, _| observed.contains(vmid));

@@ -73,24 +73,47 @@ async fn net_and_vnet_commands_follow_operations_to_their_end() {
     }));
 
     let ct = CT.to_string();
-    let out = pvefleet(&api, &token, &["net", "attach", &ct, "--bridge", "vmbr1", "--ip", "dhcp", "--tag", "40", "--wait"]).await;
+    let out = pvefleet(
+        &api,
+        &token,
+        &[
+            "net", "attach", &ct, "--bridge", "vmbr1", "--ip", "dhcp", "--tag", "40", "--wait",
+        ],
+    )
+    .await;
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
-    assert!(stdout.contains("net.attach net1 of container 300: succeeded"), "{stdout}");
+    assert!(
+        stdout.contains("net.attach net1 of container 300: succeeded"),
+        "{stdout}"
+    );
     let line = stdout
         .lines()
         .find_map(|l| l.trim().strip_prefix("net1: "))
         .expect("the line is printed")
         .to_string();
-    assert!(sim.config_text(CT).unwrap().lines().any(|l| l == format!("net1: {line}")));
+    assert!(
+        sim.config_text(CT)
+            .unwrap()
+            .lines()
+            .any(|l| l == format!("net1: {line}"))
+    );
 
     let out = pvefleet(&api, &token, &["net", "update", &ct, "net1", "--mtu", "1400", "--wait"]).await;
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
-    assert!(stdout.contains("pending_reboot") && stdout.contains("applies net1 at the next restart"), "{stdout}");
+    assert!(
+        stdout.contains("pending_reboot") && stdout.contains("applies net1 at the next restart"),
+        "{stdout}"
+    );
 
     // A refused request: the field is named and the exit code is 2.
-    let out = pvefleet(&api, &token, &["net", "attach", &ct, "--bridge", "vmbr0", "--tag", "5000"]).await;
+    let out = pvefleet(
+        &api,
+        &token,
+        &["net", "attach", &ct, "--bridge", "vmbr0", "--tag", "5000"],
+    )
+    .await;
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("tag:"), "{}", text(&out.stderr));
 
@@ -98,15 +121,40 @@ async fn net_and_vnet_commands_follow_operations_to_their_end() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(stdout.contains("net1") && stdout.contains("pending"), "{stdout}");
-    assert!(stdout.contains("recent operations:") && stdout.contains("net.update"), "{stdout}");
+    assert!(
+        stdout.contains("recent operations:") && stdout.contains("net.update"),
+        "{stdout}"
+    );
 
-    let out = pvefleet(&api, &token, &["vnet", "bind", "apps", "--vmid", &ct, "--ensure-zone", "fleet", "--wait"]).await;
+    let out = pvefleet(
+        &api,
+        &token,
+        &[
+            "vnet",
+            "bind",
+            "apps",
+            "--vmid",
+            &ct,
+            "--ensure-zone",
+            "fleet",
+            "--wait",
+        ],
+    )
+    .await;
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
-    assert!(stdout.contains("vnet.provision net2 of container 300: succeeded"), "{stdout}");
+    assert!(
+        stdout.contains("vnet.provision net2 of container 300: succeeded"),
+        "{stdout}"
+    );
     let out = pvefleet(&api, &token, &["vnet", "containers", "apps"]).await;
     let stdout = text(&out.stdout);
-    assert!(stdout.lines().any(|l| l.starts_with("300") && l.contains("net2") && l.contains("bound")), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("300") && l.contains("net2") && l.contains("bound")),
+        "{stdout}"
+    );
     let out = pvefleet(&api, &token, &["vnet", "unbind", "apps", "--vmid", &ct, "--wait"]).await;
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
     assert!(!sim.config_text(CT).unwrap().contains("bridge=apps"));

@@ -390,7 +390,11 @@ async fn create_site(State(st): State<AppState>, headers: HeaderMap, body: Bytes
     Ok(accepted(site_id.as_uuid(), saga, "requested"))
 }
 
-pub(crate) async fn enqueue<M: Message>(tx: &deadpool_postgres::Transaction<'_>, msg: &M, saga: Uuid) -> Result<(), Problem> {
+pub(crate) async fn enqueue<M: Message>(
+    tx: &deadpool_postgres::Transaction<'_>,
+    msg: &M,
+    saga: Uuid,
+) -> Result<(), Problem> {
     let origin = Origin {
         correlation_id: Some(saga),
         app_id: Some("intake".into()),

@@ -11,7 +11,9 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use pvefleet_contracts::messages::{NetAttach, NetDetach, NetInterface, NetUpdate, VnetBind, VnetProvision, VnetUnbind};
+use pvefleet_contracts::messages::{
+    NetAttach, NetDetach, NetInterface, NetUpdate, VnetBind, VnetProvision, VnetUnbind,
+};
 use pvefleet_contracts::{Message, Vmid};
 use pvefleet_nethotplug::check::{self, Refusal};
 use pvefleet_nethotplug::{ops, spec, view};
@@ -294,12 +296,22 @@ pub(crate) async fn operation(
     Path(raw): Path<String>,
 ) -> Result<Response, Problem> {
     auth::require(&st.pool, &headers, "network:read").await?;
-    let id = Uuid::parse_str(&raw)
-        .map_err(|_| Problem::field(StatusCode::BAD_REQUEST, "invalid", "id", format!("'{raw}' is not an id.")))?;
+    let id = Uuid::parse_str(&raw).map_err(|_| {
+        Problem::field(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "id",
+            format!("'{raw}' is not an id."),
+        )
+    })?;
     let client = st.pool.get().await.map_err(db_problem)?;
     match ops::get(&client, id).await.map_err(db_problem)? {
         Some(op) => Ok(Json(op.to_json()).into_response()),
-        None => Err(Problem::new(StatusCode::NOT_FOUND, "not-found", format!("No operation {id}."))),
+        None => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("No operation {id}."),
+        )),
     }
 }
 
@@ -362,9 +374,9 @@ pub(crate) async fn stats(State(st): State<AppState>, headers: HeaderMap) -> Res
     let rows = ops::stats(&client).await.map_err(db_problem)?;
     let mut by_event: std::collections::BTreeMap<String, Value> = std::collections::BTreeMap::new();
     for (event, outcome, count) in rows {
-        let e = by_event
-            .entry(event.clone())
-            .or_insert_with(|| json!({ "event": event, "executions": 0, "successes": 0, "pending_reboot": 0, "failures": 0 }));
+        let e = by_event.entry(event.clone()).or_insert_with(
+            || json!({ "event": event, "executions": 0, "successes": 0, "pending_reboot": 0, "failures": 0 }),
+        );
         let bump = |e: &mut Value, k: &str| e[k] = json!(e[k].as_i64().unwrap_or(0) + count);
         bump(e, "executions");
         match outcome.as_str() {

@@ -98,7 +98,13 @@ async fn api() -> Api {
 }
 
 impl Api {
-    async fn call(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value, String) {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value, String) {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -117,7 +123,8 @@ impl Api {
     }
 
     async fn post(&self, path: &str, body: Value) -> (u16, Value, String) {
-        self.call(reqwest::Method::POST, path, Some(&self.write), Some(body)).await
+        self.call(reqwest::Method::POST, path, Some(&self.write), Some(body))
+            .await
     }
 
     async fn get(&self, path: &str) -> Value {
@@ -152,7 +159,11 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_reaches_pve() {
         (json!({ "index": 32, "bridge": "vmbr0" }), 400, "index"),
         (json!({ "bridge": "vmbr0", "tag": 4095 }), 400, "tag"),
         (json!({ "bridge": "vmbr0", "tag": 0 }), 400, "tag"),
-        (json!({ "bridge": "vmbr0", "hwaddr": "BC:24:11:ZZ:00:01" }), 400, "hwaddr"),
+        (
+            json!({ "bridge": "vmbr0", "hwaddr": "BC:24:11:ZZ:00:01" }),
+            400,
+            "hwaddr",
+        ),
         (json!({ "bridge": "vmbr0", "ip": "10.0.0.5/33" }), 400, "ip"),
         (json!({ "bridge": "vmbr0", "ip": "10.0.0.5" }), 400, "ip"),
         (json!({ "vnet": "averylongname" }), 400, "vnet"),
@@ -166,19 +177,29 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_reaches_pve() {
         assert_eq!(ctype, "application/problem+json");
         assert_eq!(problem["field"], field, "{body}: {problem}");
     }
-    let (got, problem, _) = a
-        .post("/v1/vnets/averylongname/bindings", json!({ "vmid": CT }))
-        .await;
+    let (got, problem, _) = a.post("/v1/vnets/averylongname/bindings", json!({ "vmid": CT })).await;
     assert_eq!((got, problem["field"].as_str()), (400, Some("vnet")), "{problem}");
     let (got, problem, _) = a
-        .call(reqwest::Method::PATCH, &format!("/v1/containers/{CT}/interfaces/net0"), Some(&a.write), Some(json!({ "tag": 9999 })))
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/containers/{CT}/interfaces/net0"),
+            Some(&a.write),
+            Some(json!({ "tag": 9999 })),
+        )
         .await;
     assert_eq!((got, problem["field"].as_str()), (400, Some("tag")), "{problem}");
     let (got, _, _) = a
-        .call(reqwest::Method::DELETE, &format!("/v1/containers/{CT}/interfaces/net7"), Some(&a.write), None)
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/containers/{CT}/interfaces/net7"),
+            Some(&a.write),
+            None,
+        )
         .await;
     assert_eq!(got, 404);
-    let (got, _, _) = a.post("/v1/containers/999/interfaces", json!({ "bridge": "vmbr0" })).await;
+    let (got, _, _) = a
+        .post("/v1/containers/999/interfaces", json!({ "bridge": "vmbr0" }))
+        .await;
     assert_eq!(got, 404);
     // Scopes.
     let (got, _, _) = a
@@ -186,7 +207,12 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_reaches_pve() {
         .await;
     assert_eq!(got, 401);
     let (got, _, _) = a
-        .call(reqwest::Method::POST, &path, Some(&a.sites), Some(json!({ "bridge": "vmbr0" })))
+        .call(
+            reqwest::Method::POST,
+            &path,
+            Some(&a.sites),
+            Some(json!({ "bridge": "vmbr0" })),
+        )
         .await;
     assert_eq!(got, 403);
     // Only reads reached PVE; no operation was recorded.
@@ -199,7 +225,11 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_reaches_pve() {
         .collect();
     assert!(writes.is_empty(), "{writes:?}");
     let client = a.pool.get().await.unwrap();
-    let n: i64 = client.query_one("SELECT count(*) FROM net_operations", &[]).await.unwrap().get(0);
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM net_operations", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 0);
     drop(client);
     a.stop().await;
@@ -251,17 +281,34 @@ async fn an_interface_is_attached_followed_listed_and_detached_over_http() {
     assert_eq!(containers["containers"][0]["state"], "stale", "{containers}");
 
     let (status, accepted, _) = a
-        .call(reqwest::Method::DELETE, &format!("/v1/containers/{CT}/interfaces/net1"), Some(&a.write), None)
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/containers/{CT}/interfaces/net1"),
+            Some(&a.write),
+            None,
+        )
         .await;
     assert_eq!(status, 202, "{accepted}");
     let op = a.ended(accepted["operation_id"].as_str().unwrap()).await;
     assert_eq!(op["status"], "succeeded", "{op}");
     assert!(!a.sim.config_text(CT).unwrap().contains("net1:"));
-    let leases: i64 = client.query_one("SELECT count(*) FROM net_ip_leases", &[]).await.unwrap().get(0);
+    let leases: i64 = client
+        .query_one("SELECT count(*) FROM net_ip_leases", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(leases, 0);
     let stats = a.get("/v1/network/stats").await;
-    let attached = stats.as_array().unwrap().iter().find(|s| s["event"] == "net.attached").unwrap();
-    assert_eq!((attached["executions"].as_i64(), attached["successes"].as_i64()), (Some(1), Some(1)));
+    let attached = stats
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["event"] == "net.attached")
+        .unwrap();
+    assert_eq!(
+        (attached["executions"].as_i64(), attached["successes"].as_i64()),
+        (Some(1), Some(1))
+    );
     drop(client);
     a.stop().await;
 }

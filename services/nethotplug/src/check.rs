@@ -57,10 +57,16 @@ async fn check_bridge(pve_client: &PveClient, node: &str, bridge: &str) -> Resul
 
 async fn check_vnet_exists(pve_client: &PveClient, vnet: &str) -> Result<(), Refusal> {
     let vnets = pve_client.vnets().await.map_err(pve)?;
-    if vnets.iter().any(|v| v.vnet == vnet && v.state.as_deref() != Some("deleted")) {
+    if vnets
+        .iter()
+        .any(|v| v.vnet == vnet && v.state.as_deref() != Some("deleted"))
+    {
         Ok(())
     } else {
-        Err(Refusal::Unknown(Invalid::new("vnet", format!("'{vnet}' does not exist"))))
+        Err(Refusal::Unknown(Invalid::new(
+            "vnet",
+            format!("'{vnet}' does not exist"),
+        )))
     }
 }
 

@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use pvefleet_contracts::messages::{
-    NetAttach, NetAttached, NetDetach, NetDetached, NetInterface, NetOperationFailed, NetUpdate, NetUpdated,
-    VnetBind, VnetBound, VnetEnsure, VnetEnsured, VnetRemove, VnetRemoved, VnetUnbind, VnetUnbound,
+    NetAttach, NetAttached, NetDetach, NetDetached, NetInterface, NetOperationFailed, NetUpdate, NetUpdated, VnetBind,
+    VnetBound, VnetEnsure, VnetEnsured, VnetRemove, VnetRemoved, VnetUnbind, VnetUnbound,
 };
 use pvefleet_contracts::{StepError, Vmid};
 use pvefleet_core::bus::{Context, Handler, Outcome, Router};
@@ -87,7 +87,11 @@ pub struct Applied {
 
 impl Applied {
     fn status(&self) -> &'static str {
-        if self.needs_reboot { "pending_reboot" } else { "succeeded" }
+        if self.needs_reboot {
+            "pending_reboot"
+        } else {
+            "succeeded"
+        }
     }
 }
 
@@ -158,7 +162,10 @@ impl Inner {
             .map_err(|e| pve_fault("locate", e))?;
         match rows.into_iter().find(|r| r.vmid == Some(u64::from(vmid))) {
             Some(r) if r.kind == "lxc" => Ok(r.node.unwrap_or_default()),
-            Some(r) => Err(fail("container.not_found", format!("vmid {vmid} is a {}, not a container", r.kind))),
+            Some(r) => Err(fail(
+                "container.not_found",
+                format!("vmid {vmid} is a {}, not a container", r.kind),
+            )),
             None => Err(fail("container.not_found", format!("container {vmid} does not exist"))),
         }
     }
@@ -227,7 +234,10 @@ impl Inner {
         match self.pve.lxc_set_config(node, vmid, params, Some(digest)).await {
             Ok(()) => Ok(true),
             Err(e) if is_digest_conflict(&e) => Ok(false),
-            Err(e) if e.message.contains("unable to hotplug") || e.errors.values().any(|v| v.contains("unable to hotplug")) => {
+            Err(e)
+                if e.message.contains("unable to hotplug")
+                    || e.errors.values().any(|v| v.contains("unable to hotplug")) =>
+            {
                 let why: Vec<String> = if e.errors.is_empty() {
                     vec![e.message.trim().to_string()]
                 } else {
@@ -262,13 +272,22 @@ impl Inner {
         Ok(n == 1)
     }
 
-    async fn mac_for(&self, client: &tokio_postgres::Client, asked: Option<&str>, vmid: u32, index: u8) -> Step<String> {
+    async fn mac_for(
+        &self,
+        client: &tokio_postgres::Client,
+        asked: Option<&str>,
+        vmid: u32,
+        index: u8,
+    ) -> Step<String> {
         if let Some(mac) = asked {
             let mac = mac.to_ascii_uppercase();
             return if self.reserve_mac(client, &mac, vmid, index).await? {
                 Ok(mac)
             } else {
-                Err(fail("hwaddr.taken", format!("hwaddr: {mac} is in use by another managed container")))
+                Err(fail(
+                    "hwaddr.taken",
+                    format!("hwaddr: {mac} is in use by another managed container"),
+                ))
             };
         }
         for _ in 0..16 {
@@ -294,11 +313,17 @@ impl Inner {
             return Ok(None);
         }
         let Some(cfg) = self.s.pools.get(bridge) else {
-            return Err(fail("ip.no_pool", format!("ip: no address pool is configured for '{bridge}'")));
+            return Err(fail(
+                "ip.no_pool",
+                format!("ip: no address pool is configured for '{bridge}'"),
+            ));
         };
         match pool::lease(client, bridge, cfg, vmid, index, op).await {
             Ok(Some(ip)) => Ok(Some((ip, cfg.gateway.clone()))),
-            Ok(None) => Err(fail("ip.pool_exhausted", format!("ip: the pool of '{bridge}' has no free address"))),
+            Ok(None) => Err(fail(
+                "ip.pool_exhausted",
+                format!("ip: the pool of '{bridge}' has no free address"),
+            )),
             Err(e) => Err(db_fault(format!("{e:#}"))),
         }
     }
@@ -313,7 +338,10 @@ impl Inner {
         if bridges.iter().any(|b| b.iface == bridge) {
             Ok(())
         } else {
-            Err(fail("invalid", format!("bridge: '{bridge}' does not exist on node {node}")))
+            Err(fail(
+                "invalid",
+                format!("bridge: '{bridge}' does not exist on node {node}"),
+            ))
         }
     }
 
@@ -347,7 +375,12 @@ impl Inner {
                 Some(i) => i,
                 None => match (0..MAX_NETS).find(|i| !used(*i)) {
                     Some(i) => i,
-                    None => return Err(fail("conflict", format!("container {vmid} has no free interface index"))),
+                    None => {
+                        return Err(fail(
+                            "conflict",
+                            format!("container {vmid} has no free interface index"),
+                        ));
+                    }
                 },
             };
             let earlier_mac = planned
@@ -359,7 +392,12 @@ impl Inner {
                 .mac_for(&client, iface.hwaddr.as_deref().or(earlier_mac.as_deref()), vmid, index)
                 .await?;
             let ip = self.pooled(&client, iface, &bridge, vmid, index, op.id).await?;
-            let net = spec::build(iface, index, Some(&mac), ip.as_ref().map(|(a, g)| (a.as_str(), g.as_deref())));
+            let net = spec::build(
+                iface,
+                index,
+                Some(&mac),
+                ip.as_ref().map(|(a, g)| (a.as_str(), g.as_deref())),
+            );
             let line = net.to_property_string();
             let key = format!("net{index}");
             ops::plan(&client, op.id, &node, index, Some(&line))
@@ -398,7 +436,10 @@ impl Inner {
                 return Err(fail("not_found", format!("{key} does not exist on container {vmid}")));
             };
             let old_net = NetConfig::parse(&key, old).map_err(|e| fail("invalid", e.to_string()))?;
-            let bridge = spec::bridge_of(changes).or(old_net.bridge.as_deref()).unwrap_or_default().to_string();
+            let bridge = spec::bridge_of(changes)
+                .or(old_net.bridge.as_deref())
+                .unwrap_or_default()
+                .to_string();
             let ip = self.pooled(&client, changes, &bridge, vmid, index, op.id).await?;
             let mut merged = spec::merge(&old_net, changes);
             if let Some((addr, gw)) = ip {
@@ -408,9 +449,14 @@ impl Inner {
                 }
             }
             if let Some(mac) = &changes.hwaddr
-                && !self.reserve_mac(&client, &mac.to_ascii_uppercase(), vmid, index).await?
+                && !self
+                    .reserve_mac(&client, &mac.to_ascii_uppercase(), vmid, index)
+                    .await?
             {
-                return Err(fail("hwaddr.taken", format!("hwaddr: {mac} is in use by another managed container")));
+                return Err(fail(
+                    "hwaddr.taken",
+                    format!("hwaddr: {mac} is in use by another managed container"),
+                ));
             }
             let line = merged.to_property_string();
             if op.line.as_deref() == Some(line.as_str()) && old == line {
@@ -443,9 +489,7 @@ impl Inner {
         let _lock = self.lock(vmid).await?;
         let node = self.locate(vmid).await?;
         let client = self.db().await?;
-        ops::plan(&client, op.id, &node, index, None)
-            .await
-            .map_err(db_fault)?;
+        ops::plan(&client, op.id, &node, index, None).await.map_err(db_fault)?;
         for _ in 0..self.s.write_attempts.max(1) {
             let (config, digest) = self.config(&node, vmid).await?;
             let (pending, current) = self.pending(&node, vmid).await?;
@@ -682,8 +726,19 @@ impl Inner {
     }
 
     /// Takes an operation up; `Err` is the outcome when the database cannot be reached.
-    async fn start(&self, id: Uuid, kind: &str, vmid: Option<u32>, vnet: Option<&str>, request: &Value) -> Result<Operation, Outcome> {
-        let client = self.pool.get().await.map_err(|e| Outcome::retry(format!("database: {e}")))?;
+    async fn start(
+        &self,
+        id: Uuid,
+        kind: &str,
+        vmid: Option<u32>,
+        vnet: Option<&str>,
+        request: &Value,
+    ) -> Result<Operation, Outcome> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| Outcome::retry(format!("database: {e}")))?;
         ops::start(&client, id, kind, vmid, vnet, request)
             .await
             .map_err(|e| Outcome::retry(format!("database: {e}")))
@@ -697,7 +752,9 @@ impl Inner {
                     return Outcome::retry("database unreachable");
                 };
                 let extra = done.applied_sdn.then(|| json!({ "applied_sdn": true }));
-                if let Err(e) = ops::finish(&client, op.id, done.status(), &done.pending, &[], None, extra.as_ref()).await {
+                if let Err(e) =
+                    ops::finish(&client, op.id, done.status(), &done.pending, &[], None, extra.as_ref()).await
+                {
                     return Outcome::retry(format!("database: {e}"));
                 }
                 let _ = ops::count_event(&client, success_event(&op.kind), done.status()).await;
@@ -721,7 +778,22 @@ impl Inner {
         }
         let _ = ops::count_event(&client, success_event(&op.kind), "failed").await;
         tracing::warn!(operation = %op.id, kind = %op.kind, code = %err.code, error = %err.message, "Network operation failed.");
-        ctx.emit(&failure(op, err, nodes)).await
+        emit(ctx, op.id, &failure(op, err, nodes)).await
+    }
+}
+
+/// Publishes an operation's event, with the operation's id as its correlation id (a saga's
+/// step is an operation of its own, named in the saga).
+async fn emit<M: pvefleet_contracts::Message>(ctx: &Context<'_>, op: Uuid, msg: &M) -> Outcome {
+    let mut origin = ctx.origin();
+    origin.correlation_id = Some(op);
+    let out = match pvefleet_core::bus::Outgoing::message(msg, &origin) {
+        Ok(o) => o,
+        Err(e) => return Outcome::retry(format!("cannot encode {}: {e}", M::TYPE)),
+    };
+    match ctx.publisher.publish(&out).await {
+        Ok(()) => Outcome::Ok,
+        Err(e) => Outcome::retry(format!("cannot send {}: {e}", M::TYPE)),
     }
 }
 
@@ -747,16 +819,20 @@ async fn emit_done(ctx: &Context<'_>, op: &Operation, done: &Applied) -> Outcome
     let status = if done.needs_reboot { "pending_reboot" } else { "live" }.to_string();
     macro_rules! ev {
         ($ty:ident) => {
-            ctx.emit(&$ty {
-                operation_id: op.id,
-                vmid,
-                node: done.node.clone(),
-                index: done.index,
-                line: done.line.clone(),
-                vnet: op.vnet.clone(),
-                status,
-                pending: done.pending.clone(),
-            })
+            emit(
+                ctx,
+                op.id,
+                &$ty {
+                    operation_id: op.id,
+                    vmid,
+                    node: done.node.clone(),
+                    index: done.index,
+                    line: done.line.clone(),
+                    vnet: op.vnet.clone(),
+                    status,
+                    pending: done.pending.clone(),
+                },
+            )
             .await
         };
     }
@@ -778,7 +854,7 @@ async fn replay(ctx: &Context<'_>, op: &Operation) -> Outcome {
             .as_ref()
             .and_then(|e| serde_json::from_value::<StepError>(e.clone()).ok())
             .unwrap_or_else(|| StepError::new("failed", "failed earlier"));
-        return ctx.emit(&failure(op, err, op.failed_nodes.clone())).await;
+        return emit(ctx, op.id, &failure(op, err, op.failed_nodes.clone())).await;
     }
     match op.kind.as_str() {
         "vnet.ensure" => {
@@ -788,18 +864,26 @@ async fn replay(ctx: &Context<'_>, op: &Operation) -> Outcome {
                 .and_then(|r| r.get("created"))
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
-            ctx.emit(&VnetEnsured {
-                operation_id: op.id,
-                vnet: op.vnet.clone().unwrap_or_default(),
-                created,
-            })
+            emit(
+                ctx,
+                op.id,
+                &VnetEnsured {
+                    operation_id: op.id,
+                    vnet: op.vnet.clone().unwrap_or_default(),
+                    created,
+                },
+            )
             .await
         }
         "vnet.remove" => {
-            ctx.emit(&VnetRemoved {
-                operation_id: op.id,
-                vnet: op.vnet.clone().unwrap_or_default(),
-            })
+            emit(
+                ctx,
+                op.id,
+                &VnetRemoved {
+                    operation_id: op.id,
+                    vnet: op.vnet.clone().unwrap_or_default(),
+                },
+            )
             .await
         }
         _ => {
@@ -825,7 +909,13 @@ macro_rules! take_up {
     ($me:expr, $ctx:expr, $ty:ident, $cmd:expr, $vmid:expr, $vnet:expr) => {{
         let request = serde_json::to_value(&$cmd).unwrap_or(Value::Null);
         let op = match $me
-            .start($cmd.operation_id, <$ty as pvefleet_contracts::Message>::TYPE, $vmid, $vnet, &request)
+            .start(
+                $cmd.operation_id,
+                <$ty as pvefleet_contracts::Message>::TYPE,
+                $vmid,
+                $vnet,
+                &request,
+            )
             .await
         {
             Ok(op) => op,
@@ -903,11 +993,15 @@ impl Handler<VnetEnsure> for Nethotplug {
                     return Outcome::retry(format!("database: {e}"));
                 }
                 let _ = ops::count_event(&client, "vnet.ensured", "succeeded").await;
-                ctx.emit(&VnetEnsured {
-                    operation_id: op.id,
-                    vnet: cmd.vnet.clone(),
-                    created,
-                })
+                emit(
+                    ctx,
+                    op.id,
+                    &VnetEnsured {
+                        operation_id: op.id,
+                        vnet: cmd.vnet.clone(),
+                        created,
+                    },
+                )
                 .await
             }
             Err(Fault::Retry(e)) => Outcome::retry(e),
@@ -930,10 +1024,14 @@ impl Handler<VnetRemove> for Nethotplug {
                     return Outcome::retry(format!("database: {e}"));
                 }
                 let _ = ops::count_event(&client, "vnet.removed", "succeeded").await;
-                ctx.emit(&VnetRemoved {
-                    operation_id: op.id,
-                    vnet: cmd.vnet.clone(),
-                })
+                emit(
+                    ctx,
+                    op.id,
+                    &VnetRemoved {
+                        operation_id: op.id,
+                        vnet: cmd.vnet.clone(),
+                    },
+                )
                 .await
             }
             Err(Fault::Retry(e)) => Outcome::retry(e),

@@ -212,7 +212,11 @@ pub async fn finish(
 
 /// Counts one event of a type and outcome (`ok` or `failed`), in Postgres for
 /// `pvefleet net stats` and as the `pvefleet_net_events_total` metric.
-pub async fn count_event(client: &tokio_postgres::Client, event: &str, outcome: &str) -> Result<(), tokio_postgres::Error> {
+pub async fn count_event(
+    client: &tokio_postgres::Client,
+    event: &str,
+    outcome: &str,
+) -> Result<(), tokio_postgres::Error> {
     metrics::counter!("pvefleet_net_events_total", "event" => event.to_string(), "outcome" => outcome.to_string())
         .increment(1);
     client
@@ -228,7 +232,10 @@ pub async fn count_event(client: &tokio_postgres::Client, event: &str, outcome: 
 /// Every event type's executions and successes.
 pub async fn stats(client: &tokio_postgres::Client) -> Result<Vec<(String, String, i64)>, tokio_postgres::Error> {
     Ok(client
-        .query("SELECT event, outcome, count FROM net_event_stats ORDER BY event, outcome", &[])
+        .query(
+            "SELECT event, outcome, count FROM net_event_stats ORDER BY event, outcome",
+            &[],
+        )
         .await?
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))

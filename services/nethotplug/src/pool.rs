@@ -38,7 +38,10 @@ pub fn range(p: &IpPool) -> Result<Range, String> {
         match s {
             None => Ok(default),
             Some(a) => {
-                let v = u32::from(a.parse::<Ipv4Addr>().map_err(|_| format!("'{a}' is not an IPv4 address"))?);
+                let v = u32::from(
+                    a.parse::<Ipv4Addr>()
+                        .map_err(|_| format!("'{a}' is not an IPv4 address"))?,
+                );
                 if v & mask == base && v != base && v != broadcast {
                     Ok(v)
                 } else {

@@ -32,8 +32,8 @@ impl std::fmt::Display for Invalid {
 
 /// A VNet id as PVE accepts it: 2 to 8 characters, a letter first, letters and digits.
 pub fn check_vnet(vnet: &str) -> Result<(), Invalid> {
-    let ok_chars = vnet.chars().all(|c| c.is_ascii_alphanumeric())
-        && vnet.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
+    let ok_chars =
+        vnet.chars().all(|c| c.is_ascii_alphanumeric()) && vnet.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
     if !(2..=8).contains(&vnet.len()) {
         return Err(Invalid::new(
             "vnet",
@@ -154,7 +154,11 @@ pub fn build(iface: &NetInterface, index: u8, hwaddr: Option<&str>, pooled: Opti
 }
 
 fn format_rate(r: f64) -> String {
-    if r.fract() == 0.0 { format!("{}", r as u64) } else { format!("{r}") }
+    if r.fract() == 0.0 {
+        format!("{}", r as u64)
+    } else {
+        format!("{r}")
+    }
 }
 
 /// An interface with `changes` laid over it: only the options given change.
@@ -218,24 +222,97 @@ mod tests {
     #[test]
     fn bad_fields_are_named() {
         let cases: Vec<(NetInterface, &str)> = vec![
-            (NetInterface { index: Some(32), ..iface() }, "index"),
-            (NetInterface { tag: Some(0), ..iface() }, "tag"),
-            (NetInterface { tag: Some(4095), ..iface() }, "tag"),
-            (NetInterface { hwaddr: Some("BC:24:11:00:00".into()), ..iface() }, "hwaddr"),
-            (NetInterface { hwaddr: Some("01:24:11:00:00:01".into()), ..iface() }, "hwaddr"),
-            (NetInterface { ip: Some("10.0.0.5".into()), ..iface() }, "ip"),
-            (NetInterface { ip: Some("10.0.0.5/33".into()), ..iface() }, "ip"),
-            (NetInterface { ip6: Some("fd00::/200".into()), ..iface() }, "ip6"),
-            (NetInterface { vnet: Some("toolongname".into()), bridge: None, ..iface() }, "vnet"),
-            (NetInterface { mtu: Some(10), ..iface() }, "mtu"),
-            (NetInterface { name: Some("eth 1".into()), ..iface() }, "name"),
+            (
+                NetInterface {
+                    index: Some(32),
+                    ..iface()
+                },
+                "index",
+            ),
+            (
+                NetInterface {
+                    tag: Some(0),
+                    ..iface()
+                },
+                "tag",
+            ),
+            (
+                NetInterface {
+                    tag: Some(4095),
+                    ..iface()
+                },
+                "tag",
+            ),
+            (
+                NetInterface {
+                    hwaddr: Some("BC:24:11:00:00".into()),
+                    ..iface()
+                },
+                "hwaddr",
+            ),
+            (
+                NetInterface {
+                    hwaddr: Some("01:24:11:00:00:01".into()),
+                    ..iface()
+                },
+                "hwaddr",
+            ),
+            (
+                NetInterface {
+                    ip: Some("10.0.0.5".into()),
+                    ..iface()
+                },
+                "ip",
+            ),
+            (
+                NetInterface {
+                    ip: Some("10.0.0.5/33".into()),
+                    ..iface()
+                },
+                "ip",
+            ),
+            (
+                NetInterface {
+                    ip6: Some("fd00::/200".into()),
+                    ..iface()
+                },
+                "ip6",
+            ),
+            (
+                NetInterface {
+                    vnet: Some("toolongname".into()),
+                    bridge: None,
+                    ..iface()
+                },
+                "vnet",
+            ),
+            (
+                NetInterface {
+                    mtu: Some(10),
+                    ..iface()
+                },
+                "mtu",
+            ),
+            (
+                NetInterface {
+                    name: Some("eth 1".into()),
+                    ..iface()
+                },
+                "name",
+            ),
         ];
         for (req, field) in cases {
             let err = check(&req).unwrap_err();
             assert_eq!(err.field, field, "{req:?}: {err}");
         }
         assert!(check(&iface()).is_ok());
-        assert!(check(&NetInterface { ip: Some("pool".into()), ..iface() }).is_ok());
+        assert!(
+            check(&NetInterface {
+                ip: Some("pool".into()),
+                ..iface()
+            })
+            .is_ok()
+        );
     }
 
     #[test]
@@ -244,12 +321,24 @@ mod tests {
             tag: Some(20),
             ..iface()
         };
-        let n = build(&req, 1, Some("bc:24:11:aa:bb:cc"), Some(("10.20.0.5/24", Some("10.20.0.1"))));
+        let n = build(
+            &req,
+            1,
+            Some("bc:24:11:aa:bb:cc"),
+            Some(("10.20.0.5/24", Some("10.20.0.1"))),
+        );
         assert_eq!(
             n.to_property_string(),
             "bridge=vmbr0,gw=10.20.0.1,hwaddr=BC:24:11:AA:BB:CC,ip=10.20.0.5/24,name=eth1,tag=20,type=veth"
         );
-        let merged = merge(&n, &NetInterface { rate: Some(50.0), tag: Some(30), ..NetInterface::default() });
+        let merged = merge(
+            &n,
+            &NetInterface {
+                rate: Some(50.0),
+                tag: Some(30),
+                ..NetInterface::default()
+            },
+        );
         assert_eq!(
             merged.to_property_string(),
             "bridge=vmbr0,gw=10.20.0.1,hwaddr=BC:24:11:AA:BB:CC,ip=10.20.0.5/24,name=eth1,rate=50,tag=30,type=veth"

@@ -57,10 +57,14 @@ pub async fn container_network(
         let lease = leases.get(&index);
         let Some(line) = effective else {
             if let Some(vnet) = binding {
-                drift.push(format!("{key}: bound to vnet '{vnet}' in the records, but the config has no {key}"));
+                drift.push(format!(
+                    "{key}: bound to vnet '{vnet}' in the records, but the config has no {key}"
+                ));
             }
             if let Some((pool, ip)) = lease {
-                drift.push(format!("{key}: {ip} of pool '{pool}' is leased, but the config has no {key}"));
+                drift.push(format!(
+                    "{key}: {ip} of pool '{pool}' is leased, but the config has no {key}"
+                ));
             }
             continue;
         };
@@ -77,7 +81,9 @@ pub async fn container_network(
         if let Some((pool, ip)) = lease {
             let addr = net.as_ref().and_then(|n| n.ip.clone()).unwrap_or_default();
             if addr.split('/').next() != Some(ip.as_str()) {
-                drift.push(format!("{key}: {ip} of pool '{pool}' is leased, but the config has ip={addr}"));
+                drift.push(format!(
+                    "{key}: {ip} of pool '{pool}' is leased, but the config has ip={addr}"
+                ));
             }
         }
         interfaces.push(json!({
@@ -93,7 +99,9 @@ pub async fn container_network(
             "lease": lease.map(|(pool, ip)| json!({ "pool": pool, "ip": ip })),
         }));
     }
-    Ok(Some(json!({ "vmid": vmid, "node": node, "interfaces": interfaces, "drift": drift })))
+    Ok(Some(
+        json!({ "vmid": vmid, "node": node, "interfaces": interfaces, "drift": drift }),
+    ))
 }
 
 /// The containers with an interface on `vnet`, from every container's config, reconciled with
@@ -102,7 +110,9 @@ pub async fn container_network(
 pub async fn vnet_containers(pve: &PveClient, client: &tokio_postgres::Client, vnet: &str) -> anyhow::Result<Value> {
     let mut found: BTreeMap<(u32, u8), (String, String)> = BTreeMap::new();
     for r in pve.resources(Some(ResourceType::Vm)).await? {
-        let (Some(vmid), Some(node)) = (r.vmid, r.node.clone()) else { continue };
+        let (Some(vmid), Some(node)) = (r.vmid, r.node.clone()) else {
+            continue;
+        };
         if r.kind != "lxc" {
             continue;
         }
@@ -110,7 +120,9 @@ pub async fn vnet_containers(pve: &PveClient, client: &tokio_postgres::Client, v
         let config = pve.lxc_config(&node, vmid, false).await?;
         for index in 0..MAX_NETS {
             let key = format!("net{index}");
-            let Some(line) = config.get(&key).and_then(Value::as_str) else { continue };
+            let Some(line) = config.get(&key).and_then(Value::as_str) else {
+                continue;
+            };
             if NetConfig::parse(&key, line).is_ok_and(|n| n.bridge.as_deref() == Some(vnet)) {
                 found.insert((vmid, index), (node.clone(), line.to_string()));
             }

@@ -59,8 +59,12 @@ async fn rig() -> Rig {
     s.pve.token_id = Some("fleet@pve!net".into());
     s.pve.token_secret = Some(pvefleet_core::Secret::new("s3cret"));
     s.pve.task_timeout = Duration::from_secs(10);
-    s.nethotplug.pools.insert("vmbr0".into(), pool("10.20.0.0/24", "10.20.0.1"));
-    s.nethotplug.pools.insert("web".into(), pool("10.30.0.0/24", "10.30.0.1"));
+    s.nethotplug
+        .pools
+        .insert("vmbr0".into(), pool("10.20.0.0/24", "10.20.0.1"));
+    s.nethotplug
+        .pools
+        .insert("web".into(), pool("10.30.0.0/24", "10.30.0.1"));
     let pool = pvefleet_core::db::connect(&s.db).await.unwrap();
     pvefleet_core::db::migrate(&pool).await.unwrap();
     let pve = pvefleet_core::pve::client(&s.pve).unwrap();
@@ -92,14 +96,21 @@ impl Rig {
         pvefleet_testkit::broker::send(&self.publisher, msg).await.unwrap();
     }
 
-    /// The next event of operation `op`: its type and body.
+    /// The next event of operation `op`: its type and body. Its correlation id is the
+    /// operation's.
     async fn event_of(&self, op: Uuid) -> (String, Value) {
         loop {
-            let (kind, body) = pvefleet_testkit::broker::next_json(&self.events.1, &self.events.2, WAIT)
+            let d = pvefleet_testkit::broker::take(&self.events.1, &self.events.2, 1, WAIT)
                 .await
                 .unwrap()
+                .into_iter()
+                .next()
                 .expect("an event arrives");
+            let kind = d.properties.kind().as_ref().map(|k| k.to_string()).unwrap_or_default();
+            let body: Value = serde_json::from_slice(&d.data).unwrap();
             if body["operation_id"] == op.to_string() {
+                let correlation = d.properties.correlation_id().as_ref().map(|c| c.to_string());
+                assert_eq!(correlation, Some(op.to_string()), "{kind}: {body}");
                 return (kind, body);
             }
         }
@@ -208,8 +219,14 @@ async fn attach_writes_the_exact_line_and_detach_releases_the_lease() {
     );
     let client = r.pool.get().await.unwrap();
     let stats = ops::stats(&client).await.unwrap();
-    assert!(stats.contains(&("net.attached".into(), "succeeded".into(), 2)), "{stats:?}");
-    assert!(stats.contains(&("net.detached".into(), "succeeded".into(), 1)), "{stats:?}");
+    assert!(
+        stats.contains(&("net.attached".into(), "succeeded".into(), 2)),
+        "{stats:?}"
+    );
+    assert!(
+        stats.contains(&("net.detached".into(), "succeeded".into(), 1)),
+        "{stats:?}"
+    );
     r.stop().await;
 }
 
@@ -267,7 +284,11 @@ async fn an_option_pve_cannot_hotplug_ends_pending_reboot_with_its_keys() {
     let (kind, body) = r.event_of(rate).await;
     assert_eq!(kind, "net.updated", "{body}");
     assert_eq!(body["status"], "live");
-    assert!(r.text().lines().any(|l| l.starts_with("net0: ") && l.contains("rate=50")));
+    assert!(
+        r.text()
+            .lines()
+            .any(|l| l.starts_with("net0: ") && l.contains("rate=50"))
+    );
     r.stop().await;
 }
 
@@ -289,10 +310,20 @@ async fn a_refused_hotplug_fails_with_pves_message_and_leaves_nothing_pending() 
     let (kind, body) = r.event_of(op).await;
     assert_eq!(kind, "net.operation_failed", "{body}");
     assert_eq!(body["error"]["code"], "proxmox.hotplug");
-    assert!(body["error"]["message"].as_str().unwrap().contains("unable to hotplug net1: bridge 'ghost' does not exist"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unable to hotplug net1: bridge 'ghost' does not exist"),
+        "{body}"
+    );
     let rec = r.op(op).await;
     assert_eq!(rec.status, "failed");
-    assert!(!r.text().contains("net1"), "the refused change is reverted, not left pending:\n{}", r.text());
+    assert!(
+        !r.text().contains("net1"),
+        "the refused change is reverted, not left pending:\n{}",
+        r.text()
+    );
     r.stop().await;
 }
 
@@ -369,7 +400,9 @@ async fn binding_to_an_unapplied_vnet_applies_it_first_then_unbinds() {
     let rec = r.op(op).await;
     assert_eq!(rec.result, Some(serde_json::json!({ "applied_sdn": true })));
     let client = r.pool.get().await.unwrap();
-    let view = pvefleet_nethotplug::view::vnet_containers(&r.pve, &client, "web").await.unwrap();
+    let view = pvefleet_nethotplug::view::vnet_containers(&r.pve, &client, "web")
+        .await
+        .unwrap();
     assert_eq!(view["containers"][0]["state"], "bound", "{view}");
     assert_eq!(view["containers"][0]["vmid"], CT);
 
@@ -456,9 +489,13 @@ async fn nethotplug_and_the_autoscaler_writing_at_once_lose_no_change() {
         assert_eq!(sent.0, "net.updated", "round {i}: {}", sent.1);
         scaled.unwrap_or_else(|e| panic!("round {i}: the autoscaler's write failed: {e}"));
         let text = r.text();
-        assert!(text.lines().any(|l| l == format!("memory: {memory}")), "round {i}: memory lost:\n{text}");
         assert!(
-            text.lines().any(|l| l.starts_with("net0: ") && l.contains(&format!("rate={}", i + 1))),
+            text.lines().any(|l| l == format!("memory: {memory}")),
+            "round {i}: memory lost:\n{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("net0: ") && l.contains(&format!("rate={}", i + 1))),
             "round {i}: the rate was lost:\n{text}"
         );
     }

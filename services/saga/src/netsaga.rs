@@ -64,7 +64,13 @@ async fn find(db: Db<'_>, step_op: Uuid) -> Result<Option<Found>, Outcome> {
     }))
 }
 
-async fn set_state(db: Db<'_>, id: Uuid, state: &str, created: Option<bool>, error: Option<&Value>) -> Result<(), Outcome> {
+async fn set_state(
+    db: Db<'_>,
+    id: Uuid,
+    state: &str,
+    created: Option<bool>,
+    error: Option<&Value>,
+) -> Result<(), Outcome> {
     db.exec(
         "UPDATE net_sagas SET state = $2, created = COALESCE($3, created), error = COALESCE($4, error), updated_at = now()
          WHERE id = $1",
@@ -94,7 +100,17 @@ async fn end_operation(
              line = COALESCE($5, line), pending_keys = $6, failed_nodes = $7, error = $8, result = $9,
              updated_at = now(), finished_at = now()
          WHERE id = $1",
-        &[&id, &status, &node, &index, &line, &pending, &failed_nodes, &error, result],
+        &[
+            &id,
+            &status,
+            &node,
+            &index,
+            &line,
+            &pending,
+            &failed_nodes,
+            &error,
+            result,
+        ],
     )
     .await
     .map_err(retry_db)?;
@@ -112,7 +128,15 @@ impl Handler<VnetProvision> for Coordinator {
             db.exec(
                 "INSERT INTO net_sagas (id, vnet, vmid, state, ensure_op, bind_op, remove_op, request)
                  VALUES ($1, $2, $3, 'ensuring', $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
-                &[&id, &cmd.vnet, &(cmd.vmid.0 as i32), &ensure_op, &bind_op, &remove_op, &request],
+                &[
+                    &id,
+                    &cmd.vnet,
+                    &(cmd.vmid.0 as i32),
+                    &ensure_op,
+                    &bind_op,
+                    &remove_op,
+                    &request
+                ],
             )
             .await
             .map_err(retry_db)
@@ -183,7 +207,11 @@ impl Handler<VnetBound> for Coordinator {
             return Outcome::Ok;
         }
         tri!(set_state(db, s.id, "completed", None, None).await);
-        let status = if ev.status == "pending_reboot" { "pending_reboot" } else { "succeeded" };
+        let status = if ev.status == "pending_reboot" {
+            "pending_reboot"
+        } else {
+            "succeeded"
+        };
         let result = json!({ "created_vnet": s.created, "saga": "completed" });
         tri!(
             end_operation(
@@ -217,7 +245,21 @@ impl Handler<NetOperationFailed> for Coordinator {
             ("ensuring", op) if op == s.ensure_op => {
                 tri!(set_state(db, s.id, "failed", None, Some(&error)).await);
                 let result = json!({ "created_vnet": false, "saga": "failed" });
-                tri!(end_operation(db, s.id, "failed", None, None, None, &[], &ev.nodes, Some(&error), &result).await);
+                tri!(
+                    end_operation(
+                        db,
+                        s.id,
+                        "failed",
+                        None,
+                        None,
+                        None,
+                        &[],
+                        &ev.nodes,
+                        Some(&error),
+                        &result
+                    )
+                    .await
+                );
             }
             ("binding", op) if op == s.bind_op && s.created => {
                 tri!(set_state(db, s.id, "compensating", None, Some(&error)).await);
@@ -231,14 +273,42 @@ impl Handler<NetOperationFailed> for Coordinator {
             ("binding", op) if op == s.bind_op => {
                 tri!(set_state(db, s.id, "failed", None, Some(&error)).await);
                 let result = json!({ "created_vnet": false, "saga": "failed", "compensation": "the VNet existed before this saga and is left alone" });
-                tri!(end_operation(db, s.id, "failed", None, None, None, &[], &ev.nodes, Some(&error), &result).await);
+                tri!(
+                    end_operation(
+                        db,
+                        s.id,
+                        "failed",
+                        None,
+                        None,
+                        None,
+                        &[],
+                        &ev.nodes,
+                        Some(&error),
+                        &result
+                    )
+                    .await
+                );
             }
             ("compensating", op) if op == s.remove_op => {
                 let first = s.error.clone().unwrap_or(Value::Null);
                 let both = json!({ "step": first["step"], "code": first["code"], "message": first["message"], "compensation_error": error });
                 tri!(set_state(db, s.id, "compensation_failed", None, Some(&both)).await);
                 let result = json!({ "created_vnet": true, "saga": "compensation_failed" });
-                tri!(end_operation(db, s.id, "failed", None, None, None, &[], &ev.nodes, Some(&both), &result).await);
+                tri!(
+                    end_operation(
+                        db,
+                        s.id,
+                        "failed",
+                        None,
+                        None,
+                        None,
+                        &[],
+                        &ev.nodes,
+                        Some(&both),
+                        &result
+                    )
+                    .await
+                );
                 tracing::error!(saga = %s.id, vnet = %s.request.vnet, "Removing the VNet this saga created failed; it needs an operator.");
             }
             _ => {}

@@ -104,7 +104,10 @@ impl SimState {
         if matches!(kind, None | Some("eth")) {
             rows.push(json!({ "iface": "eno1", "type": "eth", "active": 1, "exists": 1 }));
         }
-        if matches!(kind, None | Some("bridge" | "any_bridge" | "any_local_bridge" | "include_sdn")) {
+        if matches!(
+            kind,
+            None | Some("bridge" | "any_bridge" | "any_local_bridge" | "include_sdn")
+        ) {
             for bridge in &self.config.bridges {
                 rows.push(json!({
                     "iface": bridge, "type": "bridge", "active": 1, "autostart": 1,
@@ -114,7 +117,12 @@ impl SimState {
         }
         if matches!(kind, Some("vnet" | "any_bridge" | "include_sdn")) && !self.sdn_errors.contains_key(node) {
             for (name, v) in self.vnets.iter().filter(|(_, v)| v.running.is_some()) {
-                let zone = v.running.as_ref().and_then(|r| r.get("zone")).cloned().unwrap_or_default();
+                let zone = v
+                    .running
+                    .as_ref()
+                    .and_then(|r| r.get("zone"))
+                    .cloned()
+                    .unwrap_or_default();
                 rows.push(json!({ "iface": name, "type": "vnet", "active": 1, "zone": zone }));
             }
         }

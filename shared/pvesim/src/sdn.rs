@@ -76,7 +76,12 @@ pub(crate) fn apply(s: &mut SimState) {
     s.sdn_errors = s
         .sdn_failing
         .iter()
-        .map(|n| (n.clone(), format!("ifreload failed on {n}: error: vnet bridge could not be created")))
+        .map(|n| {
+            (
+                n.clone(),
+                format!("ifreload failed on {n}: error: vnet bridge could not be created"),
+            )
+        })
         .collect();
 }
 

@@ -115,7 +115,9 @@ async fn follow(c: &reqwest::Client, api: &str, token: &str, id: &str) -> anyhow
             _ => {}
         }
         if started.elapsed() > Duration::from_secs(600) {
-            eprintln!("operation {id} is still {status} after 10 minutes; follow it with `pvefleet net operation {id} --wait`");
+            eprintln!(
+                "operation {id} is still {status} after 10 minutes; follow it with `pvefleet net operation {id} --wait`"
+            );
             return Ok(ExitCode::from(1));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -126,7 +128,10 @@ fn summary(op: &Value) -> String {
     let what = op["kind"].as_str().unwrap_or("?");
     let iface = op["interface"].as_str().unwrap_or("?");
     let vmid = op["vmid"].as_u64().unwrap_or_default();
-    let mut out = format!("{what} {iface} of container {vmid}: {}", op["status"].as_str().unwrap_or("?"));
+    let mut out = format!(
+        "{what} {iface} of container {vmid}: {}",
+        op["status"].as_str().unwrap_or("?")
+    );
     if let Some(line) = op["line"].as_str() {
         out.push_str(&format!("\n  {iface}: {line}"));
     }
@@ -167,7 +172,14 @@ pub async fn run_net(action: NetAction) -> anyhow::Result<ExitCode> {
             wait,
             target,
         } => {
-            start(&target, Method::POST, &format!("/v1/containers/{vmid}/interfaces"), Some(iface(&a)), wait).await
+            start(
+                &target,
+                Method::POST,
+                &format!("/v1/containers/{vmid}/interfaces"),
+                Some(iface(&a)),
+                wait,
+            )
+            .await
         }
         NetAction::Update {
             vmid,
@@ -198,11 +210,17 @@ pub async fn run_net(action: NetAction) -> anyhow::Result<ExitCode> {
                 Err(code) => return Ok(code),
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&json!({ "network": net, "operations": ops }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({ "network": net, "operations": ops }))?
+                );
                 return Ok(ExitCode::SUCCESS);
             }
             println!("container {vmid} on {}", net["node"].as_str().unwrap_or("?"));
-            println!("{:<7} {:<8} {:<10} {:<19} {:<18} LINE", "IFACE", "STATE", "VNET", "HWADDR", "IP");
+            println!(
+                "{:<7} {:<8} {:<10} {:<19} {:<18} LINE",
+                "IFACE", "STATE", "VNET", "HWADDR", "IP"
+            );
             for i in net["interfaces"].as_array().into_iter().flatten() {
                 let state = if i["pending_delete"] == true {
                     "deleting"
@@ -257,7 +275,10 @@ pub async fn run_net(action: NetAction) -> anyhow::Result<ExitCode> {
                 Ok(v) => v,
                 Err(code) => return Ok(code),
             };
-            println!("{:<22} {:>10} {:>10} {:>15} {:>9}", "EVENT", "EXECUTIONS", "SUCCESSES", "PENDING_REBOOT", "FAILURES");
+            println!(
+                "{:<22} {:>10} {:>10} {:>15} {:>9}",
+                "EVENT", "EXECUTIONS", "SUCCESSES", "PENDING_REBOOT", "FAILURES"
+            );
             for s in stats.as_array().into_iter().flatten() {
                 println!(
                     "{:<22} {:>10} {:>10} {:>15} {:>9}",
@@ -289,7 +310,14 @@ pub async fn run_vnet(action: VnetAction) -> anyhow::Result<ExitCode> {
             if let Some(zone) = ensure_zone {
                 body["ensure"] = json!({ "zone": zone, "tag": ensure_tag });
             }
-            start(&target, Method::POST, &format!("/v1/vnets/{vnet}/bindings"), Some(body), wait).await
+            start(
+                &target,
+                Method::POST,
+                &format!("/v1/vnets/{vnet}/bindings"),
+                Some(body),
+                wait,
+            )
+            .await
         }
         VnetAction::Unbind {
             vnet,

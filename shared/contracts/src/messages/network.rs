@@ -416,9 +416,21 @@ macro_rules! net_event {
 
 net_event!(NetAttached, "net.attached", "An interface was attached to a container.");
 net_event!(NetUpdated, "net.updated", "A container's interface was changed.");
-net_event!(NetDetached, "net.detached", "An interface was detached from a container.");
-net_event!(VnetBound, "vnet.bound", "A container's interface was attached on an SDN VNet.");
-net_event!(VnetUnbound, "vnet.unbound", "A container's interface on an SDN VNet was detached.");
+net_event!(
+    NetDetached,
+    "net.detached",
+    "An interface was detached from a container."
+);
+net_event!(
+    VnetBound,
+    "vnet.bound",
+    "A container's interface was attached on an SDN VNet."
+);
+net_event!(
+    VnetUnbound,
+    "vnet.unbound",
+    "A container's interface on an SDN VNet was detached."
+);
 
 /// A VNet exists and is applied.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -493,7 +505,10 @@ net_message!(
         vmid: Some(Vmid(123)),
         vnet: None,
         nodes: Vec::new(),
-        error: StepError::new("proxmox.hotplug", "unable to hotplug net1: bridge 'vmbr9' does not exist"),
+        error: StepError::new(
+            "proxmox.hotplug",
+            "unable to hotplug net1: bridge 'vmbr9' does not exist"
+        ),
     }
 );
 impl crate::message::Event for NetOperationFailed {}
