@@ -221,8 +221,8 @@ mod tests {
     #[test]
     fn the_embedded_rules_load_and_cover_both_versions() {
         let c = compiled().expect("rules parse");
-        assert_eq!(c.rules.pve9.len(), 65);
-        assert_eq!(c.rules.pve8.len(), 59);
+        assert_eq!(c.rules.pve9.len(), 66);
+        assert_eq!(c.rules.pve8.len(), 60);
     }
 
     #[test]
