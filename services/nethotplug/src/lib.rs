@@ -404,11 +404,18 @@ impl Inner {
                 .await
                 .map_err(db_fault)?;
             planned = Some((index, line.clone()));
-            if self
+            match self
                 .write(&node, vmid, &key, Params::new().set(&key, &line), &digest)
-                .await?
+                .await
             {
-                return self.classify(&node, vmid, index, Some(&line)).await;
+                Ok(true) => return self.classify(&node, vmid, index, Some(&line)).await,
+                Ok(false) => {}
+                Err(Fault::Fail(err, nodes)) => {
+                    // Nothing was attached: the address and MAC held for it are free again.
+                    self.release(&client, vmid, index).await?;
+                    return Err(Fault::Fail(err, nodes));
+                }
+                Err(retry) => return Err(retry),
             }
         }
         Err(Fault::Retry(format!(
@@ -492,10 +499,16 @@ impl Inner {
         ops::plan(&client, op.id, &node, index, None).await.map_err(db_fault)?;
         for _ in 0..self.s.write_attempts.max(1) {
             let (config, digest) = self.config(&node, vmid).await?;
-            let (pending, current) = self.pending(&node, vmid).await?;
-            let present = config.contains_key(&key) && !pending.contains(&key);
-            if !present || !current.contains_key(&key) {
-                // Gone already (or its delete waits for a restart).
+            let rows = self
+                .pve
+                .lxc_pending(&node, vmid)
+                .await
+                .map_err(|e| pve_fault("read pending", e))?;
+            let entry = rows.iter().find(|r| r.key == key);
+            let delete_pending = entry.is_some_and(|r| r.delete == Some(true));
+            let exists = config.contains_key(&key) || entry.is_some_and(|r| r.value.is_some() || r.pending.is_some());
+            if !exists || delete_pending {
+                // Gone already, or its delete already waits for a restart.
                 return self.after_detach(&client, &node, vmid, index).await;
             }
             match self
@@ -514,22 +527,28 @@ impl Inner {
         )))
     }
 
+    /// Frees the pooled address and the MAC held for interface `index` of `vmid`.
+    async fn release(&self, client: &tokio_postgres::Client, vmid: u32, index: u8) -> Step<()> {
+        pool::release(client, vmid, index)
+            .await
+            .map_err(|e| db_fault(format!("{e:#}")))?;
+        client
+            .execute(
+                "DELETE FROM net_macs WHERE vmid = $1 AND net_index = $2",
+                &[&(vmid as i32), &i32::from(index)],
+            )
+            .await
+            .map_err(db_fault)?;
+        Ok(())
+    }
+
     async fn after_detach(&self, client: &tokio_postgres::Client, node: &str, vmid: u32, index: u8) -> Step<Applied> {
         let key = format!("net{index}");
         let (pending, current) = self.pending(node, vmid).await?;
         let needs_reboot = current.contains_key(&key);
         if !needs_reboot {
             // Really gone: its address, MAC and binding are free again.
-            pool::release(client, vmid, index)
-                .await
-                .map_err(|e| db_fault(format!("{e:#}")))?;
-            client
-                .execute(
-                    "DELETE FROM net_macs WHERE vmid = $1 AND net_index = $2",
-                    &[&(vmid as i32), &i32::from(index)],
-                )
-                .await
-                .map_err(db_fault)?;
+            self.release(client, vmid, index).await?;
             client
                 .execute(
                     "DELETE FROM vnet_bindings WHERE vmid = $1 AND net_index = $2",

@@ -269,6 +269,20 @@ async fn an_option_pve_cannot_hotplug_ends_pending_reboot_with_its_keys() {
     assert!(text.contains("[pve:pending]"), "{text}");
     assert!(text.contains("mtu=1400"), "{text}");
 
+    // An interface with a pending change is still detached (live: a one-digit index).
+    let detach = Uuid::now_v7();
+    r.send(&NetDetach {
+        operation_id: detach,
+        vmid: Vmid(CT),
+        index: 3,
+    })
+    .await;
+    let (kind, body) = r.event_of(detach).await;
+    assert_eq!(kind, "net.detached", "{body}");
+    assert_eq!(body["status"], "live", "{body}");
+    let text = r.text();
+    assert!(!text.contains("net3"), "{text}");
+
     // A rate change is applied live.
     let rate = Uuid::now_v7();
     r.send(&NetUpdate {
@@ -324,6 +338,10 @@ async fn a_refused_hotplug_fails_with_pves_message_and_leaves_nothing_pending() 
         "the refused change is reverted, not left pending:\n{}",
         r.text()
     );
+    let client = r.pool.get().await.unwrap();
+    let macs: i64 = client.query_one("SELECT count(*) FROM net_macs", &[]).await.unwrap().get(0);
+    assert_eq!(macs, 0, "the MAC held for it is released");
+    drop(client);
     r.stop().await;
 }
 
