@@ -24,6 +24,7 @@ struct Api {
     base: String,
     write: String,
     sites: String,
+    dlq: String,
     http: reqwest::Client,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -64,6 +65,9 @@ async fn api() -> Api {
     let sites = pvefleet_intake::create_token(&client, "alice", &["sites:write".into()])
         .await
         .unwrap();
+    let dlq = pvefleet_intake::create_token(&client, "oncall", &["dlq:admin".into()])
+        .await
+        .unwrap();
     drop(client);
     let pve = pvefleet_core::pve::client(&s.pve).unwrap();
     let shutdown = CancellationToken::new();
@@ -91,6 +95,7 @@ async fn api() -> Api {
         base,
         write,
         sites,
+        dlq,
         http: reqwest::Client::new(),
         shutdown,
         tasks,
@@ -137,7 +142,11 @@ impl Api {
     async fn ended(&self, id: &str) -> Value {
         eventually(Duration::from_secs(30), || async {
             let op = self.get(&format!("/v1/operations/{id}")).await;
-            matches!(op["status"].as_str(), Some("succeeded" | "failed" | "pending_reboot")).then_some(op)
+            matches!(
+                op["status"].as_str(),
+                Some("succeeded" | "failed" | "pending_reboot" | "parked")
+            )
+            .then_some(op)
         })
         .await
         .expect("the operation ends")
@@ -387,5 +396,49 @@ async fn the_vnet_saga_binds_and_compensates_only_a_vnet_it_created() {
     assert!(vnets.iter().any(|v| v.vnet == "keep" && v.state.is_none()), "{vnets:?}");
     let containers = a.get("/v1/vnets/apps/containers").await;
     assert_eq!(containers["containers"][0]["state"], "bound", "{containers}");
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_command_parks_its_operation_and_a_replay_finishes_it() {
+    let a = api().await;
+    // Every config write fails transiently until the faults are cleared.
+    a.sim.inject(Fault {
+        method: Some("PUT".into()),
+        path: format!("/nodes/pve1/lxc/{CT}/config"),
+        count: 0,
+        status: 503,
+        message: "proxy loop detected".into(),
+        latency_ms: 0,
+        rate: 1.0,
+    });
+    let (status, accepted, _) = a
+        .post(
+            &format!("/v1/containers/{CT}/interfaces"),
+            json!({ "bridge": "vmbr0", "ip": "dhcp" }),
+        )
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["operation_id"].as_str().unwrap().to_string();
+    let op = a.ended(&id).await;
+    assert_eq!(op["status"], "parked", "{op}");
+    assert_eq!(op["error"]["code"], "parked");
+    let dead_letter = op["error"]["dead_letter_id"].as_str().unwrap().to_string();
+    assert!(op["error"]["message"].as_str().unwrap().contains(&dead_letter), "{op}");
+
+    a.sim.clear_faults();
+    let (status, done, _) = a
+        .call(
+            reqwest::Method::POST,
+            "/v1/dead-letters/replay",
+            Some(&a.dlq),
+            Some(json!({ "id": dead_letter })),
+        )
+        .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["replayed"], json!([dead_letter]), "{done}");
+    let op = a.ended(&id).await;
+    assert_eq!(op["status"], "succeeded", "{op}");
+    assert!(a.sim.config_text(CT).unwrap().contains("net1: "));
     a.stop().await;
 }

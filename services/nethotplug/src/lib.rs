@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use pvefleet_contracts::messages::{
-    NetAttach, NetAttached, NetDetach, NetDetached, NetInterface, NetOperationFailed, NetUpdate, NetUpdated, VnetBind,
-    VnetBound, VnetEnsure, VnetEnsured, VnetRemove, VnetRemoved, VnetUnbind, VnetUnbound,
+    MessageParked, NetAttach, NetAttached, NetDetach, NetDetached, NetInterface, NetOperationFailed, NetUpdate,
+    NetUpdated, VnetBind, VnetBound, VnetEnsure, VnetEnsured, VnetRemove, VnetRemoved, VnetUnbind, VnetUnbound,
 };
 use pvefleet_contracts::{StepError, Vmid};
 use pvefleet_core::bus::{Context, Handler, Outcome, Router};
@@ -139,6 +139,7 @@ impl Nethotplug {
             .command::<VnetUnbind, _>(self.clone())
             .command::<VnetEnsure, _>(self.clone())
             .command::<VnetRemove, _>(self.clone())
+            .route::<MessageParked, _>(self.clone())
     }
 }
 
@@ -1055,6 +1056,60 @@ impl Handler<VnetRemove> for Nethotplug {
             }
             Err(Fault::Retry(e)) => Outcome::retry(e),
             Err(Fault::Fail(err, nodes)) => me.failed(ctx, &op, err, nodes).await,
+        }
+    }
+}
+
+/// The network commands: a parked one leaves its operation `parked`.
+const COMMANDS: [&str; 7] = [
+    "net.attach",
+    "net.update",
+    "net.detach",
+    "vnet.bind",
+    "vnet.unbind",
+    "vnet.ensure",
+    "vnet.remove",
+];
+
+/// A network command that gave up and was parked: its operation (the message's correlation
+/// id; for a saga's step, the saga's operation) becomes `parked`, naming the dead letter, so
+/// `GET /v1/operations/{id}` does not say `running` for ever. It is not an end: a replay of the
+/// dead letter takes the operation up again.
+#[async_trait]
+impl Handler<MessageParked> for Nethotplug {
+    async fn handle(&self, msg: MessageParked, _ctx: &Context<'_>) -> Outcome {
+        let (Some(op), Some(kind)) = (msg.correlation_id, msg.message_type.as_deref()) else {
+            return Outcome::Ok;
+        };
+        if !COMMANDS.contains(&kind) {
+            return Outcome::Ok;
+        }
+        let Ok(client) = self.inner.pool.get().await else {
+            return Outcome::retry("database unreachable");
+        };
+        let error = json!({
+            "code": "parked",
+            "message": format!(
+                "{kind} was parked ({}); see pvefleet dlq show {}, and replay it when the cause is fixed",
+                msg.fault_class, msg.dead_letter_id
+            ),
+            "dead_letter_id": msg.dead_letter_id,
+        });
+        match client
+            .execute(
+                "UPDATE net_operations SET status = 'parked', error = $2, updated_at = now()
+                 WHERE id = $1 AND status IN ('pending', 'running')",
+                &[&op, &error],
+            )
+            .await
+        {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::warn!(operation = %op, kind, dead_letter = %msg.dead_letter_id, "A network command was parked; its operation waits for an operator.");
+                }
+                Outcome::Ok
+            }
+            Err(e) => Outcome::retry(format!("database: {e}")),
         }
     }
 }

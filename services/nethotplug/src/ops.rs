@@ -19,7 +19,8 @@ pub struct Operation {
     pub vnet: Option<String>,
     /// The container's node.
     pub node: Option<String>,
-    /// `pending`, `running`, `succeeded`, `failed` or `pending_reboot`.
+    /// `pending`, `running`, `succeeded`, `failed` or `pending_reboot`; `parked` while its
+    /// command waits in the dead letters.
     pub status: String,
     /// The `netN` index.
     pub net_index: Option<u8>,
@@ -159,9 +160,11 @@ pub async fn start(
     request: &Value,
 ) -> Result<Operation, tokio_postgres::Error> {
     create(client, id, kind, vmid, vnet, request, None).await?;
+    // A replayed dead letter takes a parked operation up again.
     client
         .execute(
-            "UPDATE net_operations SET status = 'running', updated_at = now() WHERE id = $1 AND status = 'pending'",
+            "UPDATE net_operations SET status = 'running', error = NULL, updated_at = now()
+             WHERE id = $1 AND status IN ('pending', 'parked')",
             &[&id],
         )
         .await?;

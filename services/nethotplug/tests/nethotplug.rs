@@ -339,7 +339,11 @@ async fn a_refused_hotplug_fails_with_pves_message_and_leaves_nothing_pending() 
         r.text()
     );
     let client = r.pool.get().await.unwrap();
-    let macs: i64 = client.query_one("SELECT count(*) FROM net_macs", &[]).await.unwrap().get(0);
+    let macs: i64 = client
+        .query_one("SELECT count(*) FROM net_macs", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(macs, 0, "the MAC held for it is released");
     drop(client);
     r.stop().await;

@@ -81,6 +81,7 @@ pub fn fleet_bindings() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)
                 (COMMANDS_EXCHANGE, VnetUnbind::TYPE),
                 (COMMANDS_EXCHANGE, VnetEnsure::TYPE),
                 (COMMANDS_EXCHANGE, VnetRemove::TYPE),
+                (EVENTS_EXCHANGE, MessageParked::TYPE),
             ],
         ),
         ("autoscaler", vec![(COMMANDS_EXCHANGE, AutoscalePolicySet::TYPE)]),

@@ -8,7 +8,7 @@ CREATE TABLE net_operations (
     vmid         INTEGER,
     vnet         TEXT,
     node         TEXT,
-    -- pending, running, succeeded, failed, pending_reboot
+    -- pending, running, succeeded, failed, pending_reboot; parked while its command is a dead letter
     status       TEXT NOT NULL DEFAULT 'pending',
     request      JSONB NOT NULL,
     -- the netN index, line and MAC chosen (kept before the write, so a redelivery finds them)

@@ -197,6 +197,14 @@ impl Sim {
         self.lock().sdn_failing.insert(node.to_string());
     }
 
+    /// Drops every queued fault, task error and failing SDN node.
+    pub fn clear_faults(&self) {
+        let mut s = self.lock();
+        s.faults.clear();
+        s.task_errors.clear();
+        s.sdn_failing.clear();
+    }
+
     /// Adds a fault (for tests in the same process).
     pub fn inject(&self, fault: Fault) {
         self.lock().faults.push(fault);

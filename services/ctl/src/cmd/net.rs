@@ -93,6 +93,15 @@ async fn follow(c: &reqwest::Client, api: &str, token: &str, id: &str) -> anyhow
                 println!("{}", summary(&op));
                 return Ok(ExitCode::SUCCESS);
             }
+            "parked" => {
+                eprintln!(
+                    "operation {id} is parked: {}",
+                    op["error"]["message"]
+                        .as_str()
+                        .unwrap_or("its command is a dead letter")
+                );
+                return Ok(ExitCode::from(1));
+            }
             "failed" => {
                 let err = &op["error"];
                 let nodes: Vec<&str> = op["failed_nodes"]
