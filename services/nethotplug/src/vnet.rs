@@ -1,0 +1,191 @@
+//! SDN VNets: making sure a VNet is applied on every node before an interface is plugged
+//! into it (pve-behaviour.md §5.13, §8), binding and unbinding, and the saga's
+//! `vnet.ensure` and `vnet.remove`.
+
+use pvefleet_contracts::StepError;
+use pvefleet_contracts::messages::{NetInterface, VnetEnsure, VnetRemove};
+use pvefleet_proxmox::client::sdn::VnetSpec;
+use pvefleet_proxmox::codec::net::{MAX_NETS, NetConfig};
+use serde_json::{Value, json};
+
+use crate::ops::Operation;
+use crate::{Applied, Fault, Inner, Step, db_fault, fail, pve_fault, spec};
+
+impl Inner {
+    /// Makes sure `vnet` is applied: runs `PUT /cluster/sdn` when it has pending changes, then
+    /// reads every node's status of its zone. A node where it is not available fails the
+    /// operation, named. Returns whether an apply ran.
+    pub(crate) async fn sdn_ready(&self, vnet: &str) -> Step<bool> {
+        let vnets = self.pve.vnets().await.map_err(|e| pve_fault("read vnets", e))?;
+        let Some(v) = vnets.into_iter().find(|v| v.vnet == vnet) else {
+            return Err(fail("vnet.not_found", format!("vnet: '{vnet}' does not exist")));
+        };
+        let zone = v
+            .zone
+            .clone()
+            .or_else(|| v.pending.as_ref()?.get("zone")?.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let applied = if v.state.is_some() {
+            tracing::info!(vnet, "The VNet has pending changes; applying SDN first.");
+            // A task that ends in error is a failure of `wait_task`.
+            self.pve.sdn_apply().await.map_err(|e| pve_fault("apply SDN", e))?;
+            true
+        } else {
+            false
+        };
+        let nodes = self.pve.nodes().await.map_err(|e| pve_fault("read nodes", e))?;
+        let mut failed = Vec::new();
+        for n in nodes.iter().filter(|n| n.status == "online") {
+            let zones = self
+                .pve
+                .node_sdn_zones(&n.node)
+                .await
+                .map_err(|e| pve_fault("read SDN status", e))?;
+            let ok = zones
+                .iter()
+                .find(|z| z.zone == zone)
+                .is_some_and(|z| z.status == "available");
+            if !ok {
+                failed.push(n.node.clone());
+            }
+        }
+        if !failed.is_empty() {
+            return Err(Fault::Fail(
+                StepError::new(
+                    "sdn.apply_failed",
+                    format!(
+                        "SDN zone '{zone}' of vnet '{vnet}' is not available on node(s) {}",
+                        failed.join(", ")
+                    ),
+                ),
+                failed,
+            ));
+        }
+        Ok(applied)
+    }
+
+    pub(crate) async fn bind(&self, op: &Operation, vnet: &str, vmid: u32, iface: &NetInterface) -> Step<Applied> {
+        spec::check_vnet(vnet).map_err(|e| fail("invalid", e.to_string()))?;
+        let applied_sdn = self.sdn_ready(vnet).await?;
+        let iface = NetInterface {
+            vnet: Some(vnet.to_string()),
+            bridge: None,
+            ..iface.clone()
+        };
+        let mut done = self.attach(op, vmid, &iface).await?;
+        done.applied_sdn = applied_sdn;
+        let mac = done
+            .line
+            .as_deref()
+            .and_then(|l| NetConfig::parse("net", l).ok())
+            .and_then(|n| n.hwaddr);
+        let client = self.db().await?;
+        client
+            .execute(
+                "INSERT INTO vnet_bindings (vnet, vmid, net_index, hwaddr, operation_id) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (vmid, net_index) DO UPDATE SET vnet = excluded.vnet, hwaddr = excluded.hwaddr,
+                     operation_id = excluded.operation_id, bound_at = now()",
+                &[&vnet, &(vmid as i32), &i32::from(done.index), &mac, &op.id],
+            )
+            .await
+            .map_err(db_fault)?;
+        Ok(done)
+    }
+
+    pub(crate) async fn unbind(&self, op: &Operation, vnet: &str, vmid: u32, index: Option<u8>) -> Step<Applied> {
+        let index = match index.or(op.net_index) {
+            Some(i) => i,
+            None => {
+                let client = self.db().await?;
+                let bound: Option<i32> = client
+                    .query_opt(
+                        "SELECT net_index FROM vnet_bindings WHERE vnet = $1 AND vmid = $2 ORDER BY net_index LIMIT 1",
+                        &[&vnet, &(vmid as i32)],
+                    )
+                    .await
+                    .map_err(db_fault)?
+                    .map(|r| r.get(0));
+                match bound {
+                    Some(i) => u8::try_from(i).unwrap_or(0),
+                    None => {
+                        // Not recorded: look for it in the config (a binding made outside the fleet).
+                        let node = self.locate(vmid).await?;
+                        let (config, _) = self.config(&node, vmid).await?;
+                        let found = (0..MAX_NETS).find(|i| {
+                            config
+                                .get(&format!("net{i}"))
+                                .and_then(Value::as_str)
+                                .and_then(|l| NetConfig::parse("net", l).ok())
+                                .is_some_and(|n| n.bridge.as_deref() == Some(vnet))
+                        });
+                        match found {
+                            Some(i) => i,
+                            None => {
+                                return Err(fail(
+                                    "not_found",
+                                    format!("container {vmid} has no interface on vnet '{vnet}'"),
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        self.detach(op, vmid, index).await
+    }
+
+    pub(crate) async fn ensure(&self, op: &Operation, cmd: &VnetEnsure) -> Step<bool> {
+        spec::check_vnet(&cmd.vnet).map_err(|e| fail("invalid", e.to_string()))?;
+        let vnets = self.pve.vnets().await.map_err(|e| pve_fault("read vnets", e))?;
+        let created_before = op
+            .result
+            .as_ref()
+            .and_then(|r| r.get("created"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let exists = vnets
+            .iter()
+            .any(|v| v.vnet == cmd.vnet && v.state.as_deref() != Some("deleted"));
+        let created = if exists {
+            created_before
+        } else {
+            // Recorded first: a redelivery after the create must still know it was ours.
+            let client = self.db().await?;
+            client
+                .execute(
+                    "UPDATE net_operations SET result = $2 WHERE id = $1",
+                    &[&op.id, &json!({ "created": true })],
+                )
+                .await
+                .map_err(db_fault)?;
+            let spec = VnetSpec {
+                zone: cmd.zone.clone(),
+                tag: cmd.tag,
+                alias: Some(format!("pvefleet operation {}", op.id)),
+                vlanaware: None,
+            };
+            self.pve
+                .vnet_create(&cmd.vnet, &spec)
+                .await
+                .map_err(|e| pve_fault("create vnet", e))?;
+            true
+        };
+        self.sdn_ready(&cmd.vnet).await?;
+        Ok(created)
+    }
+
+    pub(crate) async fn remove(&self, cmd: &VnetRemove) -> Step<()> {
+        let vnets = self.pve.vnets().await.map_err(|e| pve_fault("read vnets", e))?;
+        let Some(v) = vnets.iter().find(|v| v.vnet == cmd.vnet) else {
+            return Ok(());
+        };
+        if v.state.as_deref() != Some("deleted") {
+            self.pve
+                .vnet_delete(&cmd.vnet)
+                .await
+                .map_err(|e| pve_fault("delete vnet", e))?;
+        }
+        self.pve.sdn_apply().await.map_err(|e| pve_fault("apply SDN", e))?;
+        Ok(())
+    }
+}
