@@ -117,6 +117,37 @@ async fn end_operation(
     Ok(())
 }
 
+impl Found {
+    /// The operation of the step a saga in `state` waits for.
+    fn step_op(&self, state: &str) -> Option<Uuid> {
+        match state {
+            "ensuring" => Some(self.ensure_op),
+            "binding" => Some(self.bind_op),
+            "compensating" => Some(self.remove_op),
+            _ => None,
+        }
+    }
+}
+
+/// The saga, locked, when it waits for the step whose operation is `op`; `None` for any other
+/// event (an old copy, a redelivery, or no saga's step at all).
+async fn waiting(db: Db<'_>, op: Uuid) -> Result<Option<Found>, Outcome> {
+    Ok(find(db, op).await?.filter(|s| s.step_op(&s.state) == Some(op)))
+}
+
+/// Ends the saga in `state` and its operation `failed`.
+async fn end_failed(
+    db: Db<'_>,
+    s: &Found,
+    state: &str,
+    error: &Value,
+    result: &Value,
+    nodes: &[String],
+) -> Result<(), Outcome> {
+    set_state(db, s.id, state, None, Some(error)).await?;
+    end_operation(db, s.id, "failed", None, None, None, &[], nodes, Some(error), result).await
+}
+
 #[async_trait]
 impl Handler<VnetProvision> for Coordinator {
     async fn handle(&self, cmd: VnetProvision, ctx: &Context<'_>) -> Outcome {
@@ -178,12 +209,9 @@ impl Handler<VnetProvision> for Coordinator {
 impl Handler<VnetEnsured> for Coordinator {
     async fn handle(&self, ev: VnetEnsured, ctx: &Context<'_>) -> Outcome {
         let db = tri!(db(ctx));
-        let Some(s) = tri!(find(db, ev.operation_id).await) else {
+        let Some(s) = tri!(waiting(db, ev.operation_id).await).filter(|s| s.state == "ensuring") else {
             return Outcome::Ok;
         };
-        if s.state != "ensuring" || s.ensure_op != ev.operation_id {
-            return Outcome::Ok;
-        }
         tri!(set_state(db, s.id, "binding", Some(ev.created), None).await);
         let bind = VnetBind {
             operation_id: s.bind_op,
@@ -200,12 +228,9 @@ impl Handler<VnetEnsured> for Coordinator {
 impl Handler<VnetBound> for Coordinator {
     async fn handle(&self, ev: VnetBound, ctx: &Context<'_>) -> Outcome {
         let db = tri!(db(ctx));
-        let Some(s) = tri!(find(db, ev.operation_id).await) else {
+        let Some(s) = tri!(waiting(db, ev.operation_id).await).filter(|s| s.state == "binding") else {
             return Outcome::Ok;
         };
-        if s.state != "binding" || s.bind_op != ev.operation_id {
-            return Outcome::Ok;
-        }
         tri!(set_state(db, s.id, "completed", None, None).await);
         let status = if ev.status == "pending_reboot" {
             "pending_reboot"
@@ -213,13 +238,14 @@ impl Handler<VnetBound> for Coordinator {
             "succeeded"
         };
         let result = json!({ "created_vnet": s.created, "saga": "completed" });
+        let index = Some(i32::from(ev.index));
         tri!(
             end_operation(
                 db,
                 s.id,
                 status,
                 Some(&ev.node),
-                Some(i32::from(ev.index)),
+                index,
                 ev.line.as_deref(),
                 &ev.pending,
                 &[],
@@ -228,7 +254,7 @@ impl Handler<VnetBound> for Coordinator {
             )
             .await
         );
-        tracing::info!(saga = %s.id, vnet = %ev.vnet.unwrap_or_default(), "VNet saga completed.");
+        tracing::info!(saga = %s.id, vnet = %s.request.vnet, "VNet saga completed.");
         Outcome::Ok
     }
 }
@@ -237,31 +263,16 @@ impl Handler<VnetBound> for Coordinator {
 impl Handler<NetOperationFailed> for Coordinator {
     async fn handle(&self, ev: NetOperationFailed, ctx: &Context<'_>) -> Outcome {
         let db = tri!(db(ctx));
-        let Some(s) = tri!(find(db, ev.operation_id).await) else {
+        let Some(s) = tri!(waiting(db, ev.operation_id).await) else {
             return Outcome::Ok;
         };
         let error = json!({ "step": ev.kind, "code": ev.error.code, "message": ev.error.message });
-        match (s.state.as_str(), ev.operation_id) {
-            ("ensuring", op) if op == s.ensure_op => {
-                tri!(set_state(db, s.id, "failed", None, Some(&error)).await);
+        match s.state.as_str() {
+            "ensuring" => {
                 let result = json!({ "created_vnet": false, "saga": "failed" });
-                tri!(
-                    end_operation(
-                        db,
-                        s.id,
-                        "failed",
-                        None,
-                        None,
-                        None,
-                        &[],
-                        &ev.nodes,
-                        Some(&error),
-                        &result
-                    )
-                    .await
-                );
+                tri!(end_failed(db, &s, "failed", &error, &result, &ev.nodes).await);
             }
-            ("binding", op) if op == s.bind_op && s.created => {
+            "binding" if s.created => {
                 tri!(set_state(db, s.id, "compensating", None, Some(&error)).await);
                 let remove = VnetRemove {
                     operation_id: s.remove_op,
@@ -270,48 +281,18 @@ impl Handler<NetOperationFailed> for Coordinator {
                 tri!(send_from(db, &origin_of(ctx, s.id), &remove).await);
                 tracing::warn!(saga = %s.id, vnet = %s.request.vnet, "The binding failed; removing the VNet this saga created.");
             }
-            ("binding", op) if op == s.bind_op => {
-                tri!(set_state(db, s.id, "failed", None, Some(&error)).await);
+            "binding" => {
                 let result = json!({ "created_vnet": false, "saga": "failed", "compensation": "the VNet existed before this saga and is left alone" });
-                tri!(
-                    end_operation(
-                        db,
-                        s.id,
-                        "failed",
-                        None,
-                        None,
-                        None,
-                        &[],
-                        &ev.nodes,
-                        Some(&error),
-                        &result
-                    )
-                    .await
-                );
+                tri!(end_failed(db, &s, "failed", &error, &result, &ev.nodes).await);
             }
-            ("compensating", op) if op == s.remove_op => {
+            _ => {
+                // A compensation that failed: both errors are kept.
                 let first = s.error.clone().unwrap_or(Value::Null);
                 let both = json!({ "step": first["step"], "code": first["code"], "message": first["message"], "compensation_error": error });
-                tri!(set_state(db, s.id, "compensation_failed", None, Some(&both)).await);
                 let result = json!({ "created_vnet": true, "saga": "compensation_failed" });
-                tri!(
-                    end_operation(
-                        db,
-                        s.id,
-                        "failed",
-                        None,
-                        None,
-                        None,
-                        &[],
-                        &ev.nodes,
-                        Some(&both),
-                        &result
-                    )
-                    .await
-                );
+                tri!(end_failed(db, &s, "compensation_failed", &both, &result, &ev.nodes).await);
                 tracing::error!(saga = %s.id, vnet = %s.request.vnet, "Removing the VNet this saga created failed; it needs an operator.");
             }
-            _ => {}
         }
         Outcome::Ok
     }
@@ -321,16 +302,12 @@ impl Handler<NetOperationFailed> for Coordinator {
 impl Handler<VnetRemoved> for Coordinator {
     async fn handle(&self, ev: VnetRemoved, ctx: &Context<'_>) -> Outcome {
         let db = tri!(db(ctx));
-        let Some(s) = tri!(find(db, ev.operation_id).await) else {
+        let Some(s) = tri!(waiting(db, ev.operation_id).await).filter(|s| s.state == "compensating") else {
             return Outcome::Ok;
         };
-        if s.state != "compensating" || s.remove_op != ev.operation_id {
-            return Outcome::Ok;
-        }
-        tri!(set_state(db, s.id, "compensated", None, None).await);
         let error = s.error.clone().unwrap_or(Value::Null);
         let result = json!({ "created_vnet": true, "saga": "compensated", "compensation": format!("vnet '{}' created by this saga was removed", ev.vnet) });
-        tri!(end_operation(db, s.id, "failed", None, None, None, &[], &[], Some(&error), &result).await);
+        tri!(end_failed(db, &s, "compensated", &error, &result, &[]).await);
         Outcome::Ok
     }
 }
