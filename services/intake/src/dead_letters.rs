@@ -86,7 +86,7 @@ fn selector(body: &[u8]) -> Result<Selector, Problem> {
     })
 }
 
-fn actor(caller: &auth::Caller) -> String {
+pub(crate) fn actor(caller: &auth::Caller) -> String {
     format!("token:{} ({})", caller.id, caller.name)
 }
 

@@ -92,6 +92,22 @@ async fn accept<M: Message>(
         .await
         .map_err(db_problem)?;
     crate::enqueue(&tx, cmd, op).await?;
+    let target = match (vmid, vnet) {
+        (Some(v), _) => format!("lxc/{v}"),
+        (None, Some(n)) => format!("vnet/{n}"),
+        (None, None) => "network".to_string(),
+    };
+    tx.execute(
+        "INSERT INTO audit_log (actor, action, target, detail) VALUES ($1, $2, $3, $4)",
+        &[
+            &crate::dead_letters::actor(caller),
+            &kind,
+            &target,
+            &json!({ "operation_id": op, "request": request }),
+        ],
+    )
+    .await
+    .map_err(db_problem)?;
     tx.commit().await.map_err(db_problem)?;
     if let Some(p) = &st.poke {
         p.notify_one();

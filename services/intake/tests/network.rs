@@ -272,8 +272,18 @@ async fn an_interface_is_attached_followed_listed_and_detached_over_http() {
     assert_eq!(network["interfaces"][1]["lease"]["ip"], "10.20.0.2");
     assert_eq!(network["drift"], json!([]), "{network}");
 
-    // A binding recorded for an interface the config does not have is drift.
+    // The request is in the audit log, with the token.
     let client = a.pool.get().await.unwrap();
+    let audit = client
+        .query_one("SELECT actor, action, target, detail FROM audit_log", &[])
+        .await
+        .unwrap();
+    assert!(audit.get::<_, String>(0).contains("netops"));
+    assert_eq!(audit.get::<_, String>(1), "net.attach");
+    assert_eq!(audit.get::<_, String>(2), format!("lxc/{CT}"));
+    assert_eq!(audit.get::<_, Value>(3)["operation_id"], id.as_str());
+
+    // A binding recorded for an interface the config does not have is drift.
     client
         .execute(
             "INSERT INTO vnet_bindings (vnet, vmid, net_index, operation_id) VALUES ('lost', $1, 5, $2)",

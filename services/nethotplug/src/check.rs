@@ -96,6 +96,7 @@ pub async fn attach(
     let Some(bridge) = spec::bridge_of(iface) else {
         return Err(Refusal::Invalid(Invalid::new("bridge", "give a bridge or a vnet")));
     };
+    spec::check_allowed(&s.allowed_bridges, bridge).map_err(Refusal::Unknown)?;
     check_pool(s, iface, Some(bridge))?;
     let (node, config) = container(pve_client, vmid).await?;
     if let Some(i) = iface.index
@@ -126,6 +127,9 @@ pub async fn update(
         ..changes.clone()
     };
     spec::check(&probe).map_err(Refusal::Invalid)?;
+    if let Some(b) = spec::bridge_of(changes) {
+        spec::check_allowed(&s.allowed_bridges, b).map_err(Refusal::Unknown)?;
+    }
     let (node, config) = container(pve_client, vmid).await?;
     let Some(old) = config.get(&format!("net{index}")).and_then(Value::as_str) else {
         return Err(Refusal::NotFound(format!("Container {vmid} has no net{index}.")));

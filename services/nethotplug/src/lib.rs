@@ -258,6 +258,30 @@ impl Inner {
         }
     }
 
+    /// Records the MACs a managed container's interfaces already have, so a generated or
+    /// requested MAC is checked against them too.
+    async fn note_macs(&self, client: &tokio_postgres::Client, vmid: u32, config: &Map<String, Value>) -> Step<()> {
+        for index in 0..MAX_NETS {
+            let key = format!("net{index}");
+            let Some(mac) = config
+                .get(&key)
+                .and_then(Value::as_str)
+                .and_then(|l| NetConfig::parse(&key, l).ok())
+                .and_then(|n| n.hwaddr)
+            else {
+                continue;
+            };
+            client
+                .execute(
+                    "INSERT INTO net_macs (hwaddr, vmid, net_index) VALUES ($1, $2, $3) ON CONFLICT (hwaddr) DO NOTHING",
+                    &[&mac.to_ascii_uppercase(), &(vmid as i32), &i32::from(index)],
+                )
+                .await
+                .map_err(db_fault)?;
+        }
+        Ok(())
+    }
+
     /// Reserves a MAC for interface `index` of `vmid`: `false` when another interface has it.
     async fn reserve_mac(&self, client: &tokio_postgres::Client, mac: &str, vmid: u32, index: u8) -> Step<bool> {
         let n = client
@@ -350,6 +374,7 @@ impl Inner {
         let Some(bridge) = spec::bridge_of(iface).map(str::to_string) else {
             return Err(fail("invalid", "bridge: give a bridge or a vnet"));
         };
+        spec::check_allowed(&self.s.allowed_bridges, &bridge).map_err(|e| fail("policy", e.to_string()))?;
         let _lock = self.lock(vmid).await?;
         let node = self.locate(vmid).await?;
         if iface.vnet.is_none() {
@@ -367,6 +392,7 @@ impl Inner {
                     return self.classify(&node, vmid, *index, Some(now)).await;
                 }
             }
+            self.note_macs(&client, vmid, &config).await?;
             let used = |i: u8| config.contains_key(&format!("net{i}"));
             let index = match iface.index {
                 Some(i) if used(i) => {
@@ -430,6 +456,9 @@ impl Inner {
             ..changes.clone()
         };
         spec::check(&probe).map_err(|e| fail("invalid", e.to_string()))?;
+        if let Some(b) = spec::bridge_of(changes) {
+            spec::check_allowed(&self.s.allowed_bridges, b).map_err(|e| fail("policy", e.to_string()))?;
+        }
         let key = format!("net{index}");
         let _lock = self.lock(vmid).await?;
         let node = self.locate(vmid).await?;

@@ -121,6 +121,21 @@ pub fn codec_invalid(e: CodecError) -> Invalid {
     }
 }
 
+/// Whether the guardrail policy allows `bridge` (a bridge or VNet): an empty list allows all.
+pub fn check_allowed(allowed: &[String], bridge: &str) -> Result<(), Invalid> {
+    if allowed.is_empty() || allowed.iter().any(|a| a == bridge) {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            "bridge",
+            format!(
+                "'{bridge}' is not allowed by policy (nethotplug.allowed_bridges: {})",
+                allowed.join(", ")
+            ),
+        ))
+    }
+}
+
 /// The bridge an interface plugs into: its VNet, else its bridge.
 pub fn bridge_of(iface: &NetInterface) -> Option<&str> {
     iface.vnet.as_deref().or(iface.bridge.as_deref())
@@ -343,6 +358,16 @@ mod tests {
             merged.to_property_string(),
             "bridge=vmbr0,gw=10.20.0.1,hwaddr=BC:24:11:AA:BB:CC,ip=10.20.0.5/24,name=eth1,rate=50,tag=30,type=veth"
         );
+    }
+
+    #[test]
+    fn the_policy_allows_listed_bridges_or_every_one_when_empty() {
+        assert!(check_allowed(&[], "vmbr7").is_ok());
+        let allowed = vec!["vmbr0".to_string(), "web".to_string()];
+        assert!(check_allowed(&allowed, "web").is_ok());
+        let err = check_allowed(&allowed, "vmbr1").unwrap_err();
+        assert_eq!(err.field, "bridge");
+        assert!(err.reason.contains("not allowed by policy"), "{err}");
     }
 
     #[test]

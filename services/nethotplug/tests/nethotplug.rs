@@ -340,12 +340,31 @@ async fn a_refused_hotplug_fails_with_pves_message_and_leaves_nothing_pending() 
     );
     let client = r.pool.get().await.unwrap();
     let macs: i64 = client
-        .query_one("SELECT count(*) FROM net_macs", &[])
+        .query_one("SELECT count(*) FROM net_macs WHERE net_index = 1", &[])
         .await
         .unwrap()
         .get(0);
     assert_eq!(macs, 0, "the MAC held for it is released");
     drop(client);
+
+    // A MAC another interface has is refused.
+    let net0_mac = format!("BC:24:11:00:00:{:02X}", CT & 0xff);
+    assert!(r.text().contains(&net0_mac), "{}", r.text());
+    let dup = Uuid::now_v7();
+    r.send(&NetAttach {
+        operation_id: dup,
+        vmid: Vmid(CT),
+        iface: NetInterface {
+            bridge: Some("vmbr0".into()),
+            hwaddr: Some(net0_mac.to_lowercase()),
+            ..NetInterface::default()
+        },
+    })
+    .await;
+    let (kind, body) = r.event_of(dup).await;
+    assert_eq!(kind, "net.operation_failed", "{body}");
+    assert_eq!(body["error"]["code"], "hwaddr.taken", "{body}");
+    assert!(!r.text().contains("net1"), "{}", r.text());
     r.stop().await;
 }
 

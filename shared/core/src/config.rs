@@ -62,6 +62,9 @@ pub struct NethotplugSettings {
     pub mac_prefix: String,
     /// IPv4 pools per bridge or VNet, for interfaces asking `ip = "pool"`.
     pub pools: std::collections::BTreeMap<String, IpPool>,
+    /// The bridges and VNets interfaces may be put on (the guardrail policy); empty allows
+    /// every one the node has.
+    pub allowed_bridges: Vec<String>,
     /// Config writes tried when another writer changes the config in between (digest
     /// mismatch).
     pub write_attempts: u32,
@@ -75,6 +78,7 @@ impl Default for NethotplugSettings {
         Self {
             mac_prefix: "BC:24:11".into(),
             pools: std::collections::BTreeMap::new(),
+            allowed_bridges: Vec::new(),
             write_attempts: 5,
             lock_timeout: Duration::from_secs(30),
         }
