@@ -447,7 +447,12 @@ async fn a_parked_command_parks_its_operation_and_a_replay_finishes_it() {
         .await;
     assert_eq!(status, 200, "{done}");
     assert_eq!(done["replayed"], json!([dead_letter]), "{done}");
-    let op = a.ended(&id).await;
+    let op = eventually(Duration::from_secs(30), || async {
+        let op = a.get(&format!("/v1/operations/{id}")).await;
+        matches!(op["status"].as_str(), Some("succeeded" | "failed" | "pending_reboot")).then_some(op)
+    })
+    .await
+    .expect("the replayed operation ends");
     assert_eq!(op["status"], "succeeded", "{op}");
     assert!(a.sim.config_text(CT).unwrap().contains("net1: "));
     a.stop().await;
