@@ -57,6 +57,20 @@ fn vmid(raw: &str) -> Result<u32, Problem> {
 }
 
 fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    // An index past what the type holds would otherwise be refused without naming it.
+    if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
+        let index = v
+            .get("index")
+            .or_else(|| v.get("interface").and_then(|i| i.get("index")));
+        if let Some(i) = index.and_then(Value::as_i64).filter(|i| !(0..=31).contains(i)) {
+            return Err(Problem::field(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                "index",
+                format!("index: {i} is out of range: a container has net0 to net31"),
+            ));
+        }
+    }
     serde_json::from_slice(bytes).map_err(|e| {
         let msg = e.to_string();
         // serde names an unknown field as "unknown field `x`"; that is the field at fault.
@@ -289,7 +303,7 @@ pub(crate) async fn unbind(
     let index = match &q.interface {
         Some(name) => {
             let i = check::parse_interface(name).map_err(refusal)?;
-            check::detach(pve(&st)?, vmid, i).await.map_err(refusal)?;
+            check::unbind(pve(&st)?, vmid, i, &vnet).await.map_err(refusal)?;
             Some(i)
         }
         None => None,

@@ -166,6 +166,7 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_reaches_pve() {
     let path = format!("/v1/containers/{CT}/interfaces");
     for (body, status, field) in [
         (json!({ "index": 32, "bridge": "vmbr0" }), 400, "index"),
+        (json!({ "index": 300, "bridge": "vmbr0" }), 400, "index"),
         (json!({ "bridge": "vmbr0", "tag": 4095 }), 400, "tag"),
         (json!({ "bridge": "vmbr0", "tag": 0 }), 400, "tag"),
         (
@@ -210,6 +211,16 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_reaches_pve() {
         .post("/v1/containers/999/interfaces", json!({ "bridge": "vmbr0" }))
         .await;
     assert_eq!(got, 404);
+    // Unbinding an interface that is not on the VNet.
+    let (got, problem, _) = a
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/vnets/web/bindings?vmid={CT}&interface=net0"),
+            Some(&a.write),
+            None,
+        )
+        .await;
+    assert_eq!((got, problem["field"].as_str()), (409, Some("interface")), "{problem}");
     // Scopes.
     let (got, _, _) = a
         .call(reqwest::Method::POST, &path, None, Some(json!({ "bridge": "vmbr0" })))
@@ -406,6 +417,22 @@ async fn the_vnet_saga_binds_and_compensates_only_a_vnet_it_created() {
     assert!(vnets.iter().any(|v| v.vnet == "keep" && v.state.is_none()), "{vnets:?}");
     let containers = a.get("/v1/vnets/apps/containers").await;
     assert_eq!(containers["containers"][0]["state"], "bound", "{containers}");
+
+    // Created, but the apply fails on a node: the saga removes what it created.
+    a.sim.fail_sdn_on("pve2");
+    let (status, accepted, _) = a
+        .post(
+            "/v1/vnets/flaky/bindings",
+            json!({ "vmid": CT, "ensure": { "zone": "fleet" } }),
+        )
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let op = a.ended(accepted["operation_id"].as_str().unwrap()).await;
+    assert_eq!(op["status"], "failed", "{op}");
+    assert_eq!(op["failed_nodes"], json!(["pve2"]), "{op}");
+    assert_eq!(op["result"]["saga"], "compensated", "{op}");
+    let vnets = a.pve.vnets().await.unwrap();
+    assert!(!vnets.iter().any(|v| v.vnet == "flaky"), "{vnets:?}");
     a.stop().await;
 }
 

@@ -155,6 +155,29 @@ pub async fn detach(pve_client: &PveClient, vmid: u32, index: u8) -> Result<(), 
     }
 }
 
+/// An interface to unbind from `vnet`: it exists and is on that VNet.
+pub async fn unbind(pve_client: &PveClient, vmid: u32, index: u8, vnet: &str) -> Result<(), Refusal> {
+    let (_, config) = container(pve_client, vmid).await?;
+    let key = format!("net{index}");
+    let Some(line) = config.get(&key).and_then(Value::as_str) else {
+        return Err(Refusal::NotFound(format!("Container {vmid} has no {key}.")));
+    };
+    let bridge = pvefleet_proxmox::codec::net::NetConfig::parse(&key, line)
+        .ok()
+        .and_then(|n| n.bridge);
+    if bridge.as_deref() == Some(vnet) {
+        Ok(())
+    } else {
+        Err(Refusal::Conflict(Invalid::new(
+            "interface",
+            format!(
+                "{key} is on {}, not on vnet '{vnet}'",
+                bridge.as_deref().unwrap_or("no bridge")
+            ),
+        )))
+    }
+}
+
 /// `netN` (or a bare index) as an index.
 pub fn parse_interface(name: &str) -> Result<u8, Refusal> {
     let digits = name.strip_prefix("net").unwrap_or(name);

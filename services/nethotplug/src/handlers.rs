@@ -54,6 +54,7 @@ impl Inner {
                 emit_done(ctx, op, &done).await
             }
             Err(Fault::Retry(e)) => Outcome::retry(e),
+            Err(Fault::Ended(ended)) => replay(ctx, &ended).await,
             Err(Fault::Fail(err, nodes)) => self.failed(ctx, op, err, nodes).await,
         }
     }
@@ -296,6 +297,7 @@ impl Handler<VnetEnsure> for Nethotplug {
                 .await
             }
             Err(Fault::Retry(e)) => Outcome::retry(e),
+            Err(Fault::Ended(ended)) => replay(ctx, &ended).await,
             Err(Fault::Fail(err, nodes)) => me.failed(ctx, &op, err, nodes).await,
         }
     }
@@ -326,6 +328,7 @@ impl Handler<VnetRemove> for Nethotplug {
                 .await
             }
             Err(Fault::Retry(e)) => Outcome::retry(e),
+            Err(Fault::Ended(ended)) => replay(ctx, &ended).await,
             Err(Fault::Fail(err, nodes)) => me.failed(ctx, &op, err, nodes).await,
         }
     }

@@ -43,6 +43,9 @@ pub enum Fault {
     Fail(StepError, Vec<String>),
     /// Transient: the command is retried through the wait tiers.
     Retry(String),
+    /// Another copy of the command ended the operation while this one waited for the lock:
+    /// its end is reported again.
+    Ended(Box<Operation>),
 }
 
 type Step<T> = Result<T, Fault>;
@@ -147,10 +150,24 @@ impl Inner {
         self.pool.get().await.map_err(db_fault)
     }
 
-    async fn lock(&self, vmid: u32) -> Step<VmidLock> {
-        VmidLock::acquire(&self.pool, vmid, self.s.lock_timeout)
+    /// Takes the per-vmid lock, then reads the operation again: a copy of the command that
+    /// got the lock first may have ended it (`Fault::Ended`), or planned its interface. The
+    /// lock's session serves the handler's statements too.
+    async fn lock(&self, op: &Operation, vmid: u32) -> Step<(VmidLock, Operation)> {
+        let lock = VmidLock::acquire(&self.pool, vmid, self.s.lock_timeout)
             .await
-            .map_err(|e| Fault::Retry(format!("cannot lock vmid {vmid}: {e:#}")))
+            .map_err(|e| Fault::Retry(format!("cannot lock vmid {vmid}: {e:#}")))?;
+        let client = lock
+            .client()
+            .ok_or_else(|| Fault::Retry("the lock's session is gone".into()))?;
+        let fresh = ops::get(client, op.id)
+            .await
+            .map_err(db_fault)?
+            .ok_or_else(|| Fault::Retry(format!("operation {} is not recorded", op.id)))?;
+        if ops::is_final(&fresh.status) {
+            return Err(Fault::Ended(Box::new(fresh)));
+        }
+        Ok((lock, fresh))
     }
 
     /// The node container `vmid` is on.
@@ -212,7 +229,13 @@ impl Inner {
         let needs_reboot = pending.contains(&key);
         if !needs_reboot {
             let now = current.get(&key).and_then(Value::as_str);
-            if now != line {
+            // PVE may print a property string its own way: compared parsed, not as text.
+            let same = match (now, line) {
+                (Some(a), Some(b)) => same_net(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
                 return Err(fail(
                     "readback",
                     format!("{key} reads back as {now:?} after the write, not {line:?}"),
@@ -278,6 +301,45 @@ impl Inner {
                 )
                 .await
                 .map_err(db_fault)?;
+        }
+        Ok(())
+    }
+
+    /// Frees what is recorded for interfaces the container no longer has at all (neither in
+    /// its config nor pending): an interface whose delete waited for a restart gives its
+    /// address, MAC and binding back here, on the next attach to that container.
+    async fn forget_gone(
+        &self,
+        client: &tokio_postgres::Client,
+        node: &str,
+        vmid: u32,
+        config: &Map<String, Value>,
+    ) -> Step<()> {
+        let (_, current) = self.pending(node, vmid).await?;
+        let held: Vec<i32> = client
+            .query(
+                "SELECT net_index FROM net_ip_leases WHERE vmid = $1
+                 UNION SELECT net_index FROM net_macs WHERE vmid = $1
+                 UNION SELECT net_index FROM vnet_bindings WHERE vmid = $1",
+                &[&(vmid as i32)],
+            )
+            .await
+            .map_err(db_fault)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for index in held.into_iter().filter_map(|i| u8::try_from(i).ok()) {
+            let key = format!("net{index}");
+            if !config.contains_key(&key) && !current.contains_key(&key) {
+                self.release(client, vmid, index).await?;
+                client
+                    .execute(
+                        "DELETE FROM vnet_bindings WHERE vmid = $1 AND net_index = $2",
+                        &[&(vmid as i32), &i32::from(index)],
+                    )
+                    .await
+                    .map_err(db_fault)?;
+            }
         }
         Ok(())
     }
@@ -375,12 +437,14 @@ impl Inner {
             return Err(fail("invalid", "bridge: give a bridge or a vnet"));
         };
         spec::check_allowed(&self.s.allowed_bridges, &bridge).map_err(|e| fail("policy", e.to_string()))?;
-        let _lock = self.lock(vmid).await?;
+        let (lock, op) = self.lock(op, vmid).await?;
+        let client = lock
+            .client()
+            .ok_or_else(|| Fault::Retry("the lock's session is gone".into()))?;
         let node = self.locate(vmid).await?;
         if iface.vnet.is_none() {
             self.check_bridge(&node, &bridge).await?;
         }
-        let client = self.db().await?;
         let mut planned = op.net_index.zip(op.line.clone());
         for _ in 0..self.s.write_attempts.max(1) {
             let (config, digest) = self.config(&node, vmid).await?;
@@ -392,7 +456,8 @@ impl Inner {
                     return self.classify(&node, vmid, *index, Some(now)).await;
                 }
             }
-            self.note_macs(&client, vmid, &config).await?;
+            self.note_macs(client, vmid, &config).await?;
+            self.forget_gone(client, &node, vmid, &config).await?;
             let used = |i: u8| config.contains_key(&format!("net{i}"));
             let index = match iface.index {
                 Some(i) if used(i) => {
@@ -409,15 +474,29 @@ impl Inner {
                     }
                 },
             };
+            if let Some((earlier, _)) = &planned
+                && *earlier != index
+                && !used(*earlier)
+            {
+                // Another writer took the index planned before: what was held for it is free.
+                self.release(client, vmid, *earlier).await?;
+            }
             let earlier_mac = planned
                 .as_ref()
                 .filter(|(i, _)| *i == index)
                 .and_then(|(_, l)| NetConfig::parse("net", l).ok())
                 .and_then(|n| n.hwaddr);
-            let mac = self
-                .mac_for(&client, iface.hwaddr.as_deref().or(earlier_mac.as_deref()), vmid, index)
-                .await?;
-            let ip = self.pooled(&client, iface, &bridge, vmid, index, op.id).await?;
+            let ip = self.pooled(client, iface, &bridge, vmid, index, op.id).await?;
+            let mac = match self
+                .mac_for(client, iface.hwaddr.as_deref().or(earlier_mac.as_deref()), vmid, index)
+                .await
+            {
+                Ok(mac) => mac,
+                Err(e) => {
+                    self.release(client, vmid, index).await?;
+                    return Err(e);
+                }
+            };
             let net = spec::build(
                 iface,
                 index,
@@ -426,7 +505,7 @@ impl Inner {
             );
             let line = net.to_property_string();
             let key = format!("net{index}");
-            ops::plan(&client, op.id, &node, index, Some(&line))
+            ops::plan(client, op.id, &node, index, Some(&line))
                 .await
                 .map_err(db_fault)?;
             planned = Some((index, line.clone()));
@@ -438,7 +517,7 @@ impl Inner {
                 Ok(false) => {}
                 Err(Fault::Fail(err, nodes)) => {
                     // Nothing was attached: the address and MAC held for it are free again.
-                    self.release(&client, vmid, index).await?;
+                    self.release(client, vmid, index).await?;
                     return Err(Fault::Fail(err, nodes));
                 }
                 Err(retry) => return Err(retry),
@@ -460,23 +539,29 @@ impl Inner {
             spec::check_allowed(&self.s.allowed_bridges, b).map_err(|e| fail("policy", e.to_string()))?;
         }
         let key = format!("net{index}");
-        let _lock = self.lock(vmid).await?;
+        let (lock, op) = self.lock(op, vmid).await?;
+        let client = lock
+            .client()
+            .ok_or_else(|| Fault::Retry("the lock's session is gone".into()))?;
         let node = self.locate(vmid).await?;
         if let (Some(b), None) = (&changes.bridge, &changes.vnet) {
             self.check_bridge(&node, b).await?;
         }
-        let client = self.db().await?;
         for _ in 0..self.s.write_attempts.max(1) {
             let (config, digest) = self.config(&node, vmid).await?;
             let Some(old) = config.get(&key).and_then(Value::as_str) else {
                 return Err(fail("not_found", format!("{key} does not exist on container {vmid}")));
             };
             let old_net = NetConfig::parse(&key, old).map_err(|e| fail("invalid", e.to_string()))?;
+            if op.line.as_deref().is_some_and(|planned| same_net(planned, old)) {
+                // A redelivery after the write.
+                return self.classify(&node, vmid, index, Some(old)).await;
+            }
             let bridge = spec::bridge_of(changes)
                 .or(old_net.bridge.as_deref())
                 .unwrap_or_default()
                 .to_string();
-            let ip = self.pooled(&client, changes, &bridge, vmid, index, op.id).await?;
+            let ip = self.pooled(client, changes, &bridge, vmid, index, op.id).await?;
             let mut merged = spec::merge(&old_net, changes);
             if let Some((addr, gw)) = ip {
                 merged.ip = Some(addr);
@@ -485,30 +570,38 @@ impl Inner {
                 }
             }
             if let Some(mac) = &changes.hwaddr
-                && !self
-                    .reserve_mac(&client, &mac.to_ascii_uppercase(), vmid, index)
-                    .await?
+                && !self.reserve_mac(client, &mac.to_ascii_uppercase(), vmid, index).await?
             {
+                self.settle(client, vmid, index, &old_net).await?;
                 return Err(fail(
                     "hwaddr.taken",
                     format!("hwaddr: {mac} is in use by another managed container"),
                 ));
             }
             let line = merged.to_property_string();
-            if op.line.as_deref() == Some(line.as_str()) && old == line {
-                return self.classify(&node, vmid, index, Some(&line)).await;
-            }
-            ops::plan(&client, op.id, &node, index, Some(&line))
+            ops::plan(client, op.id, &node, index, Some(&line))
                 .await
                 .map_err(db_fault)?;
-            if old == line {
-                return self.classify(&node, vmid, index, Some(&line)).await;
-            }
-            if self
-                .write(&node, vmid, &key, Params::new().set(&key, &line), &digest)
-                .await?
-            {
-                return self.classify(&node, vmid, index, Some(&line)).await;
+            let written = if old == line {
+                true
+            } else {
+                match self
+                    .write(&node, vmid, &key, Params::new().set(&key, &line), &digest)
+                    .await
+                {
+                    Err(Fault::Fail(err, nodes)) => {
+                        self.settle(client, vmid, index, &old_net).await?;
+                        return Err(Fault::Fail(err, nodes));
+                    }
+                    other => other?,
+                }
+            };
+            if written {
+                let done = self.classify(&node, vmid, index, Some(&line)).await?;
+                if !done.needs_reboot {
+                    self.settle(client, vmid, index, &merged).await?;
+                }
+                return Ok(done);
             }
         }
         Err(Fault::Retry(format!(
@@ -517,15 +610,40 @@ impl Inner {
         )))
     }
 
+    /// Keeps only the lease and MAC that interface `index` now has: an address or MAC it no
+    /// longer uses (changed, or reserved for a change PVE refused) is free again.
+    async fn settle(&self, client: &tokio_postgres::Client, vmid: u32, index: u8, net: &NetConfig) -> Step<()> {
+        let ip = net.ip.as_deref().and_then(|a| a.split('/').next()).unwrap_or_default();
+        let bridge = net.bridge.as_deref().unwrap_or_default();
+        client
+            .execute(
+                "DELETE FROM net_ip_leases WHERE vmid = $1 AND net_index = $2 AND (ip <> $3 OR pool <> $4)",
+                &[&(vmid as i32), &i32::from(index), &ip, &bridge],
+            )
+            .await
+            .map_err(db_fault)?;
+        let mac = net.hwaddr.as_deref().unwrap_or_default().to_ascii_uppercase();
+        client
+            .execute(
+                "DELETE FROM net_macs WHERE vmid = $1 AND net_index = $2 AND hwaddr <> $3",
+                &[&(vmid as i32), &i32::from(index), &mac],
+            )
+            .await
+            .map_err(db_fault)?;
+        Ok(())
+    }
+
     async fn detach(&self, op: &Operation, vmid: u32, index: u8) -> Step<Applied> {
         if index >= MAX_NETS {
             return Err(fail("invalid", format!("index: {index} is out of range (0 to 31)")));
         }
         let key = format!("net{index}");
-        let _lock = self.lock(vmid).await?;
+        let (lock, op) = self.lock(op, vmid).await?;
+        let client = lock
+            .client()
+            .ok_or_else(|| Fault::Retry("the lock's session is gone".into()))?;
         let node = self.locate(vmid).await?;
-        let client = self.db().await?;
-        ops::plan(&client, op.id, &node, index, None).await.map_err(db_fault)?;
+        ops::plan(client, op.id, &node, index, None).await.map_err(db_fault)?;
         for _ in 0..self.s.write_attempts.max(1) {
             let (config, digest) = self.config(&node, vmid).await?;
             let rows = self
@@ -538,14 +656,14 @@ impl Inner {
             let exists = config.contains_key(&key) || entry.is_some_and(|r| r.value.is_some() || r.pending.is_some());
             if !exists || delete_pending {
                 // Gone already, or its delete already waits for a restart.
-                return self.after_detach(&client, &node, vmid, index).await;
+                return self.after_detach(client, &node, vmid, index).await;
             }
             match self
                 .pve
                 .lxc_delete_config(&node, vmid, &[key.as_str()], Some(&digest))
                 .await
             {
-                Ok(()) => return self.after_detach(&client, &node, vmid, index).await,
+                Ok(()) => return self.after_detach(client, &node, vmid, index).await,
                 Err(e) if is_digest_conflict(&e) => continue,
                 Err(e) => return Err(pve_fault("write config", e)),
             }
@@ -594,6 +712,14 @@ impl Inner {
             needs_reboot,
             applied_sdn: false,
         })
+    }
+}
+
+/// Whether two `netN` values are the same interface options, however they are printed.
+fn same_net(a: &str, b: &str) -> bool {
+    match (NetConfig::parse("net", a), NetConfig::parse("net", b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
     }
 }
 

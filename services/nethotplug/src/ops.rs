@@ -206,7 +206,7 @@ pub async fn finish(
         .execute(
             "UPDATE net_operations SET status = $2, pending_keys = $3, failed_nodes = $4, error = $5,
                  result = COALESCE($6, result), updated_at = now(), finished_at = now()
-             WHERE id = $1",
+             WHERE id = $1 AND status IN ('pending', 'running', 'parked')",
             &[&id, &status, &pending_keys, &failed_nodes, &error, &result],
         )
         .await?;

@@ -1,6 +1,7 @@
 //! IPv4 pools per bridge or VNet: addresses are leased in Postgres (`net_ip_leases`), one per
 //! interface, and released on detach. An address the saga leased to a site (`leases`) is
-//! never handed out here.
+//! never handed out here, and the saga skips ours; a pool should still not overlap
+//! `saga.ip_first..ip_last`.
 
 use std::net::Ipv4Addr;
 
@@ -119,6 +120,20 @@ pub async fn lease(
             )
             .await?;
         if inserted == 1 {
+            // The saga may have leased it to a site meanwhile (it skips ours): give it back.
+            let site_has_it = client
+                .query_opt(
+                    "SELECT 1 FROM leases WHERE kind = 'ip' AND split_part(value, '/', 1) = $1",
+                    &[&ip],
+                )
+                .await?
+                .is_some();
+            if site_has_it {
+                client
+                    .execute("DELETE FROM net_ip_leases WHERE pool = $1 AND ip = $2", &[&pool, &ip])
+                    .await?;
+                continue;
+            }
             return Ok(Some(format!("{ip}/{}", r.prefix)));
         }
     }

@@ -13,11 +13,16 @@ use crate::{Applied, Fault, Inner, Step, db_fault, fail, pve_fault, spec};
 
 impl Inner {
     /// Makes sure `vnet` is applied: runs `PUT /cluster/sdn` when it has pending changes, then
-    /// reads every node's status of its zone. A node where it is not available fails the
-    /// operation, named. Returns whether an apply ran.
+    /// follows the zone's status on each of its nodes (every online node, or those the zone
+    /// is restricted to). PVE reloads the nodes without waiting for them (pve-behaviour.md
+    /// §5.13), so `pending` is waited for, up to `nethotplug.sdn_wait` (then retried); a node
+    /// in `error` fails the operation, named. Returns whether an apply ran.
     pub(crate) async fn sdn_ready(&self, vnet: &str) -> Step<bool> {
         let vnets = self.pve.vnets().await.map_err(|e| pve_fault("read vnets", e))?;
-        let Some(v) = vnets.into_iter().find(|v| v.vnet == vnet) else {
+        let Some(v) = vnets
+            .into_iter()
+            .find(|v| v.vnet == vnet && v.state.as_deref() != Some("deleted"))
+        else {
             return Err(fail("vnet.not_found", format!("vnet: '{vnet}' does not exist")));
         };
         let zone = v
@@ -33,35 +38,79 @@ impl Inner {
         } else {
             false
         };
-        let nodes = self.pve.nodes().await.map_err(|e| pve_fault("read nodes", e))?;
-        let mut failed = Vec::new();
-        for n in nodes.iter().filter(|n| n.status == "online") {
-            let zones = self
-                .pve
-                .node_sdn_zones(&n.node)
-                .await
-                .map_err(|e| pve_fault("read SDN status", e))?;
-            let ok = zones
-                .iter()
-                .find(|z| z.zone == zone)
-                .is_some_and(|z| z.status == "available");
-            if !ok {
-                failed.push(n.node.clone());
+        let restricted: Option<Vec<String>> = self
+            .pve
+            .sdn_zones()
+            .await
+            .map_err(|e| pve_fault("read SDN zones", e))?
+            .into_iter()
+            .find(|z| z.zone == zone)
+            .and_then(|z| z.nodes)
+            .map(|n| {
+                n.split(',')
+                    .map(|x| x.trim().to_string())
+                    .filter(|x| !x.is_empty())
+                    .collect()
+            });
+        let nodes: Vec<String> = self
+            .pve
+            .nodes()
+            .await
+            .map_err(|e| pve_fault("read nodes", e))?
+            .into_iter()
+            .filter(|n| n.status == "online")
+            .map(|n| n.node)
+            .filter(|n| restricted.as_ref().is_none_or(|r| r.contains(n)))
+            .collect();
+        let deadline = tokio::time::Instant::now() + self.s.sdn_wait;
+        loop {
+            let (mut failed, mut waiting) = (Vec::new(), Vec::new());
+            for node in &nodes {
+                let zones = self
+                    .pve
+                    .node_sdn_zones(node)
+                    .await
+                    .map_err(|e| pve_fault("read SDN status", e))?;
+                match zones.iter().find(|z| z.zone == zone).map(|z| z.status.as_str()) {
+                    Some("available") => {}
+                    Some("error") => failed.push(node.clone()),
+                    _ => waiting.push(node.clone()),
+                }
             }
+            if !failed.is_empty() {
+                let mut why = Vec::new();
+                for node in &failed {
+                    let msg = self
+                        .pve
+                        .node_sdn_vnets(node, &zone)
+                        .await
+                        .ok()
+                        .and_then(|vs| vs.into_iter().find(|x| x.vnet == vnet))
+                        .and_then(|x| x.statusmsg);
+                    if let Some(msg) = msg {
+                        why.push(format!("{node}: {msg}"));
+                    }
+                }
+                let mut message = format!(
+                    "SDN zone '{zone}' of vnet '{vnet}' failed to apply on node(s) {}",
+                    failed.join(", ")
+                );
+                if !why.is_empty() {
+                    message.push_str(&format!(" ({})", why.join("; ")));
+                }
+                return Err(Fault::Fail(StepError::new("sdn.apply_failed", message), failed));
+            }
+            if waiting.is_empty() {
+                return Ok(applied);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Fault::Retry(format!(
+                    "SDN zone '{zone}' is still pending on {}",
+                    waiting.join(", ")
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         }
-        if !failed.is_empty() {
-            return Err(Fault::Fail(
-                StepError::new(
-                    "sdn.apply_failed",
-                    format!(
-                        "SDN zone '{zone}' of vnet '{vnet}' is not available on node(s) {}",
-                        failed.join(", ")
-                    ),
-                ),
-                failed,
-            ));
-        }
-        Ok(applied)
     }
 
     pub(crate) async fn bind(&self, op: &Operation, vnet: &str, vmid: u32, iface: &NetInterface) -> Step<Applied> {
@@ -131,6 +180,23 @@ impl Inner {
                 }
             }
         };
+        // Only the interface on this VNet: a stale record or a wrong index must not remove
+        // another interface.
+        let node = self.locate(vmid).await?;
+        let (config, _) = self.config(&node, vmid).await?;
+        let key = format!("net{index}");
+        if let Some(line) = config.get(&key).and_then(Value::as_str) {
+            let bridge = NetConfig::parse(&key, line).ok().and_then(|n| n.bridge);
+            if bridge.as_deref() != Some(vnet) {
+                return Err(fail(
+                    "conflict",
+                    format!(
+                        "{key} of container {vmid} is on {}, not on vnet '{vnet}'",
+                        bridge.as_deref().unwrap_or("no bridge")
+                    ),
+                ));
+            }
+        }
         self.detach(op, vmid, index).await
     }
 
@@ -179,6 +245,27 @@ impl Inner {
         let Some(v) = vnets.iter().find(|v| v.vnet == cmd.vnet) else {
             return Ok(());
         };
+        // Never a VNet something uses: a container's config, or a binding on record.
+        let client = self.db().await?;
+        let users = crate::view::vnet_containers(&self.pve, &client, &cmd.vnet)
+            .await
+            .map_err(|e| Fault::Retry(format!("cannot list the users of vnet '{}': {e:#}", cmd.vnet)))?;
+        let used_by: Vec<String> = users["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| format!("{}/{}", c["vmid"], c["interface"].as_str().unwrap_or("?")))
+            .collect();
+        if !used_by.is_empty() {
+            return Err(fail(
+                "vnet.in_use",
+                format!(
+                    "vnet '{}' is in use by {}; it is not removed",
+                    cmd.vnet,
+                    used_by.join(", ")
+                ),
+            ));
+        }
         if v.state.as_deref() != Some("deleted") {
             self.pve
                 .vnet_delete(&cmd.vnet)

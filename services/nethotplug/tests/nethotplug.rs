@@ -13,7 +13,7 @@ use pvefleet_core::config::IpPool;
 use pvefleet_nethotplug::ops;
 use pvefleet_proxmox::client::PveClient;
 use pvefleet_proxmox::client::sdn::VnetSpec;
-use pvefleet_pvesim::{Load, Sim, SimConfig};
+use pvefleet_pvesim::{Fault, Load, Sim, SimConfig};
 use pvefleet_testkit::{TestDb, TestVhost, init_tracing, settings};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -50,6 +50,7 @@ async fn rig() -> Rig {
     let mut s = settings(&vhost, Some(&db));
     let (sim, addr) = Sim::spawn(SimConfig {
         token: Some(("fleet@pve!net".into(), "s3cret".into())),
+        record_requests: true,
         ..SimConfig::default()
     })
     .await
@@ -283,6 +284,45 @@ async fn an_option_pve_cannot_hotplug_ends_pending_reboot_with_its_keys() {
     let text = r.text();
     assert!(!text.contains("net3"), "{text}");
 
+    // net10 and up are deleted only at a restart: the lease is kept until then, and the
+    // next attach after the restart frees it.
+    let high = Uuid::now_v7();
+    r.send(&NetAttach {
+        operation_id: high,
+        vmid: Vmid(CT),
+        iface: NetInterface {
+            index: Some(12),
+            ..pooled("vmbr0")
+        },
+    })
+    .await;
+    assert_eq!(r.event_of(high).await.0, "net.attached");
+    let gone = Uuid::now_v7();
+    r.send(&NetDetach {
+        operation_id: gone,
+        vmid: Vmid(CT),
+        index: 12,
+    })
+    .await;
+    let (kind, body) = r.event_of(gone).await;
+    assert_eq!(kind, "net.detached", "{body}");
+    assert_eq!(body["status"], "pending_reboot", "{body}");
+    assert_eq!(r.leases().await.len(), 1, "kept while net12 still runs");
+    r.pve.lxc_reboot("pve1", CT, None).await.unwrap();
+    assert!(!r.text().contains("net12"), "{}", r.text());
+    let after = Uuid::now_v7();
+    r.send(&NetAttach {
+        operation_id: after,
+        vmid: Vmid(CT),
+        iface: NetInterface {
+            bridge: Some("vmbr1".into()),
+            ..NetInterface::default()
+        },
+    })
+    .await;
+    assert_eq!(r.event_of(after).await.0, "net.attached");
+    assert!(r.leases().await.is_empty(), "net12's address is free again");
+
     // A rate change is applied live.
     let rate = Uuid::now_v7();
     r.send(&NetUpdate {
@@ -505,40 +545,108 @@ async fn a_failed_apply_on_one_node_is_reported_by_name() {
 async fn nethotplug_and_the_autoscaler_writing_at_once_lose_no_change() {
     let r = rig().await;
     let node = "pve1";
+    // Config reads take 15 ms, so writers that start together read the same digest.
+    r.sim.inject(Fault {
+        method: Some("GET".into()),
+        path: format!("/nodes/{node}/lxc/{CT}/config"),
+        count: 0,
+        status: 0,
+        message: String::new(),
+        latency_ms: 15,
+        rate: 1.0,
+    });
     for i in 0..100u64 {
         let op = Uuid::now_v7();
-        let memory = 1024 + i;
-        let rate = (i + 1) as f64;
+        let (memory, swap, rate) = (1024 + i, 256 + i, i + 1);
         let update = NetUpdate {
             operation_id: op,
             vmid: Vmid(CT),
             index: 0,
             changes: NetInterface {
-                rate: Some(rate),
+                rate: Some(rate as f64),
                 ..NetInterface::default()
             },
         };
-        let (sent, scaled) = tokio::join!(
+        // Three writers at once: nethotplug and the autoscaler under the per-vmid lock, and a
+        // writer that skips the lock, kept from clobbering the others by the digest alone.
+        let (sent, locked, unlocked) = tokio::join!(
             async {
                 r.send(&update).await;
                 r.event_of(op).await
             },
-            // Even rounds: both take the per-vmid lock. Odd rounds: the autoscaler skips it, and
-            // the digest alone keeps either write from clobbering the other.
-            pvefleet_autoscaler::tick::write(&r.pve, (i % 2 == 0).then_some(&r.pool), node, CT, "memory", memory)
+            pvefleet_autoscaler::tick::write(&r.pve, Some(&r.pool), node, CT, "memory", memory),
+            pvefleet_autoscaler::tick::write(&r.pve, None, node, CT, "swap", swap)
         );
         assert_eq!(sent.0, "net.updated", "round {i}: {}", sent.1);
-        scaled.unwrap_or_else(|e| panic!("round {i}: the autoscaler's write failed: {e}"));
+        locked.unwrap_or_else(|e| panic!("round {i}: the locked write failed: {e}"));
+        unlocked.unwrap_or_else(|e| panic!("round {i}: the unlocked write failed: {e}"));
         let text = r.text();
         assert!(
             text.lines().any(|l| l == format!("memory: {memory}")),
             "round {i}: memory lost:\n{text}"
         );
         assert!(
+            text.lines().any(|l| l == format!("swap: {swap}")),
+            "round {i}: swap lost:\n{text}"
+        );
+        assert!(
             text.lines()
-                .any(|l| l.starts_with("net0: ") && l.contains(&format!("rate={}", i + 1))),
+                .any(|l| l.starts_with("net0: ") && l.contains(&format!("rate={rate},"))),
             "round {i}: the rate was lost:\n{text}"
         );
     }
+    // The digest did refuse writes that raced: the test exercised it.
+    let conflicts = r
+        .sim
+        .requests()
+        .iter()
+        .filter(|q| q.method == "PUT" && q.path.ends_with("/config") && q.status == 500)
+        .count();
+    assert!(conflicts > 0, "no write ever met a changed digest");
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_copies_of_an_attach_at_once_make_one_interface() {
+    let r = rig().await;
+    let op = Uuid::now_v7();
+    let cmd = NetAttach {
+        operation_id: op,
+        vmid: Vmid(CT),
+        iface: pooled("vmbr0"),
+    };
+    // Both copies are consumed together; the second waits for the lock, then finds the
+    // operation ended and reports it again.
+    r.send(&cmd).await;
+    r.send(&cmd).await;
+    let (k1, first) = r.event_of(op).await;
+    let (k2, second) = r.event_of(op).await;
+    assert_eq!(
+        (k1.as_str(), k2.as_str()),
+        ("net.attached", "net.attached"),
+        "{first} {second}"
+    );
+    assert_eq!(first["line"], second["line"]);
+    let text = r.text();
+    assert_eq!(text.lines().filter(|l| l.starts_with("net")).count(), 2, "{text}");
+    assert_eq!(r.leases().await.len(), 1);
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unbinding_an_interface_that_is_not_on_the_vnet_is_refused() {
+    let r = rig().await;
+    let op = Uuid::now_v7();
+    r.send(&VnetUnbind {
+        operation_id: op,
+        vnet: "web".into(),
+        vmid: Vmid(CT),
+        index: Some(0),
+    })
+    .await;
+    let (kind, body) = r.event_of(op).await;
+    assert_eq!(kind, "net.operation_failed", "{body}");
+    assert_eq!(body["error"]["code"], "conflict", "{body}");
+    assert!(r.text().contains("net0: "), "net0 is left alone");
     r.stop().await;
 }

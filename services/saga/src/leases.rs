@@ -30,14 +30,15 @@ const WINDOW: i64 = 256;
 /// One lease, in SQL. Candidates are numbers `n` of `$2..=$3`; a candidate's `num` is
 /// `$4 + n` (the network's address for IPs, 0 for vmids), its value the vmid or the address.
 /// `$8` starts after the highest `num` in use, else at the first; `$9` bounds the candidates
-/// looked at. The CASE makes the try-lock run only for free values, and the scan stops at the
+/// looked at. An address nethotplug leased to an interface (`net_ip_leases`) is skipped. The CASE makes the try-lock run only for free values, and the scan stops at the
 /// first one locked.
 const LEASE: &str = "WITH start AS (
         SELECT CASE WHEN $8 THEN coalesce(max(num) - $4 + 1, $2) ELSE $2 END AS s
         FROM leases WHERE kind = $7 AND num BETWEEN $4 + $2 AND $4 + $3),
     free AS (
         SELECT n FROM start, generate_series(start.s, least(start.s + $9, $3)) AS n
-        WHERE CASE WHEN $4 + n = $5 OR EXISTS (SELECT 1 FROM leases l WHERE l.kind = $7 AND l.num = $4 + n) THEN false
+        WHERE CASE WHEN $4 + n = $5 OR EXISTS (SELECT 1 FROM leases l WHERE l.kind = $7 AND l.num = $4 + n)
+                        OR ($7 = 'ip' AND EXISTS (SELECT 1 FROM net_ip_leases x WHERE x.ip = host('0.0.0.0'::inet + ($4 + n)))) THEN false
                    ELSE pg_try_advisory_xact_lock($6, n::int) END
         LIMIT 1)
     INSERT INTO leases (kind, value, site_id, num)

@@ -266,20 +266,32 @@ impl Handler<NetOperationFailed> for Coordinator {
         let Some(s) = tri!(waiting(db, ev.operation_id).await) else {
             return Outcome::Ok;
         };
-        let error = json!({ "step": ev.kind, "code": ev.error.code, "message": ev.error.message });
+        let error = json!({ "step": ev.kind, "code": ev.error.code, "message": ev.error.message, "nodes": ev.nodes });
+        // `vnet.ensure` may have created the VNet before its apply failed: its operation says.
+        let created = s.created
+            || (s.state == "ensuring"
+                && tri!(
+                    db.opt(
+                        "SELECT COALESCE((result->>'created')::boolean, false) FROM net_operations WHERE id = $1",
+                        &[&s.ensure_op],
+                    )
+                    .await
+                    .map_err(retry_db)
+                )
+                .is_some_and(|r| r.get::<_, bool>(0)));
         match s.state.as_str() {
-            "ensuring" => {
-                let result = json!({ "created_vnet": false, "saga": "failed" });
-                tri!(end_failed(db, &s, "failed", &error, &result, &ev.nodes).await);
-            }
-            "binding" if s.created => {
-                tri!(set_state(db, s.id, "compensating", None, Some(&error)).await);
+            "ensuring" | "binding" if created => {
+                tri!(set_state(db, s.id, "compensating", Some(true), Some(&error)).await);
                 let remove = VnetRemove {
                     operation_id: s.remove_op,
                     vnet: s.request.vnet.clone(),
                 };
                 tri!(send_from(db, &origin_of(ctx, s.id), &remove).await);
-                tracing::warn!(saga = %s.id, vnet = %s.request.vnet, "The binding failed; removing the VNet this saga created.");
+                tracing::warn!(saga = %s.id, vnet = %s.request.vnet, step = %ev.kind, "A step failed; removing the VNet this saga created.");
+            }
+            "ensuring" => {
+                let result = json!({ "created_vnet": false, "saga": "failed" });
+                tri!(end_failed(db, &s, "failed", &error, &result, &ev.nodes).await);
             }
             "binding" => {
                 let result = json!({ "created_vnet": false, "saga": "failed", "compensation": "the VNet existed before this saga and is left alone" });
@@ -307,7 +319,9 @@ impl Handler<VnetRemoved> for Coordinator {
         };
         let error = s.error.clone().unwrap_or(Value::Null);
         let result = json!({ "created_vnet": true, "saga": "compensated", "compensation": format!("vnet '{}' created by this saga was removed", ev.vnet) });
-        tri!(end_failed(db, &s, "compensated", &error, &result, &[]).await);
+        // The nodes where the failed step's SDN apply failed, kept from its failure.
+        let nodes: Vec<String> = serde_json::from_value(error["nodes"].clone()).unwrap_or_default();
+        tri!(end_failed(db, &s, "compensated", &error, &result, &nodes).await);
         Outcome::Ok
     }
 }

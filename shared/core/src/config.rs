@@ -71,6 +71,10 @@ pub struct NethotplugSettings {
     /// How long to wait for the per-vmid lock the provisioner and autoscaler also take.
     #[serde(with = "humantime_serde")]
     pub lock_timeout: Duration,
+    /// How long to wait, after an SDN apply, for a zone still `pending` on a node (then the
+    /// command is retried).
+    #[serde(with = "humantime_serde")]
+    pub sdn_wait: Duration,
 }
 
 impl Default for NethotplugSettings {
@@ -81,6 +85,7 @@ impl Default for NethotplugSettings {
             allowed_bridges: Vec::new(),
             write_attempts: 5,
             lock_timeout: Duration::from_secs(30),
+            sdn_wait: Duration::from_secs(30),
         }
     }
 }

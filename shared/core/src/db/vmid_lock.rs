@@ -38,6 +38,14 @@ impl VmidLock {
     }
 }
 
+impl VmidLock {
+    /// The session holding the lock, for the holder's own statements (so work under the lock
+    /// needs no second connection from the pool).
+    pub fn client(&self) -> Option<&deadpool_postgres::Object> {
+        self.conn.as_ref()
+    }
+}
+
 impl Drop for VmidLock {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
