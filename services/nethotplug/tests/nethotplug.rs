@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use pvefleet_contracts::messages::{NetAttach, NetDetach, NetInterface, NetUpdate, VnetBind, VnetUnbind};
+use pvefleet_contracts::messages::{NetAttach, NetDetach, NetInterface, NetUpdate, VnetBind, VnetRemove, VnetUnbind};
 use pvefleet_contracts::{Message, Vmid};
 use pvefleet_core::bus::Publisher;
 use pvefleet_core::config::IpPool;
@@ -486,6 +486,33 @@ async fn binding_to_an_unapplied_vnet_applies_it_first_then_unbinds() {
         .unwrap();
     assert_eq!(view["containers"][0]["state"], "bound", "{view}");
     assert_eq!(view["containers"][0]["vmid"], CT);
+
+    // A VNet a container uses is never removed (the saga's compensation asks only for one it
+    // created; this guards against one used meanwhile).
+    let remove = Uuid::now_v7();
+    r.send(&VnetRemove {
+        operation_id: remove,
+        vnet: "web".into(),
+    })
+    .await;
+    let (kind, body) = r.event_of(remove).await;
+    assert_eq!(kind, "net.operation_failed", "{body}");
+    assert_eq!(body["error"]["code"], "vnet.in_use", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{CT}/net1")),
+        "{body}"
+    );
+    assert!(
+        r.pve
+            .vnets()
+            .await
+            .unwrap()
+            .iter()
+            .any(|v| v.vnet == "web" && v.state.is_none())
+    );
 
     let unbind = Uuid::now_v7();
     r.send(&VnetUnbind {
