@@ -45,9 +45,7 @@ async fn net_and_vnet_commands_follow_operations_to_their_end() {
     .await
     .unwrap();
     sim.populate(CT, 1, Load::default());
-    s.pve.url = format!("http://{addr}");
-    s.pve.token_id = Some("f@pve!c".into());
-    s.pve.token_secret = Some(pvefleet_core::Secret::new("x"));
+    pvefleet_testkit::use_pvesim(&mut s, addr, "f@pve!c", "x");
     let pool = pvefleet_core::db::connect(&s.db).await.unwrap();
     pvefleet_core::db::migrate(&pool).await.unwrap();
     let client = pool.get().await.unwrap();

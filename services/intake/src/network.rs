@@ -57,21 +57,7 @@ fn vmid(raw: &str) -> Result<u32, Problem> {
 }
 
 fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
-    // An index past what the type holds would otherwise be refused without naming it.
-    if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
-        let index = v
-            .get("index")
-            .or_else(|| v.get("interface").and_then(|i| i.get("index")));
-        if let Some(i) = index.and_then(Value::as_i64).filter(|i| !(0..=31).contains(i)) {
-            return Err(Problem::field(
-                StatusCode::BAD_REQUEST,
-                "invalid",
-                "index",
-                format!("index: {i} is out of range: a container has net0 to net31"),
-            ));
-        }
-    }
-    serde_json::from_slice(bytes).map_err(|e| {
+    let invalid = |e: serde_json::Error| {
         let msg = e.to_string();
         // serde names an unknown field as "unknown field `x`"; that is the field at fault.
         let field = msg
@@ -86,7 +72,21 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
             &field,
             format!("The body is not a valid request: {msg}"),
         )
-    })
+    };
+    let v: Value = serde_json::from_slice(bytes).map_err(invalid)?;
+    // An index past what the type holds would otherwise be refused without naming it.
+    let index = v
+        .get("index")
+        .or_else(|| v.get("interface").and_then(|i| i.get("index")));
+    if let Some(i) = index.and_then(Value::as_i64).filter(|i| !(0..=31).contains(i)) {
+        return Err(Problem::field(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "index",
+            format!("index: {i} is out of range: a container has net0 to net31"),
+        ));
+    }
+    serde_json::from_value(v).map_err(invalid)
 }
 
 /// Records the operation and queues its command, together.

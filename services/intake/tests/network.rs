@@ -43,9 +43,7 @@ async fn api() -> Api {
     .await
     .unwrap();
     sim.populate(CT, 1, Load::default());
-    s.pve.url = format!("http://{addr}");
-    s.pve.token_id = Some("f@pve!n".into());
-    s.pve.token_secret = Some(pvefleet_core::Secret::new("x"));
+    pvefleet_testkit::use_pvesim(&mut s, addr, "f@pve!n", "x");
     s.pve.task_timeout = Duration::from_secs(10);
     s.nethotplug.pools.insert(
         "vmbr0".into(),

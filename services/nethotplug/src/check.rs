@@ -4,7 +4,6 @@
 
 use pvefleet_contracts::messages::NetInterface;
 use pvefleet_core::config::NethotplugSettings;
-use pvefleet_proxmox::client::api::ResourceType;
 use pvefleet_proxmox::client::{PveClient, PveError};
 use serde_json::Value;
 
@@ -31,12 +30,7 @@ fn pve(e: PveError) -> Refusal {
 
 /// The node of container `vmid`, and its config.
 async fn container(pve_client: &PveClient, vmid: u32) -> Result<(String, serde_json::Map<String, Value>), Refusal> {
-    let rows = pve_client.resources(Some(ResourceType::Vm)).await.map_err(pve)?;
-    let Some(node) = rows
-        .into_iter()
-        .find(|r| r.vmid == Some(u64::from(vmid)) && r.kind == "lxc")
-        .and_then(|r| r.node)
-    else {
+    let Some(node) = pve_client.lxc_node(vmid).await.map_err(pve)? else {
         return Err(Refusal::NotFound(format!("Container {vmid} does not exist.")));
     };
     let config = pve_client.lxc_config(&node, vmid, false).await.map_err(pve)?;
@@ -44,8 +38,7 @@ async fn container(pve_client: &PveClient, vmid: u32) -> Result<(String, serde_j
 }
 
 async fn check_bridge(pve_client: &PveClient, node: &str, bridge: &str) -> Result<(), Refusal> {
-    let bridges = pve_client.node_bridges(node).await.map_err(pve)?;
-    if bridges.iter().any(|b| b.iface == bridge) {
+    if pve_client.has_bridge(node, bridge).await.map_err(pve)? {
         Ok(())
     } else {
         Err(Refusal::Unknown(Invalid::new(

@@ -27,7 +27,6 @@ use pvefleet_contracts::messages::{
 use pvefleet_core::bus::{Outcome, Router};
 use pvefleet_core::config::NethotplugSettings;
 use pvefleet_core::db::VmidLock;
-use pvefleet_proxmox::client::api::ResourceType;
 use pvefleet_proxmox::client::{Params, PveClient, PveError};
 use pvefleet_proxmox::codec::net::{MAX_NETS, NetConfig};
 use serde_json::{Map, Value};
@@ -60,6 +59,12 @@ fn pve_fault(step: &str, e: PveError) -> Fault {
         Outcome::Retry { error, .. } => Fault::Retry(error),
         other => Fault::Retry(format!("{step}: {other:?}")),
     }
+}
+
+/// The session holding a vmid lock, which the handler's statements use.
+fn session(lock: &VmidLock) -> Step<&deadpool_postgres::Object> {
+    lock.client()
+        .ok_or_else(|| Fault::Retry("the lock's session is gone".into()))
 }
 
 fn db_fault(e: impl std::fmt::Display) -> Fault {
@@ -157,9 +162,7 @@ impl Inner {
         let lock = VmidLock::acquire(&self.pool, vmid, self.s.lock_timeout)
             .await
             .map_err(|e| Fault::Retry(format!("cannot lock vmid {vmid}: {e:#}")))?;
-        let client = lock
-            .client()
-            .ok_or_else(|| Fault::Retry("the lock's session is gone".into()))?;
+        let client = session(&lock)?;
         let fresh = ops::get(client, op.id)
             .await
             .map_err(db_fault)?
@@ -172,19 +175,11 @@ impl Inner {
 
     /// The node container `vmid` is on.
     async fn locate(&self, vmid: u32) -> Step<String> {
-        let rows = self
-            .pve
-            .resources(Some(ResourceType::Vm))
+        self.pve
+            .lxc_node(vmid)
             .await
-            .map_err(|e| pve_fault("locate", e))?;
-        match rows.into_iter().find(|r| r.vmid == Some(u64::from(vmid))) {
-            Some(r) if r.kind == "lxc" => Ok(r.node.unwrap_or_default()),
-            Some(r) => Err(fail(
-                "container.not_found",
-                format!("vmid {vmid} is a {}, not a container", r.kind),
-            )),
-            None => Err(fail("container.not_found", format!("container {vmid} does not exist"))),
-        }
+            .map_err(|e| pve_fault("locate", e))?
+            .ok_or_else(|| fail("container.not_found", format!("container {vmid} does not exist")))
     }
 
     /// The config (pending values merged in, as PVE answers it) and its digest.
@@ -416,12 +411,12 @@ impl Inner {
 
     /// Checks that `bridge` exists on `node` (`GET /nodes/{node}/network`).
     async fn check_bridge(&self, node: &str, bridge: &str) -> Step<()> {
-        let bridges = self
+        if self
             .pve
-            .node_bridges(node)
+            .has_bridge(node, bridge)
             .await
-            .map_err(|e| pve_fault("read node network", e))?;
-        if bridges.iter().any(|b| b.iface == bridge) {
+            .map_err(|e| pve_fault("read node network", e))?
+        {
             Ok(())
         } else {
             Err(fail(
@@ -438,15 +433,13 @@ impl Inner {
         };
         spec::check_allowed(&self.s.allowed_bridges, &bridge).map_err(|e| fail("policy", e.to_string()))?;
         let (lock, op) = self.lock(op, vmid).await?;
-        let client = lock
-            .client()
-            .ok_or_else(|| Fault::Retry("the lock's session is gone".into()))?;
+        let client = session(&lock)?;
         let node = self.locate(vmid).await?;
         if iface.vnet.is_none() {
             self.check_bridge(&node, &bridge).await?;
         }
         let mut planned = op.net_index.zip(op.line.clone());
-        for _ in 0..self.s.write_attempts.max(1) {
+        for attempt in 0..self.s.write_attempts.max(1) {
             let (config, digest) = self.config(&node, vmid).await?;
             if let Some((index, line)) = &planned
                 && let Some(now) = config.get(&format!("net{index}")).and_then(Value::as_str)
@@ -456,8 +449,11 @@ impl Inner {
                     return self.classify(&node, vmid, *index, Some(now)).await;
                 }
             }
-            self.note_macs(client, vmid, &config).await?;
-            self.forget_gone(client, &node, vmid, &config).await?;
+            if attempt == 0 {
+                // The container's records, brought up to date once per command.
+                self.note_macs(client, vmid, &config).await?;
+                self.forget_gone(client, &node, vmid, &config).await?;
+            }
             let used = |i: u8| config.contains_key(&format!("net{i}"));
             let index = match iface.index {
                 Some(i) if used(i) => {
@@ -540,9 +536,7 @@ impl Inner {
         }
         let key = format!("net{index}");
         let (lock, op) = self.lock(op, vmid).await?;
-        let client = lock
-            .client()
-            .ok_or_else(|| Fault::Retry("the lock's session is gone".into()))?;
+        let client = session(&lock)?;
         let node = self.locate(vmid).await?;
         if let (Some(b), None) = (&changes.bridge, &changes.vnet) {
             self.check_bridge(&node, b).await?;
@@ -639,9 +633,7 @@ impl Inner {
         }
         let key = format!("net{index}");
         let (lock, op) = self.lock(op, vmid).await?;
-        let client = lock
-            .client()
-            .ok_or_else(|| Fault::Retry("the lock's session is gone".into()))?;
+        let client = session(&lock)?;
         let node = self.locate(vmid).await?;
         ops::plan(client, op.id, &node, index, None).await.map_err(db_fault)?;
         for _ in 0..self.s.write_attempts.max(1) {

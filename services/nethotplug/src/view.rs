@@ -15,12 +15,7 @@ pub async fn container_network(
     client: &tokio_postgres::Client,
     vmid: u32,
 ) -> anyhow::Result<Option<Value>> {
-    let rows = pve.resources(Some(ResourceType::Vm)).await?;
-    let Some(node) = rows
-        .into_iter()
-        .find(|r| r.vmid == Some(u64::from(vmid)) && r.kind == "lxc")
-        .and_then(|r| r.node)
-    else {
+    let Some(node) = pve.lxc_node(vmid).await? else {
         return Ok(None);
     };
     let pending: BTreeMap<String, (Option<String>, Option<String>, bool)> = pve

@@ -56,9 +56,7 @@ async fn rig() -> Rig {
     .await
     .unwrap();
     sim.populate(CT, 1, Load::default());
-    s.pve.url = format!("http://{addr}");
-    s.pve.token_id = Some("fleet@pve!net".into());
-    s.pve.token_secret = Some(pvefleet_core::Secret::new("s3cret"));
+    pvefleet_testkit::use_pvesim(&mut s, addr, "fleet@pve!net", "s3cret");
     s.pve.task_timeout = Duration::from_secs(10);
     s.nethotplug
         .pools

@@ -50,6 +50,13 @@ pub fn settings(vhost: &TestVhost, db: Option<&TestDb>) -> Settings {
     s
 }
 
+/// Points `s.pve` at a pvesim listening on `addr` that accepts the token `id` = `secret`.
+pub fn use_pvesim(s: &mut Settings, addr: std::net::SocketAddr, id: &str, secret: &str) {
+    s.pve.url = format!("http://{addr}");
+    s.pve.token_id = Some(id.to_string());
+    s.pve.token_secret = Some(pvefleet_core::Secret::new(secret));
+}
+
 /// Polls `f` every 50 ms until it returns `Some`, or `None` after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
 where

@@ -477,6 +477,17 @@ impl PveClient {
         .await
     }
 
+    /// The node container `vmid` is on, from one cluster read (HA may have moved it); `None`
+    /// when no container has that vmid.
+    pub async fn lxc_node(&self, vmid: u32) -> Result<Option<String>, PveError> {
+        Ok(self
+            .resources(Some(ResourceType::Vm))
+            .await?
+            .into_iter()
+            .find(|r| r.vmid == Some(u64::from(vmid)) && r.kind == "lxc")
+            .and_then(|r| r.node))
+    }
+
     /// `GET /nodes/{node}/storage/{storage}/content`, optionally of one content type.
     pub async fn storage_content(
         &self,

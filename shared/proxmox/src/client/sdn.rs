@@ -210,4 +210,9 @@ impl PveClient {
         )
         .await
     }
+
+    /// Whether `node` has a bridge (or applied VNet) named `bridge`.
+    pub async fn has_bridge(&self, node: &str, bridge: &str) -> Result<bool, PveError> {
+        Ok(self.node_bridges(node).await?.iter().any(|b| b.iface == bridge))
+    }
 }
