@@ -38,7 +38,7 @@ impl pvefleet_core::bus::Handler<pvefleet_contracts::messages::AutoscalePolicySe
         };
         let client = match self.pool.get().await {
             Ok(c) => c,
-            Err(e) => return Outcome::retry(format!("database: {e}")),
+            Err(e) => return Outcome::retry_db(anyhow::Error::from(e).context("database")),
         };
         match msg.policy {
             Some(keys) => match policies::set(&client, &self.default, &scope, &serde_json::Value::Object(keys)).await {

@@ -147,8 +147,8 @@ pub async fn run(
             async move { pvefleet_provisioner::run(&s, Some(pool), None, sd).await }
         }));
         tasks.push(tokio::spawn({
-            let (s, sd) = (s.clone(), shutdown.clone());
-            async move { pvefleet_ha::run(&s, None, sd).await }
+            let (s, pool, sd) = (s.clone(), pool.clone(), shutdown.clone());
+            async move { pvefleet_ha::run(&s, Some(pool), None, sd).await }
         }));
     }
     // Completion events, matched to their request by site id.

@@ -511,6 +511,8 @@ async fn dev_runs_the_fleet_and_site_create_wait_follows_the_saga_to_an_active_s
         .env("HOME", &home)
         .env("PVEFLEET_BUS__URL", vhost.url())
         .env("PVEFLEET_DB__URL", db.url())
+        // Five addresses: the sixth site finds the pool exhausted.
+        .env("PVEFLEET_SAGA__IP_LAST", "104")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -527,30 +529,53 @@ async fn dev_runs_the_fleet_and_site_create_wait_follows_the_saga_to_an_active_s
         }
     }
     let api = api.expect("dev prints the intake address");
-    let (api2, home2) = (api.clone(), home.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_pvefleet"))
-            .args([
-                "site",
-                "create",
-                "blog",
-                "--app",
-                "none",
-                "--wait",
-                "--api",
-                api2.as_str(),
-            ])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", &home2)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let create = |name: &str| {
+        let (api, home, name) = (api.clone(), home.clone(), name.to_string());
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_pvefleet"))
+                .args([
+                    "site",
+                    "create",
+                    &name,
+                    "--app",
+                    "none",
+                    "--wait",
+                    "--api",
+                    api.as_str(),
+                ])
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .env("HOME", &home)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = create("blog").await.unwrap();
+    let mut others = Vec::new();
+    for name in ["two", "three", "four", "five", "six"] {
+        others.push(create(name).await.unwrap());
+    }
     let _ = Command::new("kill").args(["-TERM", &dev.id().to_string()]).status();
     let _ = dev.wait();
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    for o in &others[..4] {
+        assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+    }
+    // The sixth: the pool is exhausted; --wait ends at once, exit 1, naming the reason.
+    let sixth = &others[4];
+    assert_eq!(
+        sixth.status.code(),
+        Some(1),
+        "{}{}",
+        text(&sixth.stdout),
+        text(&sixth.stderr)
+    );
+    assert!(
+        text(&sixth.stderr).contains("the saga ended failed: lease:")
+            && text(&sixth.stderr).contains("(lease.ip_exhausted)"),
+        "{}",
+        text(&sixth.stderr)
+    );
     let stdout = text(&out.stdout);
     assert!(
         stdout.contains("site blog is active: vmid 10000, ip 10.10.0.100/24"),

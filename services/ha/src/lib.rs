@@ -10,11 +10,8 @@
 //! - The reconciler reads `/cluster/resources` and `/cluster/ha/resources` once per interval:
 //!   a container tagged `pvefleet-ha` without an HA resource gets one; a resource whose
 //!   requested state is not `started` is set back to `started`.
-//! - The watchdog, in the same pass and from the same read: a fleet container (tag `pvefleet`)
-//!   that is not HA-managed, not on hold (`pvefleet-hold`) and found stopped is started. At most
-//!   `ha.watchdog_max_restarts` starts per container per hour; then it publishes a
-//!   `resource.alert` of kind `restart_loop` and stops trying until it finds the container
-//!   running again.
+//! - The watchdog, in the same pass and from the same read: a stopped fleet container that
+//!   nobody is working on is started, within a budget per hour (see `watchdog`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +26,8 @@ use pvefleet_proxmox::client::ha::{HaResourceSpec, HaRuleSpec};
 use pvefleet_proxmox::client::{Params, PveClient, PveError, Reason};
 use tokio_util::sync::CancellationToken;
 
+mod watchdog;
+
 /// The tag on containers that should be HA resources.
 pub const HA_TAG: &str = "pvefleet-ha";
 
@@ -42,14 +41,9 @@ struct Inner {
     pve: PveClient,
     settings: HaSettings,
     publisher: Option<pvefleet_core::bus::Publisher>,
-    watchdog: std::sync::Mutex<Watchdog>,
-}
-
-/// The watchdog's memory: recent starts per container, and the ones it gave up on.
-#[derive(Default)]
-struct Watchdog {
-    starts: std::collections::HashMap<u32, std::collections::VecDeque<std::time::Instant>>,
-    gave_up: std::collections::HashSet<u32>,
+    /// Where the watchdog learns which containers a saga or a worker is acting on.
+    db: Option<deadpool_postgres::Pool>,
+    watchdog: std::sync::Mutex<watchdog::Memory>,
 }
 
 /// The tag every fleet container carries.
@@ -75,25 +69,26 @@ fn rule_name(vmid: u32) -> String {
 }
 
 impl Ha {
-    /// The service over a PVE client.
+    /// The service over a PVE client, with no alerts published and no database (so the
+    /// watchdog starts nothing).
     pub fn new(pve: PveClient, settings: HaSettings) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                pve,
-                settings,
-                publisher: None,
-                watchdog: Default::default(),
-            }),
-        }
+        Self::build(pve, settings, None, None)
     }
 
-    /// The service, publishing the watchdog's alerts through `publisher`.
-    pub fn with_publisher(pve: PveClient, settings: HaSettings, publisher: pvefleet_core::bus::Publisher) -> Self {
+    /// The service, publishing the watchdog's alerts through `publisher`, and with `db` telling
+    /// the watchdog which containers are being worked on.
+    pub fn build(
+        pve: PveClient,
+        settings: HaSettings,
+        publisher: Option<pvefleet_core::bus::Publisher>,
+        db: Option<deadpool_postgres::Pool>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 pve,
                 settings,
-                publisher: Some(publisher),
+                publisher,
+                db,
                 watchdog: Default::default(),
             }),
         }
@@ -161,96 +156,6 @@ impl Ha {
             self.watch(&rows, &existing, &mut repaired).await;
         }
         Ok(repaired)
-    }
-
-    /// The watchdog's part of a pass.
-    async fn watch(
-        &self,
-        rows: &[pvefleet_proxmox::client::api::Resource],
-        ha: &[pvefleet_proxmox::client::ha::HaResource],
-        repaired: &mut Repaired,
-    ) {
-        let me = &self.inner;
-        let hour = Duration::from_secs(3600);
-        for r in rows.iter().filter(|r| r.kind == "lxc") {
-            let Some(vmid) = r.vmid.and_then(|v| u32::try_from(v).ok()) else {
-                continue;
-            };
-            let tags = r.tag_list();
-            let managed = tags.contains(&FLEET_TAG) && !tags.contains(&me.settings.watchdog_hold_tag.as_str());
-            // HA's own (or about to be, by its tag): the HA manager starts it, not the watchdog.
-            let ha_managed = r.hastate.is_some() || tags.contains(&HA_TAG) || ha.iter().any(|h| h.sid == sid(vmid));
-            if r.status.as_deref() == Some("running") {
-                if let Ok(mut w) = me.watchdog.lock() {
-                    w.gave_up.remove(&vmid);
-                }
-                continue;
-            }
-            if !managed || ha_managed || r.status.as_deref() != Some("stopped") {
-                continue;
-            }
-            let Some(node) = r.node.clone() else { continue };
-            // Within the budget of starts for the last hour, or giving up now.
-            let verdict = {
-                let Ok(mut w) = me.watchdog.lock() else { continue };
-                if w.gave_up.contains(&vmid) {
-                    None
-                } else {
-                    let now = std::time::Instant::now();
-                    let starts = w.starts.entry(vmid).or_default();
-                    while starts.front().is_some_and(|t| now.duration_since(*t) > hour) {
-                        starts.pop_front();
-                    }
-                    if starts.len() < me.settings.watchdog_max_restarts as usize {
-                        starts.push_back(now);
-                        Some(true)
-                    } else {
-                        w.gave_up.insert(vmid);
-                        Some(false)
-                    }
-                }
-            };
-            match verdict {
-                None => {}
-                Some(true) => match me.pve.lxc_start(&node, vmid).await {
-                    Ok(_) => {
-                        repaired.started += 1;
-                        tracing::warn!(vmid, node, "The watchdog started a stopped fleet container.");
-                    }
-                    Err(e) => tracing::warn!(vmid, node, error = %e, "The watchdog could not start a container."),
-                },
-                Some(false) => {
-                    repaired.restart_loops += 1;
-                    tracing::error!(
-                        vmid,
-                        node,
-                        max = me.settings.watchdog_max_restarts,
-                        "A fleet container keeps stopping; the watchdog gives up on it."
-                    );
-                    if let Some(p) = &me.publisher {
-                        let alert = pvefleet_contracts::messages::ResourceAlert {
-                            subject: format!("lxc/{vmid}"),
-                            kind: "restart_loop".into(),
-                            state: "raised".into(),
-                            value: f64::from(me.settings.watchdog_max_restarts),
-                            threshold: f64::from(me.settings.watchdog_max_restarts),
-                        };
-                        let origin = pvefleet_core::bus::outgoing::Origin {
-                            app_id: Some("ha".into()),
-                            ..Default::default()
-                        };
-                        match pvefleet_core::bus::Outgoing::message(&alert, &origin) {
-                            Ok(out) => {
-                                if let Err(e) = p.publish(&out).await {
-                                    tracing::error!(vmid, error = %e, "Cannot publish the restart_loop alert.");
-                                }
-                            }
-                            Err(e) => tracing::error!(error = %e, "Cannot encode the restart_loop alert."),
-                        }
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -435,19 +340,27 @@ impl Handler<HaDisable> for Ha {
     }
 }
 
-/// Runs the ha service until `shutdown`: the `pvefleet.ha` consumer and the reconciler.
+/// Runs the ha service until `shutdown`: the `pvefleet.ha` consumer and the reconciler; `db`
+/// lets the watchdog see sagas and vmid locks.
 pub async fn run(
     settings: &pvefleet_core::Settings,
+    db: Option<deadpool_postgres::Pool>,
     ready: Option<pvefleet_core::http::ReadyFlag>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     use pvefleet_core::bus::runner::{WorkerDeps, WorkerSpec, run_worker};
     let topology = pvefleet_core::bus::topology::Topology::fleet(&settings.bus);
     let publisher = pvefleet_core::bus::Publisher::new(&settings.bus, "ha", Some(topology.clone()));
-    let ha = Ha::with_publisher(
+    if settings.ha.watchdog && db.is_none() {
+        tracing::warn!(
+            "The watchdog has no database, so it cannot tell which containers a saga is working on: it starts nothing."
+        );
+    }
+    let ha = Ha::build(
         pvefleet_core::pve::client(&settings.pve)?,
         settings.ha.clone(),
-        publisher.clone(),
+        Some(publisher.clone()),
+        db,
     );
     let queue = pvefleet_contracts::routing::work_queue("ha");
     let spec = WorkerSpec::from_settings("ha", &queue, settings);

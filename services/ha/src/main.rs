@@ -13,7 +13,9 @@ async fn main() -> anyhow::Result<()> {
     let ready = readiness.check("bus");
     let ops = pvefleet_core::http::ops_router(readiness);
     let http = tokio::spawn(pvefleet_core::http::serve(settings.http.listen, ops, shutdown.clone()));
-    let result = pvefleet_ha::run(&settings, Some(ready), shutdown.clone()).await;
+    // The watchdog asks Postgres which containers a saga is working on.
+    let db = pvefleet_core::db::connect(&settings.db).await?;
+    let result = pvefleet_ha::run(&settings, Some(db), Some(ready), shutdown.clone()).await;
     shutdown.cancel();
     let _ = http.await;
     result

@@ -12,7 +12,7 @@ use pvefleet_core::Settings;
 use pvefleet_core::bus::Publisher;
 use pvefleet_proxmox::client::{Params, PveClient};
 use pvefleet_pvesim::{Sim, SimConfig};
-use pvefleet_testkit::{TestVhost, init_tracing, settings};
+use pvefleet_testkit::{TestDb, TestVhost, init_tracing, settings};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -21,7 +21,9 @@ const TEMPLATE: &str = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst";
 
 struct Rig {
     _vhost: TestVhost,
-    _sim: Sim,
+    _db: TestDb,
+    pool: deadpool_postgres::Pool,
+    sim: Sim,
     settings: Settings,
     pve: PveClient,
     publisher: Publisher,
@@ -33,7 +35,8 @@ struct Rig {
 async fn rig(version: &str) -> Rig {
     init_tracing();
     let vhost = TestVhost::new().unwrap();
-    let mut s = settings(&vhost, None);
+    let db = TestDb::create().await.unwrap();
+    let mut s = settings(&vhost, Some(&db));
     let (sim, addr) = Sim::spawn(SimConfig {
         version: version.into(),
         token: Some(("fleet@pve!ha".into(), "s3cret".into())),
@@ -47,18 +50,22 @@ async fn rig(version: &str) -> Rig {
     s.ha.nodes = vec!["pve1:2".into(), "pve2".into()];
     s.ha.reconcile_interval = Duration::from_secs(3600);
     let pve = pvefleet_core::pve::client(&s.pve).unwrap();
+    let pool = pvefleet_core::db::connect(&s.db).await.unwrap();
+    pvefleet_core::db::migrate(&pool).await.unwrap();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn({
-        let s = s.clone();
+        let (s, pool) = (s.clone(), pool.clone());
         let shutdown = shutdown.clone();
-        async move { pvefleet_ha::run(&s, None, shutdown).await }
+        async move { pvefleet_ha::run(&s, Some(pool), None, shutdown).await }
     });
     let publisher = pvefleet_testkit::broker::fleet_publisher(&s).await.unwrap();
     let (conn, ch) = vhost.channel().await.unwrap();
     let q = pvefleet_testkit::broker::event_queue(&ch, &["ha.*"]).await.unwrap();
     Rig {
         _vhost: vhost,
-        _sim: sim,
+        _db: db,
+        pool,
+        sim,
         settings: s,
         pve,
         publisher,
@@ -251,7 +258,7 @@ async fn the_watchdog_starts_a_stopped_fleet_container_and_gives_up_on_a_loop_wi
         .unwrap();
     let mut s = r.settings.ha.clone();
     s.watchdog_max_restarts = 2;
-    let ha = pvefleet_ha::Ha::with_publisher(r.pve.clone(), s, r.publisher.clone());
+    let ha = pvefleet_ha::Ha::build(r.pve.clone(), s, Some(r.publisher.clone()), Some(r.pool.clone()));
     let status = |vmid| {
         let pve = r.pve.clone();
         async move { pve.lxc_status("pve1", vmid).await.unwrap().status }
@@ -279,5 +286,69 @@ async fn the_watchdog_starts_a_stopped_fleet_container_and_gives_up_on_a_loop_wi
     assert_eq!((repaired.started, repaired.restart_loops), (0, 0));
     assert_eq!(status(410).await, "stopped");
     assert_eq!(status(411).await, "stopped", "a container on hold is left alone");
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_leaves_alone_a_container_a_saga_or_a_worker_is_acting_on() {
+    let r = rig("9.1.3").await;
+    let status = |vmid| {
+        let pve = r.pve.clone();
+        async move { pve.lxc_status("pve1", vmid).await.unwrap().status }
+    };
+    // 420: its site's provisioning saga is in flight. 421: a worker holds its vmid lock.
+    // 422: locked in PVE (a backup, say). 423: nothing going on, so it is started.
+    for vmid in 420..=423 {
+        r.container(vmid).await;
+    }
+    let c = r.pool.get().await.unwrap();
+    let (site, saga) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    c.execute(
+        "INSERT INTO sites (id, subdomain, owner, state, spec, vmid) VALUES ($1, 'busy', 'o', 'active', '{}', 420)",
+        &[&site],
+    )
+    .await
+    .unwrap();
+    c.execute(
+        "INSERT INTO sagas (id, kind, site_id, state, data) VALUES ($1, 'deprovision', $2, 'running', '{}')",
+        &[&saga, &site],
+    )
+    .await
+    .unwrap();
+    let held = pvefleet_core::db::VmidLock::acquire(&r.pool, 421, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(r.sim.set_lock(422, Some("backup")));
+    let ha = pvefleet_ha::Ha::build(
+        r.pve.clone(),
+        r.settings.ha.clone(),
+        Some(r.publisher.clone()),
+        Some(r.pool.clone()),
+    );
+    let repaired = ha.reconcile().await.unwrap();
+    assert_eq!(repaired.started, 1, "only the idle container is started");
+    assert_eq!(status(423).await, "running");
+    for vmid in [420, 421, 422] {
+        assert_eq!(status(vmid).await, "stopped", "{vmid} is left alone");
+    }
+    // Once the saga has ended and the lock is free, the next pass starts them.
+    c.execute("UPDATE sagas SET state = 'completed' WHERE id = $1", &[&saga])
+        .await
+        .unwrap();
+    drop(held);
+    assert!(r.sim.set_lock(422, None));
+    let started = pvefleet_testkit::eventually(Duration::from_secs(10), || async {
+        let _ = ha.reconcile().await.unwrap();
+        let running = [status(420).await, status(421).await, status(422).await];
+        running.iter().all(|s| s == "running").then_some(())
+    })
+    .await;
+    assert!(started.is_some(), "started once nobody works on them");
+
+    // Without a database the watchdog cannot know, and starts nothing.
+    r.pve.lxc_stop("pve1", 423).await.unwrap();
+    let blind = pvefleet_ha::Ha::build(r.pve.clone(), r.settings.ha.clone(), None, None);
+    assert_eq!(blind.reconcile().await.unwrap().started, 0);
+    assert_eq!(status(423).await, "stopped");
     r.stop().await;
 }

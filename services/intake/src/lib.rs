@@ -10,6 +10,7 @@
 mod auth;
 mod autoscale;
 mod dead_letters;
+mod guard;
 mod network;
 mod problem;
 
@@ -199,6 +200,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sagas/{id}/events", get(saga_events))
         .route("/openapi.json", get(openapi))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "No such resource.") })
+        .layer(axum::middleware::from_fn(guard::check_input))
         .with_state(state)
 }
 
@@ -214,13 +216,64 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-pub(crate) fn db_problem(e: impl std::fmt::Display) -> Problem {
-    tracing::error!(error = %e, "Database error in intake.");
-    Problem::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        "The database is unavailable; try again.",
-    )
+/// The answer to a failed database call, by what the failure means: a value the database
+/// refuses (a NUL, too long) is the request's fault (400); a constraint is a conflict (409);
+/// an outage or a lock held elsewhere is 503; anything else is ours (500). The log keeps
+/// Postgres's code and message; the answer never echoes a stored value.
+pub(crate) fn db_problem(e: impl Into<anyhow::Error>) -> Problem {
+    use pvefleet_core::db::fault::{FaultKind, classify_any};
+    let e: anyhow::Error = e.into();
+    let Some(fault) = classify_any(&e) else {
+        tracing::error!(error = format!("{e:#}"), "Intake failed on a request.");
+        return Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Intake failed; see its log.",
+        );
+    };
+    let code = fault.code.as_deref().unwrap_or("-");
+    match fault.kind {
+        FaultKind::InvalidInput => {
+            tracing::warn!(code, error = %fault.message, "A request carried a value the database refuses.");
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-input",
+                format!("A value in the request cannot be stored (SQLSTATE {code})."),
+            )
+        }
+        FaultKind::Conflict => {
+            tracing::warn!(code, error = %fault.message, "A request conflicts with what is stored.");
+            Problem::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "The change conflicts with what is stored.",
+            )
+        }
+        FaultKind::Contention => {
+            tracing::warn!(code, error = %fault.message, "A lock was busy for a request.");
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "Someone else holds what this changes; try again.",
+            )
+        }
+        FaultKind::Outage => {
+            tracing::error!(code, error = %fault.message, "The database is unavailable to intake.");
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "The database is unavailable; try again.",
+            )
+        }
+        FaultKind::Bug => {
+            tracing::error!(code, error = %fault.message, "A statement of intake failed.");
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Intake failed; see its log.",
+            )
+        }
+    }
 }
 
 /// Provision a site.
@@ -322,7 +375,7 @@ async fn create_site(State(st): State<AppState>, headers: HeaderMap, body: Bytes
     }
     let live: i64 = tx
         .query_one(
-            "SELECT count(*) FROM sites WHERE owner = $1 AND state NOT IN ('failed', 'deleted')",
+            "SELECT count(*) FROM sites WHERE owner = $1 AND state NOT IN ('failed', 'rejected', 'deleted')",
             &[&cmd.owner],
         )
         .await
@@ -341,7 +394,7 @@ async fn create_site(State(st): State<AppState>, headers: HeaderMap, body: Bytes
     }
     let taken = tx
         .query_opt(
-            "SELECT 1 FROM sites WHERE subdomain = $1 AND state NOT IN ('failed', 'deleted')",
+            "SELECT 1 FROM sites WHERE subdomain = $1 AND state NOT IN ('failed', 'rejected', 'deleted')",
             &[&cmd.subdomain],
         )
         .await

@@ -254,7 +254,7 @@ pub(crate) async fn bind(
     };
     check::attach(pve(&st)?, &st.settings.nethotplug, vmid, &iface, req.ensure.is_some())
         .await
-        .map_err(refusal)?;
+        .map_err(|r| refusal(r.within("interface")))?;
     let op = Uuid::now_v7();
     let iface = NetInterface { vnet: None, ..iface };
     match req.ensure {

@@ -307,6 +307,61 @@ async fn bad_requests_get_a_problem_naming_the_field() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_or_bad_utf8_anywhere_is_a_400_naming_the_field_never_a_database_error() {
+    let a = api().await;
+    for (path, field) in [
+        ("/v1/sites?owner=a%00b", "owner"),
+        ("/v1/sites?state=%00", "state"),
+        ("/v1/sites?owner=%FF%FE", "owner"),
+        ("/v1/dead-letters?queue=q%00", "queue"),
+    ] {
+        let resp = a
+            .http
+            .get(format!("{}{path}", a.base))
+            .bearer_auth(&a.read)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let ctype = resp.headers()["content-type"].to_str().unwrap().to_string();
+        let problem: Value = resp.json().await.unwrap();
+        assert_eq!(
+            (status, ctype.as_str()),
+            (400, "application/problem+json"),
+            "{path}: {problem}"
+        );
+        assert_eq!(problem["field"], field, "{path}: {problem}");
+    }
+    for (body, field) in [
+        (r#"{"subdomain":"nul","plan":"small","owner":"a\u0000b"}"#, "owner"),
+        (r#"{"subdomain":"nul","plan":"small","node":"pve\u00001"}"#, "node"),
+        (r#"{"subdomain":"nul","plan":"small","template":"\u0000"}"#, "template"),
+    ] {
+        let (status, _, problem, ctype) = a.post(Some(&a.write), body, None).await;
+        assert_eq!(
+            (status, ctype.as_str()),
+            (400, "application/problem+json"),
+            "{body}: {problem}"
+        );
+        assert_eq!(problem["field"], field, "{body}: {problem}");
+    }
+    // A body over the limit is a problem too, not plain text.
+    let huge = format!(
+        r#"{{"subdomain":"big","plan":"small","owner":"{}"}}"#,
+        "x".repeat(3 << 20)
+    );
+    let (status, _, problem, ctype) = a.post(Some(&a.write), &huge, None).await;
+    assert_eq!((status, ctype.as_str()), (413, "application/problem+json"), "{problem}");
+    // Nothing was written, and the sites list still answers.
+    let c = a.db.client().await.unwrap();
+    let sites: i64 = c.query_one("SELECT count(*) FROM sites", &[]).await.unwrap().get(0);
+    assert_eq!(sites, 0);
+    let (status, _) = a.get("/v1/sites?owner=alice").await;
+    assert_eq!(status, 200);
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_are_revealed_only_to_an_admin_token_and_every_reveal_is_audited() {
     use pvefleet_core::site_secrets::{Credentials, SecretBox};
     let a = api().await;

@@ -161,8 +161,24 @@ impl Api {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_naming_the_field_and_nothing_reaches_pve() {
     let a = api().await;
+    let config_before = a.sim.config_text(CT).unwrap();
     let path = format!("/v1/containers/{CT}/interfaces");
     for (body, status, field) in [
+        // Options smuggled through a comma in a value are refused, never written.
+        (json!({ "bridge": "vmbr0", "name": "vmbr0,firewall=1" }), 400, "name"),
+        (json!({ "bridge": "vmbr0", "ip": "10.0.0.5/24,gw=10.0.0.1" }), 400, "ip"),
+        (json!({ "bridge": "vmbr0", "name": "eth6,link_down=1" }), 400, "name"),
+        (json!({ "bridge": "vmbr0,firewall=1" }), 400, "bridge"),
+        (
+            json!({ "bridge": "vmbr0", "ip6": "fd00::5/64,gw6=fd00::1" }),
+            400,
+            "ip6",
+        ),
+        (
+            json!({ "bridge": "vmbr0", "name": "eth6\nlxc.init.cmd: /bin/sh" }),
+            400,
+            "name",
+        ),
         (json!({ "index": 32, "bridge": "vmbr0" }), 400, "index"),
         (json!({ "index": 300, "bridge": "vmbr0" }), 400, "index"),
         (json!({ "bridge": "vmbr0", "tag": 4095 }), 400, "tag"),
@@ -187,6 +203,40 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_reaches_pve() {
     }
     let (got, problem, _) = a.post("/v1/vnets/averylongname/bindings", json!({ "vmid": CT })).await;
     assert_eq!((got, problem["field"].as_str()), (400, Some("vnet")), "{problem}");
+    // The same smuggling through a binding's interface, and through an update.
+    for (iface, field) in [
+        (json!({ "name": "vmbr0,firewall=1" }), "interface.name"),
+        (json!({ "ip": "10.0.0.5/24,gw=10.0.0.1" }), "interface.ip"),
+        (json!({ "name": "eth6,link_down=1" }), "interface.name"),
+    ] {
+        let (got, problem, ctype) = a
+            .post("/v1/vnets/web/bindings", json!({ "vmid": CT, "interface": iface }))
+            .await;
+        assert_eq!(
+            (got, problem["field"].as_str()),
+            (400, Some(field)),
+            "{iface}: {problem}"
+        );
+        assert_eq!(ctype, "application/problem+json");
+    }
+    for (changes, field) in [
+        (json!({ "name": "eth6,link_down=1" }), "name"),
+        (json!({ "ip": "10.0.0.5/24,gw=10.0.0.1" }), "ip"),
+    ] {
+        let (got, problem, _) = a
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/v1/containers/{CT}/interfaces/net0"),
+                Some(&a.write),
+                Some(changes.clone()),
+            )
+            .await;
+        assert_eq!(
+            (got, problem["field"].as_str()),
+            (400, Some(field)),
+            "{changes}: {problem}"
+        );
+    }
     let (got, problem, _) = a
         .call(
             reqwest::Method::PATCH,
@@ -242,6 +292,11 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_reaches_pve() {
         .map(|r| format!("{} {}", r.method, r.path))
         .collect();
     assert!(writes.is_empty(), "{writes:?}");
+    assert_eq!(
+        a.sim.config_text(CT).unwrap(),
+        config_before,
+        "the container's config is unchanged"
+    );
     let client = a.pool.get().await.unwrap();
     let n: i64 = client
         .query_one("SELECT count(*) FROM net_operations", &[])

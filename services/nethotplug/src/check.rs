@@ -24,6 +24,25 @@ pub enum Refusal {
     Unavailable(String),
 }
 
+impl Refusal {
+    /// The refusal of a request whose interface sits under `at` (`interface` in a binding):
+    /// the interface's fields are named `at.field`; the VNet and the vmid stay as they are.
+    pub fn within(self, at: &str) -> Self {
+        let nest = |mut i: Invalid| {
+            if !matches!(i.field.as_str(), "vnet" | "vmid") {
+                i.field = format!("{at}.{}", i.field);
+            }
+            i
+        };
+        match self {
+            Refusal::Invalid(i) => Refusal::Invalid(nest(i)),
+            Refusal::Unknown(i) => Refusal::Unknown(nest(i)),
+            Refusal::Conflict(i) => Refusal::Conflict(nest(i)),
+            other => other,
+        }
+    }
+}
+
 fn pve(e: PveError) -> Refusal {
     Refusal::Unavailable(format!("Proxmox VE could not be asked: {e}"))
 }

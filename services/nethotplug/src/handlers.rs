@@ -28,10 +28,10 @@ impl Inner {
             .pool
             .get()
             .await
-            .map_err(|e| Outcome::retry(format!("database: {e}")))?;
+            .map_err(|e| Outcome::retry_db(anyhow::Error::from(e).context("database")))?;
         ops::start(&client, id, kind, vmid, vnet, request)
             .await
-            .map_err(|e| Outcome::retry(format!("database: {e}")))
+            .map_err(|e| Outcome::retry_db(anyhow::Error::from(e).context("database")))
     }
 
     /// Ends an operation as the step went, and reports it.
@@ -39,13 +39,13 @@ impl Inner {
         match result {
             Ok(done) => {
                 let Ok(client) = self.pool.get().await else {
-                    return Outcome::retry("database unreachable");
+                    return Outcome::Outage("database unreachable".into());
                 };
                 let extra = done.applied_sdn.then(|| json!({ "applied_sdn": true }));
                 if let Err(e) =
                     ops::finish(&client, op.id, done.status(), &done.pending, &[], None, extra.as_ref()).await
                 {
-                    return Outcome::retry(format!("database: {e}"));
+                    return Outcome::retry_db(anyhow::Error::from(e).context("database"));
                 }
                 let _ = ops::count_event(&client, success_event(&op.kind), done.status()).await;
                 if done.needs_reboot {
@@ -54,6 +54,7 @@ impl Inner {
                 emit_done(ctx, op, &done).await
             }
             Err(Fault::Retry(e)) => Outcome::retry(e),
+            Err(Fault::Outage(e)) => Outcome::Outage(e),
             Err(Fault::Ended(ended)) => replay(ctx, &ended).await,
             Err(Fault::Fail(err, nodes)) => self.failed(ctx, op, err, nodes).await,
         }
@@ -67,11 +68,11 @@ impl Inner {
         nodes: Vec<String>,
     ) -> Outcome {
         let Ok(client) = self.pool.get().await else {
-            return Outcome::retry("database unreachable");
+            return Outcome::Outage("database unreachable".into());
         };
         let error = json!({ "code": err.code, "message": err.message });
         if let Err(e) = ops::finish(&client, op.id, "failed", &[], &nodes, Some(&error), None).await {
-            return Outcome::retry(format!("database: {e}"));
+            return Outcome::retry_db(anyhow::Error::from(e).context("database"));
         }
         let _ = ops::count_event(&client, success_event(&op.kind), "failed").await;
         tracing::warn!(operation = %op.id, kind = %op.kind, code = %err.code, error = %err.message, "Network operation failed.");
@@ -278,11 +279,11 @@ impl Handler<VnetEnsure> for Nethotplug {
         match me.ensure(&op, &cmd).await {
             Ok(created) => {
                 let Ok(client) = me.pool.get().await else {
-                    return Outcome::retry("database unreachable");
+                    return Outcome::Outage("database unreachable".into());
                 };
                 let result = json!({ "created": created });
                 if let Err(e) = ops::finish(&client, op.id, "succeeded", &[], &[], None, Some(&result)).await {
-                    return Outcome::retry(format!("database: {e}"));
+                    return Outcome::retry_db(anyhow::Error::from(e).context("database"));
                 }
                 let _ = ops::count_event(&client, "vnet.ensured", "succeeded").await;
                 emit(
@@ -297,6 +298,7 @@ impl Handler<VnetEnsure> for Nethotplug {
                 .await
             }
             Err(Fault::Retry(e)) => Outcome::retry(e),
+            Err(Fault::Outage(e)) => Outcome::Outage(e),
             Err(Fault::Ended(ended)) => replay(ctx, &ended).await,
             Err(Fault::Fail(err, nodes)) => me.failed(ctx, &op, err, nodes).await,
         }
@@ -311,10 +313,10 @@ impl Handler<VnetRemove> for Nethotplug {
         match me.remove(&cmd).await {
             Ok(()) => {
                 let Ok(client) = me.pool.get().await else {
-                    return Outcome::retry("database unreachable");
+                    return Outcome::Outage("database unreachable".into());
                 };
                 if let Err(e) = ops::finish(&client, op.id, "succeeded", &[], &[], None, None).await {
-                    return Outcome::retry(format!("database: {e}"));
+                    return Outcome::retry_db(anyhow::Error::from(e).context("database"));
                 }
                 let _ = ops::count_event(&client, "vnet.removed", "succeeded").await;
                 emit(
@@ -328,6 +330,7 @@ impl Handler<VnetRemove> for Nethotplug {
                 .await
             }
             Err(Fault::Retry(e)) => Outcome::retry(e),
+            Err(Fault::Outage(e)) => Outcome::Outage(e),
             Err(Fault::Ended(ended)) => replay(ctx, &ended).await,
             Err(Fault::Fail(err, nodes)) => me.failed(ctx, &op, err, nodes).await,
         }
@@ -359,7 +362,7 @@ impl Handler<MessageParked> for Nethotplug {
             return Outcome::Ok;
         }
         let Ok(client) = self.inner.pool.get().await else {
-            return Outcome::retry("database unreachable");
+            return Outcome::Outage("database unreachable".into());
         };
         let error = json!({
             "code": "parked",
@@ -383,7 +386,7 @@ impl Handler<MessageParked> for Nethotplug {
                 }
                 Outcome::Ok
             }
-            Err(e) => Outcome::retry(format!("database: {e}")),
+            Err(e) => Outcome::retry_db(anyhow::Error::from(e).context("database")),
         }
     }
 }

@@ -42,6 +42,8 @@ pub enum Fault {
     Fail(StepError, Vec<String>),
     /// Transient: the command is retried through the wait tiers.
     Retry(String),
+    /// The database is down: retried without limit, never parked for it.
+    Outage(String),
     /// Another copy of the command ended the operation while this one waited for the lock:
     /// its end is reported again.
     Ended(Box<Operation>),
@@ -57,6 +59,7 @@ fn pve_fault(step: &str, e: PveError) -> Fault {
     match pvefleet_core::pve::outcome(step, e) {
         Outcome::Fail(err) => Fault::Fail(err, Vec::new()),
         Outcome::Retry { error, .. } => Fault::Retry(error),
+        Outcome::Outage(error) => Fault::Outage(error),
         other => Fault::Retry(format!("{step}: {other:?}")),
     }
 }
@@ -67,8 +70,14 @@ fn session(lock: &VmidLock) -> Step<&deadpool_postgres::Object> {
         .ok_or_else(|| Fault::Retry("the lock's session is gone".into()))
 }
 
-fn db_fault(e: impl std::fmt::Display) -> Fault {
-    Fault::Retry(format!("database: {e}"))
+/// A database error: an outage waits it out, anything else is an ordinary retry.
+fn db_fault(e: impl Into<anyhow::Error>) -> Fault {
+    let e = e.into().context("database");
+    if pvefleet_core::db::fault::is_outage(&e) {
+        Fault::Outage(format!("{e:#}"))
+    } else {
+        Fault::Retry(format!("{e:#}"))
+    }
 }
 
 fn is_digest_conflict(e: &PveError) -> bool {
@@ -161,7 +170,7 @@ impl Inner {
     async fn lock(&self, op: &Operation, vmid: u32) -> Step<(VmidLock, Operation)> {
         let lock = VmidLock::acquire(&self.pool, vmid, self.s.lock_timeout)
             .await
-            .map_err(|e| Fault::Retry(format!("cannot lock vmid {vmid}: {e:#}")))?;
+            .map_err(|e| db_fault(e.context(format!("cannot lock vmid {vmid}"))))?;
         let client = session(&lock)?;
         let fresh = ops::get(client, op.id)
             .await
@@ -405,7 +414,7 @@ impl Inner {
                 "ip.pool_exhausted",
                 format!("ip: the pool of '{bridge}' has no free address"),
             )),
-            Err(e) => Err(db_fault(format!("{e:#}"))),
+            Err(e) => Err(db_fault(e)),
         }
     }
 
@@ -499,8 +508,16 @@ impl Inner {
                 Some(&mac),
                 ip.as_ref().map(|(a, g)| (a.as_str(), g.as_deref())),
             );
-            let line = net.to_property_string();
             let key = format!("net{index}");
+            // The request was checked through the codec before; a value refused now is still
+            // refused, never written, and what was held for it is freed.
+            let line = match net.to_property_string(&key) {
+                Ok(line) => line,
+                Err(e) => {
+                    self.release(client, vmid, index).await?;
+                    return Err(fail("invalid", e.to_string()));
+                }
+            };
             ops::plan(client, op.id, &node, index, Some(&line))
                 .await
                 .map_err(db_fault)?;
@@ -572,7 +589,13 @@ impl Inner {
                     format!("hwaddr: {mac} is in use by another managed container"),
                 ));
             }
-            let line = merged.to_property_string();
+            let line = match merged.to_property_string(&key) {
+                Ok(line) => line,
+                Err(e) => {
+                    self.settle(client, vmid, index, &old_net).await?;
+                    return Err(fail("invalid", e.to_string()));
+                }
+            };
             ops::plan(client, op.id, &node, index, Some(&line))
                 .await
                 .map_err(db_fault)?;
@@ -668,9 +691,7 @@ impl Inner {
 
     /// Frees the pooled address and the MAC held for interface `index` of `vmid`.
     async fn release(&self, client: &tokio_postgres::Client, vmid: u32, index: u8) -> Step<()> {
-        pool::release(client, vmid, index)
-            .await
-            .map_err(|e| db_fault(format!("{e:#}")))?;
+        pool::release(client, vmid, index).await.map_err(db_fault)?;
         client
             .execute(
                 "DELETE FROM net_macs WHERE vmid = $1 AND net_index = $2",

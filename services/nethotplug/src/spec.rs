@@ -109,7 +109,8 @@ pub fn check(iface: &NetInterface) -> Result<(), Invalid> {
     }
     let net = build(&probe, iface.index.unwrap_or(0), iface.hwaddr.as_deref(), None);
     let key = format!("net{}", iface.index.unwrap_or(0));
-    NetConfig::parse(&key, &net.to_property_string()).map_err(codec_invalid)?;
+    let line = net.to_property_string(&key).map_err(codec_invalid)?;
+    NetConfig::parse(&key, &line).map_err(codec_invalid)?;
     Ok(())
 }
 
@@ -343,7 +344,7 @@ mod tests {
             Some(("10.20.0.5/24", Some("10.20.0.1"))),
         );
         assert_eq!(
-            n.to_property_string(),
+            n.to_property_string("net1").unwrap(),
             "bridge=vmbr0,gw=10.20.0.1,hwaddr=BC:24:11:AA:BB:CC,ip=10.20.0.5/24,name=eth1,tag=20,type=veth"
         );
         let merged = merge(
@@ -355,7 +356,7 @@ mod tests {
             },
         );
         assert_eq!(
-            merged.to_property_string(),
+            merged.to_property_string("net1").unwrap(),
             "bridge=vmbr0,gw=10.20.0.1,hwaddr=BC:24:11:AA:BB:CC,ip=10.20.0.5/24,name=eth1,rate=50,tag=30,type=veth"
         );
     }

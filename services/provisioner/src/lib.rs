@@ -23,6 +23,9 @@ use pvefleet_core::bus::{Context, Handler, Outcome, Router};
 use pvefleet_core::config::ProvisionerSettings;
 use pvefleet_proxmox::client::api::{LxcStatus, Resource, ResourceType};
 use pvefleet_proxmox::client::{Class, Params, PveClient, PveError, Reason};
+use pvefleet_proxmox::codec::error::CodecError;
+use pvefleet_proxmox::codec::mount::MountPoint;
+use pvefleet_proxmox::codec::net::NetConfig;
 
 pub use pvefleet_core::db::VmidLock;
 
@@ -37,26 +40,9 @@ pub fn site_marker(site: &SiteId) -> String {
     format!("pvefleet-site: {site}")
 }
 
-/// The node for a container whose request names none: the configured `node`; else the first
-/// preferred node that is online with `memory_mb` free; else the online node with the most
-/// free memory. `None` when no node is online.
-pub fn pick_node(nodes: &[Resource], s: &ProvisionerSettings, memory_mb: u32) -> Option<String> {
-    if !s.node.is_empty() {
-        return Some(s.node.clone());
-    }
-    let online = || {
-        nodes
-            .iter()
-            .filter(|n| n.kind == "node" && n.status.as_deref() == Some("online"))
-    };
-    let free = |n: &Resource| n.maxmem.unwrap_or(0).saturating_sub(n.mem.unwrap_or(0));
-    let needed = u64::from(memory_mb) * 1024 * 1024;
-    s.preferred_nodes
-        .iter()
-        .find_map(|want| online().find(|n| n.node.as_deref() == Some(want.as_str()) && free(n) >= needed))
-        .or_else(|| online().max_by_key(|n| free(n)))
-        .and_then(|n| n.node.clone())
-}
+pub use placement::{Size, pick_node};
+
+mod placement;
 
 /// The provisioner's handlers, sharing one PVE client.
 #[derive(Clone)]
@@ -69,6 +55,8 @@ struct Inner {
     settings: ProvisionerSettings,
     locks: Option<deadpool_postgres::Pool>,
     lock_timeout: Duration,
+    /// Places given to creates still running here.
+    pending: placement::Pending,
 }
 
 impl Provisioner {
@@ -85,6 +73,7 @@ impl Provisioner {
                 settings,
                 locks,
                 lock_timeout,
+                pending: placement::Pending::default(),
             }),
         }
     }
@@ -117,7 +106,8 @@ impl Inner {
             Some(pool) => VmidLock::acquire(pool, vmid, self.lock_timeout)
                 .await
                 .map(Some)
-                .map_err(|e| Outcome::retry(format!("cannot lock vmid {vmid}: {e:#}"))),
+                // Contention is an ordinary retry; a database outage waits without parking.
+                .map_err(|e| Outcome::retry_db(e.context(format!("cannot lock vmid {vmid}")))),
         }
     }
 
@@ -186,24 +176,31 @@ impl Inner {
         ))
     }
 
-    /// Where a new container goes: see [`pick_node`].
-    async fn choose_node(&self, memory_mb: u32) -> Result<Option<String>, PveError> {
-        let nodes = self.pve.resources(Some(ResourceType::Node)).await?;
-        Ok(pick_node(&nodes, &self.settings, memory_mb))
+    /// Where a new container goes (see [`placement`]), from one cluster read; the place is
+    /// held until the returned guard drops.
+    async fn choose_node(&self, cmd: &ContainerCreate) -> Result<Option<placement::Held>, PveError> {
+        let rows = self.pve.resources(None).await?;
+        Ok(self
+            .pending
+            .place(&rows, &self.settings, Size::of(cmd.memory_mb, cmd.cores)))
     }
 
-    fn params(&self, cmd: &ContainerCreate, ctx: &Context<'_>) -> Params {
+    /// The create's parameters. Every property string is built through the codec, which
+    /// refuses a value that would add options of its own (a `,` in a bridge name, say).
+    fn params(&self, cmd: &ContainerCreate, ctx: &Context<'_>) -> Result<Params, CodecError> {
         let s = &self.settings;
-        let mut net = format!("name=eth0,bridge={},ip={}", cmd.net.bridge, cmd.net.ip);
-        if let Some(gw) = &cmd.net.gw {
-            net.push_str(&format!(",gw={gw}"));
+        let mut net0 = NetConfig::new("eth0");
+        net0.bridge = Some(cmd.net.bridge.clone());
+        net0.ip = Some(cmd.net.ip.clone());
+        net0.gw = cmd.net.gw.clone();
+        net0.hwaddr = cmd.net.hwaddr.clone();
+        net0.tag = cmd.net.tag.map(u32::from);
+        let net = net0.to_property_string("net0")?;
+        let rootfs = MountPoint {
+            volume: format!("{}:{}", cmd.storage, cmd.disk_gb),
+            ..MountPoint::default()
         }
-        if let Some(mac) = &cmd.net.hwaddr {
-            net.push_str(&format!(",hwaddr={mac}"));
-        }
-        if let Some(tag) = cmd.net.tag {
-            net.push_str(&format!(",tag={tag}"));
-        }
+        .to_property_string("rootfs")?;
         let mut tags: Vec<String> = vec![FLEET_TAG.to_string()];
         tags.extend(cmd.tags.iter().filter(|t| t.as_str() != FLEET_TAG).cloned());
         let mut description = site_marker(&cmd.site_id);
@@ -214,7 +211,7 @@ impl Inner {
             .set("vmid", cmd.vmid.0)
             .set("hostname", &cmd.hostname)
             .set("ostemplate", &cmd.template)
-            .set("rootfs", format!("{}:{}", cmd.storage, cmd.disk_gb))
+            .set("rootfs", rootfs)
             .set("cores", cmd.cores)
             .set("memory", cmd.memory_mb)
             .set("swap", cmd.swap_mb)
@@ -232,7 +229,7 @@ impl Inner {
         if !s.searchdomain.trim().is_empty() {
             p = p.set("searchdomain", s.searchdomain.trim());
         }
-        p
+        Ok(p)
     }
 
     /// Whether an existing container is this site's: its description carries the marker.
@@ -256,13 +253,14 @@ impl Handler<ContainerCreate> for Provisioner {
         // answers "already exists", and only then is the guest there inspected. Twice at most:
         // a guest that vanishes between the two is raced again.
         for _ in 0..2 {
-            let node = if cmd.node.is_empty() {
-                match pve!("container.create", me.choose_node(cmd.memory_mb).await) {
-                    Some(n) => n,
+            // The place stays held until this attempt's create has returned.
+            let (node, _held) = if cmd.node.is_empty() {
+                match pve!("container.create", me.choose_node(&cmd).await) {
+                    Some(held) => (held.node().to_string(), Some(held)),
                     None => return Outcome::retry("no node is online"),
                 }
             } else {
-                cmd.node.clone()
+                (cmd.node.clone(), None)
             };
             if !pve!("container.create", me.pve.template_exists(&node, &cmd.template).await) {
                 return Outcome::Fail(StepError::new(
@@ -270,7 +268,11 @@ impl Handler<ContainerCreate> for Provisioner {
                     format!("template {} is not on node {node}", cmd.template),
                 ));
             }
-            match me.pve.lxc_create(&node, me.params(&cmd, ctx)).await {
+            let params = match me.params(&cmd, ctx) {
+                Ok(p) => p,
+                Err(e) => return Outcome::Fail(StepError::new("invalid", e.to_string())),
+            };
+            match me.pve.lxc_create(&node, params).await {
                 Ok(_) => {
                     return ctx
                         .emit(&ContainerCreated {
@@ -477,63 +479,4 @@ pub async fn run(
         ready,
     };
     run_worker(deps, provisioner.router(), spec, shutdown).await
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    fn node(name: &str, status: &str, used_gib: u64, total_gib: u64) -> Resource {
-        serde_json::from_value(serde_json::json!({
-            "id": format!("node/{name}"), "type": "node", "node": name, "status": status,
-            "mem": used_gib << 30, "maxmem": total_gib << 30,
-        }))
-        .unwrap()
-    }
-
-    fn cluster() -> Vec<Resource> {
-        vec![
-            node("pve1", "online", 60, 64),  // 4 GiB free
-            node("pve2", "online", 8, 64),   // 56 GiB free
-            node("pve3", "offline", 0, 128), // most free, but down
-            node("pve4", "online", 30, 64),  // 34 GiB free
-        ]
-    }
-
-    #[test]
-    fn without_preferences_the_online_node_with_the_most_free_memory_is_chosen() {
-        let s = ProvisionerSettings::default();
-        assert_eq!(pick_node(&cluster(), &s, 1024).as_deref(), Some("pve2"));
-    }
-
-    #[test]
-    fn a_configured_node_wins() {
-        let s = ProvisionerSettings {
-            node: "pve1".into(),
-            preferred_nodes: vec!["pve4".into()],
-            ..ProvisionerSettings::default()
-        };
-        assert_eq!(pick_node(&cluster(), &s, 1024).as_deref(), Some("pve1"));
-    }
-
-    #[test]
-    fn the_first_preferred_node_that_is_online_with_room_is_chosen() {
-        let s = ProvisionerSettings {
-            preferred_nodes: vec!["pve3".into(), "pve1".into(), "pve4".into()],
-            ..ProvisionerSettings::default()
-        };
-        // pve3 is offline; pve1 has 4 GiB free.
-        assert_eq!(pick_node(&cluster(), &s, 2048).as_deref(), Some("pve1"));
-        // 8 GiB does not fit on pve1: pve4.
-        assert_eq!(pick_node(&cluster(), &s, 8192).as_deref(), Some("pve4"));
-        // No preferred node has 40 GiB: the most free memory overall.
-        assert_eq!(pick_node(&cluster(), &s, 40 * 1024).as_deref(), Some("pve2"));
-    }
-
-    #[test]
-    fn no_online_node_is_no_choice() {
-        let nodes = vec![node("pve1", "offline", 0, 64)];
-        assert_eq!(pick_node(&nodes, &ProvisionerSettings::default(), 512), None);
-    }
 }

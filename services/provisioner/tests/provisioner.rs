@@ -125,7 +125,7 @@ async fn create_start_snapshot_destroy_through_the_bus() {
     let node = body["node"].as_str().unwrap().to_string();
     let text = r.sim.config_text(300).unwrap();
     for line in [
-        "net0: name=eth0,bridge=vmbr0,ip=10.10.0.23/24,gw=10.10.0.1",
+        "net0: bridge=vmbr0,gw=10.10.0.1,ip=10.10.0.23/24,name=eth0",
         "unprivileged: 1",
         "onboot: 1",
         "features: nesting=1",

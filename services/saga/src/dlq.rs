@@ -13,7 +13,7 @@ use std::time::Duration;
 use lapin::BasicProperties;
 use lapin::types::AMQPValue;
 use pvefleet_contracts::headers;
-use pvefleet_core::bus::fields::{text, with_headers};
+use pvefleet_core::bus::fields::{text, with_headers, without_headers};
 use pvefleet_core::bus::{Outgoing, Publisher};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -245,8 +245,9 @@ async fn replay_chunk(
     let mut messages = Vec::with_capacity(batch.len());
     for row in batch {
         let props: BasicProperties = serde_json::from_value(row.properties.clone())?;
+        // The copy is a new delivery: parked again, it is a new parking with a new park id.
         let props = with_headers(
-            props,
+            without_headers(props, &[headers::fault::PARK_ID]),
             vec![
                 (headers::replay::OF, text(row.id.to_string())),
                 (
@@ -445,7 +446,7 @@ pub async fn edit(
     let copy_id = Uuid::now_v7().to_string();
     let props: BasicProperties = serde_json::from_value(props).map_err(anyhow::Error::from)?;
     let props = with_headers(
-        props.with_message_id(copy_id.as_str().into()),
+        without_headers(props, &[headers::fault::PARK_ID]).with_message_id(copy_id.as_str().into()),
         vec![
             (headers::replay::OF, text(id.to_string())),
             (headers::replay::COUNT, AMQPValue::LongLongInt(i64::from(replays + 1))),
@@ -507,7 +508,7 @@ pub async fn export(client: &tokio_postgres::Client, f: &Filter) -> anyhow::Resu
             &format!(
                 "SELECT id, message_id, attempts, generation, message_type, correlation_id, properties, body,
                         origin_exchange, origin_routing_key, origin_queue, fault_class, fault_message,
-                        first_failure, last_failure, x_death, fingerprint, state, replay_count, parked_at::text
+                        first_failure, last_failure, x_death, fingerprint, state, replay_count, parked_at::text, park_id
                  FROM dead_letters WHERE {WHERE} ORDER BY parked_at"
             ),
             &filter_params!(f),
@@ -527,14 +528,15 @@ pub async fn export(client: &tokio_postgres::Client, f: &Filter) -> anyhow::Resu
                 "last_failure": r.get::<_, Option<String>>(14), "x_death": r.get::<_, Option<Value>>(15),
                 "fingerprint": r.get::<_, String>(16), "state": r.get::<_, String>(17),
                 "replay_count": r.get::<_, i32>(18), "parked_at": r.get::<_, String>(19),
+                "park_id": r.get::<_, Uuid>(20),
             })
             .to_string()
         })
         .collect())
 }
 
-/// Stores exported NDJSON lines as parked dead letters here; one already stored (same
-/// message id, attempt and generation) is skipped. Returns (imported, skipped).
+/// Stores exported NDJSON lines as parked dead letters here; one already stored (the same
+/// park id) is skipped. Returns (imported, skipped).
 pub async fn import(client: &tokio_postgres::Client, lines: &[String], actor: &str) -> anyhow::Result<(u64, u64)> {
     use base64::Engine as _;
     let (mut imported, mut skipped) = (0, 0);
@@ -548,17 +550,24 @@ pub async fn import(client: &tokio_postgres::Client, lines: &[String], actor: &s
                 .map_err(|e| anyhow::anyhow!("line {}: body is not base64: {e}", n + 1))?;
             let message_id = s("message_id").ok_or_else(|| anyhow::anyhow!("line {}: no message_id", n + 1))?;
             let correlation: Option<Uuid> = s("correlation_id").and_then(|c| c.parse().ok());
+            let attempts = v["attempts"].as_i64().unwrap_or(1);
+            // An export of an older store has no park id: one is derived as the keeper would.
+            let park_id = s("park_id").and_then(|p| p.parse::<Uuid>().ok()).unwrap_or_else(|| {
+                let props: BasicProperties = serde_json::from_value(v["properties"].clone()).unwrap_or_default();
+                let queue = s("origin_queue").unwrap_or_default();
+                pvefleet_core::bus::parked::park_id(&queue, &props, attempts, &body)
+            });
             let done = client
                 .execute(
                     "INSERT INTO dead_letters (id, message_id, attempts, generation, message_type, correlation_id,
                          properties, body, origin_exchange, origin_routing_key, origin_queue, fault_class,
-                         fault_message, first_failure, last_failure, x_death, fingerprint)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
-                     ON CONFLICT (message_id, attempts, generation) DO NOTHING",
+                         fault_message, first_failure, last_failure, x_death, fingerprint, park_id)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+                     ON CONFLICT (park_id) DO NOTHING",
                     &[
                         &Uuid::now_v7(),
                         &message_id,
-                        &v["attempts"].as_i64().unwrap_or(1),
+                        &attempts,
                         &v["generation"].as_i64().unwrap_or(0),
                         &s("message_type"),
                         &correlation,
@@ -573,6 +582,7 @@ pub async fn import(client: &tokio_postgres::Client, lines: &[String], actor: &s
                         &s("last_failure"),
                         &v.get("x_death").filter(|x| !x.is_null()).cloned(),
                         &s("fingerprint").unwrap_or_else(|| "imported".into()),
+                        &park_id,
                     ],
                 )
                 .await?;

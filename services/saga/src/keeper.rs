@@ -5,11 +5,12 @@
 //!
 //! The row and its `message.parked` event (through the outbox) commit in one transaction, and
 //! the delivery is acked only after: a keeper killed at any point loses nothing, and the
-//! redelivered message meets the unique (message id, attempt, replay generation) and is
-//! stored once.
+//! redelivered copy meets its own park id (unique in `dead_letters`) and is stored once. Two
+//! different messages never share a park id, whatever their `message_id` (or the lack of one).
 
 use std::sync::Arc;
 
+use backon::Retryable as _;
 use futures::StreamExt as _;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
@@ -19,6 +20,7 @@ use pvefleet_contracts::messages::MessageParked;
 use pvefleet_contracts::routing::PARKED_QUEUE;
 use pvefleet_core::bus::fields::{header_i64, header_str, message_type};
 use pvefleet_core::bus::outgoing::Origin;
+use pvefleet_core::bus::parked;
 use pvefleet_core::bus::{Outgoing, topology::Topology};
 use pvefleet_core::config::BusSettings;
 use serde_json::{Value, json};
@@ -29,6 +31,9 @@ use uuid::Uuid;
 /// What the keeper read from a parked message.
 #[derive(Debug, Clone)]
 pub struct Parked {
+    /// This parking's identity: the runner's stamp, or derived (see [`parked::park_id`]).
+    pub park_id: Uuid,
+    /// The message id, empty when the message had none.
     pub message_id: String,
     pub attempts: i64,
     /// Replays this copy has been through.
@@ -139,12 +144,16 @@ pub fn read(d: &Delivery) -> Parked {
             header_str(p, headers::fault::ORIGIN_ROUTING_KEY).unwrap_or_default(),
         )
     };
+    // A copy the runner parked carries its park id. A broker dead letter (or a copy from an
+    // older runner) does not: its id is derived the same way, so its redeliveries match.
+    let park_id = parked::stamped_park_id(p).unwrap_or_else(|| parked::park_id(&queue, p, attempts, &d.data));
     Parked {
+        park_id,
         message_id: p
             .message_id()
             .as_ref()
             .map(|m| m.as_str().to_string())
-            .unwrap_or_else(|| format!("no-id-{}", d.delivery_tag)),
+            .unwrap_or_default(),
         attempts,
         generation: header_i64(p, headers::replay::COUNT).unwrap_or(0),
         message_type: message_type(p),
@@ -160,62 +169,100 @@ pub fn read(d: &Delivery) -> Parked {
     }
 }
 
-/// Stores one parked delivery and queues its `message.parked`, in one transaction. Returns
-/// the dead letter's id, or `None` when the same message and attempt was stored before.
-pub async fn store(pool: &deadpool_postgres::Pool, d: &Delivery) -> anyhow::Result<Option<Uuid>> {
+/// Text Postgres can store: a NUL (which `text` and `jsonb` refuse) becomes U+FFFD, so a
+/// message is never left unstorable by what its publisher put in it.
+fn storable(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
+/// `storable` over every string (and key) of a JSON value.
+fn storable_json(v: Value) -> Value {
+    match v {
+        Value::String(s) if s.contains('\0') => Value::String(storable(&s).into_owned()),
+        Value::Array(a) => Value::Array(a.into_iter().map(storable_json).collect()),
+        Value::Object(o) => Value::Object(
+            o.into_iter()
+                .map(|(k, v)| (storable(&k).into_owned(), storable_json(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// What [`store`] did with a parked delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Stored as this new dead letter.
+    New(Uuid),
+    /// Stored before: the same parking, delivered again.
+    Again,
+}
+
+/// Stores one parked delivery and queues its `message.parked`, in one transaction, keyed by
+/// its park id: a redelivered copy is found stored and not stored again.
+pub async fn store(pool: &deadpool_postgres::Pool, d: &Delivery) -> anyhow::Result<Stored> {
     let parked = read(d);
-    let properties = serde_json::to_value(&d.properties)?;
+    let properties = storable_json(serde_json::to_value(&d.properties)?);
+    let text = |s: &str| storable(s).into_owned();
+    let opt = |s: &Option<String>| s.as_deref().map(text);
     let group = fingerprint(
         parked.message_type.as_deref(),
         &parked.fault_class,
         &parked.fault_message,
     );
+    let message_type = opt(&parked.message_type);
+    let origin_queue = text(&parked.origin_queue);
     let id = Uuid::now_v7();
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let inserted = tx
         .query_opt(
-            "INSERT INTO dead_letters (id, message_id, attempts, message_type, correlation_id, properties, body,
+            "INSERT INTO dead_letters (id, park_id, message_id, attempts, message_type, correlation_id, properties, body,
                  origin_exchange, origin_routing_key, origin_queue, fault_class, fault_message,
                  first_failure, last_failure, x_death, fingerprint, generation)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
-             ON CONFLICT (message_id, attempts, generation) DO NOTHING RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+             ON CONFLICT (park_id) DO NOTHING RETURNING id",
             &[
                 &id,
-                &parked.message_id,
+                &parked.park_id,
+                &text(&parked.message_id),
                 &parked.attempts,
-                &parked.message_type,
+                &message_type,
                 &parked.correlation_id,
                 &properties,
                 &d.data,
-                &parked.origin_exchange,
-                &parked.origin_routing_key,
-                &parked.origin_queue,
-                &parked.fault_class,
-                &parked.fault_message,
-                &parked.first_failure,
-                &parked.last_failure,
-                &parked.x_death,
-                &group,
+                &text(&parked.origin_exchange),
+                &text(&parked.origin_routing_key),
+                &origin_queue,
+                &text(&parked.fault_class),
+                &text(&parked.fault_message),
+                &opt(&parked.first_failure),
+                &opt(&parked.last_failure),
+                &parked.x_death.clone().map(storable_json),
+                &text(&group),
                 &parked.generation,
             ],
         )
         .await?;
     if inserted.is_none() {
         tx.commit().await?;
-        return Ok(None);
+        return Ok(Stored::Again);
     }
     let event = MessageParked {
         dead_letter_id: id,
-        message_type: parked.message_type.clone(),
+        message_type: message_type.clone(),
         correlation_id: parked.correlation_id,
-        queue: parked.origin_queue.clone(),
+        queue: origin_queue.clone(),
         group,
         fault_class: parked.fault_class.clone(),
     };
     let origin = Origin {
         correlation_id: parked.correlation_id,
-        causation_id: Some(parked.message_id.clone()),
+        causation_id: (!parked.message_id.is_empty()).then(|| parked.message_id.clone()),
         app_id: Some("dead-letter-keeper".into()),
         ..Origin::default()
     };
@@ -224,11 +271,11 @@ pub async fn store(pool: &deadpool_postgres::Pool, d: &Delivery) -> anyhow::Resu
     tx.commit().await?;
     metrics::counter!(
         "pvefleet_dead_letters_stored_total",
-        "queue" => parked.origin_queue,
-        "type" => parked.message_type.unwrap_or_default()
+        "queue" => origin_queue,
+        "type" => message_type.unwrap_or_default()
     )
     .increment(1);
-    Ok(Some(id))
+    Ok(Stored::New(id))
 }
 
 /// Consumes `pvefleet.parked` until `shutdown`, reconnecting when the broker goes away.
@@ -296,27 +343,59 @@ async fn consume(
             anyhow::bail!("the parked queue's consumer ended");
         };
         let d = delivery?;
-        match store(pool, &d).await {
+        // The delivery is acked only once it is stored (or found stored). A store that fails
+        // is tried again with backoff while the delivery is held, so a database outage costs
+        // no delivery attempts; past the budget it goes back to the queue, never dropped.
+        let stored = (|| store(pool, &d))
+            .retry(
+                backon::ExponentialBuilder::default()
+                    .with_min_delay(std::time::Duration::from_millis(200))
+                    .with_max_delay(std::time::Duration::from_secs(10))
+                    .with_max_times(STORE_ATTEMPTS),
+            )
+            .notify(|e, after| {
+                tracing::warn!(error = format!("{e:#}"), retry_in = ?after, "Cannot store a dead letter yet; trying again.");
+            });
+        // On shutdown the held delivery is dropped unacked: the broker requeues it.
+        let stored = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            stored = stored => stored,
+        };
+        match stored {
             Ok(stored) => {
-                if stored.is_none() {
-                    tracing::info!(message_id = ?d.properties.message_id(), "A dead letter parked again at the same attempt; stored once.");
-                } else if let Some(r) = relay {
-                    r.notify_one();
-                }
+                let outcome = match stored {
+                    Stored::New(_) => {
+                        if let Some(r) = relay {
+                            r.notify_one();
+                        }
+                        "stored"
+                    }
+                    Stored::Again => {
+                        tracing::info!(message_id = ?d.properties.message_id(), "A parked copy was delivered again; it is stored once.");
+                        "duplicate"
+                    }
+                };
+                metrics::counter!("pvefleet_dead_letters_received_total", "outcome" => outcome).increment(1);
                 d.ack(BasicAckOptions::default()).await?;
             }
             Err(e) => {
-                tracing::error!(error = ?e, "Cannot store a dead letter; it stays on the parked queue.");
+                metrics::counter!("pvefleet_dead_letters_received_total", "outcome" => "store_failed").increment(1);
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "Cannot store a dead letter; it goes back to the parked queue."
+                );
                 d.nack(BasicNackOptions {
                     requeue: true,
                     ..Default::default()
                 })
                 .await?;
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
         }
     }
 }
+
+/// Tries of one store before its delivery goes back to the queue (about two minutes).
+const STORE_ATTEMPTS: usize = 16;
 
 #[cfg(test)]
 mod tests {

@@ -316,8 +316,14 @@ async fn reject(ctx: &Context<'_>, saga: Uuid, req: &SiteProvision, field: &str,
         .map_err(|e| Outcome::retry(format!("cannot publish site.rejected: {e}")))
 }
 
+/// A failed statement inside the handler's transaction: an outage is waited out without
+/// parking (the batch's own commit would fail too), anything else is an ordinary retry.
 fn retry_db(e: tokio_postgres::Error) -> Outcome {
-    Outcome::retry(format!("database: {}", pvefleet_core::db::describe(&e)))
+    let detail = pvefleet_core::db::describe(&e);
+    match pvefleet_core::db::fault::classify_pg(&e).kind {
+        pvefleet_core::db::fault::FaultKind::Outage => Outcome::Outage(format!("database: {detail}")),
+        _ => Outcome::retry(format!("database: {detail}")),
+    }
 }
 
 /// Stops a saga for an operator: `compensation_failed` when a compensation gave up,
@@ -397,7 +403,7 @@ impl Inner {
         let row = tri!(
             db.one(
                 "SELECT EXISTS (SELECT 1 FROM sagas WHERE id = $1),
-                        EXISTS (SELECT 1 FROM sites WHERE subdomain = $2 AND id <> $3 AND state NOT IN ('failed', 'deleted'))",
+                        EXISTS (SELECT 1 FROM sites WHERE subdomain = $2 AND id <> $3 AND state NOT IN ('failed', 'rejected', 'deleted'))",
                 &[&saga, &req.subdomain, &site],
             )
             .await
@@ -412,8 +418,20 @@ impl Inner {
             tri!(reject(ctx, saga, &req, "subdomain", &reason).await);
             return Outcome::Ok;
         }
-        let vmid = tri!(leases::lease_vmid(db, &self.settings, site).await);
-        let ip = tri!(leases::lease_ip(db, &self.settings, site).await);
+        // A pool with nothing left ends the saga here: no step was sent, so there is nothing to
+        // compensate, but the site must end and say why, and give back what it held.
+        let leased = match leases::lease_vmid(db, &self.settings, site).await {
+            Ok(vmid) => leases::lease_ip(db, &self.settings, site).await.map(|ip| (vmid, ip)),
+            Err(o) => Err(o),
+        };
+        let (vmid, ip) = match leased {
+            Ok(l) => l,
+            Err(Outcome::Fail(error)) => {
+                tri!(self.fail_before_start(db, ctx, saga, &req, "lease", error).await);
+                return Outcome::Ok;
+            }
+            Err(other) => return other,
+        };
         let spec = serde_json::to_value(&req).unwrap_or(Value::Null);
         let data = SagaData {
             plan: self.plan(&req),
@@ -453,6 +471,141 @@ impl Inner {
         );
         tri!(self.send_step(db, ctx, saga, &data, first, "forward").await);
         Outcome::Ok
+    }
+
+    /// Ends a provisioning that failed before its first step (its leases could not be had):
+    /// the leases it took in this transaction are released, the site is `failed` with the
+    /// reason (which frees its subdomain), the saga is recorded `failed` so a follower of it
+    /// sees the end, and `site.provision_failed` goes out, all in the handler's transaction.
+    async fn fail_before_start(
+        &self,
+        db: Db<'_>,
+        ctx: &Context<'_>,
+        saga: Uuid,
+        req: &SiteProvision,
+        step: &str,
+        error: StepError,
+    ) -> Result<(), Outcome> {
+        let site = req.site_id.as_uuid();
+        tracing::warn!(%saga, %site, code = %error.code, error = %error.message, "A provisioning failed before its first step.");
+        db.exec("DELETE FROM leases WHERE site_id = $1", &[&site])
+            .await
+            .map_err(retry_db)?;
+        let detail = json!({ "step": step, "error": error });
+        let spec = serde_json::to_value(req).unwrap_or(Value::Null);
+        let data = SagaData {
+            site: req.clone(),
+            vmid: 0,
+            ip: String::new(),
+            node: None,
+            plan: self.plan(req),
+            done: Vec::new(),
+            compensations: Vec::new(),
+            failure: None,
+            vmids_taken: Vec::new(),
+        };
+        db.exec(
+            "WITH site AS (
+                 INSERT INTO sites (id, subdomain, owner, state, spec, error) VALUES ($2, $3, $4, 'failed', $5, $6)
+                 ON CONFLICT (id) DO UPDATE SET state = 'failed', error = $6, updated_at = now()
+                     WHERE sites.state = 'requested'
+                 RETURNING 1)
+             INSERT INTO sagas (id, kind, site_id, state, step, data, error) VALUES ($1, 'provision', $2, 'failed', 0, $7, $6)",
+            &[&saga, &site, &req.subdomain, &req.owner, &spec, &detail, &json!(data)],
+        )
+        .await
+        .map_err(retry_db)?;
+        let msg = SiteProvisionFailed {
+            site_id: req.site_id,
+            failed_step: step.to_string(),
+            error,
+        };
+        send(db, ctx, saga, &msg).await
+    }
+
+    /// A `site.provision` was parked before its saga started. A site intake recorded for it
+    /// (still `requested`) ends: `rejected` when the policy refused it (`site.rejected` went
+    /// out already), else `failed` with `site.provision_failed`; its subdomain is free again,
+    /// and the saga is recorded `failed`, naming the dead letter, so a follower sees the end.
+    async fn end_parked_request(
+        &self,
+        db: Db<'_>,
+        ctx: &Context<'_>,
+        saga: Uuid,
+        parked: &pvefleet_contracts::messages::MessageParked,
+    ) -> Result<(), Outcome> {
+        let Some(dead) = db
+            .opt(
+                "SELECT body, fault_message FROM dead_letters WHERE id = $1",
+                &[&parked.dead_letter_id],
+            )
+            .await
+            .map_err(retry_db)?
+        else {
+            return Ok(());
+        };
+        let (body, reason): (Vec<u8>, String) = (dead.get(0), dead.get(1));
+        // The body may be anything a publisher sent; only a readable site id leads anywhere.
+        let Some(site) = serde_json::from_slice::<Value>(&body).ok().and_then(|b| {
+            b.get("site_id")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse::<Uuid>().ok())
+        }) else {
+            return Ok(());
+        };
+        let Some(row) = db
+            .opt(
+                "SELECT spec FROM sites WHERE id = $1 AND state = 'requested' FOR UPDATE",
+                &[&site],
+            )
+            .await
+            .map_err(retry_db)?
+        else {
+            return Ok(());
+        };
+        let spec: Value = row.get(0);
+        let refused = parked.fault_class == "rejected";
+        let error = StepError::new(if refused { "rejected" } else { "parked" }, reason);
+        let detail = json!({
+            "step": SiteProvision::TYPE,
+            "dead_letter_id": parked.dead_letter_id.to_string(),
+            "error": error,
+        });
+        let state = if refused { "rejected" } else { "failed" };
+        db.exec(
+            "UPDATE sites SET state = $2, error = $3, updated_at = now() WHERE id = $1",
+            &[&site, &state, &detail],
+        )
+        .await
+        .map_err(retry_db)?;
+        let data = serde_json::from_value::<SiteProvision>(spec).ok().map(|req| SagaData {
+            plan: self.plan(&req),
+            site: req,
+            vmid: 0,
+            ip: String::new(),
+            node: None,
+            done: Vec::new(),
+            compensations: Vec::new(),
+            failure: None,
+            vmids_taken: Vec::new(),
+        });
+        db.exec(
+            "INSERT INTO sagas (id, kind, site_id, state, step, data, error) VALUES ($1, 'provision', $2, 'failed', 0, $3, $4)
+             ON CONFLICT (id) DO NOTHING",
+            &[&saga, &site, &json!(data), &detail],
+        )
+        .await
+        .map_err(retry_db)?;
+        tracing::warn!(%saga, %site, state, dead_letter = %parked.dead_letter_id, "A site's request was parked before its saga started; the site ends.");
+        if !refused {
+            let msg = SiteProvisionFailed {
+                site_id: pvefleet_contracts::SiteId(site),
+                failed_step: SiteProvision::TYPE.to_string(),
+                error,
+            };
+            send(db, ctx, saga, &msg).await?;
+        }
+        Ok(())
     }
 
     /// Sends the command of `step` and records it in the timeline.
@@ -899,7 +1052,14 @@ impl Handler<pvefleet_contracts::messages::MessageParked> for Coordinator {
                 .await
                 .map_err(retry_db)
         );
-        let Some(row) = row else { return Outcome::Ok };
+        let Some(row) = row else {
+            // A request parked before its saga started (refused by policy, or out of retries):
+            // its site must not wait for a saga that will never run.
+            if mtype == SiteProvision::TYPE {
+                tri!(self.inner.end_parked_request(db, ctx, saga, &msg).await);
+            }
+            return Outcome::Ok;
+        };
         let state: String = row.get(0);
         let index = usize::try_from(row.get::<_, i32>(1)).unwrap_or(0);
         let Ok(data) = serde_json::from_value::<SagaData>(row.get(2)) else {

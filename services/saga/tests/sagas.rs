@@ -78,8 +78,8 @@ async fn fleet_without_provisioner(tune: impl FnOnce(&mut Settings)) -> Fleet {
         async move { pvefleet_saga::run(&s, pool, None, sd).await }
     }));
     tasks.push(tokio::spawn({
-        let (s, sd) = (s.clone(), shutdown.clone());
-        async move { pvefleet_ha::run(&s, None, sd).await }
+        let (s, pool, sd) = (s.clone(), pool.clone(), shutdown.clone());
+        async move { pvefleet_ha::run(&s, Some(pool), None, sd).await }
     }));
     tasks.push(tokio::spawn({
         let (s, sd) = (s.clone(), shutdown.clone());
@@ -214,7 +214,7 @@ async fn a_site_is_provisioned_step_by_step_then_deprovisioned_leaving_nothing()
     );
     let text = f.sim.config_text(vmid).unwrap();
     for line in [
-        "net0: name=eth0,bridge=vmbr0,ip=10.10.0.100/24,gw=10.10.0.1",
+        "net0: bridge=vmbr0,gw=10.10.0.1,ip=10.10.0.100/24,name=eth0",
         "unprivileged: 1",
         "tags: pvefleet;site-blog",
         "[initial]",
@@ -581,6 +581,165 @@ async fn fifty_concurrent_sagas_get_fifty_distinct_vmids_and_addresses() {
         .await
         .unwrap();
     assert_eq!(containers.len(), 50, "one container per site");
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_sites_on_three_equal_nodes_spread_within_ten_percent_of_even() {
+    let f = fleet_with(|s| {
+        s.worker.concurrency = 16;
+        s.saga.ip_cidr = "10.64.0.0/16".into();
+        s.saga.gateway = "10.64.0.1".into();
+        s.saga.ip_first = 2;
+        s.saga.ip_last = 1000;
+        s.saga.max_sites_per_owner = 1000;
+    })
+    .await;
+    for i in 0..300 {
+        f.send(&request(&format!("spread{i}"), false)).await;
+    }
+    expect_events(&f, "site.provisioned", 300).await;
+    let containers = f
+        .pve
+        .resources(Some(pvefleet_proxmox::client::api::ResourceType::Vm))
+        .await
+        .unwrap();
+    let mut per_node = std::collections::BTreeMap::<String, usize>::new();
+    for c in &containers {
+        *per_node.entry(c.node.clone().unwrap_or_default()).or_default() += 1;
+    }
+    assert_eq!(per_node.len(), 3, "{per_node:?}");
+    for (node, n) in &per_node {
+        assert!((90..=110).contains(n), "{node} has {n} of 300: {per_node:?}");
+    }
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_address_pool_fails_the_sites_it_cannot_serve_and_they_hold_nothing() {
+    // Five addresses, eight sites.
+    let f = fleet_with(|s| {
+        s.saga.ip_first = 100;
+        s.saga.ip_last = 104;
+    })
+    .await;
+    let requests: Vec<SiteProvision> = (0..8).map(|i| request(&format!("pool{i}"), false)).collect();
+    let mut sagas = Vec::new();
+    for r in &requests {
+        sagas.push(f.send(r).await);
+    }
+    let events = take(&f.events.1, &f.events.2, 8, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+    for d in &events {
+        let kind = d.properties.kind().as_ref().map(|k| k.to_string()).unwrap_or_default();
+        if kind == "site.provision_failed" {
+            let body: Value = serde_json::from_slice(&d.data).unwrap();
+            assert_eq!(body["error"]["code"], "lease.ip_exhausted", "{body}");
+            assert_eq!(body["failed_step"], "lease", "{body}");
+        }
+        *kinds.entry(kind).or_default() += 1;
+    }
+    assert_eq!(kinds.get("site.provisioned"), Some(&5), "{kinds:?}");
+    assert_eq!(kinds.get("site.provision_failed"), Some(&3), "{kinds:?}");
+    let c = f.db.client().await.unwrap();
+    let failed = c
+        .query(
+            "SELECT s.id, s.error->'error'->>'code', g.state FROM sites s JOIN sagas g ON g.site_id = s.id
+             WHERE s.state = 'failed'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 3);
+    for row in &failed {
+        assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("lease.ip_exhausted"));
+        assert_eq!(row.get::<_, String>(2), "failed", "the saga says it ended");
+    }
+    let held: i64 = c
+        .query_one(
+            "SELECT count(*) FROM leases l JOIN sites s ON s.id = l.site_id WHERE s.state = 'failed'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 0, "no lease is held by a failed site");
+    let leases: i64 = c
+        .query_one("SELECT count(*) FROM leases WHERE site_id IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leases, 10, "a vmid and an address for each of the five active sites");
+    // The failed sites' subdomains are free again: one asked for again is accepted (and fails
+    // the same way, the pool being still full).
+    let retry = SiteProvision {
+        site_id: SiteId::new(),
+        ..requests
+            .iter()
+            .find(|r| {
+                failed
+                    .iter()
+                    .any(|row| row.get::<_, uuid::Uuid>(0) == r.site_id.as_uuid())
+            })
+            .unwrap()
+            .clone()
+    };
+    f.send(&retry).await;
+    let (kind, body) = f.event().await;
+    assert_eq!(kind, "site.provision_failed", "{body}");
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_request_the_saga_refuses_ends_its_site_rejected_and_frees_the_subdomain() {
+    let f = fleet().await;
+    // Intake recorded the site; the coordinator's policy refuses the request (an unknown plan).
+    let mut req = request("refused", false);
+    req.plan = Some("enormous".into());
+    let c = f.db.client().await.unwrap();
+    c.execute(
+        "INSERT INTO sites (id, subdomain, owner, state, spec) VALUES ($1, $2, $3, 'requested', $4)",
+        &[
+            &req.site_id.as_uuid(),
+            &req.subdomain,
+            &req.owner,
+            &serde_json::to_value(&req).unwrap(),
+        ],
+    )
+    .await
+    .unwrap();
+    let saga = f.send(&req).await;
+    let (kind, body) = f.event().await;
+    assert_eq!(
+        (kind.as_str(), body["field"].as_str()),
+        ("site.rejected", Some("plan")),
+        "{body}"
+    );
+    let ended = pvefleet_testkit::eventually(WAIT, || async {
+        let row = c
+            .query_opt("SELECT state FROM sagas WHERE id = $1", &[&saga])
+            .await
+            .unwrap()?;
+        Some(row.get::<_, String>(0))
+    })
+    .await;
+    assert_eq!(
+        ended.as_deref(),
+        Some("failed"),
+        "the saga is recorded ended, for a follower"
+    );
+    let (state, .., error) = f.site(req.site_id).await;
+    assert_eq!(state, "rejected");
+    let error = error.unwrap();
+    assert_eq!(error["error"]["code"], "rejected", "{error}");
+    assert!(error["dead_letter_id"].is_string(), "{error}");
+    // Its subdomain is free again.
+    let again = request("refused", false);
+    f.send(&again).await;
+    let (kind, body) = f.event().await;
+    assert_eq!(kind, "site.provisioned", "{body}");
     f.stop().await;
 }
 
@@ -1582,4 +1741,197 @@ async fn a_keeper_killed_mid_stream_loses_no_dead_letter_and_stores_none_twice()
         events, N as i64,
         "one message.parked per dead letter, committed with it"
     );
+}
+
+/// A handler that accepts every well-formed `container.create` and does nothing with it.
+struct Accept;
+
+#[async_trait::async_trait]
+impl pvefleet_core::bus::Handler<pvefleet_contracts::messages::ContainerCreate> for Accept {
+    async fn handle(
+        &self,
+        _msg: pvefleet_contracts::messages::ContainerCreate,
+        _ctx: &pvefleet_core::bus::Context<'_>,
+    ) -> pvefleet_core::bus::Outcome {
+        pvefleet_core::bus::Outcome::Ok
+    }
+}
+
+/// Poison message `i`: the first 100 have an empty `message_id`, the next 100 none; the rest
+/// are of the other five kinds in turn (wrong content type, bad JSON, schema-invalid, unknown
+/// type, too large).
+fn poison(i: usize) -> (lapin::BasicProperties, Vec<u8>) {
+    use lapin::BasicProperties;
+    let good_body = serde_json::to_vec(&serde_json::json!({
+        "site_id": SiteId::new(), "vmid": 10_000 + i, "hostname": format!("p{i}"), "template": TEMPLATE,
+        "cores": 1, "memory_mb": 512, "swap_mb": 0, "disk_gb": 8, "storage": "local-lvm",
+        "net": { "bridge": "vmbr0", "ip": "dhcp" }, "unprivileged": true,
+    }))
+    .unwrap();
+    let props = |id: Option<String>, kind: &str, ctype: &str| {
+        let p = BasicProperties::default()
+            .with_content_type(ctype.into())
+            .with_type(kind.into())
+            .with_delivery_mode(2);
+        match id {
+            Some(id) => p.with_message_id(id.into()),
+            None => p,
+        }
+    };
+    let id = || Some(uuid::Uuid::now_v7().to_string());
+    let json = "application/json";
+    match i {
+        0..100 => (props(Some(String::new()), "container.create", json), good_body),
+        100..200 => (props(None, "container.create", json), good_body),
+        _ => match i % 5 {
+            0 => (props(id(), "container.create", "text/plain"), good_body),
+            1 => (props(id(), "container.create", json), b"{not json".to_vec()),
+            2 => (props(id(), "container.create", json), br#"{"vmid":"many"}"#.to_vec()),
+            3 => (props(id(), "container.explode", json), good_body),
+            _ => {
+                let mut big = good_body;
+                big.extend(std::iter::repeat_n(b' ', 8 * 1024));
+                (props(id(), "container.create", json), big)
+            }
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_poison_messages_are_each_stored_once_across_keeper_restarts_and_each_replays() {
+    use pvefleet_core::bus::runner::{WorkerDeps, WorkerSpec, run_worker};
+    // The in-process coordinator (and its keeper) stops: this test runs its own keeper.
+    let mut f = fleet_without_provisioner(|_| {}).await;
+    f.shutdown.cancel();
+    for t in f.tasks.drain(..) {
+        t.await.unwrap().unwrap();
+    }
+    let topology = pvefleet_core::bus::topology::Topology::fleet(&f.settings.bus);
+    // A worker on the provisioner's queue, whose runner parks what it cannot read.
+    let queue = pvefleet_contracts::routing::work_queue("provisioner");
+    let spec = WorkerSpec {
+        max_body_bytes: 4096,
+        ..WorkerSpec::from_settings("provisioner", &queue, &f.settings)
+    };
+    let deps = WorkerDeps {
+        bus: f.settings.bus.clone(),
+        topology: topology.clone(),
+        publisher: f.publisher.clone(),
+        db: None,
+        ready: None,
+    };
+    let router = pvefleet_core::bus::Router::new().command::<pvefleet_contracts::messages::ContainerCreate, _>(Accept);
+    let worker_stop = CancellationToken::new();
+    let worker = tokio::spawn(run_worker(deps, router, spec, worker_stop.clone()));
+    let keeper = |stop: CancellationToken| {
+        tokio::spawn(pvefleet_saga::keeper::run(
+            f.settings.bus.clone(),
+            topology.clone(),
+            f.pool.clone(),
+            None,
+            stop,
+        ))
+    };
+    let (_c, ch) = f._vhost.channel().await.unwrap();
+    const N: usize = 1000;
+    let mut first = keeper(CancellationToken::new());
+    let publish = async {
+        for i in 0..N {
+            let (props, body) = poison(i);
+            pvefleet_testkit::broker::publish_raw(&ch, "pvefleet.commands", "container.create", props, &body)
+                .await
+                .unwrap();
+        }
+    };
+    // Mid-stream, the keeper is killed (its task aborted, wherever it was), then a second one is
+    // stopped; a third finishes.
+    let fr = &f;
+    let restarts = async {
+        let at = |n: i64| {
+            pvefleet_testkit::eventually(Duration::from_secs(120), move || async move {
+                (dead_letters(fr).await >= n).then_some(())
+            })
+        };
+        assert!(at(250).await.is_some(), "the first keeper stored some");
+        first.abort();
+        let _ = (&mut first).await;
+        let stop = CancellationToken::new();
+        let second = keeper(stop.clone());
+        let before = dead_letters(fr).await;
+        assert!(at(before + 250).await.is_some(), "the second keeper stored some");
+        stop.cancel();
+        second.await.unwrap();
+        dead_letters(fr).await
+    };
+    let ((), at_second_stop) = tokio::join!(publish, restarts);
+    assert!(
+        at_second_stop < N as i64,
+        "both restarts came mid-stream ({at_second_stop} of {N})"
+    );
+    let third_stop = CancellationToken::new();
+    let third = keeper(third_stop.clone());
+    let all = pvefleet_testkit::eventually(Duration::from_secs(180), || async {
+        (dead_letters(&f).await >= N as i64).then_some(())
+    })
+    .await;
+    assert!(
+        all.is_some(),
+        "every poison message stored: {} of {N}",
+        dead_letters(&f).await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let c = f.db.client().await.unwrap();
+    let row = c
+        .query_one(
+            "SELECT count(*), count(DISTINCT park_id), count(*) FILTER (WHERE message_id = ''),
+                    count(DISTINCT fault_class)
+             FROM dead_letters",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (rows, parks, without_id, classes): (i64, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(rows, N as i64, "exactly one row per poison message");
+    assert_eq!(parks, N as i64);
+    assert_eq!(
+        without_id, 200,
+        "the 100 with an empty and the 100 with no message_id are all kept"
+    );
+    assert!(classes >= 5, "{classes} fault classes");
+    let parked_events: i64 = c
+        .query_one("SELECT count(*) FROM outbox WHERE message_type = 'message.parked'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(parked_events, N as i64, "one message.parked per dead letter");
+
+    // Each replays: back to its origin, where it is still poison and is parked again, as a new
+    // dead letter of the next generation.
+    let publisher = pvefleet_testkit::broker::fleet_publisher(&f.settings).await.unwrap();
+    let replayed = pvefleet_saga::dlq::replay(
+        &c,
+        &publisher,
+        &pvefleet_saga::dlq::Filter::default(),
+        "test",
+        false,
+        None,
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(replayed.replayed.len(), N, "skipped: {:?}", replayed.skipped.first());
+    let again = pvefleet_testkit::eventually(Duration::from_secs(180), || async {
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM dead_letters WHERE generation = 1", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (n >= N as i64).then_some(n)
+    })
+    .await;
+    assert_eq!(again, Some(N as i64), "every replay parked again, once");
+    third_stop.cancel();
+    third.await.unwrap();
+    worker_stop.cancel();
+    worker.await.unwrap().unwrap();
 }

@@ -44,6 +44,10 @@ pub mod headers {
         pub const LAST_FAILURE: &str = "pvefleet-fault-last-failure";
         /// The consumer that parked it.
         pub const CONSUMER: &str = "pvefleet-fault-consumer";
+        /// This parking's identity (a UUID): the dead-letter store keeps each park id once, so
+        /// a copy delivered to the keeper twice is stored once, and two different messages
+        /// (even with the same, an empty or no `message_id`) are never taken for one.
+        pub const PARK_ID: &str = "pvefleet-park-id";
     }
 
     /// Replay headers, added by the dead-letter keeper on replay.

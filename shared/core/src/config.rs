@@ -571,9 +571,9 @@ pub struct ProvisionerSettings {
     pub start_timeout: Duration,
     /// The node every container goes to when its request names none; empty: chosen.
     pub node: String,
-    /// When neither the request nor `node` names one: the first of these nodes that is online
-    /// and has the container's memory free, in order, before the online node with the most
-    /// free memory.
+    /// When neither the request nor `node` names one, containers spread by what each online
+    /// node has allocated (its guests' configured memory and cores); between nodes allocated
+    /// alike, the earlier of these wins, then the one with the most memory free.
     pub preferred_nodes: Vec<String>,
 }
 

@@ -64,18 +64,22 @@ fn parsed_net_rootfs_and_mount_points_match_the_file() {
                 let raw = section.get(&format!("net{idx}")).unwrap();
                 let net = net.unwrap_or_else(|e| panic!("{name}: {e}"));
                 // PVE writes options sorted, as the builder does: the value survives intact.
-                assert_eq!(net.to_property_string(), raw, "{name}");
+                assert_eq!(net.to_property_string("net0").unwrap(), raw, "{name}");
                 nets += 1;
             }
             if let Some(rootfs) = section.rootfs() {
                 let rootfs = rootfs.unwrap_or_else(|e| panic!("{name}: {e}"));
-                assert_eq!(rootfs.to_property_string(), section.get("rootfs").unwrap(), "{name}");
+                assert_eq!(
+                    rootfs.to_property_string("rootfs").unwrap(),
+                    section.get("rootfs").unwrap(),
+                    "{name}"
+                );
                 assert!(rootfs.volume.contains(':'), "{name}: {}", rootfs.volume);
             }
             for (idx, mp) in section.mount_points() {
                 let mp = mp.unwrap_or_else(|e| panic!("{name}: {e}"));
                 assert_eq!(
-                    mp.to_property_string(),
+                    mp.to_property_string("mp0").unwrap(),
                     section.get(&format!("mp{idx}")).unwrap(),
                     "{name}"
                 );

@@ -228,6 +228,21 @@ impl Sim {
         s.touch();
     }
 
+    /// Sets (or, with `None`, clears) a container's PVE lock, as a backup or migration would
+    /// hold it. Returns whether the container exists.
+    pub fn set_lock(&self, vmid: u32, lock: Option<&str>) -> bool {
+        let mut s = self.lock();
+        let Some(ct) = s.containers.get_mut(&vmid) else {
+            return false;
+        };
+        match lock {
+            Some(l) => ct.config.main_mut().set("lock", l),
+            None => drop(ct.config.main_mut().remove("lock")),
+        }
+        s.touch();
+        true
+    }
+
     /// The API requests received so far (with `record_requests`).
     pub fn requests(&self) -> Vec<Recorded> {
         self.lock().requests.clone()

@@ -333,3 +333,43 @@ async fn inbox_workers_prune_rows_past_the_retention() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn database_errors_are_classified_by_what_they_mean() -> anyhow::Result<()> {
+    use pvefleet_core::db::fault::{FaultKind, classify_any};
+    init_tracing();
+    let vhost = TestVhost::new()?;
+    let tdb = TestDb::create().await?;
+    let s = settings(&vhost, Some(&tdb));
+    let pool = db::connect(&s.db).await?;
+    let c = pool.get().await?;
+    c.batch_execute("CREATE TABLE t (k TEXT PRIMARY KEY, short VARCHAR(3))")
+        .await?;
+    let kind = |e: tokio_postgres::Error| {
+        let f = classify_any(&anyhow::Error::from(e)).expect("a database error");
+        (f.kind, f.code)
+    };
+    // A NUL, a value too long, a value of the wrong form: the input's fault.
+    let nul = c.query_one("SELECT $1::text", &[&"a\0b"]).await.unwrap_err();
+    assert_eq!(kind(nul).0, FaultKind::InvalidInput);
+    let long = c
+        .execute("INSERT INTO t (k, short) VALUES ('a', $1)", &[&"toolong"])
+        .await
+        .unwrap_err();
+    assert_eq!(kind(long), (FaultKind::InvalidInput, Some("22001".to_string())));
+    let form = c.query_one("SELECT 'x'::uuid", &[]).await.unwrap_err();
+    assert_eq!(kind(form).0, FaultKind::InvalidInput);
+    // A constraint: a conflict. A statement of ours that is wrong: a bug.
+    c.execute("INSERT INTO t (k) VALUES ('dup')", &[]).await?;
+    let dup = c.execute("INSERT INTO t (k) VALUES ('dup')", &[]).await.unwrap_err();
+    assert_eq!(kind(dup), (FaultKind::Conflict, Some("23505".to_string())));
+    let bug = c.query_one("SELECT nosuchcolumn FROM t", &[]).await.unwrap_err();
+    assert_eq!(kind(bug).0, FaultKind::Bug);
+    // The server ending our session: an outage.
+    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+    let killer = tdb.client().await?;
+    killer.execute("SELECT pg_terminate_backend($1)", &[&pid]).await?;
+    let gone = c.query_one("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(kind(gone).0, FaultKind::Outage);
+    Ok(())
+}

@@ -88,8 +88,8 @@ pub async fn run(settings: &Settings, listen: SocketAddr, task_ms: u64) -> anyho
         async move { pvefleet_provisioner::run(&s, Some(pool), None, sd).await }
     });
     tasks.spawn({
-        let (s, sd) = (s.clone(), shutdown.clone());
-        async move { pvefleet_ha::run(&s, None, sd).await }
+        let (s, pool, sd) = (s.clone(), pool.clone(), shutdown.clone());
+        async move { pvefleet_ha::run(&s, Some(pool), None, sd).await }
     });
     tasks.spawn({
         let (s, sd) = (s.clone(), shutdown.clone());

@@ -252,9 +252,18 @@ async fn follow(c: &reqwest::Client, api: &str, token: &str, site: &str, saga: &
         );
         Ok(ExitCode::SUCCESS)
     } else {
-        let step = s["error"]["step"].as_str().unwrap_or("?");
-        let message = s["error"]["error"]["message"].as_str().unwrap_or("no message");
-        eprintln!("error: the saga ended {state}: {step}: {message}");
+        // The saga's own error first (a site may have moved on since), then the site's.
+        let error = if saga["error"].is_object() {
+            &saga["error"]
+        } else {
+            &s["error"]
+        };
+        let step = error["step"].as_str().unwrap_or("?");
+        let message = error["error"]["message"].as_str().unwrap_or("no message");
+        match error["error"]["code"].as_str() {
+            Some(code) => eprintln!("error: the saga ended {state}: {step}: {message} ({code})"),
+            None => eprintln!("error: the saga ended {state}: {step}: {message}"),
+        }
         Ok(ExitCode::FAILURE)
     }
 }

@@ -51,6 +51,7 @@ enum Done {
     Duplicate,
     Retry(Option<Duration>, String),
     Reject(String),
+    Outage(String),
 }
 
 /// Handles a batch of deliveries in one transaction.
@@ -134,6 +135,7 @@ pub(super) async fn process_batch(shared: &Shared, batch: Vec<Delivery>) {
             match (done, committed) {
                 (Done::Retry(after, error), _) => retry(shared, d, mtype, attempt, after, &error).await,
                 (Done::Reject(reason), _) => park(shared, d, "rejected", &reason, attempt).await,
+                (Done::Outage(error), _) => retry_outage(shared, d, mtype, attempt, &error).await,
                 (_, Err(e)) => retry_outage(shared, d, mtype, attempt, e).await,
                 (Done::Ok(elapsed), Ok(())) => {
                     ack(d).await;
@@ -264,7 +266,7 @@ async fn run_tx(
                 }
             },
         };
-        if !savepoints && matches!(done, Done::Retry(..) | Done::Reject(_)) {
+        if !savepoints && matches!(done, Done::Retry(..) | Done::Reject(_) | Done::Outage(_)) {
             // A handler that swallowed a failed statement leaves the transaction failed, and
             // every later handler fails through no fault of its own: its outcome is not its own.
             let usable = raw.simple_query("SELECT 1").await.is_ok();
@@ -347,6 +349,10 @@ async fn handle(
         Outcome::Reject(reason) => {
             undo().await?;
             Done::Reject(reason)
+        }
+        Outcome::Outage(error) => {
+            undo().await?;
+            Done::Outage(error)
         }
     })
 }

@@ -315,6 +315,7 @@ pub(super) async fn process(shared: &Shared, d: Delivery) {
             }
             Outcome::Retry { after, error } => retry(shared, &d, mtype, attempt, after, &error).await,
             Outcome::Reject(reason) => park(shared, &d, "rejected", &reason, attempt).await,
+            Outcome::Outage(error) => retry_outage(shared, &d, mtype, attempt, &error).await,
         }
     }
     .instrument(span)
@@ -424,7 +425,9 @@ pub(super) async fn park(shared: &Shared, d: &Delivery, class: &'static str, rea
         header_str(props, headers::fault::ORIGIN_EXCHANGE).unwrap_or_else(|| d.exchange.as_str().to_string());
     let routing_key =
         header_str(props, headers::fault::ORIGIN_ROUTING_KEY).unwrap_or_else(|| d.routing_key.as_str().to_string());
+    let park_id = super::parked::park_id(&spec.queue, props, i64::from(attempt), &d.data);
     let hs = vec![
+        (headers::fault::PARK_ID, text(park_id.to_string())),
         (headers::fault::CLASS, text(class)),
         (headers::fault::MESSAGE, text(truncate(reason, 4000))),
         (headers::fault::ATTEMPTS, AMQPValue::LongLongInt(i64::from(attempt))),

@@ -60,6 +60,19 @@ pub fn with_headers(props: BasicProperties, values: Vec<(&str, AMQPValue)>) -> B
     props.with_headers(table)
 }
 
+/// Returns the properties without the headers named.
+pub fn without_headers(props: BasicProperties, names: &[&str]) -> BasicProperties {
+    let Some(mut table) = props.headers().clone() else {
+        return props;
+    };
+    let mut inner = table.inner().clone();
+    for name in names {
+        inner.remove(&ShortString::from(*name));
+    }
+    table = FieldTable::from(inner);
+    props.with_headers(table)
+}
+
 /// The properties' `type`, if set.
 pub fn message_type(props: &BasicProperties) -> Option<String> {
     props.kind().as_ref().map(|s| s.as_str().to_string())

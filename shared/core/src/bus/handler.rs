@@ -32,6 +32,10 @@ pub enum Outcome {
     },
     /// Undecodable, unknown or invalid: park at once.
     Reject(String),
+    /// Our own infrastructure failed (the database is down): retried through the wait tiers
+    /// like `Retry`, but once the attempts are spent it keeps waiting in the longest tier
+    /// instead of being parked, since the message is not at fault.
+    Outage(String),
 }
 
 impl Outcome {
@@ -40,6 +44,16 @@ impl Outcome {
         Outcome::Retry {
             after: None,
             error: error.to_string(),
+        }
+    }
+
+    /// A transient failure when `outage` (see [`crate::db::fault::is_outage`]) says the
+    /// database is down, else an ordinary retry.
+    pub fn retry_db(error: anyhow::Error) -> Self {
+        if crate::db::fault::is_outage(&error) {
+            Outcome::Outage(format!("{error:#}"))
+        } else {
+            Outcome::retry(format!("{error:#}"))
         }
     }
 
@@ -55,6 +69,7 @@ impl Outcome {
             Outcome::Fail(_) => "fail",
             Outcome::Retry { .. } => "retry",
             Outcome::Reject(_) => "reject",
+            Outcome::Outage(_) => "outage",
         }
     }
 }

@@ -9,6 +9,7 @@ mod deliver;
 pub mod fields;
 pub mod handler;
 pub mod outgoing;
+pub mod parked;
 pub mod publisher;
 pub mod runner;
 pub mod topology;

@@ -1,5 +1,6 @@
 //! The state store: a deadpool-postgres pool, embedded refinery migrations, inbox and outbox.
 
+pub mod fault;
 pub mod inbox;
 pub mod outbox;
 pub mod vmid_lock;

@@ -39,6 +39,19 @@ impl VmidLock {
 }
 
 impl VmidLock {
+    /// Takes the lock on `vmid` only if nobody holds it: `None` when someone does (a worker
+    /// is acting on that container right now, so the caller leaves it alone).
+    pub async fn try_acquire(pool: &deadpool_postgres::Pool, vmid: u32) -> anyhow::Result<Option<Self>> {
+        use crate::db::Sql;
+        let conn = pool.get().await?;
+        let vmid = i32::try_from(vmid)?;
+        let got: bool = conn
+            .one("SELECT pg_try_advisory_lock($1, $2)", &[&VMID_LOCK_CLASS, &vmid])
+            .await?
+            .get(0);
+        Ok(got.then_some(Self { conn: Some(conn), vmid }))
+    }
+
     /// The session holding the lock, for the holder's own statements (so work under the lock
     /// needs no second connection from the pool).
     pub fn client(&self) -> Option<&deadpool_postgres::Object> {

@@ -62,7 +62,7 @@ impl Features {
     }
 
     /// The property string, sorted as PVE writes it.
-    pub fn to_property_string(&self) -> String {
+    pub fn to_property_string(&self, key: &str) -> Result<String, CodecError> {
         let mut items: Vec<(&str, String)> = Vec::new();
         for (k, v) in [
             ("force_rw_sys", self.force_rw_sys),
@@ -78,7 +78,7 @@ impl Features {
         if let Some(m) = &self.mount {
             items.push(("mount", m.join(";")));
         }
-        propstring::write(items, None)
+        propstring::write(key, items, None)
     }
 }
 
@@ -98,7 +98,10 @@ mod tests {
     fn features_parse_write_and_name_bad_options() {
         let f = Features::parse("features", "keyctl=1,mount=nfs;cifs,nesting=1").unwrap();
         assert_eq!(f.nesting, Some(true));
-        assert_eq!(f.to_property_string(), "keyctl=1,mount=nfs;cifs,nesting=1");
+        assert_eq!(
+            f.to_property_string("features").unwrap(),
+            "keyctl=1,mount=nfs;cifs,nesting=1"
+        );
         let msg = Features::parse("features", "nesting=1,docker=1")
             .unwrap_err()
             .to_string();

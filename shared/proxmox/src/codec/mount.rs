@@ -119,7 +119,7 @@ impl MountPoint {
     }
 
     /// The property string, the volume first, the rest sorted as PVE writes them.
-    pub fn to_property_string(&self) -> String {
+    pub fn to_property_string(&self, key: &str) -> Result<String, CodecError> {
         let mut items: Vec<(&str, String)> = vec![("volume", self.volume.clone())];
         if let Some(p) = &self.mp {
             items.push(("mp", p.clone()));
@@ -143,7 +143,7 @@ impl MountPoint {
                 items.push((k, if b { "1".into() } else { "0".into() }));
             }
         }
-        propstring::write(items, Some("volume"))
+        propstring::write(key, items, Some("volume"))
     }
 }
 
@@ -174,12 +174,15 @@ mod tests {
         let r = MountPoint::parse_rootfs("rootfs", "local-lvm:vm-101-disk-0,size=8G").unwrap();
         assert_eq!(r.volume, "local-lvm:vm-101-disk-0");
         assert_eq!(r.size.as_deref(), Some("8G"));
-        assert_eq!(r.to_property_string(), "local-lvm:vm-101-disk-0,size=8G");
+        assert_eq!(
+            r.to_property_string("rootfs").unwrap(),
+            "local-lvm:vm-101-disk-0,size=8G"
+        );
         let text = "local:vm-1-disk-1,acl=1,backup=0,mountoptions=noatime;nodev,mp=/srv/data,ro=1,size=32G";
         let m = MountPoint::parse_mp("mp0", text).unwrap();
         assert_eq!(m.mp.as_deref(), Some("/srv/data"));
         assert_eq!(m.mountoptions, Some(vec!["noatime".into(), "nodev".into()]));
-        assert_eq!(m.to_property_string(), text);
+        assert_eq!(m.to_property_string("mp0").unwrap(), text);
         assert_eq!(
             MountPoint::parse_rootfs("rootfs", "volume=local:8").unwrap().volume,
             "local:8"

@@ -148,7 +148,7 @@ impl NetConfig {
     }
 
     /// The property string, options sorted as PVE writes them.
-    pub fn to_property_string(&self) -> String {
+    pub fn to_property_string(&self, key: &str) -> Result<String, CodecError> {
         let mut items: Vec<(&str, String)> = vec![("name", self.name.clone())];
         let opt = |items: &mut Vec<(&str, String)>, k: &'static str, v: &Option<String>| {
             if let Some(v) = v {
@@ -181,7 +181,7 @@ impl NetConfig {
         if let Some(t) = &self.trunks {
             items.push(("trunks", t.iter().map(u32::to_string).collect::<Vec<_>>().join(";")));
         }
-        propstring::write(items, None)
+        propstring::write(key, items, None)
     }
 }
 
@@ -216,7 +216,7 @@ mod tests {
         assert_eq!(n.tag, Some(20));
         assert_eq!(n.trunks, Some(vec![20, 30]));
         assert_eq!(n.firewall, Some(true));
-        assert_eq!(n.to_property_string(), text);
+        assert_eq!(n.to_property_string("net0").unwrap(), text);
     }
 
     #[test]
@@ -225,7 +225,10 @@ mod tests {
         n.bridge = Some("vmbr0".into());
         n.ip = Some("dhcp".into());
         n.kind = Some("veth".into());
-        assert_eq!(n.to_property_string(), "bridge=vmbr0,ip=dhcp,name=eth0,type=veth");
+        assert_eq!(
+            n.to_property_string("net0").unwrap(),
+            "bridge=vmbr0,ip=dhcp,name=eth0,type=veth"
+        );
     }
 
     #[test]

@@ -29,18 +29,49 @@ pub fn parse(key: &str, text: &str, default_key: Option<&str>) -> Result<Vec<(St
     Ok(out)
 }
 
+/// Why a value cannot be written into a property string as it is, if it cannot: a `,` would
+/// start another option, a line break would end the config line, a NUL ends the string early,
+/// an `=` in the bare default item would turn it into an option of its own, and an empty
+/// bare item would vanish.
+pub fn structural_fault(value: &str, bare: bool) -> Option<&'static str> {
+    if value.contains(',') {
+        Some("contains ',', which separates options")
+    } else if value.contains(['\n', '\r']) {
+        Some("contains a line break")
+    } else if value.contains('\0') {
+        Some("contains a NUL byte")
+    } else if bare && value.contains('=') {
+        Some("contains '=', which would make the item an option")
+    } else if bare && value.is_empty() {
+        Some("is empty, and a bare item needs a value")
+    } else {
+        None
+    }
+}
+
 /// Writes options the way PVE does: the default key first and bare, the rest sorted by name.
-pub fn write(mut items: Vec<(&str, String)>, default_key: Option<&str>) -> String {
+/// `key` names the config key (such as `net1`) in errors. A value that would change the
+/// string's structure (see [`structural_fault`]) is refused, naming its option, rather than
+/// written: whatever a caller puts in a value, the string parses back as the same options.
+pub fn write(key: &str, mut items: Vec<(&str, String)>, default_key: Option<&str>) -> Result<String, CodecError> {
     items.sort_by(|a, b| a.0.cmp(b.0));
     let mut parts = Vec::with_capacity(items.len());
     if let Some(d) = default_key
         && let Some(pos) = items.iter().position(|(k, _)| *k == d)
     {
-        let (_, v) = items.remove(pos);
+        let (opt, v) = items.remove(pos);
+        if let Some(fault) = structural_fault(&v, true) {
+            return Err(CodecError::option(key, opt, fault));
+        }
         parts.push(v);
     }
-    parts.extend(items.into_iter().map(|(k, v)| format!("{k}={v}")));
-    parts.join(",")
+    for (opt, v) in items {
+        if let Some(fault) = structural_fault(&v, false) {
+            return Err(CodecError::option(key, opt, fault));
+        }
+        parts.push(format!("{opt}={v}"));
+    }
+    Ok(parts.join(","))
 }
 
 #[cfg(test)]
@@ -60,9 +91,11 @@ mod tests {
         );
         assert_eq!(
             write(
+                "rootfs",
                 vec![("size", "8G".into()), ("volume", "local-lvm:vm-101-disk-0".into())],
                 Some("volume")
-            ),
+            )
+            .unwrap(),
             "local-lvm:vm-101-disk-0,size=8G"
         );
     }
@@ -74,5 +107,24 @@ mod tests {
         let e = parse("net0", "name=eth0,name=eth1", None).unwrap_err();
         assert!(e.to_string().contains("given more than once"));
         assert!(parse("net0", "name=eth0,,tag=2", None).is_err());
+    }
+
+    #[test]
+    fn values_that_would_change_the_structure_are_refused_naming_the_option() {
+        for (value, fault) in [
+            ("vmbr0,firewall=1", "separates options"),
+            ("eth0\nrootfs: x", "line break"),
+            ("eth0\r", "line break"),
+            ("eth\u{0}0", "NUL"),
+        ] {
+            let e = write("net1", vec![("name", value.into())], None).unwrap_err();
+            let text = e.to_string();
+            assert!(text.starts_with("net1: option 'name': "), "{text}");
+            assert!(text.contains(fault), "{text}");
+        }
+        // An '=' is harmless after the option's own '=', but not in the bare default item.
+        assert_eq!(write("mp0", vec![("mp", "/a=b".into())], None).unwrap(), "mp=/a=b");
+        let e = write("rootfs", vec![("volume", "size=1".into())], Some("volume")).unwrap_err();
+        assert!(e.to_string().contains("option 'volume'"), "{e}");
     }
 }
