@@ -61,6 +61,23 @@ pub struct SagaData {
     pub vmids_taken: Vec<u32>,
 }
 
+impl SagaData {
+    /// The data of a provisioning that ended before its first step: nothing leased or done.
+    fn unstarted(site: SiteProvision, plan: Vec<Step>) -> Self {
+        Self {
+            site,
+            vmid: 0,
+            ip: String::new(),
+            node: None,
+            plan,
+            done: Vec::new(),
+            compensations: Vec::new(),
+            failure: None,
+            vmids_taken: Vec::new(),
+        }
+    }
+}
+
 /// The coordinator's handlers.
 #[derive(Clone)]
 pub struct Coordinator {
@@ -493,17 +510,7 @@ impl Inner {
             .map_err(retry_db)?;
         let detail = json!({ "step": step, "error": error });
         let spec = serde_json::to_value(req).unwrap_or(Value::Null);
-        let data = SagaData {
-            site: req.clone(),
-            vmid: 0,
-            ip: String::new(),
-            node: None,
-            plan: self.plan(req),
-            done: Vec::new(),
-            compensations: Vec::new(),
-            failure: None,
-            vmids_taken: Vec::new(),
-        };
+        let data = SagaData::unstarted(req.clone(), self.plan(req));
         db.exec(
             "WITH site AS (
                  INSERT INTO sites (id, subdomain, owner, state, spec, error) VALUES ($2, $3, $4, 'failed', $5, $6)
@@ -578,17 +585,9 @@ impl Inner {
         )
         .await
         .map_err(retry_db)?;
-        let data = serde_json::from_value::<SiteProvision>(spec).ok().map(|req| SagaData {
-            plan: self.plan(&req),
-            site: req,
-            vmid: 0,
-            ip: String::new(),
-            node: None,
-            done: Vec::new(),
-            compensations: Vec::new(),
-            failure: None,
-            vmids_taken: Vec::new(),
-        });
+        let data = serde_json::from_value::<SiteProvision>(spec)
+            .ok()
+            .map(|req| SagaData::unstarted(req.clone(), self.plan(&req)));
         db.exec(
             "INSERT INTO sagas (id, kind, site_id, state, step, data, error) VALUES ($1, 'provision', $2, 'failed', 0, $3, $4)
              ON CONFLICT (id) DO NOTHING",

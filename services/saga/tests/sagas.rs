@@ -750,22 +750,7 @@ async fn with_thirty_percent_of_pve_calls_failing_transiently_twenty_sagas_all_e
         s.bus.retry_tiers = vec![Duration::from_millis(100), Duration::from_millis(200)];
     })
     .await;
-    // Three faults of 11.2 % each, tried in turn: 1 - 0.888^3 = 30 % of calls fail.
-    for (status, message) in [
-        (
-            500,
-            "can't lock file '/run/lock/lxc/pve-config-10000.lock' - got timeout",
-        ),
-        (596, "Connection timed out"),
-        (500, "got no worker upid - start worker failed"),
-    ] {
-        f.sim.inject(
-            serde_json::from_value::<Fault>(
-                serde_json::json!({ "path": "/", "status": status, "message": message, "rate": 0.112 }),
-            )
-            .unwrap(),
-        );
-    }
+    f.sim.fail_transiently(0.3);
     let requests: Vec<SiteProvision> = (0..20).map(|i| request(&format!("flaky{i}"), true)).collect();
     for r in &requests {
         f.send(r).await;

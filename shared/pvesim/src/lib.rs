@@ -205,6 +205,31 @@ impl Sim {
         s.sdn_failing.clear();
     }
 
+    /// Makes about `rate` of all API calls fail the ways PVE fails transiently, until the
+    /// faults are cleared: a config lock timeout, a 596 (the node did not answer), and "got no
+    /// worker upid", tried in turn, each at the share that makes `rate` together.
+    pub fn fail_transiently(&self, rate: f64) {
+        let each = 1.0 - (1.0 - rate.clamp(0.0, 1.0)).powf(1.0 / 3.0);
+        for (status, message) in [
+            (
+                500,
+                "can't lock file '/run/lock/lxc/pve-config-10000.lock' - got timeout",
+            ),
+            (596, "Connection timed out"),
+            (500, "got no worker upid - start worker failed"),
+        ] {
+            self.inject(Fault {
+                method: None,
+                path: "/".into(),
+                count: 1,
+                status,
+                message: message.into(),
+                latency_ms: 0,
+                rate: each,
+            });
+        }
+    }
+
     /// Adds a fault (for tests in the same process).
     pub fn inject(&self, fault: Fault) {
         self.lock().faults.push(fault);

@@ -29,24 +29,7 @@ async fn run(chaos: Chaos, sites: usize, over: Duration) -> fleet::Report {
     let began = Instant::now();
     let mut f = Fleet::start(sites).await;
     match chaos {
-        Chaos::TransientFaults => {
-            // Three faults of 11.2 % each, tried in turn: 1 - 0.888^3 = 30 % of calls fail.
-            for (status, message) in [
-                (
-                    500,
-                    "can't lock file '/run/lock/lxc/pve-config-10000.lock' - got timeout",
-                ),
-                (596, "Connection timed out"),
-                (500, "got no worker upid - start worker failed"),
-            ] {
-                f.sim.inject(
-                    serde_json::from_value::<Fault>(
-                        serde_json::json!({ "path": "/", "status": status, "message": message, "rate": 0.112 }),
-                    )
-                    .unwrap(),
-                );
-            }
-        }
+        Chaos::TransientFaults => f.sim.fail_transiently(0.3),
         Chaos::PermanentFaults => {
             for kind in ["vzcreate", "vzstart", "vzsnapshot"] {
                 for _ in 0..PER_STEP {

@@ -20,11 +20,7 @@ impl VmidLock {
         use crate::db::Sql;
         let conn = pool.get().await?;
         let vmid = i32::try_from(vmid)?;
-        let got: bool = conn
-            .one("SELECT pg_try_advisory_lock($1, $2)", &[&VMID_LOCK_CLASS, &vmid])
-            .await?
-            .get(0);
-        if !got {
+        if !try_lock(&conn, vmid).await? {
             let ms = timeout.as_millis().max(1);
             conn.batch_execute(&format!("SET lock_timeout = {ms}")).await?;
             let waited = conn
@@ -38,17 +34,22 @@ impl VmidLock {
     }
 }
 
+/// One try for the lock on `vmid` in `conn`'s session.
+async fn try_lock(conn: &deadpool_postgres::Object, vmid: i32) -> anyhow::Result<bool> {
+    use crate::db::Sql;
+    Ok(conn
+        .one("SELECT pg_try_advisory_lock($1, $2)", &[&VMID_LOCK_CLASS, &vmid])
+        .await?
+        .get(0))
+}
+
 impl VmidLock {
     /// Takes the lock on `vmid` only if nobody holds it: `None` when someone does (a worker
     /// is acting on that container right now, so the caller leaves it alone).
     pub async fn try_acquire(pool: &deadpool_postgres::Pool, vmid: u32) -> anyhow::Result<Option<Self>> {
-        use crate::db::Sql;
         let conn = pool.get().await?;
         let vmid = i32::try_from(vmid)?;
-        let got: bool = conn
-            .one("SELECT pg_try_advisory_lock($1, $2)", &[&VMID_LOCK_CLASS, &vmid])
-            .await?
-            .get(0);
+        let got = try_lock(&conn, vmid).await?;
         Ok(got.then_some(Self { conn: Some(conn), vmid }))
     }
 
