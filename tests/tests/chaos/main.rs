@@ -91,14 +91,14 @@ mod chaos {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_hundred_sites_hold_through_the_brokers_connections_cut_every_five_seconds() {
-        let r = run(Chaos::CutConnections, 100, Duration::from_secs(25)).await;
+        let r = run(Chaos::CutConnections, 100, Duration::from_secs(30)).await;
         assert!(r.strikes >= 4, "the chaos ran: {r}");
         assert_eq!(r.completed, 100, "{r}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_hundred_sites_hold_through_every_postgres_backend_killed_every_five_seconds() {
-        let r = run(Chaos::KillBackends, 100, Duration::from_secs(25)).await;
+        let r = run(Chaos::KillBackends, 100, Duration::from_secs(30)).await;
         assert!(r.strikes >= 4, "the chaos ran: {r}");
         assert_eq!(r.completed, 100, "{r}");
     }
