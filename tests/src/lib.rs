@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use pvefleet_contracts::Message;
 use pvefleet_contracts::messages::ContainerCreate;
 use pvefleet_contracts::routing::COMMANDS_EXCHANGE;
-use pvefleet_core::bus::{Context, Handler, Outcome, Topology};
+use pvefleet_core::bus::{Context, Handled, Handler, HandlerError, Topology};
 use pvefleet_core::config::BusSettings;
 
 /// The work queue the runtime tests consume.
@@ -33,7 +33,7 @@ pub struct Seen {
     pub hostname: String,
 }
 
-type Script = dyn Fn(&ContainerCreate, &Context<'_>) -> Outcome + Send + Sync;
+type Script = dyn Fn(&ContainerCreate, &Context<'_>) -> Handled + Send + Sync;
 
 /// A handler for `container.create` that records each call and returns what a script says.
 #[derive(Clone)]
@@ -45,7 +45,7 @@ pub struct Scripted {
 
 impl Scripted {
     /// A handler returning `script(msg, ctx)`.
-    pub fn new(script: impl Fn(&ContainerCreate, &Context<'_>) -> Outcome + Send + Sync + 'static) -> Self {
+    pub fn new(script: impl Fn(&ContainerCreate, &Context<'_>) -> Handled + Send + Sync + 'static) -> Self {
         Self {
             seen: Arc::new(Mutex::new(Vec::new())),
             script: Arc::new(script),
@@ -60,7 +60,7 @@ impl Scripted {
 
 #[async_trait]
 impl Handler<ContainerCreate> for Scripted {
-    async fn handle(&self, msg: ContainerCreate, ctx: &Context<'_>) -> Outcome {
+    async fn handle(&self, msg: ContainerCreate, ctx: &Context<'_>) -> Handled {
         if let Ok(mut s) = self.seen.lock() {
             s.push(Seen {
                 message_id: ctx.message_id.clone(),
@@ -79,9 +79,9 @@ pub struct RecordsEffect;
 
 #[async_trait]
 impl Handler<ContainerCreate> for RecordsEffect {
-    async fn handle(&self, msg: ContainerCreate, ctx: &Context<'_>) -> Outcome {
+    async fn handle(&self, msg: ContainerCreate, ctx: &Context<'_>) -> Handled {
         let Some(db) = ctx.db else {
-            return Outcome::reject("RecordsEffect needs the inbox on");
+            return Err(HandlerError::rejected("RecordsEffect needs the inbox on"));
         };
         match db
             .exec(
@@ -90,8 +90,8 @@ impl Handler<ContainerCreate> for RecordsEffect {
             )
             .await
         {
-            Ok(_) => Outcome::Ok,
-            Err(e) => Outcome::retry(e),
+            Ok(_) => Ok(()),
+            Err(e) => Err(HandlerError::transient(e)),
         }
     }
 }

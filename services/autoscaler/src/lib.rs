@@ -31,25 +31,22 @@ impl pvefleet_core::bus::Handler<pvefleet_contracts::messages::AutoscalePolicySe
         &self,
         msg: pvefleet_contracts::messages::AutoscalePolicySet,
         _ctx: &pvefleet_core::bus::Context<'_>,
-    ) -> pvefleet_core::bus::Outcome {
-        use pvefleet_core::bus::Outcome;
+    ) -> pvefleet_core::bus::Handled {
+        use pvefleet_core::bus::HandlerError;
         let Some(scope) = policies::Scope::parse(&msg.scope) else {
-            return Outcome::reject(format!("'{}' is not a policy scope", msg.scope));
+            return Err(HandlerError::rejected(format!("'{}' is not a policy scope", msg.scope)));
         };
-        let client = match self.pool.get().await {
-            Ok(c) => c,
-            Err(e) => return Outcome::retry_db(anyhow::Error::from(e).context("database")),
-        };
+        let client = self.pool.get().await?;
         match msg.policy {
             Some(keys) => match policies::set(&client, &self.default, &scope, &serde_json::Value::Object(keys)).await {
-                Ok(()) => Outcome::Ok,
-                Err(e) if e.contains("unknown field") || e.contains("invalid type") => Outcome::reject(e),
-                Err(e) => Outcome::retry(e),
+                Ok(()) => Ok(()),
+                Err(e) if e.contains("unknown field") || e.contains("invalid type") => Err(HandlerError::rejected(e)),
+                Err(e) => Err(HandlerError::transient(e)),
             },
-            None => match policies::delete(&client, &scope).await {
-                Ok(_) => Outcome::Ok,
-                Err(e) => Outcome::retry(format!("{e:#}")),
-            },
+            None => {
+                policies::delete(&client, &scope).await?;
+                Ok(())
+            }
         }
     }
 }

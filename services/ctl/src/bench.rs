@@ -19,7 +19,7 @@ use pvefleet_contracts::messages::ContainerCreate;
 use pvefleet_core::Settings;
 use pvefleet_core::bus::outgoing::Origin;
 use pvefleet_core::bus::runner::{WorkerDeps, WorkerSpec, run_worker};
-use pvefleet_core::bus::{Context, Handler, Outcome, Outgoing, Publisher, Router, Topology, connect};
+use pvefleet_core::bus::{Context, Handled, Handler, Outgoing, Publisher, Router, Topology, connect};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -194,11 +194,11 @@ struct CountHandler(Arc<Count>);
 
 #[async_trait]
 impl Handler<ContainerCreate> for CountHandler {
-    async fn handle(&self, _msg: ContainerCreate, _ctx: &Context<'_>) -> Outcome {
+    async fn handle(&self, _msg: ContainerCreate, _ctx: &Context<'_>) -> Handled {
         if self.0.seen.fetch_add(1, Ordering::SeqCst) + 1 >= self.0.target {
             self.0.done.notify_one();
         }
-        Outcome::Ok
+        Ok(())
     }
 }
 

@@ -5,9 +5,9 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
 use pvefleet_core::bus::Publisher;
+use pvefleet_core::bus::envelope::Properties;
+use pvefleet_core::bus::probe::Probe;
 use uuid::Uuid;
 
 pub async fn run(settings: &pvefleet_core::Settings, count: usize) -> anyhow::Result<ExitCode> {
@@ -20,30 +20,21 @@ pub async fn run(settings: &pvefleet_core::Settings, count: usize) -> anyhow::Re
     s.db.url = pvefleet_core::Secret::new(format!("{prefix}/{bench_db}"));
     let pool = pvefleet_core::db::connect(&s.db).await?;
     pvefleet_core::db::migrate(&pool).await?;
-    let (_conn, ch) = pvefleet_core::bus::connect::open(&s.bus, "bench-dlq").await?;
+    let ch = Probe::connect_with(&s.bus).await?;
     let queue = format!("pvefleet.bench.dlq-{}", Uuid::new_v4().simple());
-    ch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
+    ch.declare_queue(&queue).await?;
     eprintln!("storing {count} dead letters…");
     let client = pool.get().await?;
-    let properties = serde_json::to_value(pvefleet_core::bus::fields::with_headers(
-        lapin::BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_type("container.start".into())
-            .with_delivery_mode(2)
-            .with_message_id("bench".into()),
-        vec![
-            ("x-tenant", pvefleet_core::bus::fields::text("bench")),
-            (
-                "pvefleet-fault-class",
-                pvefleet_core::bus::fields::text("retries-exhausted"),
-            ),
-        ],
-    ))?;
+    let properties = Properties {
+        content_type: Some("application/json".into()),
+        kind: Some("container.start".into()),
+        delivery_mode: Some(2),
+        message_id: Some("bench".into()),
+        ..Properties::default()
+    }
+    .with_header("x-tenant", "bench")
+    .with_header("pvefleet-fault-class", "retries-exhausted")
+    .to_stored();
     client
         .execute(
             "INSERT INTO dead_letters (id, message_id, attempts, message_type, properties, body, origin_exchange,
@@ -75,17 +66,7 @@ pub async fn run(settings: &pvefleet_core::Settings, count: usize) -> anyhow::Re
     )
     .await?;
     let elapsed = started.elapsed();
-    let landed = ch
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?
-        .message_count();
+    let landed = ch.queue_len(&queue).await?.unwrap_or(0);
     let rate = done.replayed.len() as f64 / elapsed.as_secs_f64();
     println!("| measure | value |");
     println!("|---|---:|");
@@ -93,9 +74,8 @@ pub async fn run(settings: &pvefleet_core::Settings, count: usize) -> anyhow::Re
     println!("| messages in the destination queue | {landed} |");
     println!("| elapsed | {:.2} s |", elapsed.as_secs_f64());
     println!("| replay rate | {rate:.0} msgs/s |");
-    let _ = ch
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await;
+    let _ = ch.delete_queue(&queue).await;
+    ch.close();
     drop(client);
     drop(pool);
     let admin_url = format!("{prefix}/postgres");

@@ -14,8 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use pvefleet_contracts::messages::{App, SiteProvision};
 use pvefleet_core::Settings;
 use pvefleet_core::bus::outgoing::Origin;
@@ -89,16 +87,11 @@ pub async fn run(
     let pool = pvefleet_core::db::connect(&s.db).await?;
     pvefleet_core::db::migrate(&pool).await?;
     let topology = pvefleet_core::bus::topology::Topology::fleet(&s.bus);
-    let (conn, ch) = pvefleet_core::bus::connect::open(&s.bus, "bench-sagas").await?;
-    topology.declare(&ch).await?;
+    let probe = pvefleet_core::bus::probe::Probe::connect_with(&s.bus).await?;
+    probe.declare(&topology).await?;
     // Start from empty queues: an earlier fleet on this vhost may have left work behind.
     for q in ["saga", "provisioner", "ha"] {
-        let _ = ch
-            .queue_purge(
-                pvefleet_contracts::routing::work_queue(q).as_str().into(),
-                Default::default(),
-            )
-            .await;
+        let _ = probe.purge(&pvefleet_contracts::routing::work_queue(q)).await;
     }
     let shutdown = CancellationToken::new();
     let mut children = Vec::new();
@@ -152,46 +145,22 @@ pub async fn run(
         }));
     }
     // Completion events, matched to their request by site id.
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    let q = probe
+        .event_queue(&["site.provisioned", "site.provision_failed"])
         .await?;
-    for key in ["site.provisioned", "site.provision_failed"] {
-        ch.queue_bind(
-            q.name().as_str().into(),
-            pvefleet_contracts::routing::EVENTS_EXCHANGE.into(),
-            key.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    }
     let waiters = Arc::new(Waiters {
         sent: Mutex::new(HashMap::new()),
     });
     let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut consumer = ch
-        .basic_consume(
-            q.name().as_str().into(),
-            "bench".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer = probe.consume(&q, 1000).await?;
     let listener = tokio::spawn({
         let waiters = waiters.clone();
         let failed = failed.clone();
         async move {
-            while let Some(Ok(d)) = consumer.next().await {
-                let _ = d.acker.ack(BasicAckOptions::default()).await;
-                let body: serde_json::Value = serde_json::from_slice(&d.data).unwrap_or_default();
-                if d.routing_key.as_str() == "site.provision_failed" {
+            while let Ok(Some(d)) = consumer.next(Duration::from_secs(3600)).await {
+                let _ = d.ack().await;
+                let body: serde_json::Value = serde_json::from_slice(&d.received.body).unwrap_or_default();
+                if d.received.routing_key == "site.provision_failed" {
                     failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 let id = body["site_id"].as_str().unwrap_or_default().to_string();
@@ -336,7 +305,7 @@ pub async fn run(
         let _ = c.kill().await;
     }
     listener.abort();
-    pvefleet_core::bus::connect::close_in_background(conn);
+    probe.close();
     drop(pool);
     // Drop the bench database.
     if let Ok((client, connection)) =

@@ -177,15 +177,12 @@ async fn bus_publish_validates_against_the_schema_before_publishing() -> anyhow:
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
 
-    let (_conn, ch) = vhost.channel().await?;
+    let ch = vhost.probe().await?;
     let got = take(&ch, "pvefleet.saga", 2, Duration::from_secs(3)).await?;
     assert_eq!(got.len(), 1, "only the valid message was published");
+    assert_eq!(got[0].properties.kind.as_deref(), Some("site.provision"));
     assert_eq!(
-        got[0].properties.kind().as_ref().map(|k| k.as_str()),
-        Some("site.provision")
-    );
-    assert_eq!(
-        serde_json::from_slice::<SiteProvision>(&got[0].data)?,
+        serde_json::from_slice::<SiteProvision>(&got[0].body)?,
         SiteProvision::example()
     );
     Ok(())
@@ -777,7 +774,7 @@ async fn dlq_edit_checks_the_schema_and_export_import_moves_dead_letters_between
         r#"{"site_id": "01930c5e-7a10-7000-8000-000000000001", "vmid": 102}"#,
     )
     .unwrap();
-    let (_conn, ch) = vhost.channel().await.unwrap();
+    let ch = vhost.probe().await.unwrap();
     let out = run(
         db.url(),
         args(&[
@@ -798,9 +795,9 @@ async fn dlq_edit_checks_the_schema_and_export_import_moves_dead_letters_between
     let queued = take(&ch, "pvefleet.provisioner", 1, Duration::from_secs(10))
         .await
         .unwrap();
-    assert_eq!(queued[0].properties.message_id().as_ref().unwrap().as_str(), copy);
+    assert_eq!(queued[0].properties.message_id.as_ref().unwrap().as_str(), copy);
     assert_eq!(
-        pvefleet_core::bus::fields::header_str(&queued[0].properties, "pvefleet-replay-of"),
+        queued[0].properties.header_str("pvefleet-replay-of"),
         Some(id.to_string())
     );
     let state: String = c

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use pvefleet_contracts::messages::{
     DnsDelete, DnsDeleted, DnsUpsert, DnsUpserted, ProxyDelete, ProxyDeleted, ProxyUpsert, ProxyUpserted, RecordType,
 };
-use pvefleet_core::bus::{Context, Handler, Outcome, Router};
+use pvefleet_core::bus::{Context, Handled, Handler, Router};
 use pvefleet_core::config::{EdgeSettings, SagaSettings};
 
 pub use dns::{Dns, PowerDns};
@@ -136,7 +136,7 @@ fn record_type(t: RecordType) -> &'static str {
 
 #[async_trait]
 impl Handler<DnsUpsert> for Edge {
-    async fn handle(&self, cmd: DnsUpsert, ctx: &Context<'_>) -> Outcome {
+    async fn handle(&self, cmd: DnsUpsert, ctx: &Context<'_>) -> Handled {
         let me = &self.inner;
         // The record points at the proxy when it fronts the sites, else at the container.
         let content = if me.settings.dns_target == "proxy" && cmd.record_type != RecordType::CNAME {
@@ -154,9 +154,7 @@ impl Handler<DnsUpsert> for Edge {
                 c.upsert(&cmd.fqdn, kind, &content, ttl, &comment).await
             }
         };
-        if let Err(e) = done {
-            return e.outcome();
-        }
+        done?;
         ctx.emit(&DnsUpserted {
             site_id: cmd.site_id,
             fqdn: cmd.fqdn,
@@ -167,16 +165,14 @@ impl Handler<DnsUpsert> for Edge {
 
 #[async_trait]
 impl Handler<DnsDelete> for Edge {
-    async fn handle(&self, cmd: DnsDelete, ctx: &Context<'_>) -> Outcome {
+    async fn handle(&self, cmd: DnsDelete, ctx: &Context<'_>) -> Handled {
         let kind = record_type(cmd.record_type);
         let done = match &self.inner.dns {
             Dns::None => Ok(()),
             Dns::PowerDns(p) => p.delete(&cmd.fqdn, kind).await,
             Dns::Cloudflare(c) => c.delete(&cmd.fqdn, kind).await,
         };
-        if let Err(e) = done {
-            return e.outcome();
-        }
+        done?;
         ctx.emit(&DnsDeleted {
             site_id: cmd.site_id,
             fqdn: cmd.fqdn,
@@ -187,15 +183,13 @@ impl Handler<DnsDelete> for Edge {
 
 #[async_trait]
 impl Handler<ProxyUpsert> for Edge {
-    async fn handle(&self, cmd: ProxyUpsert, ctx: &Context<'_>) -> Outcome {
+    async fn handle(&self, cmd: ProxyUpsert, ctx: &Context<'_>) -> Handled {
         let done = match &self.inner.proxy {
             Proxy::None => Ok(()),
             Proxy::Caddy(c) => c.upsert(&cmd.site_id, &cmd.host, &cmd.upstream).await,
             Proxy::Npm(n) => n.upsert(&cmd.site_id, &cmd.host, &cmd.upstream).await,
         };
-        if let Err(e) = done {
-            return e.outcome();
-        }
+        done?;
         ctx.emit(&ProxyUpserted {
             site_id: cmd.site_id,
             host: cmd.host,
@@ -206,15 +200,13 @@ impl Handler<ProxyUpsert> for Edge {
 
 #[async_trait]
 impl Handler<ProxyDelete> for Edge {
-    async fn handle(&self, cmd: ProxyDelete, ctx: &Context<'_>) -> Outcome {
+    async fn handle(&self, cmd: ProxyDelete, ctx: &Context<'_>) -> Handled {
         let done = match &self.inner.proxy {
             Proxy::None => Ok(()),
             Proxy::Caddy(c) => c.delete(&cmd.site_id).await,
             Proxy::Npm(n) => n.delete(&cmd.site_id, &cmd.host).await,
         };
-        if let Err(e) = done {
-            return e.outcome();
-        }
+        done?;
         ctx.emit(&ProxyDeleted {
             site_id: cmd.site_id,
             host: cmd.host,

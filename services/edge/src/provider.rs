@@ -3,8 +3,7 @@
 //! Auth errors and requests the provider refuses (4xx) fail the step with the provider's
 //! message; 429, 5xx, timeouts and connection errors retry through the worker's wait tiers.
 
-use pvefleet_contracts::StepError;
-use pvefleet_core::bus::Outcome;
+use pvefleet_core::bus::HandlerError;
 
 /// A provider call that did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,12 +43,13 @@ impl ProviderError {
         };
         Self::Retry(format!("{provider} {what}: {kind}: {e}"))
     }
+}
 
-    /// The worker outcome.
-    pub fn outcome(self) -> Outcome {
-        match self {
-            Self::Fail { code, message } => Outcome::Fail(StepError::new(code, message)),
-            Self::Retry(message) => Outcome::retry(message),
+impl From<ProviderError> for HandlerError {
+    fn from(e: ProviderError) -> Self {
+        match e {
+            ProviderError::Fail { code, message } => HandlerError::fail(code, message),
+            ProviderError::Retry(message) => HandlerError::transient(message),
         }
     }
 }

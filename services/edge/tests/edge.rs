@@ -23,7 +23,7 @@ const ZONE: &str = "sites.test";
 struct Rig {
     _vhost: TestVhost,
     publisher: Publisher,
-    events: (lapin::Connection, lapin::Channel, String),
+    events: (pvefleet_core::bus::probe::Probe, String),
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -49,14 +49,14 @@ async fn rig(pdns: &PowerDns, caddy: &Caddy, tune: impl FnOnce(&mut Settings)) -
         async move { pvefleet_edge::run(&s, None, shutdown).await }
     });
     let publisher = pvefleet_testkit::broker::fleet_publisher(&s).await.unwrap();
-    let (conn, ch) = vhost.channel().await.unwrap();
+    let ch = vhost.probe().await.unwrap();
     let q = pvefleet_testkit::broker::event_queue(&ch, &["dns.*", "proxy.*"])
         .await
         .unwrap();
     Rig {
         _vhost: vhost,
         publisher,
-        events: (conn, ch, q),
+        events: (ch, q),
         shutdown,
         task,
     }
@@ -68,7 +68,7 @@ impl Rig {
     }
 
     async fn event(&self) -> (String, Value) {
-        pvefleet_testkit::broker::next_json(&self.events.1, &self.events.2, WAIT)
+        pvefleet_testkit::broker::next_json(&self.events.0, &self.events.1, WAIT)
             .await
             .unwrap()
             .expect("an event arrives")
@@ -247,15 +247,16 @@ async fn an_unreachable_provider_is_retried_not_failed() {
     })
     .await;
     // Retried until the attempts run out, then parked: never a `proxy.upsert_failed`.
-    let parked = pvefleet_testkit::broker::take(&r.events.1, pvefleet_contracts::routing::PARKED_QUEUE, 1, WAIT)
+    let parked = pvefleet_testkit::broker::take(&r.events.0, pvefleet_contracts::routing::PARKED_QUEUE, 1, WAIT)
         .await
         .unwrap();
     assert_eq!(parked.len(), 1);
-    let reason =
-        pvefleet_core::bus::fields::header_str(&parked[0].properties, pvefleet_contracts::headers::fault::MESSAGE)
-            .unwrap();
+    let reason = parked[0]
+        .properties
+        .header_str(pvefleet_contracts::headers::fault::MESSAGE)
+        .unwrap();
     assert!(reason.contains("cannot connect"), "{reason}");
-    let none = pvefleet_testkit::broker::next_json(&r.events.1, &r.events.2, Duration::from_millis(300))
+    let none = pvefleet_testkit::broker::next_json(&r.events.0, &r.events.1, Duration::from_millis(300))
         .await
         .unwrap();
     assert!(none.is_none(), "no failure event for a transient fault: {none:?}");

@@ -226,7 +226,7 @@ async fn through_the_bus_throttled_cloudflare_calls_are_retried_until_the_record
         Some(pvefleet_core::bus::topology::Topology::fleet(&s.bus)),
     );
     publisher.connect().await.unwrap();
-    let (_conn, ch) = vhost.channel().await.unwrap();
+    let ch = vhost.probe().await.unwrap();
     let q = pvefleet_testkit::broker::event_queue(&ch, &["dns.*"]).await.unwrap();
     let cmd = DnsUpsert {
         site_id: SiteId::new(),

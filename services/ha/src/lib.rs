@@ -17,9 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pvefleet_contracts::StepError;
 use pvefleet_contracts::messages::{HaDisable, HaDisabled, HaEnable, HaEnabled};
-use pvefleet_core::bus::{Context, Handler, Outcome, Router};
+use pvefleet_core::bus::{Context, Handled, Handler, HandlerError, Router};
 use pvefleet_core::config::HaSettings;
 use pvefleet_proxmox::client::api::ResourceType;
 use pvefleet_proxmox::client::ha::{HaResourceSpec, HaRuleSpec};
@@ -48,17 +47,6 @@ struct Inner {
 
 /// The tag every fleet container carries.
 const FLEET_TAG: &str = "pvefleet";
-
-use pvefleet_core::pve::outcome as pve_outcome;
-
-macro_rules! pve {
-    ($step:expr, $e:expr) => {
-        match $e {
-            Ok(v) => v,
-            Err(e) => return pve_outcome($step, e),
-        }
-    };
-}
 
 fn sid(vmid: u32) -> String {
     format!("ct:{vmid}")
@@ -213,10 +201,10 @@ impl Inner {
 
 #[async_trait]
 impl Handler<HaEnable> for Ha {
-    async fn handle(&self, cmd: HaEnable, ctx: &Context<'_>) -> Outcome {
+    async fn handle(&self, cmd: HaEnable, ctx: &Context<'_>) -> Handled {
         let me = &self.inner;
         let vmid = cmd.vmid.0;
-        let pve8 = pve!("ha.enable", me.pve.version().await).major() < 9;
+        let pve8 = me.pve.version().await?.major() < 9;
         // PVE 8: place through a group, made from the configured nodes when the command names none.
         let mut spec = me.spec("started");
         if pve8 {
@@ -225,10 +213,10 @@ impl Handler<HaEnable> for Ha {
                 .clone()
                 .or_else(|| (!me.settings.nodes.is_empty()).then(|| me.settings.group.clone()));
             if let Some(g) = &group {
-                let groups = pve!("ha.enable", me.pve.ha_groups().await);
+                let groups = me.pve.ha_groups().await?;
                 if !groups.iter().any(|x| &x.group == g) {
                     if me.settings.nodes.is_empty() {
-                        return Outcome::Fail(StepError::new(
+                        return Err(HandlerError::fail(
                             "ha.group_missing",
                             format!("HA group '{g}' does not exist and ha.nodes is empty"),
                         ));
@@ -237,7 +225,7 @@ impl Handler<HaEnable> for Ha {
                     match me.pve.ha_group_create(g, &nodes, me.settings.strict, false).await {
                         Ok(()) => {}
                         Err(e) if e.reason == Reason::AlreadyExists => {}
-                        Err(e) => return pve_outcome("ha.enable", e),
+                        Err(e) => return Err(e.into()),
                     }
                 }
             }
@@ -246,23 +234,20 @@ impl Handler<HaEnable> for Ha {
         match me.pve.ha_resource_add(&sid(vmid), &spec).await {
             Ok(()) => {}
             Err(e) if e.reason == Reason::AlreadyExists => {
-                let current = pve!("ha.enable", me.pve.ha_resource(&sid(vmid)).await);
-                pve!(
-                    "ha.enable",
-                    me.pve
-                        .ha_resource_update(&sid(vmid), &spec, current.digest.as_deref())
-                        .await
-                );
+                let current = me.pve.ha_resource(&sid(vmid)).await?;
+                (me.pve
+                    .ha_resource_update(&sid(vmid), &spec, current.digest.as_deref())
+                    .await)?;
             }
-            Err(e) => return pve_outcome("ha.enable", e),
+            Err(e) => return Err(e.into()),
         }
         // PVE 9: join the rule the command names, or place through a node-affinity rule of this
         // resource alone when nodes are configured.
         if !pve8 {
-            let rules = pve!("ha.enable", me.pve.ha_rules().await);
+            let rules = me.pve.ha_rules().await?;
             if let Some(name) = &cmd.group {
                 let Some(rule) = rules.iter().find(|r| &r.rule == name) else {
-                    return Outcome::Fail(StepError::new(
+                    return Err(HandlerError::fail(
                         "ha.rule_missing",
                         format!("HA rule '{name}' does not exist"),
                     ));
@@ -282,7 +267,7 @@ impl Handler<HaEnable> for Ha {
                         .set("type", &rule.kind)
                         .set("resources", members.join(","))
                         .opt("digest", rule.digest.as_deref());
-                    pve!("ha.enable", me.pve.put::<serde_json::Value>(&path, params).await);
+                    me.pve.put::<serde_json::Value>(&path, params).await?;
                 }
             } else if !me.settings.nodes.is_empty() && !rules.iter().any(|r| r.rule == rule_name(vmid)) {
                 let rule = HaRuleSpec::NodeAffinity {
@@ -293,11 +278,11 @@ impl Handler<HaEnable> for Ha {
                 match me.pve.ha_rule_create(&rule_name(vmid), &rule).await {
                     Ok(()) => {}
                     Err(e) if e.reason == Reason::AlreadyExists => {}
-                    Err(e) => return pve_outcome("ha.enable", e),
+                    Err(e) => return Err(e.into()),
                 }
             }
         }
-        pve!("ha.enable", me.tag(vmid, true).await);
+        me.tag(vmid, true).await?;
         ctx.emit(&HaEnabled {
             site_id: cmd.site_id,
             vmid: cmd.vmid,
@@ -308,28 +293,28 @@ impl Handler<HaEnable> for Ha {
 
 #[async_trait]
 impl Handler<HaDisable> for Ha {
-    async fn handle(&self, cmd: HaDisable, ctx: &Context<'_>) -> Outcome {
+    async fn handle(&self, cmd: HaDisable, ctx: &Context<'_>) -> Handled {
         let me = &self.inner;
         let vmid = cmd.vmid.0;
         // The tag first, so the reconciler does not put the resource back.
-        pve!("ha.disable", me.tag(vmid, false).await);
-        let pve9 = pve!("ha.disable", me.pve.version().await).major() >= 9;
+        me.tag(vmid, false).await?;
+        let pve9 = me.pve.version().await?.major() >= 9;
         if pve9 {
-            let rules = pve!("ha.disable", me.pve.ha_rules().await);
+            let rules = me.pve.ha_rules().await?;
             if rules.iter().any(|r| r.rule == rule_name(vmid)) {
                 match me.pve.ha_rule_delete(&rule_name(vmid)).await {
                     Ok(()) => {}
                     Err(e) if e.reason == Reason::NotFound => {}
-                    Err(e) => return pve_outcome("ha.disable", e),
+                    Err(e) => return Err(e.into()),
                 }
             }
         }
-        let resources = pve!("ha.disable", me.pve.ha_resources().await);
+        let resources = me.pve.ha_resources().await?;
         if resources.iter().any(|r| r.sid == sid(vmid)) {
             match me.pve.ha_resource_delete(&sid(vmid), pve9.then_some(true)).await {
                 Ok(()) => {}
                 Err(e) if e.reason == Reason::NotFound || e.message.contains("not HA managed") => {}
-                Err(e) => return pve_outcome("ha.disable", e),
+                Err(e) => return Err(e.into()),
             }
         }
         ctx.emit(&HaDisabled {

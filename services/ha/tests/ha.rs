@@ -27,7 +27,7 @@ struct Rig {
     settings: Settings,
     pve: PveClient,
     publisher: Publisher,
-    events: (lapin::Connection, lapin::Channel, String),
+    events: (pvefleet_core::bus::probe::Probe, String),
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -59,7 +59,7 @@ async fn rig(version: &str) -> Rig {
         async move { pvefleet_ha::run(&s, Some(pool), None, shutdown).await }
     });
     let publisher = pvefleet_testkit::broker::fleet_publisher(&s).await.unwrap();
-    let (conn, ch) = vhost.channel().await.unwrap();
+    let ch = vhost.probe().await.unwrap();
     let q = pvefleet_testkit::broker::event_queue(&ch, &["ha.*"]).await.unwrap();
     Rig {
         _vhost: vhost,
@@ -69,7 +69,7 @@ async fn rig(version: &str) -> Rig {
         settings: s,
         pve,
         publisher,
-        events: (conn, ch, q),
+        events: (ch, q),
         shutdown,
         task,
     }
@@ -81,7 +81,7 @@ impl Rig {
     }
 
     async fn event(&self) -> (String, Value) {
-        pvefleet_testkit::broker::next_json(&self.events.1, &self.events.2, WAIT)
+        pvefleet_testkit::broker::next_json(&self.events.0, &self.events.1, WAIT)
             .await
             .unwrap()
             .expect("an event arrives")
@@ -246,7 +246,7 @@ async fn the_reconciler_restores_a_missing_resource_and_a_wrong_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watchdog_starts_a_stopped_fleet_container_and_gives_up_on_a_loop_with_an_alert() {
     let r = rig("9.1.3").await;
-    let (_c, ch) = (&r.events.0, &r.events.1);
+    let (_c, ch) = (&r.events.0, &r.events.0);
     let alerts = pvefleet_testkit::broker::event_queue(ch, &["resource.alert"])
         .await
         .unwrap();

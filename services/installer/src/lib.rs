@@ -18,9 +18,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable as _};
-use pvefleet_contracts::StepError;
 use pvefleet_contracts::messages::{AppInstall, AppInstalled};
-use pvefleet_core::bus::{Context, Handler, Outcome, Router};
+use pvefleet_core::bus::{Context, Handled, Handler, HandlerError, Router};
 use pvefleet_core::config::InstallerSettings;
 use pvefleet_proxmox::client::PveClient;
 use pvefleet_proxmox::client::api::ResourceType;
@@ -93,18 +92,14 @@ fn pct_exec(settings: &InstallerSettings, vmid: u32, cmd: &[&str]) -> Vec<String
     argv
 }
 
-fn fail(code: &str, message: impl Into<String>) -> Outcome {
-    Outcome::Fail(StepError::new(code, message))
+fn fail(code: &str, message: impl Into<String>) -> Handled {
+    Err(HandlerError::fail(code, message))
 }
 
 impl Inner {
     /// The node the container is on now.
-    async fn node_of(&self, vmid: u32) -> Result<Option<String>, Outcome> {
-        let rows = self
-            .pve
-            .resources(Some(ResourceType::Vm))
-            .await
-            .map_err(|e| pvefleet_core::pve::outcome("app.install", e))?;
+    async fn node_of(&self, vmid: u32) -> Result<Option<String>, HandlerError> {
+        let rows = self.pve.resources(Some(ResourceType::Vm)).await?;
         Ok(rows
             .into_iter()
             .find(|r| r.kind == "lxc" && r.vmid == Some(u64::from(vmid)))
@@ -113,7 +108,7 @@ impl Inner {
 
     /// Probes `pct exec VMID -- true` until it answers, a bounded number of times with
     /// backoff; a node that cannot be reached ends the wait at once.
-    async fn wait_ready(&self, node: &str, vmid: u32) -> Result<(), Outcome> {
+    async fn wait_ready(&self, node: &str, vmid: u32) -> Result<(), HandlerError> {
         let argv = pct_exec(&self.settings, vmid, &["true"]);
         let probe = || async {
             match self.runner.run(node, &argv, b"", Duration::from_secs(60)).await {
@@ -129,8 +124,8 @@ impl Inner {
             .with_max_times(self.settings.ready_attempts.saturating_sub(1) as usize);
         match probe.retry(backoff).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Outcome::retry(e.to_string())),
-            Err(last) => Err(Outcome::retry(format!(
+            Ok(Err(e)) => Err(HandlerError::retry(e)),
+            Err(last) => Err(HandlerError::transient(format!(
                 "container {vmid} on {node} is not ready after {} probes: {last}",
                 self.settings.ready_attempts
             ))),
@@ -140,7 +135,7 @@ impl Inner {
 
 #[async_trait]
 impl Handler<AppInstall> for Installer {
-    async fn handle(&self, cmd: AppInstall, ctx: &Context<'_>) -> Outcome {
+    async fn handle(&self, cmd: AppInstall, ctx: &Context<'_>) -> Handled {
         let me = &self.inner;
         let vmid = cmd.vmid.0;
         let done = AppInstalled {
@@ -154,7 +149,11 @@ impl Handler<AppInstall> for Installer {
             other => match me.settings.apps.get(other) {
                 Some(app) => match std::fs::read(&app.script) {
                     Ok(s) => s,
-                    Err(e) => return Outcome::retry(format!("cannot read the script of app {other}: {e}")),
+                    Err(e) => {
+                        return Err(HandlerError::retry(
+                            anyhow::Error::new(e).context(format!("cannot read the script of app {other}")),
+                        ));
+                    }
                 },
                 None => return fail("app.unknown", format!("no app named '{other}' (installer.apps)")),
             },
@@ -165,18 +164,13 @@ impl Handler<AppInstall> for Installer {
                 "installer.secrets_key is not set: the site's credentials cannot be stored",
             );
         };
-        let node = match me.node_of(vmid).await {
-            Ok(Some(n)) => n,
-            Ok(None) => return fail("container.missing", format!("container {vmid} does not exist")),
-            Err(o) => return o,
+        let Some(node) = me.node_of(vmid).await? else {
+            return fail("container.missing", format!("container {vmid} does not exist"));
         };
-        if let Err(o) = me.wait_ready(&node, vmid).await {
-            return o;
-        }
-        let creds = match secrets::ensure(&me.db, sbox, cmd.site_id.as_uuid(), ADMIN_USER).await {
-            Ok(c) => c,
-            Err(e) => return Outcome::retry(format!("cannot store the site's credentials: {e:#}")),
-        };
+        me.wait_ready(&node, vmid).await?;
+        let creds = secrets::ensure(&me.db, sbox, cmd.site_id.as_uuid(), ADMIN_USER)
+            .await
+            .map_err(|e| HandlerError::from(e.context("cannot store the site's credentials")))?;
         // The secrets, then the script, on stdin.
         let mut stdin = format!(
             "export PVEFLEET_DB_PASSWORD='{}'\nexport PVEFLEET_ADMIN_PASSWORD='{}'\n",
@@ -198,10 +192,11 @@ impl Handler<AppInstall> for Installer {
             ],
         );
         tracing::info!(vmid, node, app = %cmd.app, "Running the setup script.");
-        let out = match me.runner.run(&node, &argv, &stdin, me.settings.script_timeout).await {
-            Ok(out) => out,
-            Err(e) => return Outcome::retry(e.to_string()),
-        };
+        let out = me
+            .runner
+            .run(&node, &argv, &stdin, me.settings.script_timeout)
+            .await
+            .map_err(HandlerError::retry)?;
         if !out.success() {
             let code = out.code.map_or("a signal".to_string(), |c| format!("exit {c}"));
             return fail(
@@ -223,7 +218,7 @@ impl Handler<AppInstall> for Installer {
                         format!("WordPress does not report itself installed:\n{}", out.tail(5)),
                     );
                 }
-                Err(e) => return Outcome::retry(e.to_string()),
+                Err(e) => return Err(HandlerError::retry(e)),
             }
         }
         ctx.emit(&done).await

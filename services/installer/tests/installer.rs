@@ -33,7 +33,7 @@ struct Rig {
     db: TestDb,
     _sim: Sim,
     publisher: Publisher,
-    events: (lapin::Connection, lapin::Channel, String),
+    events: (pvefleet_core::bus::probe::Probe, String),
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -90,14 +90,14 @@ async fn rig(sshd: &Sshd, tune: impl FnOnce(&mut Settings)) -> Rig {
         Some(pvefleet_core::bus::topology::Topology::fleet(&s.bus)),
     );
     publisher.connect().await.unwrap();
-    let (conn, ch) = vhost.channel().await.unwrap();
+    let ch = vhost.probe().await.unwrap();
     let q = pvefleet_testkit::broker::event_queue(&ch, &["app.*"]).await.unwrap();
     Rig {
         _vhost: vhost,
         db,
         _sim: sim,
         publisher,
-        events: (conn, ch, q),
+        events: (ch, q),
         shutdown,
         task,
     }
@@ -109,7 +109,7 @@ impl Rig {
     }
 
     async fn event(&self) -> (String, Value) {
-        pvefleet_testkit::broker::next_json(&self.events.1, &self.events.2, WAIT)
+        pvefleet_testkit::broker::next_json(&self.events.0, &self.events.1, WAIT)
             .await
             .unwrap()
             .expect("an event arrives")
@@ -244,7 +244,7 @@ async fn an_unknown_host_key_is_refused_and_retried_never_run() {
     })
     .await;
     r.send(&install(SiteId::new(), "blog")).await;
-    let parked = pvefleet_testkit::broker::take(&r.events.1, PARKED_QUEUE, 1, WAIT)
+    let parked = pvefleet_testkit::broker::take(&r.events.0, PARKED_QUEUE, 1, WAIT)
         .await
         .unwrap();
     assert_eq!(
@@ -252,9 +252,10 @@ async fn an_unknown_host_key_is_refused_and_retried_never_run() {
         1,
         "a connection failure retries, then parks; it never fails the step"
     );
-    let reason =
-        pvefleet_core::bus::fields::header_str(&parked[0].properties, pvefleet_contracts::headers::fault::MESSAGE)
-            .unwrap();
+    let reason = parked[0]
+        .properties
+        .header_str(pvefleet_contracts::headers::fault::MESSAGE)
+        .unwrap();
     assert!(reason.contains("cannot connect to 127.0.0.1"), "{reason}");
     assert!(sshd.pct_calls().is_empty(), "nothing ran on the node");
     r.stop().await;

@@ -7,7 +7,7 @@ use pvefleet_contracts::messages::{
     VnetBound, VnetEnsure, VnetEnsured, VnetRemove, VnetRemoved, VnetUnbind, VnetUnbound,
 };
 use pvefleet_contracts::{StepError, Vmid};
-use pvefleet_core::bus::{Context, Handler, Outcome};
+use pvefleet_core::bus::{Context, Handled, Handler, HandlerError};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -23,38 +23,25 @@ impl Inner {
         vmid: Option<u32>,
         vnet: Option<&str>,
         request: &Value,
-    ) -> Result<Operation, Outcome> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| Outcome::retry_db(anyhow::Error::from(e).context("database")))?;
-        ops::start(&client, id, kind, vmid, vnet, request)
-            .await
-            .map_err(|e| Outcome::retry_db(anyhow::Error::from(e).context("database")))
+    ) -> Result<Operation, HandlerError> {
+        let client = self.pool.get().await?;
+        Ok(ops::start(&client, id, kind, vmid, vnet, request).await?)
     }
 
     /// Ends an operation as the step went, and reports it.
-    pub(crate) async fn conclude(&self, ctx: &Context<'_>, op: &Operation, result: Step<Applied>) -> Outcome {
+    pub(crate) async fn conclude(&self, ctx: &Context<'_>, op: &Operation, result: Step<Applied>) -> Handled {
         match result {
             Ok(done) => {
-                let Ok(client) = self.pool.get().await else {
-                    return Outcome::Outage("database unreachable".into());
-                };
+                let client = self.pool.get().await?;
                 let extra = done.applied_sdn.then(|| json!({ "applied_sdn": true }));
-                if let Err(e) =
-                    ops::finish(&client, op.id, done.status(), &done.pending, &[], None, extra.as_ref()).await
-                {
-                    return Outcome::retry_db(anyhow::Error::from(e).context("database"));
-                }
+                ops::finish(&client, op.id, done.status(), &done.pending, &[], None, extra.as_ref()).await?;
                 let _ = ops::count_event(&client, success_event(&op.kind), done.status()).await;
                 if done.needs_reboot {
                     tracing::info!(operation = %op.id, kind = %op.kind, pending = ?done.pending, "Left pending until the container restarts.");
                 }
                 emit_done(ctx, op, &done).await
             }
-            Err(Fault::Retry(e)) => Outcome::retry(e),
-            Err(Fault::Outage(e)) => Outcome::Outage(e),
+            Err(Fault::Error(e)) => Err(e),
             Err(Fault::Ended(ended)) => replay(ctx, &ended).await,
             Err(Fault::Fail(err, nodes)) => self.failed(ctx, op, err, nodes).await,
         }
@@ -66,14 +53,10 @@ impl Inner {
         op: &Operation,
         err: StepError,
         nodes: Vec<String>,
-    ) -> Outcome {
-        let Ok(client) = self.pool.get().await else {
-            return Outcome::Outage("database unreachable".into());
-        };
+    ) -> Handled {
+        let client = self.pool.get().await?;
         let error = json!({ "code": err.code, "message": err.message });
-        if let Err(e) = ops::finish(&client, op.id, "failed", &[], &nodes, Some(&error), None).await {
-            return Outcome::retry_db(anyhow::Error::from(e).context("database"));
-        }
+        ops::finish(&client, op.id, "failed", &[], &nodes, Some(&error), None).await?;
         let _ = ops::count_event(&client, success_event(&op.kind), "failed").await;
         tracing::warn!(operation = %op.id, kind = %op.kind, code = %err.code, error = %err.message, "Network operation failed.");
         emit(ctx, op.id, &failure(op, err, nodes)).await
@@ -82,17 +65,15 @@ impl Inner {
 
 /// Publishes an operation's event, with the operation's id as its correlation id (a saga's
 /// step is an operation of its own, named in the saga).
-async fn emit<M: pvefleet_contracts::Message>(ctx: &Context<'_>, op: Uuid, msg: &M) -> Outcome {
+async fn emit<M: pvefleet_contracts::Message>(ctx: &Context<'_>, op: Uuid, msg: &M) -> Handled {
     let mut origin = ctx.origin();
     origin.correlation_id = Some(op);
-    let out = match pvefleet_core::bus::Outgoing::message(msg, &origin) {
-        Ok(o) => o,
-        Err(e) => return Outcome::retry(format!("cannot encode {}: {e}", M::TYPE)),
-    };
-    match ctx.publisher.publish(&out).await {
-        Ok(()) => Outcome::Ok,
-        Err(e) => Outcome::retry(format!("cannot send {}: {e}", M::TYPE)),
-    }
+    let out = pvefleet_core::bus::Outgoing::message(msg, &origin)
+        .map_err(|e| HandlerError::retry(anyhow::Error::new(e).context(format!("cannot encode {}", M::TYPE))))?;
+    ctx.publisher
+        .publish(&out)
+        .await
+        .map_err(|e| HandlerError::from(e).context(format!("cannot send {}", M::TYPE)))
 }
 
 fn failure(op: &Operation, error: StepError, nodes: Vec<String>) -> NetOperationFailed {
@@ -107,7 +88,7 @@ fn failure(op: &Operation, error: StepError, nodes: Vec<String>) -> NetOperation
 }
 
 /// Sends the event of a successful operation.
-async fn emit_done(ctx: &Context<'_>, op: &Operation, done: &Applied) -> Outcome {
+async fn emit_done(ctx: &Context<'_>, op: &Operation, done: &Applied) -> Handled {
     let vmid = Vmid(op.vmid.unwrap_or_default());
     let status = if done.needs_reboot { "pending_reboot" } else { "live" }.to_string();
     macro_rules! ev {
@@ -135,12 +116,12 @@ async fn emit_done(ctx: &Context<'_>, op: &Operation, done: &Applied) -> Outcome
         "net.detach" => ev!(NetDetached),
         "vnet.bind" => ev!(VnetBound),
         "vnet.unbind" => ev!(VnetUnbound),
-        other => Outcome::reject(format!("no event for {other}")),
+        other => Err(HandlerError::rejected(format!("no event for {other}"))),
     }
 }
 
 /// An operation that has ended already (a redelivery): its event again, from the record.
-async fn replay(ctx: &Context<'_>, op: &Operation) -> Outcome {
+async fn replay(ctx: &Context<'_>, op: &Operation) -> Handled {
     if op.status == "failed" {
         let err = op
             .error
@@ -212,7 +193,7 @@ macro_rules! take_up {
             .await
         {
             Ok(op) => op,
-            Err(o) => return o,
+            Err(o) => return Err(o),
         };
         if ops::is_final(&op.status) {
             return replay($ctx, &op).await;
@@ -223,7 +204,7 @@ macro_rules! take_up {
 
 #[async_trait]
 impl Handler<NetAttach> for Nethotplug {
-    async fn handle(&self, cmd: NetAttach, ctx: &Context<'_>) -> Outcome {
+    async fn handle(&self, cmd: NetAttach, ctx: &Context<'_>) -> Handled {
         let me = &self.inner;
         let op = take_up!(me, ctx, NetAttach, cmd, Some(cmd.vmid.0), cmd.iface.vnet.as_deref());
         let result = me.attach(&op, cmd.vmid.0, &cmd.iface).await;
@@ -233,7 +214,7 @@ impl Handler<NetAttach> for Nethotplug {
 
 #[async_trait]
 impl Handler<NetUpdate> for Nethotplug {
-    async fn handle(&self, cmd: NetUpdate, ctx: &Context<'_>) -> Outcome {
+    async fn handle(&self, cmd: NetUpdate, ctx: &Context<'_>) -> Handled {
         let me = &self.inner;
         let op = take_up!(me, ctx, NetUpdate, cmd, Some(cmd.vmid.0), None);
         let result = me.update(&op, cmd.vmid.0, cmd.index, &cmd.changes).await;
@@ -243,7 +224,7 @@ impl Handler<NetUpdate> for Nethotplug {
 
 #[async_trait]
 impl Handler<NetDetach> for Nethotplug {
-    async fn handle(&self, cmd: NetDetach, ctx: &Context<'_>) -> Outcome {
+    async fn handle(&self, cmd: NetDetach, ctx: &Context<'_>) -> Handled {
         let me = &self.inner;
         let op = take_up!(me, ctx, NetDetach, cmd, Some(cmd.vmid.0), None);
         let result = me.detach(&op, cmd.vmid.0, cmd.index).await;
@@ -253,7 +234,7 @@ impl Handler<NetDetach> for Nethotplug {
 
 #[async_trait]
 impl Handler<VnetBind> for Nethotplug {
-    async fn handle(&self, cmd: VnetBind, ctx: &Context<'_>) -> Outcome {
+    async fn handle(&self, cmd: VnetBind, ctx: &Context<'_>) -> Handled {
         let me = &self.inner;
         let op = take_up!(me, ctx, VnetBind, cmd, Some(cmd.vmid.0), Some(cmd.vnet.as_str()));
         let result = me.bind(&op, &cmd.vnet, cmd.vmid.0, &cmd.iface).await;
@@ -263,7 +244,7 @@ impl Handler<VnetBind> for Nethotplug {
 
 #[async_trait]
 impl Handler<VnetUnbind> for Nethotplug {
-    async fn handle(&self, cmd: VnetUnbind, ctx: &Context<'_>) -> Outcome {
+    async fn handle(&self, cmd: VnetUnbind, ctx: &Context<'_>) -> Handled {
         let me = &self.inner;
         let op = take_up!(me, ctx, VnetUnbind, cmd, Some(cmd.vmid.0), Some(cmd.vnet.as_str()));
         let result = me.unbind(&op, &cmd.vnet, cmd.vmid.0, cmd.index).await;
@@ -273,18 +254,14 @@ impl Handler<VnetUnbind> for Nethotplug {
 
 #[async_trait]
 impl Handler<VnetEnsure> for Nethotplug {
-    async fn handle(&self, cmd: VnetEnsure, ctx: &Context<'_>) -> Outcome {
+    async fn handle(&self, cmd: VnetEnsure, ctx: &Context<'_>) -> Handled {
         let me = &self.inner;
         let op = take_up!(me, ctx, VnetEnsure, cmd, None, Some(cmd.vnet.as_str()));
         match me.ensure(&op, &cmd).await {
             Ok(created) => {
-                let Ok(client) = me.pool.get().await else {
-                    return Outcome::Outage("database unreachable".into());
-                };
+                let client = me.pool.get().await?;
                 let result = json!({ "created": created });
-                if let Err(e) = ops::finish(&client, op.id, "succeeded", &[], &[], None, Some(&result)).await {
-                    return Outcome::retry_db(anyhow::Error::from(e).context("database"));
-                }
+                ops::finish(&client, op.id, "succeeded", &[], &[], None, Some(&result)).await?;
                 let _ = ops::count_event(&client, "vnet.ensured", "succeeded").await;
                 emit(
                     ctx,
@@ -297,8 +274,7 @@ impl Handler<VnetEnsure> for Nethotplug {
                 )
                 .await
             }
-            Err(Fault::Retry(e)) => Outcome::retry(e),
-            Err(Fault::Outage(e)) => Outcome::Outage(e),
+            Err(Fault::Error(e)) => Err(e),
             Err(Fault::Ended(ended)) => replay(ctx, &ended).await,
             Err(Fault::Fail(err, nodes)) => me.failed(ctx, &op, err, nodes).await,
         }
@@ -307,17 +283,13 @@ impl Handler<VnetEnsure> for Nethotplug {
 
 #[async_trait]
 impl Handler<VnetRemove> for Nethotplug {
-    async fn handle(&self, cmd: VnetRemove, ctx: &Context<'_>) -> Outcome {
+    async fn handle(&self, cmd: VnetRemove, ctx: &Context<'_>) -> Handled {
         let me = &self.inner;
         let op = take_up!(me, ctx, VnetRemove, cmd, None, Some(cmd.vnet.as_str()));
         match me.remove(&cmd).await {
             Ok(()) => {
-                let Ok(client) = me.pool.get().await else {
-                    return Outcome::Outage("database unreachable".into());
-                };
-                if let Err(e) = ops::finish(&client, op.id, "succeeded", &[], &[], None, None).await {
-                    return Outcome::retry_db(anyhow::Error::from(e).context("database"));
-                }
+                let client = me.pool.get().await?;
+                ops::finish(&client, op.id, "succeeded", &[], &[], None, None).await?;
                 let _ = ops::count_event(&client, "vnet.removed", "succeeded").await;
                 emit(
                     ctx,
@@ -329,8 +301,7 @@ impl Handler<VnetRemove> for Nethotplug {
                 )
                 .await
             }
-            Err(Fault::Retry(e)) => Outcome::retry(e),
-            Err(Fault::Outage(e)) => Outcome::Outage(e),
+            Err(Fault::Error(e)) => Err(e),
             Err(Fault::Ended(ended)) => replay(ctx, &ended).await,
             Err(Fault::Fail(err, nodes)) => me.failed(ctx, &op, err, nodes).await,
         }
@@ -354,16 +325,14 @@ const COMMANDS: [&str; 7] = [
 /// dead letter takes the operation up again.
 #[async_trait]
 impl Handler<MessageParked> for Nethotplug {
-    async fn handle(&self, msg: MessageParked, _ctx: &Context<'_>) -> Outcome {
+    async fn handle(&self, msg: MessageParked, _ctx: &Context<'_>) -> Handled {
         let (Some(op), Some(kind)) = (msg.correlation_id, msg.message_type.as_deref()) else {
-            return Outcome::Ok;
+            return Ok(());
         };
         if !COMMANDS.contains(&kind) {
-            return Outcome::Ok;
+            return Ok(());
         }
-        let Ok(client) = self.inner.pool.get().await else {
-            return Outcome::Outage("database unreachable".into());
-        };
+        let client = self.inner.pool.get().await?;
         let error = json!({
             "code": "parked",
             "message": format!(
@@ -384,9 +353,9 @@ impl Handler<MessageParked> for Nethotplug {
                 if n > 0 {
                     tracing::warn!(operation = %op, kind, dead_letter = %msg.dead_letter_id, "A network command was parked; its operation waits for an operator.");
                 }
-                Outcome::Ok
+                Ok(())
             }
-            Err(e) => Outcome::retry_db(anyhow::Error::from(e).context("database")),
+            Err(e) => Err(e.into()),
         }
     }
 }

@@ -24,7 +24,7 @@ use pvefleet_contracts::StepError;
 use pvefleet_contracts::messages::{
     MessageParked, NetAttach, NetDetach, NetInterface, NetUpdate, VnetBind, VnetEnsure, VnetRemove, VnetUnbind,
 };
-use pvefleet_core::bus::{Outcome, Router};
+use pvefleet_core::bus::{HandlerError, Router};
 use pvefleet_core::config::NethotplugSettings;
 use pvefleet_core::db::VmidLock;
 use pvefleet_proxmox::client::{Params, PveClient, PveError};
@@ -35,18 +35,26 @@ use uuid::Uuid;
 
 use crate::ops::Operation;
 
-/// How a step went wrong: a failure to report, or a transient fault to retry.
+/// How a step went wrong: a failure to report, an error for the runner to act on, or an
+/// operation another copy of the command already ended.
 #[derive(Debug)]
 pub enum Fault {
     /// Definitive: the operation fails (with the nodes where an SDN apply failed).
     Fail(StepError, Vec<String>),
-    /// Transient: the command is retried through the wait tiers.
-    Retry(String),
-    /// The database is down: retried without limit, never parked for it.
-    Outage(String),
+    /// A retry, an outage or a rejection, with its error chain: the runner's to act on.
+    Error(HandlerError),
     /// Another copy of the command ended the operation while this one waited for the lock:
     /// its end is reported again.
     Ended(Box<Operation>),
+}
+
+impl From<HandlerError> for Fault {
+    fn from(e: HandlerError) -> Self {
+        match e {
+            HandlerError::Fail(err) => Fault::Fail(err, Vec::new()),
+            other => Fault::Error(other),
+        }
+    }
 }
 
 type Step<T> = Result<T, Fault>;
@@ -55,29 +63,28 @@ fn fail(code: &str, message: impl Into<String>) -> Fault {
     Fault::Fail(StepError::new(code, message), Vec::new())
 }
 
+/// A transient fault, told in a sentence.
+fn retry(message: impl std::fmt::Display) -> Fault {
+    Fault::Error(HandlerError::transient(message))
+}
+
+/// A PVE failure of `step`: permanent ones fail the operation with PVE's message, transient
+/// ones retry with the step named.
 fn pve_fault(step: &str, e: PveError) -> Fault {
-    match pvefleet_core::pve::outcome(step, e) {
-        Outcome::Fail(err) => Fault::Fail(err, Vec::new()),
-        Outcome::Retry { error, .. } => Fault::Retry(error),
-        Outcome::Outage(error) => Fault::Outage(error),
-        other => Fault::Retry(format!("{step}: {other:?}")),
+    match HandlerError::from(e) {
+        HandlerError::Fail(err) => Fault::Fail(err, Vec::new()),
+        other => Fault::Error(other.context(step.to_string())),
     }
 }
 
 /// The session holding a vmid lock, which the handler's statements use.
 fn session(lock: &VmidLock) -> Step<&deadpool_postgres::Object> {
-    lock.client()
-        .ok_or_else(|| Fault::Retry("the lock's session is gone".into()))
+    lock.client().ok_or_else(|| retry("the lock's session is gone"))
 }
 
 /// A database error: an outage waits it out, anything else is an ordinary retry.
 fn db_fault(e: impl Into<anyhow::Error>) -> Fault {
-    let e = e.into().context("database");
-    if pvefleet_core::db::fault::is_outage(&e) {
-        Fault::Outage(format!("{e:#}"))
-    } else {
-        Fault::Retry(format!("{e:#}"))
-    }
+    Fault::Error(HandlerError::from(e.into().context("database")))
 }
 
 fn is_digest_conflict(e: &PveError) -> bool {
@@ -175,7 +182,7 @@ impl Inner {
         let fresh = ops::get(client, op.id)
             .await
             .map_err(db_fault)?
-            .ok_or_else(|| Fault::Retry(format!("operation {} is not recorded", op.id)))?;
+            .ok_or_else(|| retry(format!("operation {} is not recorded", op.id)))?;
         if ops::is_final(&fresh.status) {
             return Err(Fault::Ended(Box::new(fresh)));
         }
@@ -386,7 +393,7 @@ impl Inner {
                 return Ok(mac);
             }
         }
-        Err(Fault::Retry("no free MAC found in 16 tries".into()))
+        Err(retry("no free MAC found in 16 tries"))
     }
 
     /// Leases a pooled address for `bridge`, when the request asks `ip = "pool"`.
@@ -536,7 +543,7 @@ impl Inner {
                 Err(retry) => return Err(retry),
             }
         }
-        Err(Fault::Retry(format!(
+        Err(retry(format!(
             "the config of {vmid} kept changing under {} writes",
             self.s.write_attempts
         )))
@@ -621,7 +628,7 @@ impl Inner {
                 return Ok(done);
             }
         }
-        Err(Fault::Retry(format!(
+        Err(retry(format!(
             "the config of {vmid} kept changing under {} writes",
             self.s.write_attempts
         )))
@@ -683,7 +690,7 @@ impl Inner {
                 Err(e) => return Err(pve_fault("write config", e)),
             }
         }
-        Err(Fault::Retry(format!(
+        Err(retry(format!(
             "the config of {vmid} kept changing under {} writes",
             self.s.write_attempts
         )))

@@ -9,7 +9,7 @@ use pvefleet_proxmox::codec::net::{MAX_NETS, NetConfig};
 use serde_json::{Value, json};
 
 use crate::ops::Operation;
-use crate::{Applied, Fault, Inner, Step, db_fault, fail, pve_fault, spec};
+use crate::{Applied, Fault, Inner, Step, db_fault, fail, pve_fault, retry, spec};
 
 impl Inner {
     /// Makes sure `vnet` is applied: runs `PUT /cluster/sdn` when it has pending changes, then
@@ -104,7 +104,7 @@ impl Inner {
                 return Ok(applied);
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(Fault::Retry(format!(
+                return Err(retry(format!(
                     "SDN zone '{zone}' is still pending on {}",
                     waiting.join(", ")
                 )));
@@ -249,7 +249,7 @@ impl Inner {
         let client = self.db().await?;
         let users = crate::view::vnet_containers(&self.pve, &client, &cmd.vnet)
             .await
-            .map_err(|e| Fault::Retry(format!("cannot list the users of vnet '{}': {e:#}", cmd.vnet)))?;
+            .map_err(|e| retry(format!("cannot list the users of vnet '{}': {e:#}", cmd.vnet)))?;
         let used_by: Vec<String> = users["containers"]
             .as_array()
             .into_iter()

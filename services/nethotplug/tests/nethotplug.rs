@@ -29,7 +29,7 @@ struct Rig {
     pool: deadpool_postgres::Pool,
     pve: PveClient,
     publisher: Publisher,
-    events: (lapin::Connection, lapin::Channel, String),
+    events: (pvefleet_core::bus::probe::Probe, String),
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -73,7 +73,7 @@ async fn rig() -> Rig {
         async move { pvefleet_nethotplug::run(&s, pool, None, shutdown).await }
     });
     let publisher = pvefleet_testkit::broker::fleet_publisher(&s).await.unwrap();
-    let (conn, ch) = vhost.channel().await.unwrap();
+    let ch = vhost.probe().await.unwrap();
     let q = pvefleet_testkit::broker::event_queue(&ch, &["net.*", "vnet.*"])
         .await
         .unwrap();
@@ -84,7 +84,7 @@ async fn rig() -> Rig {
         pool,
         pve,
         publisher,
-        events: (conn, ch, q),
+        events: (ch, q),
         shutdown,
         task,
     }
@@ -99,16 +99,16 @@ impl Rig {
     /// operation's.
     async fn event_of(&self, op: Uuid) -> (String, Value) {
         loop {
-            let d = pvefleet_testkit::broker::take(&self.events.1, &self.events.2, 1, WAIT)
+            let d = pvefleet_testkit::broker::take(&self.events.0, &self.events.1, 1, WAIT)
                 .await
                 .unwrap()
                 .into_iter()
                 .next()
                 .expect("an event arrives");
-            let kind = d.properties.kind().as_ref().map(|k| k.to_string()).unwrap_or_default();
-            let body: Value = serde_json::from_slice(&d.data).unwrap();
+            let kind = d.properties.kind.clone().unwrap_or_default();
+            let body: Value = serde_json::from_slice(&d.body).unwrap();
             if body["operation_id"] == op.to_string() {
-                let correlation = d.properties.correlation_id().as_ref().map(|c| c.to_string());
+                let correlation = d.properties.correlation_id.clone();
                 assert_eq!(correlation, Some(op.to_string()), "{kind}: {body}");
                 return (kind, body);
             }

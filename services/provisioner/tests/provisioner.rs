@@ -24,7 +24,7 @@ struct Rig {
     sim: Sim,
     settings: Settings,
     publisher: Publisher,
-    events: (lapin::Connection, lapin::Channel, String),
+    events: (pvefleet_core::bus::probe::Probe, String),
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -56,7 +56,7 @@ async fn rig() -> Rig {
         async move { pvefleet_provisioner::run(&s, Some(pool), None, shutdown).await }
     });
     let publisher = pvefleet_testkit::broker::fleet_publisher(&s).await.unwrap();
-    let (conn, ch) = vhost.channel().await.unwrap();
+    let ch = vhost.probe().await.unwrap();
     let q = pvefleet_testkit::broker::event_queue(&ch, &["container.*"])
         .await
         .unwrap();
@@ -66,7 +66,7 @@ async fn rig() -> Rig {
         sim,
         settings: s,
         publisher,
-        events: (conn, ch, q),
+        events: (ch, q),
         shutdown,
         task,
     }
@@ -79,7 +79,7 @@ impl Rig {
 
     /// The next event: its type and body.
     async fn event(&self) -> (String, Value) {
-        pvefleet_testkit::broker::next_json(&self.events.1, &self.events.2, WAIT)
+        pvefleet_testkit::broker::next_json(&self.events.0, &self.events.1, WAIT)
             .await
             .unwrap()
             .expect("an event arrives")

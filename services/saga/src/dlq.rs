@@ -10,10 +10,8 @@
 
 use std::time::Duration;
 
-use lapin::BasicProperties;
-use lapin::types::AMQPValue;
 use pvefleet_contracts::headers;
-use pvefleet_core::bus::fields::{text, with_headers, without_headers};
+use pvefleet_core::bus::envelope::Properties;
 use pvefleet_core::bus::{Outgoing, Publisher};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -114,6 +112,15 @@ pub async fn show(client: &tokio_postgres::Client, id: Uuid) -> anyhow::Result<O
         return Ok(None);
     };
     let mut v: Value = row.get(0);
+    // Headers as they were published (strings, numbers, tables), not as stored.
+    if let Ok(p) = Properties::from_stored(&v["properties"]) {
+        let mut shown = serde_json::to_value(&p).unwrap_or(Value::Null);
+        if let Some(o) = shown.as_object_mut() {
+            o.remove("v");
+            o.insert("headers".into(), p.plain_headers());
+        }
+        v["properties"] = shown;
+    }
     let body: Vec<u8> = row.get(1);
     v["body"] = match serde_json::from_slice::<Value>(&body) {
         Ok(json) => json,
@@ -244,18 +251,11 @@ async fn replay_chunk(
 ) -> anyhow::Result<()> {
     let mut messages = Vec::with_capacity(batch.len());
     for row in batch {
-        let props: BasicProperties = serde_json::from_value(row.properties.clone())?;
         // The copy is a new delivery: parked again, it is a new parking with a new park id.
-        let props = with_headers(
-            without_headers(props, &[headers::fault::PARK_ID]),
-            vec![
-                (headers::replay::OF, text(row.id.to_string())),
-                (
-                    headers::replay::COUNT,
-                    AMQPValue::LongLongInt(i64::from(row.replay_count + 1)),
-                ),
-            ],
-        );
+        let props = Properties::from_stored(&row.properties)?
+            .without_headers(&[headers::fault::PARK_ID])
+            .with_header(headers::replay::OF, row.id.to_string())
+            .with_header(headers::replay::COUNT, i64::from(row.replay_count + 1));
         messages.push(Outgoing {
             exchange: row.exchange.clone(),
             routing_key: row.routing_key.clone(),
@@ -444,14 +444,12 @@ pub async fn edit(
         });
     }
     let copy_id = Uuid::now_v7().to_string();
-    let props: BasicProperties = serde_json::from_value(props).map_err(anyhow::Error::from)?;
-    let props = with_headers(
-        without_headers(props, &[headers::fault::PARK_ID]).with_message_id(copy_id.as_str().into()),
-        vec![
-            (headers::replay::OF, text(id.to_string())),
-            (headers::replay::COUNT, AMQPValue::LongLongInt(i64::from(replays + 1))),
-        ],
-    );
+    let mut props = Properties::from_stored(&props)
+        .map_err(anyhow::Error::from)?
+        .without_headers(&[headers::fault::PARK_ID])
+        .with_header(headers::replay::OF, id.to_string())
+        .with_header(headers::replay::COUNT, i64::from(replays + 1));
+    props.message_id = Some(copy_id.clone());
     let msg = Outgoing {
         exchange,
         routing_key,
@@ -553,7 +551,7 @@ pub async fn import(client: &tokio_postgres::Client, lines: &[String], actor: &s
             let attempts = v["attempts"].as_i64().unwrap_or(1);
             // An export of an older store has no park id: one is derived as the keeper would.
             let park_id = s("park_id").and_then(|p| p.parse::<Uuid>().ok()).unwrap_or_else(|| {
-                let props: BasicProperties = serde_json::from_value(v["properties"].clone()).unwrap_or_default();
+                let props = Properties::from_stored(&v["properties"]).unwrap_or_default();
                 let queue = s("origin_queue").unwrap_or_default();
                 pvefleet_core::bus::parked::park_id(&queue, &props, attempts, &body)
             });

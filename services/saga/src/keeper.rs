@@ -11,19 +11,16 @@
 use std::sync::Arc;
 
 use backon::Retryable as _;
-use futures::StreamExt as _;
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
-use lapin::types::{AMQPValue, FieldTable};
 use pvefleet_contracts::headers;
 use pvefleet_contracts::messages::MessageParked;
 use pvefleet_contracts::routing::PARKED_QUEUE;
-use pvefleet_core::bus::fields::{header_i64, header_str, message_type};
+use pvefleet_core::bus::envelope::x_death;
 use pvefleet_core::bus::outgoing::Origin;
 use pvefleet_core::bus::parked;
-use pvefleet_core::bus::{Outgoing, topology::Topology};
+use pvefleet_core::bus::raw::{RawHandler, Received};
+use pvefleet_core::bus::{Context, Handled, Outgoing, Router, topology::Topology};
 use pvefleet_core::config::BusSettings;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -76,49 +73,12 @@ pub fn fingerprint(message_type: Option<&str>, class: &str, message: &str) -> St
     format!("{}/{class}/{hash}", message_type.unwrap_or("untyped"))
 }
 
-fn x_death(props: &lapin::BasicProperties) -> Option<Value> {
-    let table = props.headers().as_ref()?;
-    let AMQPValue::FieldArray(deaths) = table.inner().get("x-death")? else {
-        return None;
-    };
-    let out: Vec<Value> = deaths
-        .as_slice()
-        .iter()
-        .filter_map(|d| match d {
-            AMQPValue::FieldTable(t) => Some(table_json(t)),
-            _ => None,
-        })
-        .collect();
-    Some(Value::Array(out))
-}
-
-fn table_json(t: &FieldTable) -> Value {
-    let mut map = serde_json::Map::new();
-    for (k, v) in t.inner() {
-        map.insert(k.as_str().to_string(), value_json(v));
-    }
-    Value::Object(map)
-}
-
-fn value_json(v: &AMQPValue) -> Value {
-    match v {
-        AMQPValue::LongString(s) => json!(String::from_utf8_lossy(s.as_bytes())),
-        AMQPValue::ShortString(s) => json!(s.as_str()),
-        AMQPValue::LongLongInt(i) => json!(i),
-        AMQPValue::LongInt(i) => json!(i),
-        AMQPValue::Timestamp(t) => json!(t),
-        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(value_json).collect()),
-        AMQPValue::FieldTable(t) => table_json(t),
-        other => json!(format!("{other:?}")),
-    }
-}
-
 /// Reads what a parked delivery says about itself.
-pub fn read(d: &Delivery) -> Parked {
+pub fn read(d: &Received) -> Parked {
     let p = &d.properties;
     let death = x_death(p);
     let first_death = death.as_ref().and_then(|v| v.get(0).cloned()).unwrap_or(Value::Null);
-    let broker = header_str(p, headers::fault::CLASS).is_none();
+    let broker = p.header_str(headers::fault::CLASS).is_none();
     let (class, message, attempts, queue, exchange, routing_key) = if broker {
         // A broker dead letter (delivery limit, expiry, rejection without requeue).
         let reason = first_death["reason"].as_str().unwrap_or("unknown").to_string();
@@ -136,35 +96,32 @@ pub fn read(d: &Delivery) -> Parked {
         )
     } else {
         (
-            header_str(p, headers::fault::CLASS).unwrap_or_default(),
-            header_str(p, headers::fault::MESSAGE).unwrap_or_default(),
-            header_i64(p, headers::fault::ATTEMPTS).unwrap_or(1),
-            header_str(p, headers::fault::ORIGIN_QUEUE).unwrap_or_else(|| d.routing_key.as_str().to_string()),
-            header_str(p, headers::fault::ORIGIN_EXCHANGE).unwrap_or_default(),
-            header_str(p, headers::fault::ORIGIN_ROUTING_KEY).unwrap_or_default(),
+            p.header_str(headers::fault::CLASS).unwrap_or_default(),
+            p.header_str(headers::fault::MESSAGE).unwrap_or_default(),
+            p.header_i64(headers::fault::ATTEMPTS).unwrap_or(1),
+            p.header_str(headers::fault::ORIGIN_QUEUE)
+                .unwrap_or_else(|| d.routing_key.clone()),
+            p.header_str(headers::fault::ORIGIN_EXCHANGE).unwrap_or_default(),
+            p.header_str(headers::fault::ORIGIN_ROUTING_KEY).unwrap_or_default(),
         )
     };
     // A copy the runner parked carries its park id. A broker dead letter (or a copy from an
     // older runner) does not: its id is derived the same way, so its redeliveries match.
-    let park_id = parked::stamped_park_id(p).unwrap_or_else(|| parked::park_id(&queue, p, attempts, &d.data));
+    let park_id = parked::stamped_park_id(p).unwrap_or_else(|| parked::park_id(&queue, p, attempts, &d.body));
     Parked {
         park_id,
-        message_id: p
-            .message_id()
-            .as_ref()
-            .map(|m| m.as_str().to_string())
-            .unwrap_or_default(),
+        message_id: p.message_id.clone().unwrap_or_default(),
         attempts,
-        generation: header_i64(p, headers::replay::COUNT).unwrap_or(0),
-        message_type: message_type(p),
-        correlation_id: p.correlation_id().as_ref().and_then(|c| c.as_str().parse().ok()),
+        generation: p.header_i64(headers::replay::COUNT).unwrap_or(0),
+        message_type: p.kind.clone(),
+        correlation_id: p.correlation_id.as_deref().and_then(|c| c.parse().ok()),
         origin_exchange: exchange,
         origin_routing_key: routing_key,
         origin_queue: queue,
         fault_class: class,
         fault_message: message,
-        first_failure: header_str(p, headers::fault::FIRST_FAILURE),
-        last_failure: header_str(p, headers::fault::LAST_FAILURE),
+        first_failure: p.header_str(headers::fault::FIRST_FAILURE),
+        last_failure: p.header_str(headers::fault::LAST_FAILURE),
         x_death: death,
     }
 }
@@ -204,9 +161,9 @@ pub enum Stored {
 
 /// Stores one parked delivery and queues its `message.parked`, in one transaction, keyed by
 /// its park id: a redelivered copy is found stored and not stored again.
-pub async fn store(pool: &deadpool_postgres::Pool, d: &Delivery) -> anyhow::Result<Stored> {
+pub async fn store(pool: &deadpool_postgres::Pool, d: &Received) -> anyhow::Result<Stored> {
     let parked = read(d);
-    let properties = storable_json(serde_json::to_value(&d.properties)?);
+    let properties = storable_json(d.properties.to_stored());
     let text = |s: &str| storable(s).into_owned();
     let opt = |s: &Option<String>| s.as_deref().map(text);
     let group = fingerprint(
@@ -234,7 +191,7 @@ pub async fn store(pool: &deadpool_postgres::Pool, d: &Delivery) -> anyhow::Resu
                 &message_type,
                 &parked.correlation_id,
                 &properties,
-                &d.data,
+                &d.body.as_ref(),
                 &text(&parked.origin_exchange),
                 &text(&parked.origin_routing_key),
                 &origin_queue,
@@ -278,7 +235,54 @@ pub async fn store(pool: &deadpool_postgres::Pool, d: &Delivery) -> anyhow::Resu
     Ok(Stored::New(id))
 }
 
-/// Consumes `pvefleet.parked` until `shutdown`, reconnecting when the broker goes away.
+/// The keeper's handler: every delivery of the parked queue, stored.
+struct Keeper {
+    pool: deadpool_postgres::Pool,
+    relay: Option<Arc<Notify>>,
+}
+
+#[async_trait::async_trait]
+impl RawHandler for Keeper {
+    async fn handle(&self, d: Received, _ctx: &Context<'_>) -> Handled {
+        // The delivery is acked only once it is stored (or found stored). A store that fails
+        // is tried again with backoff while the delivery is held, so a database outage costs
+        // no delivery attempts; past the budget it goes back to the queue, never dropped.
+        let stored = (|| store(&self.pool, &d))
+            .retry(
+                backon::ExponentialBuilder::default()
+                    .with_min_delay(std::time::Duration::from_millis(200))
+                    .with_max_delay(std::time::Duration::from_secs(10))
+                    .with_max_times(STORE_ATTEMPTS),
+            )
+            .notify(|e, after| {
+                tracing::warn!(error = format!("{e:#}"), retry_in = ?after, "Cannot store a dead letter yet; trying again.");
+            })
+            .await;
+        let outcome = match &stored {
+            Ok(Stored::New(_)) => {
+                if let Some(r) = &self.relay {
+                    r.notify_one();
+                }
+                "stored"
+            }
+            Ok(Stored::Again) => {
+                tracing::info!(message_id = ?d.properties.message_id, "A parked copy was delivered again; it is stored once.");
+                "duplicate"
+            }
+            Err(_) => "store_failed",
+        };
+        metrics::counter!("pvefleet_dead_letters_received_total", "outcome" => outcome).increment(1);
+        stored
+            .map(drop)
+            .map_err(|e| e.context("cannot store a dead letter").into())
+    }
+}
+
+/// Tries of one store before its delivery goes back to the queue (about two minutes).
+const STORE_ATTEMPTS: usize = 16;
+
+/// Consumes `pvefleet.parked` until `shutdown` on the shared runner (a raw worker: whatever
+/// was parked is stored as it came), and keeps the parked gauge.
 pub async fn run(
     bus: BusSettings,
     topology: Topology,
@@ -286,15 +290,31 @@ pub async fn run(
     relay: Option<Arc<Notify>>,
     shutdown: CancellationToken,
 ) {
+    use pvefleet_core::bus::runner::{WorkerDeps, WorkerSpec, run_worker};
     let gauge = tokio::spawn(parked_gauge(pool.clone(), shutdown.clone()));
-    while !shutdown.is_cancelled() {
-        if let Err(e) = consume(&bus, &topology, &pool, relay.as_deref(), &shutdown).await {
-            tracing::warn!(error = %e, "The dead-letter keeper lost its consumer; reconnecting.");
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-            }
-        }
+    let publisher = pvefleet_core::bus::Publisher::new(&bus, "dead-letter-keeper", Some(topology.clone()));
+    let spec = WorkerSpec {
+        name: "dead-letter-keeper".into(),
+        queue: PARKED_QUEUE.into(),
+        concurrency: 32,
+        drain_timeout: std::time::Duration::from_secs(10),
+        max_attempts: 1,
+        retry_tiers: Vec::new(),
+        max_body_bytes: usize::MAX,
+        inbox: false,
+        inbox_connections: 1,
+        inbox_retention: std::time::Duration::from_secs(3600),
+        after_commit: None,
+    };
+    let deps = WorkerDeps {
+        bus,
+        topology,
+        publisher,
+        db: None,
+        ready: None,
+    };
+    if let Err(e) = run_worker(deps, Router::raw(Keeper { pool, relay }), spec, shutdown).await {
+        tracing::error!(error = format!("{e:#}"), "The dead-letter keeper stopped.");
     }
     let _ = gauge.await;
 }
@@ -315,87 +335,6 @@ async fn parked_gauge(pool: deadpool_postgres::Pool, shutdown: CancellationToken
         }
     }
 }
-
-async fn consume(
-    bus: &BusSettings,
-    topology: &Topology,
-    pool: &deadpool_postgres::Pool,
-    relay: Option<&Notify>,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    let (_conn, ch) = pvefleet_core::bus::connect::open(bus, "dead-letter-keeper").await?;
-    topology.declare(&ch).await?;
-    ch.basic_qos(32, BasicQosOptions::default()).await?;
-    let mut consumer = ch
-        .basic_consume(
-            PARKED_QUEUE.into(),
-            "dead-letter-keeper".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    loop {
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            next = consumer.next() => next,
-        };
-        let Some(delivery) = next else {
-            anyhow::bail!("the parked queue's consumer ended");
-        };
-        let d = delivery?;
-        // The delivery is acked only once it is stored (or found stored). A store that fails
-        // is tried again with backoff while the delivery is held, so a database outage costs
-        // no delivery attempts; past the budget it goes back to the queue, never dropped.
-        let stored = (|| store(pool, &d))
-            .retry(
-                backon::ExponentialBuilder::default()
-                    .with_min_delay(std::time::Duration::from_millis(200))
-                    .with_max_delay(std::time::Duration::from_secs(10))
-                    .with_max_times(STORE_ATTEMPTS),
-            )
-            .notify(|e, after| {
-                tracing::warn!(error = format!("{e:#}"), retry_in = ?after, "Cannot store a dead letter yet; trying again.");
-            });
-        // On shutdown the held delivery is dropped unacked: the broker requeues it.
-        let stored = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            stored = stored => stored,
-        };
-        match stored {
-            Ok(stored) => {
-                let outcome = match stored {
-                    Stored::New(_) => {
-                        if let Some(r) = relay {
-                            r.notify_one();
-                        }
-                        "stored"
-                    }
-                    Stored::Again => {
-                        tracing::info!(message_id = ?d.properties.message_id(), "A parked copy was delivered again; it is stored once.");
-                        "duplicate"
-                    }
-                };
-                metrics::counter!("pvefleet_dead_letters_received_total", "outcome" => outcome).increment(1);
-                d.ack(BasicAckOptions::default()).await?;
-            }
-            Err(e) => {
-                metrics::counter!("pvefleet_dead_letters_received_total", "outcome" => "store_failed").increment(1);
-                tracing::error!(
-                    error = format!("{e:#}"),
-                    "Cannot store a dead letter; it goes back to the parked queue."
-                );
-                d.nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await?;
-            }
-        }
-    }
-}
-
-/// Tries of one store before its delivery goes back to the queue (about two minutes).
-const STORE_ATTEMPTS: usize = 16;
 
 #[cfg(test)]
 mod tests {

@@ -11,8 +11,8 @@
 //! other's uncommitted inserts. The primary key still decides: an insert that meets a value
 //! committed meanwhile does nothing, and the next value is taken.
 
+use crate::legacy::Outcome;
 use pvefleet_contracts::StepError;
-use pvefleet_core::bus::Outcome;
 use pvefleet_core::config::SagaSettings;
 use pvefleet_core::db::Sql;
 use uuid::Uuid;

@@ -17,19 +17,21 @@ pub mod deadlines;
 pub mod dlq;
 pub mod keeper;
 mod leases;
+mod legacy;
 mod netsaga;
 pub mod ops;
 mod steps;
 
 use std::sync::Arc;
 
+use crate::legacy::Outcome;
 use async_trait::async_trait;
 use pvefleet_contracts::messages::{
     SiteDeprovision, SiteDeprovisioned, SiteProvision, SiteProvisionFailed, SiteProvisioned, SiteRejected,
 };
 use pvefleet_contracts::{Message, StepError};
 use pvefleet_core::bus::outgoing::Origin;
-use pvefleet_core::bus::{Context, Handler, Outcome, Outgoing, Router};
+use pvefleet_core::bus::{Context, Handled, Handler, Outgoing, Router};
 use pvefleet_core::config::SagaSettings;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -1024,15 +1026,17 @@ impl Inner {
 
 #[async_trait]
 impl Handler<SiteProvision> for Coordinator {
-    async fn handle(&self, msg: SiteProvision, ctx: &Context<'_>) -> Outcome {
-        self.inner.provision(msg, ctx).await
+    async fn handle(&self, msg: SiteProvision, ctx: &Context<'_>) -> Handled {
+        let outcome: Outcome = async { self.inner.provision(msg, ctx).await }.await;
+        outcome.into()
     }
 }
 
 #[async_trait]
 impl Handler<SiteDeprovision> for Coordinator {
-    async fn handle(&self, msg: SiteDeprovision, ctx: &Context<'_>) -> Outcome {
-        self.inner.deprovision(msg, ctx).await
+    async fn handle(&self, msg: SiteDeprovision, ctx: &Context<'_>) -> Handled {
+        let outcome: Outcome = async { self.inner.deprovision(msg, ctx).await }.await;
+        outcome.into()
     }
 }
 
@@ -1041,7 +1045,8 @@ impl Handler<SiteDeprovision> for Coordinator {
 /// dead letter puts it back (`dlq::replay`); `pvefleet saga abort` compensates it.
 #[async_trait]
 impl Handler<pvefleet_contracts::messages::MessageParked> for Coordinator {
-    async fn handle(&self, msg: pvefleet_contracts::messages::MessageParked, ctx: &Context<'_>) -> Outcome {
+    async fn handle(&self, msg: pvefleet_contracts::messages::MessageParked, ctx: &Context<'_>) -> Handled {
+        let outcome: Outcome = async {
         let db = tri!(db(ctx));
         let (Some(saga), Some(mtype)) = (msg.correlation_id, msg.message_type.as_deref()) else {
             return Outcome::Ok;
@@ -1089,14 +1094,18 @@ impl Handler<pvefleet_contracts::messages::MessageParked> for Coordinator {
         tracing::error!(%saga, step = mtype, dead_letter = %msg.dead_letter_id, state = stopped, "A saga's command was parked; the saga waits for an operator.");
         Outcome::Ok
     }
+        .await;
+        outcome.into()
+    }
 }
 
 /// The autoscaler's `container.scaled` matches the saga queue's `container.*` binding; it is
 /// no saga's step.
 #[async_trait]
 impl Handler<pvefleet_contracts::messages::ContainerScaled> for Coordinator {
-    async fn handle(&self, _msg: pvefleet_contracts::messages::ContainerScaled, _ctx: &Context<'_>) -> Outcome {
-        Outcome::Ok
+    async fn handle(&self, _msg: pvefleet_contracts::messages::ContainerScaled, _ctx: &Context<'_>) -> Handled {
+        let outcome: Outcome = async { Outcome::Ok }.await;
+        outcome.into()
     }
 }
 
@@ -1106,12 +1115,16 @@ macro_rules! step_events {
         $(
             #[async_trait]
             impl Handler<pvefleet_contracts::messages::$ty> for Coordinator {
-                async fn handle(&self, msg: pvefleet_contracts::messages::$ty, ctx: &Context<'_>) -> Outcome {
+                async fn handle(&self, msg: pvefleet_contracts::messages::$ty, ctx: &Context<'_>) -> Handled {
+        let outcome: Outcome = async {
                     let body = serde_json::to_value(&msg).unwrap_or(Value::Null);
                     self.inner
                         .on_event(<pvefleet_contracts::messages::$ty as Message>::TYPE, body, ctx)
                         .await
                 }
+        .await;
+        outcome.into()
+    }
             }
         )*
     };

@@ -8,11 +8,12 @@
 //! `compensating` → `compensated` | `compensation_failed`. Each step's command carries its
 //! own operation id, kept on the saga, and each event finds the saga by it.
 
+use crate::legacy::Outcome;
 use async_trait::async_trait;
 use pvefleet_contracts::messages::{
     NetOperationFailed, VnetBind, VnetBound, VnetEnsure, VnetEnsured, VnetProvision, VnetRemove, VnetRemoved,
 };
-use pvefleet_core::bus::{Context, Handler, Outcome};
+use pvefleet_core::bus::{Context, Handled, Handler};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -150,33 +151,34 @@ async fn end_failed(
 
 #[async_trait]
 impl Handler<VnetProvision> for Coordinator {
-    async fn handle(&self, cmd: VnetProvision, ctx: &Context<'_>) -> Outcome {
-        let db = tri!(db(ctx));
-        let id = cmd.operation_id;
-        let (ensure_op, bind_op, remove_op) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
-        let request = serde_json::to_value(&cmd).unwrap_or(Value::Null);
-        let inserted = tri!(
-            db.exec(
-                "INSERT INTO net_sagas (id, vnet, vmid, state, ensure_op, bind_op, remove_op, request)
+    async fn handle(&self, cmd: VnetProvision, ctx: &Context<'_>) -> Handled {
+        let outcome: Outcome = async {
+            let db = tri!(db(ctx));
+            let id = cmd.operation_id;
+            let (ensure_op, bind_op, remove_op) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+            let request = serde_json::to_value(&cmd).unwrap_or(Value::Null);
+            let inserted = tri!(
+                db.exec(
+                    "INSERT INTO net_sagas (id, vnet, vmid, state, ensure_op, bind_op, remove_op, request)
                  VALUES ($1, $2, $3, 'ensuring', $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
-                &[
-                    &id,
-                    &cmd.vnet,
-                    &(cmd.vmid.0 as i32),
-                    &ensure_op,
-                    &bind_op,
-                    &remove_op,
-                    &request
-                ],
-            )
-            .await
-            .map_err(retry_db)
-        );
-        if inserted == 0 {
-            return Outcome::Ok;
-        }
-        // Published directly (not through intake): the operation is recorded here.
-        tri!(
+                    &[
+                        &id,
+                        &cmd.vnet,
+                        &(cmd.vmid.0 as i32),
+                        &ensure_op,
+                        &bind_op,
+                        &remove_op,
+                        &request
+                    ],
+                )
+                .await
+                .map_err(retry_db)
+            );
+            if inserted == 0 {
+                return Outcome::Ok;
+            }
+            // Published directly (not through intake): the operation is recorded here.
+            tri!(
             db.exec(
                 "INSERT INTO net_operations (id, kind, vmid, vnet, request) VALUES ($1, 'vnet.provision', $2, $3, $4)
                  ON CONFLICT (id) DO NOTHING",
@@ -185,7 +187,7 @@ impl Handler<VnetProvision> for Coordinator {
             .await
             .map_err(retry_db)
         );
-        tri!(
+            tri!(
             db.exec(
                 "UPDATE net_operations SET status = 'running', updated_at = now() WHERE id = $1 AND status = 'pending'",
                 &[&id],
@@ -193,75 +195,87 @@ impl Handler<VnetProvision> for Coordinator {
             .await
             .map_err(retry_db)
         );
-        let ensure = VnetEnsure {
-            operation_id: ensure_op,
-            vnet: cmd.vnet.clone(),
-            zone: cmd.zone.clone(),
-            tag: cmd.tag,
-        };
-        tri!(send_from(db, &origin_of(ctx, id), &ensure).await);
-        tracing::info!(saga = %id, vnet = %cmd.vnet, vmid = cmd.vmid.0, "VNet saga started: ensuring the VNet.");
-        Outcome::Ok
+            let ensure = VnetEnsure {
+                operation_id: ensure_op,
+                vnet: cmd.vnet.clone(),
+                zone: cmd.zone.clone(),
+                tag: cmd.tag,
+            };
+            tri!(send_from(db, &origin_of(ctx, id), &ensure).await);
+            tracing::info!(saga = %id, vnet = %cmd.vnet, vmid = cmd.vmid.0, "VNet saga started: ensuring the VNet.");
+            Outcome::Ok
+        }
+        .await;
+        outcome.into()
     }
 }
 
 #[async_trait]
 impl Handler<VnetEnsured> for Coordinator {
-    async fn handle(&self, ev: VnetEnsured, ctx: &Context<'_>) -> Outcome {
-        let db = tri!(db(ctx));
-        let Some(s) = tri!(waiting(db, ev.operation_id).await).filter(|s| s.state == "ensuring") else {
-            return Outcome::Ok;
-        };
-        tri!(set_state(db, s.id, "binding", Some(ev.created), None).await);
-        let bind = VnetBind {
-            operation_id: s.bind_op,
-            vnet: s.request.vnet.clone(),
-            vmid: s.request.vmid,
-            iface: s.request.iface.clone(),
-        };
-        tri!(send_from(db, &origin_of(ctx, s.id), &bind).await);
-        Outcome::Ok
+    async fn handle(&self, ev: VnetEnsured, ctx: &Context<'_>) -> Handled {
+        let outcome: Outcome = async {
+            let db = tri!(db(ctx));
+            let Some(s) = tri!(waiting(db, ev.operation_id).await).filter(|s| s.state == "ensuring") else {
+                return Outcome::Ok;
+            };
+            tri!(set_state(db, s.id, "binding", Some(ev.created), None).await);
+            let bind = VnetBind {
+                operation_id: s.bind_op,
+                vnet: s.request.vnet.clone(),
+                vmid: s.request.vmid,
+                iface: s.request.iface.clone(),
+            };
+            tri!(send_from(db, &origin_of(ctx, s.id), &bind).await);
+            Outcome::Ok
+        }
+        .await;
+        outcome.into()
     }
 }
 
 #[async_trait]
 impl Handler<VnetBound> for Coordinator {
-    async fn handle(&self, ev: VnetBound, ctx: &Context<'_>) -> Outcome {
-        let db = tri!(db(ctx));
-        let Some(s) = tri!(waiting(db, ev.operation_id).await).filter(|s| s.state == "binding") else {
-            return Outcome::Ok;
-        };
-        tri!(set_state(db, s.id, "completed", None, None).await);
-        let status = if ev.status == "pending_reboot" {
-            "pending_reboot"
-        } else {
-            "succeeded"
-        };
-        let result = json!({ "created_vnet": s.created, "saga": "completed" });
-        let index = Some(i32::from(ev.index));
-        tri!(
-            end_operation(
-                db,
-                s.id,
-                status,
-                Some(&ev.node),
-                index,
-                ev.line.as_deref(),
-                &ev.pending,
-                &[],
-                None,
-                &result
-            )
-            .await
-        );
-        tracing::info!(saga = %s.id, vnet = %s.request.vnet, "VNet saga completed.");
-        Outcome::Ok
+    async fn handle(&self, ev: VnetBound, ctx: &Context<'_>) -> Handled {
+        let outcome: Outcome = async {
+            let db = tri!(db(ctx));
+            let Some(s) = tri!(waiting(db, ev.operation_id).await).filter(|s| s.state == "binding") else {
+                return Outcome::Ok;
+            };
+            tri!(set_state(db, s.id, "completed", None, None).await);
+            let status = if ev.status == "pending_reboot" {
+                "pending_reboot"
+            } else {
+                "succeeded"
+            };
+            let result = json!({ "created_vnet": s.created, "saga": "completed" });
+            let index = Some(i32::from(ev.index));
+            tri!(
+                end_operation(
+                    db,
+                    s.id,
+                    status,
+                    Some(&ev.node),
+                    index,
+                    ev.line.as_deref(),
+                    &ev.pending,
+                    &[],
+                    None,
+                    &result
+                )
+                .await
+            );
+            tracing::info!(saga = %s.id, vnet = %s.request.vnet, "VNet saga completed.");
+            Outcome::Ok
+        }
+        .await;
+        outcome.into()
     }
 }
 
 #[async_trait]
 impl Handler<NetOperationFailed> for Coordinator {
-    async fn handle(&self, ev: NetOperationFailed, ctx: &Context<'_>) -> Outcome {
+    async fn handle(&self, ev: NetOperationFailed, ctx: &Context<'_>) -> Handled {
+        let outcome: Outcome = async {
         let db = tri!(db(ctx));
         let Some(s) = tri!(waiting(db, ev.operation_id).await) else {
             return Outcome::Ok;
@@ -308,11 +322,15 @@ impl Handler<NetOperationFailed> for Coordinator {
         }
         Outcome::Ok
     }
+        .await;
+        outcome.into()
+    }
 }
 
 #[async_trait]
 impl Handler<VnetRemoved> for Coordinator {
-    async fn handle(&self, ev: VnetRemoved, ctx: &Context<'_>) -> Outcome {
+    async fn handle(&self, ev: VnetRemoved, ctx: &Context<'_>) -> Handled {
+        let outcome: Outcome = async {
         let db = tri!(db(ctx));
         let Some(s) = tri!(waiting(db, ev.operation_id).await).filter(|s| s.state == "compensating") else {
             return Outcome::Ok;
@@ -323,5 +341,8 @@ impl Handler<VnetRemoved> for Coordinator {
         let nodes: Vec<String> = serde_json::from_value(error["nodes"].clone()).unwrap_or_default();
         tri!(end_failed(db, &s, "compensated", &error, &result, &nodes).await);
         Outcome::Ok
+    }
+        .await;
+        outcome.into()
     }
 }

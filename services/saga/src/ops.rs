@@ -43,7 +43,7 @@ pub async fn show(client: &tokio_postgres::Client, id: Uuid) -> anyhow::Result<O
     Ok(row.map(|r| r.get(0)))
 }
 
-fn outcome_error(o: pvefleet_core::bus::Outcome) -> anyhow::Error {
+fn outcome_error(o: crate::legacy::Outcome) -> anyhow::Error {
     anyhow::anyhow!("{o:?}")
 }
 

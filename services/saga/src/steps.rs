@@ -1,11 +1,11 @@
 //! The steps of the sagas: each a command, the events that end it, and its compensation.
 
+use crate::legacy::Outcome;
 use pvefleet_contracts::Vmid;
 use pvefleet_contracts::messages::{
     AppInstall, ContainerCreate, ContainerDestroy, ContainerSnapshot, ContainerStart, DnsDelete, DnsUpsert, HaDisable,
     HaEnable, NetSpec, ProxyDelete, ProxyUpsert, RecordType,
 };
-use pvefleet_core::bus::Outcome;
 use pvefleet_core::bus::outgoing::Origin;
 use pvefleet_core::config::SagaSettings;
 use serde::{Deserialize, Serialize};

@@ -29,7 +29,7 @@ struct Fleet {
     sim: Sim,
     pve: PveClient,
     publisher: Publisher,
-    events: (lapin::Connection, lapin::Channel, String),
+    events: (pvefleet_core::bus::probe::Probe, String),
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
     settings: Settings,
@@ -90,7 +90,7 @@ async fn fleet_without_provisioner(tune: impl FnOnce(&mut Settings)) -> Fleet {
         async move { pvefleet_installer::run(&s, pool, None, sd).await }
     }));
     let publisher = pvefleet_testkit::broker::fleet_publisher(&s).await.unwrap();
-    let (conn, ch) = vhost.channel().await.unwrap();
+    let ch = vhost.probe().await.unwrap();
     let q = pvefleet_testkit::broker::event_queue(&ch, &["site.*"]).await.unwrap();
     Fleet {
         _vhost: vhost,
@@ -99,7 +99,7 @@ async fn fleet_without_provisioner(tune: impl FnOnce(&mut Settings)) -> Fleet {
         sim,
         pve,
         publisher,
-        events: (conn, ch, q),
+        events: (ch, q),
         shutdown,
         tasks,
         settings: s,
@@ -137,7 +137,7 @@ impl Fleet {
 
     /// The next `site.*` event.
     async fn event(&self) -> (String, Value) {
-        pvefleet_testkit::broker::next_json(&self.events.1, &self.events.2, WAIT)
+        pvefleet_testkit::broker::next_json(&self.events.0, &self.events.1, WAIT)
             .await
             .unwrap()
             .expect("a site event arrives")
@@ -380,7 +380,7 @@ fn malformed(i: usize) -> (&'static str, Vec<u8>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_malformed_requests_on_the_bus_are_all_parked_with_reasons_while_valid_ones_provision() {
     let f = fleet().await;
-    let ch = &f.events.1;
+    let ch = &f.events.0;
     let mut published = std::collections::BTreeMap::new();
     let mut valid = Vec::new();
     for i in 0..100 {
@@ -392,7 +392,7 @@ async fn a_hundred_malformed_requests_on_the_bus_are_all_parked_with_reasons_whi
         };
         // A real envelope (type, message id, content type) around a bad body.
         let envelope = Outgoing::message(&request("envelope", false), &origin).unwrap();
-        let id = envelope.properties.message_id().clone().unwrap().to_string();
+        let id = envelope.properties.message_id.clone().unwrap().to_string();
         pvefleet_testkit::broker::publish_raw(
             ch,
             &envelope.exchange,
@@ -428,11 +428,11 @@ async fn a_hundred_malformed_requests_on_the_bus_are_all_parked_with_reasons_whi
         .unwrap();
     for p in &parked {
         let id: String = p.get(0);
-        let props: lapin::BasicProperties = serde_json::from_value(p.get(1)).unwrap();
+        let props = pvefleet_core::bus::envelope::Properties::from_stored(&p.get(1)).unwrap();
         let data: Vec<u8> = p.get(2);
         let (_, i, kind, body) = published.get(&id).expect("a parked message is one we published");
-        let class = pvefleet_core::bus::fields::header_str(&props, pvefleet_contracts::headers::fault::CLASS);
-        let reason = pvefleet_core::bus::fields::header_str(&props, pvefleet_contracts::headers::fault::MESSAGE);
+        let class = props.header_str(pvefleet_contracts::headers::fault::CLASS);
+        let reason = props.header_str(pvefleet_contracts::headers::fault::MESSAGE);
         assert_eq!(&data, body, "the parked body is the one published");
         // Unreadable bodies fail decoding, schema violations the schema check, and policy
         // violations (plan, sizes, template) the coordinator's validation.
@@ -449,26 +449,19 @@ async fn a_hundred_malformed_requests_on_the_bus_are_all_parked_with_reasons_whi
     }
     // Every one was told back as site.rejected with its correlation id; the five valid
     // requests provisioned meanwhile.
-    let events = take(ch, &f.events.2, 100 + valid.len(), Duration::from_secs(120))
+    let events = take(ch, &f.events.1, 100 + valid.len(), Duration::from_secs(120))
         .await
         .unwrap();
     let sagas: std::collections::BTreeSet<uuid::Uuid> = published.values().map(|(s, ..)| *s).collect();
     let mut rejected = std::collections::BTreeSet::new();
     let mut provisioned = 0;
     for d in &events {
-        let kind = d.properties.kind().as_ref().map(|k| k.to_string()).unwrap_or_default();
-        let body: Value = serde_json::from_slice(&d.data).unwrap();
+        let kind = d.properties.kind.clone().unwrap_or_default();
+        let body: Value = serde_json::from_slice(&d.body).unwrap();
         match kind.as_str() {
             "site.rejected" => {
                 assert!(body["reason"].as_str().is_some_and(|r| !r.is_empty()), "{body}");
-                let saga: uuid::Uuid = d
-                    .properties
-                    .correlation_id()
-                    .as_ref()
-                    .unwrap()
-                    .as_str()
-                    .parse()
-                    .unwrap();
+                let saga: uuid::Uuid = d.properties.correlation_id.as_deref().unwrap().parse().unwrap();
                 assert!(
                     sagas.contains(&saga),
                     "site.rejected carries the request's correlation id"
@@ -492,13 +485,13 @@ async fn a_hundred_malformed_requests_on_the_bus_are_all_parked_with_reasons_whi
 
 /// Takes `n` `site.*` events of one kind, failing on any other kind.
 async fn expect_events(f: &Fleet, kind: &str, n: usize) -> Vec<Value> {
-    let got = take(&f.events.1, &f.events.2, n, Duration::from_secs(120))
+    let got = take(&f.events.0, &f.events.1, n, Duration::from_secs(120))
         .await
         .unwrap();
     let mut out = Vec::new();
     for d in got {
-        let k = d.properties.kind().as_ref().map(|k| k.to_string()).unwrap_or_default();
-        let body: Value = serde_json::from_slice(&d.data).unwrap();
+        let k = d.properties.kind.clone().unwrap_or_default();
+        let body: Value = serde_json::from_slice(&d.body).unwrap();
         assert_eq!(k, kind, "{body}");
         out.push(body);
     }
@@ -628,14 +621,14 @@ async fn an_exhausted_address_pool_fails_the_sites_it_cannot_serve_and_they_hold
     for r in &requests {
         sagas.push(f.send(r).await);
     }
-    let events = take(&f.events.1, &f.events.2, 8, Duration::from_secs(120))
+    let events = take(&f.events.0, &f.events.1, 8, Duration::from_secs(120))
         .await
         .unwrap();
     let mut kinds = std::collections::BTreeMap::<String, usize>::new();
     for d in &events {
-        let kind = d.properties.kind().as_ref().map(|k| k.to_string()).unwrap_or_default();
+        let kind = d.properties.kind.clone().unwrap_or_default();
         if kind == "site.provision_failed" {
-            let body: Value = serde_json::from_slice(&d.data).unwrap();
+            let body: Value = serde_json::from_slice(&d.body).unwrap();
             assert_eq!(body["error"]["code"], "lease.ip_exhausted", "{body}");
             assert_eq!(body["failed_step"], "lease", "{body}");
         }
@@ -1291,32 +1284,25 @@ fn with_marks<M: Message>(msg: &M, i: usize) -> Outgoing {
         ..Origin::default()
     };
     let mut out = Outgoing::message(msg, &origin).unwrap();
-    out.properties = pvefleet_core::bus::fields::with_headers(
-        out.properties,
-        vec![
-            ("x-tenant", pvefleet_core::bus::fields::text(format!("tenant-{i}"))),
-            ("x-priority-class", lapin::types::AMQPValue::LongLongInt(i as i64)),
-        ],
-    );
+    out.properties.set_header("x-tenant", format!("tenant-{i}"));
+    out.properties.set_header("x-priority-class", i as i64);
     out
 }
 
 /// `out`'s properties with the fault headers the runtime puts on a message it parks from the
 /// saga queue.
-fn parked_from_saga(out: &Outgoing, class: &str, message: &str, attempts: i64) -> lapin::BasicProperties {
-    use pvefleet_core::bus::fields::text;
-    pvefleet_core::bus::fields::with_headers(
-        out.properties.clone(),
-        vec![
-            ("pvefleet-fault-class", text(class)),
-            ("pvefleet-fault-message", text(message)),
-            (
-                "pvefleet-fault-attempts",
-                lapin::types::AMQPValue::LongLongInt(attempts),
-            ),
-            ("pvefleet-fault-origin-queue", text("pvefleet.saga")),
-        ],
-    )
+fn parked_from_saga(
+    out: &Outgoing,
+    class: &str,
+    message: &str,
+    attempts: i64,
+) -> pvefleet_core::bus::envelope::Properties {
+    out.properties
+        .clone()
+        .with_header("pvefleet-fault-class", class)
+        .with_header("pvefleet-fault-message", message)
+        .with_header("pvefleet-fault-attempts", attempts)
+        .with_header("pvefleet-fault-origin-queue", "pvefleet.saga")
 }
 
 async fn dead_letters(f: &Fleet) -> i64 {
@@ -1329,8 +1315,6 @@ async fn dead_letters(f: &Fleet) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_parked_messages_of_three_kinds_are_stored_byte_for_byte_and_replay_keeps_every_header() {
-    use futures::StreamExt as _;
-    use lapin::options::{BasicConsumeOptions, BasicNackOptions};
     // No provisioner: its queue is where the broker dead-letters by delivery limit.
     let f = fleet_without_provisioner(|s| {
         s.bus.delivery_limit = 2;
@@ -1366,25 +1350,14 @@ async fn two_hundred_parked_messages_of_three_kinds_are_stored_byte_for_byte_and
         published.insert(out.message_id().unwrap().to_string(), out);
     }
     // 60 that a consumer keeps handing back until the broker's delivery limit dead-letters them.
-    let (_conn, ch) = f._vhost.channel().await.unwrap();
-    let mut nacker = ch
-        .basic_consume(
-            "pvefleet.provisioner".into(),
-            "nacker".into(),
-            BasicConsumeOptions::default(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    let ch = f._vhost.probe().await.unwrap();
+    let nacker_probe = f._vhost.probe().await.unwrap();
+    let mut nacker = nacker_probe.consume("pvefleet.provisioner", 16).await.unwrap();
     let nacking = tokio::spawn(async move {
-        while let Some(Ok(d)) = nacker.next().await {
-            let _ = d
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
+        while let Ok(Some(d)) = nacker.next(Duration::from_secs(3600)).await {
+            let _ = d.nack(true).await;
         }
+        nacker
     });
     let mut broker_ids = Vec::new();
     for i in 140..200 {
@@ -1403,8 +1376,8 @@ async fn two_hundred_parked_messages_of_three_kinds_are_stored_byte_for_byte_and
     })
     .await;
     assert!(all.is_some(), "200 dead letters stored, got {}", dead_letters(&f).await);
-    ch.basic_cancel("nacker".into(), Default::default()).await.unwrap();
     nacking.abort();
+    nacker_probe.close();
     let c = f.db.client().await.unwrap();
     let rows = c
         .query(
@@ -1418,20 +1391,19 @@ async fn two_hundred_parked_messages_of_three_kinds_are_stored_byte_for_byte_and
     for row in &rows {
         let id: String = row.get(0);
         let sent = published.get(&id).expect("a dead letter we published");
-        let props: lapin::BasicProperties = serde_json::from_value(row.get(1)).unwrap();
+        let props = pvefleet_core::bus::envelope::Properties::from_stored(&row.get(1)).unwrap();
         let body: Vec<u8> = row.get(2);
         assert_eq!(body, sent.body.to_vec(), "{id}: the body, byte for byte");
-        assert_eq!(props.message_id(), sent.properties.message_id());
-        assert_eq!(props.correlation_id(), sent.properties.correlation_id());
-        assert_eq!(props.kind(), sent.properties.kind());
-        assert_eq!(props.content_type(), sent.properties.content_type());
-        assert_eq!(props.timestamp(), sent.properties.timestamp());
-        let stored = props.headers().clone().unwrap_or_default();
-        for (k, v) in sent.properties.headers().clone().unwrap_or_default().inner() {
-            if k.as_str() == "pvefleet-attempt" {
+        assert_eq!(props.message_id, sent.properties.message_id);
+        assert_eq!(props.correlation_id, sent.properties.correlation_id);
+        assert_eq!(props.kind, sent.properties.kind);
+        assert_eq!(props.content_type, sent.properties.content_type);
+        assert_eq!(props.timestamp, sent.properties.timestamp);
+        for (k, v) in &sent.properties.headers {
+            if k == "pvefleet-attempt" {
                 continue; // the runtime's own counter moves with each attempt
             }
-            assert_eq!(stored.inner().get(k.as_str()), Some(v), "{id}: header {k} is kept");
+            assert_eq!(props.headers.get(k), Some(v), "{id}: header {k} is kept");
         }
         *classes.entry(row.get::<_, String>(3)).or_insert(0) += 1;
     }
@@ -1463,24 +1435,20 @@ async fn two_hundred_parked_messages_of_three_kinds_are_stored_byte_for_byte_and
     let back = take(&ch, "pvefleet.provisioner", 1, WAIT).await.unwrap();
     assert_eq!(back.len(), 1);
     let sent = &published[&broker_ids[0]];
-    assert_eq!(back[0].properties.message_id(), sent.properties.message_id());
-    assert_eq!(back[0].data, sent.body.to_vec());
-    let headers = back[0].properties.headers().clone().unwrap();
-    for (k, v) in sent.properties.headers().clone().unwrap().inner() {
+    assert_eq!(back[0].properties.message_id, sent.properties.message_id);
+    assert_eq!(back[0].body, sent.body.to_vec());
+    for (k, v) in &sent.properties.headers {
         assert_eq!(
-            headers.inner().get(k.as_str()),
+            back[0].properties.headers.get(k),
             Some(v),
             "header {k} survives the replay"
         );
     }
     assert_eq!(
-        pvefleet_core::bus::fields::header_str(&back[0].properties, "pvefleet-replay-of"),
+        back[0].properties.header_str("pvefleet-replay-of"),
         Some(one.to_string())
     );
-    assert_eq!(
-        pvefleet_core::bus::fields::header_i64(&back[0].properties, "pvefleet-replay-count"),
-        Some(1)
-    );
+    assert_eq!(back[0].properties.header_i64("pvefleet-replay-count"), Some(1));
     let state: String = c
         .query_one("SELECT state FROM dead_letters WHERE id = $1", &[&one])
         .await
@@ -1612,7 +1580,7 @@ async fn an_aborted_saga_fails_and_a_late_replay_of_its_parked_create_does_nothi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_park_of_the_same_message_and_attempt_is_stored_once() {
     let f = fleet().await;
-    let (_c, ch) = f._vhost.channel().await.unwrap();
+    let ch = f._vhost.probe().await.unwrap();
     let out = with_marks(&request("twice", false), 1);
     let props = parked_from_saga(&out, "retries-exhausted", "gave up", 3);
     for _ in 0..2 {
@@ -1670,7 +1638,7 @@ async fn a_keeper_killed_mid_stream_loses_no_dead_letter_and_stores_none_twice()
     for t in f.tasks.drain(..) {
         t.await.unwrap().unwrap();
     }
-    let (_c, ch) = f._vhost.channel().await.unwrap();
+    let ch = f._vhost.probe().await.unwrap();
     const N: usize = 2000;
     let mut sent = std::collections::BTreeSet::new();
     for i in 0..N {
@@ -1737,31 +1705,28 @@ impl pvefleet_core::bus::Handler<pvefleet_contracts::messages::ContainerCreate> 
         &self,
         _msg: pvefleet_contracts::messages::ContainerCreate,
         _ctx: &pvefleet_core::bus::Context<'_>,
-    ) -> pvefleet_core::bus::Outcome {
-        pvefleet_core::bus::Outcome::Ok
+    ) -> pvefleet_core::bus::Handled {
+        Ok(())
     }
 }
 
 /// Poison message `i`: the first 100 have an empty `message_id`, the next 100 none; the rest
 /// are of the other five kinds in turn (wrong content type, bad JSON, schema-invalid, unknown
 /// type, too large).
-fn poison(i: usize) -> (lapin::BasicProperties, Vec<u8>) {
-    use lapin::BasicProperties;
+fn poison(i: usize) -> (pvefleet_core::bus::envelope::Properties, Vec<u8>) {
+    use pvefleet_core::bus::envelope::Properties;
     let good_body = serde_json::to_vec(&serde_json::json!({
         "site_id": SiteId::new(), "vmid": 10_000 + i, "hostname": format!("p{i}"), "template": TEMPLATE,
         "cores": 1, "memory_mb": 512, "swap_mb": 0, "disk_gb": 8, "storage": "local-lvm",
         "net": { "bridge": "vmbr0", "ip": "dhcp" }, "unprivileged": true,
     }))
     .unwrap();
-    let props = |id: Option<String>, kind: &str, ctype: &str| {
-        let p = BasicProperties::default()
-            .with_content_type(ctype.into())
-            .with_type(kind.into())
-            .with_delivery_mode(2);
-        match id {
-            Some(id) => p.with_message_id(id.into()),
-            None => p,
-        }
+    let props = |id: Option<String>, kind: &str, ctype: &str| Properties {
+        message_id: id,
+        kind: Some(kind.into()),
+        content_type: Some(ctype.into()),
+        delivery_mode: Some(2),
+        ..Properties::default()
     };
     let id = || Some(uuid::Uuid::now_v7().to_string());
     let json = "application/json";
@@ -1817,7 +1782,7 @@ async fn a_thousand_poison_messages_are_each_stored_once_across_keeper_restarts_
             stop,
         ))
     };
-    let (_c, ch) = f._vhost.channel().await.unwrap();
+    let ch = f._vhost.probe().await.unwrap();
     const N: usize = 1000;
     let mut first = keeper(CancellationToken::new());
     let publish = async {

@@ -1,9 +1,6 @@
 //! The PVE client of a process, built from its `[pve]` settings.
 
-use pvefleet_contracts::StepError;
-use pvefleet_proxmox::client::{Auth, Class, ClientSettings, PveClient, PveError, Reason, TlsMode};
-
-use crate::bus::Outcome;
+use pvefleet_proxmox::client::{Auth, ClientSettings, PveClient, TlsMode};
 
 use crate::config::{PveSettings, PveTls};
 
@@ -44,28 +41,4 @@ pub fn client(s: &PveSettings) -> anyhow::Result<PveClient> {
         task_timeout: s.task_timeout,
         read_retries: s.read_retries,
     })?)
-}
-
-/// Maps a PVE failure of `step` to a handler outcome by the client's classes: transient retries
-/// through the wait tiers; permanent fails the step with a `proxmox.*` code and PVE's message
-/// (with its per-parameter errors).
-pub fn outcome(step: &str, e: PveError) -> Outcome {
-    if e.class == Class::Transient {
-        return Outcome::retry(format!("{step}: {e}"));
-    }
-    let code = match e.reason {
-        Reason::NotFound => "proxmox.not_found",
-        Reason::AlreadyExists => "proxmox.already_exists",
-        Reason::Forbidden => "proxmox.forbidden",
-        Reason::InvalidParameters => "proxmox.invalid_parameters",
-        Reason::TaskFailed => "proxmox.task_failed",
-        Reason::NotImplemented => "proxmox.not_implemented",
-        Reason::Locked | Reason::Other => "proxmox.permanent",
-    };
-    let mut message = e.message.trim().to_string();
-    if !e.errors.is_empty() {
-        let fields: Vec<String> = e.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-        message = format!("{message} ({})", fields.join("; "));
-    }
-    Outcome::Fail(StepError::new(code, message))
 }

@@ -3,13 +3,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use futures::StreamExt;
-use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use pvefleet_core::bus::envelope::Properties;
+use pvefleet_core::bus::probe::Probe;
+use pvefleet_core::bus::raw::Received;
 
 /// The broker's host and port for tests (`PVEFLEET_TEST_AMQP_ADDR`, default 127.0.0.1:5672).
 pub fn amqp_addr() -> String {
@@ -54,12 +50,9 @@ impl TestVhost {
         format!("amqp://guest:guest@{addr}/{}", self.name)
     }
 
-    /// Opens a plain lapin connection and a confirming channel on it.
-    pub async fn channel(&self) -> anyhow::Result<(Connection, Channel)> {
-        let conn = Connection::connect(&self.url(), ConnectionProperties::default()).await?;
-        let ch = conn.create_channel().await?;
-        ch.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok((conn, ch))
+    /// A probe on it: a plain connection for publishing raw and capturing.
+    pub async fn probe(&self) -> anyhow::Result<Probe> {
+        Probe::connect(&self.url()).await
     }
 
     /// `rabbitmqctl list_queues` for this vhost: (name, type, arguments) per line.
@@ -102,118 +95,38 @@ impl Drop for TestVhost {
 
 /// Publishes raw bytes with the given properties and waits for the confirm.
 pub async fn publish_raw(
-    ch: &Channel,
+    probe: &Probe,
     exchange: &str,
     routing_key: &str,
-    props: BasicProperties,
+    props: Properties,
     body: &[u8],
 ) -> anyhow::Result<()> {
-    let confirm = ch
-        .basic_publish(
-            exchange.into(),
-            routing_key.into(),
-            BasicPublishOptions::default(),
-            body,
-            props,
-        )
-        .await?
-        .await?;
-    anyhow::ensure!(confirm.is_ack(), "publish was not acked");
-    Ok(())
+    probe.publish(exchange, routing_key, &props, body).await
 }
 
-/// Declares a plain (classic, auto-delete) queue for capturing and returns its name.
-pub async fn temp_queue(ch: &Channel) -> anyhow::Result<String> {
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(q.name().as_str().to_string())
+/// Declares an exclusive queue for capturing and returns its name.
+pub async fn temp_queue(probe: &Probe) -> anyhow::Result<String> {
+    probe.temp_queue().await
 }
 
 /// Consumes up to `n` messages from `queue` (acking each) or until `timeout` passes.
-pub async fn take(ch: &Channel, queue: &str, n: usize, timeout: Duration) -> anyhow::Result<Vec<Delivery>> {
-    let tag = format!("take-{}", uuid::Uuid::new_v4().simple());
-    // At most `n` unacked at once: a message delivered beyond them would stay unacked on this
-    // channel after the consumer is cancelled, and the next `take` would never see it.
-    ch.basic_qos(
-        u16::try_from(n.max(1)).unwrap_or(u16::MAX),
-        lapin::options::BasicQosOptions::default(),
-    )
-    .await?;
-    let mut consumer = ch
-        .basic_consume(
-            queue.into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut out: Vec<Delivery> = Vec::new();
-    let deadline = tokio::time::Instant::now() + timeout;
-    while out.len() < n {
-        match tokio::time::timeout_at(deadline, consumer.next()).await {
-            Ok(Some(Ok(d))) => out.push(d),
-            Ok(Some(Err(e))) => return Err(e.into()),
-            Ok(None) | Err(_) => break,
-        }
-    }
-    // Cancel before acking: with at most `n` unacked, the broker cannot push one more that
-    // would then sit unacked on the cancelled consumer.
-    let _ = ch.basic_cancel(tag.as_str().into(), Default::default()).await;
-    for d in &out {
-        d.acker.ack(BasicAckOptions::default()).await?;
-    }
-    Ok(out)
+pub async fn take(probe: &Probe, queue: &str, n: usize, timeout: Duration) -> anyhow::Result<Vec<Received>> {
+    probe.take(queue, n, timeout).await
 }
 
-/// Declares an exclusive queue (not auto-delete, so it outlives each `take`) bound to the
-/// events exchange with each pattern, for a test to read the events it causes.
-pub async fn event_queue(ch: &Channel, patterns: &[&str]) -> anyhow::Result<String> {
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?
-        .name()
-        .as_str()
-        .to_string();
-    for p in patterns {
-        ch.queue_bind(
-            q.as_str().into(),
-            pvefleet_contracts::routing::EVENTS_EXCHANGE.into(),
-            (*p).into(),
-            lapin::options::QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    }
-    Ok(q)
+/// Declares an exclusive queue (it outlives each `take`) bound to the events exchange with
+/// each pattern, for a test to read the events it causes.
+pub async fn event_queue(probe: &Probe, patterns: &[&str]) -> anyhow::Result<String> {
+    probe.event_queue(patterns).await
 }
 
 /// The next message of `queue`, as its type and JSON body; `None` after `timeout`.
 pub async fn next_json(
-    ch: &Channel,
+    probe: &Probe,
     queue: &str,
     timeout: Duration,
 ) -> anyhow::Result<Option<(String, serde_json::Value)>> {
-    let Some(d) = take(ch, queue, 1, timeout).await?.into_iter().next() else {
-        return Ok(None);
-    };
-    let kind = d.properties.kind().as_ref().map(|k| k.to_string()).unwrap_or_default();
-    Ok(Some((kind, serde_json::from_slice(&d.data)?)))
+    probe.next_json(queue, timeout).await
 }
 
 /// A publisher on `settings`' broker that declares the fleet's topology, connected.

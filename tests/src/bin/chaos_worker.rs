@@ -11,7 +11,7 @@ use pvefleet_contracts::messages::ContainerCreate;
 use pvefleet_core::Settings;
 use pvefleet_core::bus::publisher::Publisher;
 use pvefleet_core::bus::runner::{WorkerDeps, WorkerSpec, run_worker};
-use pvefleet_core::bus::{Context, Handler, Outcome, Router};
+use pvefleet_core::bus::{Context, Handled, Handler, Router};
 use pvefleet_core::db::outbox::OutboxRelay;
 use pvefleet_tests::{Scripted, TEST_QUEUE, test_topology};
 use tokio_util::sync::CancellationToken;
@@ -35,7 +35,7 @@ async fn main() -> anyhow::Result<()> {
                 let _ = std::fs::write(&marker, msg.hostname.as_bytes());
                 // Never return: the test kills the process while the handler is in flight.
                 std::thread::sleep(Duration::from_secs(3600));
-                Outcome::Ok
+                Ok(())
             });
             let mut spec = WorkerSpec::from_settings("chaos", TEST_QUEUE, &settings);
             spec.concurrency = 1;
@@ -85,9 +85,9 @@ struct Slow {
 
 #[async_trait::async_trait]
 impl Handler<ContainerCreate> for Slow {
-    async fn handle(&self, msg: ContainerCreate, _ctx: &Context<'_>) -> Outcome {
+    async fn handle(&self, msg: ContainerCreate, _ctx: &Context<'_>) -> Handled {
         let _ = std::fs::write(&self.marker, msg.hostname.as_bytes());
         tokio::time::sleep(Duration::from_secs(2)).await;
-        Outcome::Ok
+        Ok(())
     }
 }

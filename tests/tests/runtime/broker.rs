@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pvefleet_contracts::messages::ContainerCreate;
-use pvefleet_core::bus::{Context, Handler, Outcome, PublishError, Router};
+use pvefleet_core::bus::{Context, Handled, Handler, PublishError, Router};
 use pvefleet_testkit::{TestVhost, eventually, init_tracing, rabbitmqctl, settings};
 
 use crate::support::*;
@@ -15,11 +15,11 @@ struct Collect(Arc<Mutex<HashSet<String>>>);
 
 #[async_trait]
 impl Handler<ContainerCreate> for Collect {
-    async fn handle(&self, msg: ContainerCreate, _ctx: &Context<'_>) -> Outcome {
+    async fn handle(&self, msg: ContainerCreate, _ctx: &Context<'_>) -> Handled {
         if let Ok(mut s) = self.0.lock() {
             s.insert(msg.hostname);
         }
-        Outcome::Ok
+        Ok(())
     }
 }
 

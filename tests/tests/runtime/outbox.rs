@@ -145,10 +145,10 @@ impl pvefleet_core::bus::Handler<pvefleet_contracts::messages::ContainerCreate> 
         &self,
         msg: pvefleet_contracts::messages::ContainerCreate,
         ctx: &pvefleet_core::bus::Context<'_>,
-    ) -> pvefleet_core::bus::Outcome {
-        use pvefleet_core::bus::Outcome;
+    ) -> pvefleet_core::bus::Handled {
+        use pvefleet_core::bus::HandlerError;
         let Some(db) = ctx.db else {
-            return Outcome::reject("needs the inbox");
+            return Err(pvefleet_core::bus::HandlerError::rejected("needs the inbox"));
         };
         if let Err(e) = db
             .exec(
@@ -157,15 +157,15 @@ impl pvefleet_core::bus::Handler<pvefleet_contracts::messages::ContainerCreate> 
             )
             .await
         {
-            return Outcome::retry(e);
+            return Err(HandlerError::transient(e));
         }
         if msg.hostname == "flaky" && ctx.attempt == 1 {
-            return Outcome::retry("the node is busy");
+            return Err(HandlerError::transient("the node is busy"));
         }
         if msg.hostname == "refused" {
-            return Outcome::reject("policy says no");
+            return Err(HandlerError::rejected("policy says no"));
         }
-        Outcome::Ok
+        Ok(())
     }
 }
 
@@ -206,7 +206,7 @@ async fn in_an_inbox_batch_a_failing_message_is_undone_alone_and_retried_while_t
         (n == 1).then_some(())
     })
     .await;
-    let (_conn, ch) = vhost.channel().await?;
+    let ch = vhost.probe().await?;
     let parked = pvefleet_testkit::broker::take(&ch, pvefleet_contracts::routing::PARKED_QUEUE, 1, LONG).await?;
     worker.stop().await?;
     assert!(done.is_some(), "the flaky message was retried and committed");
@@ -238,13 +238,13 @@ impl pvefleet_core::bus::Handler<pvefleet_contracts::messages::ContainerCreate> 
         &self,
         msg: pvefleet_contracts::messages::ContainerCreate,
         ctx: &pvefleet_core::bus::Context<'_>,
-    ) -> pvefleet_core::bus::Outcome {
+    ) -> pvefleet_core::bus::Handled {
         let Some(db) = ctx.db else {
-            return pvefleet_core::bus::Outcome::reject("needs the inbox");
+            return Err(pvefleet_core::bus::HandlerError::rejected("needs the inbox"));
         };
         if msg.hostname == "swallow" {
             let _ = db.exec("SELECT 1 / 0", &[]).await; // fails, leaving the transaction failed
-            return pvefleet_core::bus::Outcome::Ok;
+            return Ok(());
         }
         match db
             .exec(
@@ -253,8 +253,8 @@ impl pvefleet_core::bus::Handler<pvefleet_contracts::messages::ContainerCreate> 
             )
             .await
         {
-            Ok(_) => pvefleet_core::bus::Outcome::Ok,
-            Err(e) => pvefleet_core::bus::Outcome::retry(e),
+            Ok(_) => Ok(()),
+            Err(e) => Err(pvefleet_core::bus::HandlerError::transient(e)),
         }
     }
 }
@@ -279,7 +279,7 @@ async fn a_handler_that_leaves_the_batch_transaction_failed_never_gets_its_batch
         publisher.publish(&command(h)).await?;
     }
     let worker = start_worker(&s, Router::new().command(SwallowsErrors), Some(pool.clone()), true);
-    let (_conn, ch) = vhost.channel().await?;
+    let ch = vhost.probe().await?;
     let parked = pvefleet_testkit::broker::take(&ch, pvefleet_contracts::routing::PARKED_QUEUE, 1, LONG).await?;
     worker.stop().await?;
     assert_eq!(parked.len(), 1, "the buggy message ends parked after its retries");

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use lapin::BasicProperties;
 use pvefleet_contracts::headers;
 use pvefleet_contracts::routing::PARKED_QUEUE;
-use pvefleet_core::bus::{Outcome, Router};
+use pvefleet_core::bus::envelope::Properties;
+use pvefleet_core::bus::{HandlerError, Router};
 use pvefleet_testkit::broker::{publish_raw, take};
 
 use pvefleet_tests::{Scripted, TEST_QUEUE};
@@ -19,13 +19,13 @@ async fn retry_walks_every_wait_tier_then_parks_with_fault_headers_and_the_origi
         settings: s,
         publisher,
     } = rig().await?;
-    let handler = Scripted::new(|_, _| Outcome::retry("proxmox answered 596"));
+    let handler = Scripted::new(|_, _| Err(HandlerError::transient("proxmox answered 596")));
     let worker = start_worker(&s, Router::new().command(handler.clone()), None, false);
 
     let msg = command("retry-me");
     publisher.publish(&msg).await?;
 
-    let (_conn, ch) = vhost.channel().await?;
+    let ch = vhost.probe().await?;
     let parked = take(&ch, PARKED_QUEUE, 1, LONG).await?;
     worker.stop().await?;
     assert_eq!(parked.len(), 1, "the message must end in the parked queue");
@@ -53,10 +53,10 @@ async fn retry_walks_every_wait_tier_then_parks_with_fault_headers_and_the_origi
         "the message id is kept across retries"
     );
 
-    assert_eq!(p.data, msg.body.to_vec(), "the parked body is byte-identical");
-    assert_eq!(p.properties.message_id(), msg.properties.message_id());
-    assert_eq!(p.properties.kind(), msg.properties.kind());
-    assert_eq!(p.properties.correlation_id(), msg.properties.correlation_id());
+    assert_eq!(p.body, msg.body.to_vec(), "the parked body is byte-identical");
+    assert_eq!(p.properties.message_id, msg.properties.message_id);
+    assert_eq!(p.properties.kind, msg.properties.kind);
+    assert_eq!(p.properties.correlation_id, msg.properties.correlation_id);
     assert_eq!(header(p, headers::fault::CLASS).as_deref(), Some("retries-exhausted"));
     assert_eq!(header(p, headers::fault::ATTEMPTS).as_deref(), Some("4"));
     assert!(
@@ -81,10 +81,7 @@ async fn retry_walks_every_wait_tier_then_parks_with_fault_headers_and_the_origi
     );
     assert_eq!(
         header(p, headers::TRACEPARENT),
-        msg.properties
-            .headers()
-            .as_ref()
-            .and_then(|_| { pvefleet_core::bus::fields::header_str(&msg.properties, headers::TRACEPARENT) })
+        msg.properties.header_str(headers::TRACEPARENT)
     );
     assert_eq!(
         queue_len(&vhost, TEST_QUEUE).await?,
@@ -97,18 +94,20 @@ async fn retry_walks_every_wait_tier_then_parks_with_fault_headers_and_the_origi
 /// One bad input: how it is published, and a word its park reason must contain.
 struct Garbage {
     label: &'static str,
-    props: BasicProperties,
+    props: Properties,
     body: Vec<u8>,
     class: &'static str,
     reason_has: &'static str,
 }
 
-fn props(kind: &str, content_type: &str) -> BasicProperties {
-    BasicProperties::default()
-        .with_message_id(uuid::Uuid::now_v7().to_string().into())
-        .with_type(kind.into())
-        .with_content_type(content_type.into())
-        .with_delivery_mode(2)
+fn props(kind: &str, content_type: &str) -> Properties {
+    Properties {
+        message_id: Some(uuid::Uuid::now_v7().to_string()),
+        kind: Some(kind.into()),
+        content_type: Some(content_type.into()),
+        delivery_mode: Some(2),
+        ..Properties::default()
+    }
 }
 
 #[tokio::test]
@@ -120,9 +119,9 @@ async fn reject_and_garbage_park_at_once_with_a_reason_while_valid_messages_keep
     } = rig().await?;
     let handler = Scripted::new(|msg, _| {
         if msg.hostname == "reject-me" {
-            Outcome::reject("hostname 'reject-me' is refused by policy")
+            Err(HandlerError::rejected("hostname 'reject-me' is refused by policy"))
         } else {
-            Outcome::Ok
+            Ok(())
         }
     });
     let worker = start_worker(&s, Router::new().command(handler.clone()), None, false);
@@ -160,9 +159,11 @@ async fn reject_and_garbage_park_at_once_with_a_reason_while_valid_messages_keep
         },
         Garbage {
             label: "no content type",
-            props: BasicProperties::default()
-                .with_message_id("m-1".into())
-                .with_type("container.create".into()),
+            props: Properties {
+                message_id: Some("m-1".into()),
+                kind: Some("container.create".into()),
+                ..Properties::default()
+            },
             body: valid("x").body.to_vec(),
             class: "content-type",
             reason_has: "no content_type",
@@ -176,9 +177,11 @@ async fn reject_and_garbage_park_at_once_with_a_reason_while_valid_messages_keep
         },
         Garbage {
             label: "no type",
-            props: BasicProperties::default()
-                .with_message_id("m-2".into())
-                .with_content_type(json.into()),
+            props: Properties {
+                message_id: Some("m-2".into()),
+                content_type: Some(json.into()),
+                ..Properties::default()
+            },
             body: b"{}".to_vec(),
             class: "unknown-type",
             reason_has: "no type",
@@ -217,7 +220,7 @@ async fn reject_and_garbage_park_at_once_with_a_reason_while_valid_messages_keep
         },
     ];
 
-    let (_conn, ch) = vhost.channel().await?;
+    let ch = vhost.probe().await?;
     let first = valid("before-garbage");
     publish_raw(&ch, "", TEST_QUEUE, first.properties.clone(), &first.body).await?;
     for c in &cases {
@@ -238,7 +241,7 @@ async fn reject_and_garbage_park_at_once_with_a_reason_while_valid_messages_keep
     for c in &cases {
         let p = parked
             .iter()
-            .find(|p| p.properties.message_id() == c.props.message_id())
+            .find(|p| p.properties.message_id == c.props.message_id)
             .unwrap_or_else(|| panic!("{} was not parked", c.label));
         let class = header(p, headers::fault::CLASS).unwrap_or_default();
         let reason = header(p, headers::fault::MESSAGE).unwrap_or_default();
@@ -249,7 +252,7 @@ async fn reject_and_garbage_park_at_once_with_a_reason_while_valid_messages_keep
             c.label,
             c.reason_has
         );
-        assert_eq!(p.data, c.body, "{}: parked body is byte-identical", c.label);
+        assert_eq!(p.body, c.body, "{}: parked body is byte-identical", c.label);
         assert_eq!(
             header(p, headers::fault::ATTEMPTS).as_deref(),
             Some("1"),

@@ -2,10 +2,8 @@
 
 use std::time::Duration;
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use pvefleet_contracts::routing::PARKED_QUEUE;
-use pvefleet_core::bus::{Outcome, Router};
+use pvefleet_core::bus::Router;
 use pvefleet_testkit::broker::take;
 use pvefleet_testkit::eventually;
 use pvefleet_tests::{Scripted, TEST_QUEUE};
@@ -35,7 +33,7 @@ async fn a_worker_killed_mid_handler_gets_its_message_redelivered() -> anyhow::R
     child.kill()?; // SIGKILL: no drain, no ack
     child.wait()?;
 
-    let handler = Scripted::new(|_, _| Outcome::Ok);
+    let handler = Scripted::new(|_, _| Ok(()));
     let worker = start_worker(&s, Router::new().command(handler.clone()), None, false);
     let seen = eventually(LONG, || async { handler.calls().into_iter().next() }).await;
     worker.stop().await?;
@@ -62,25 +60,15 @@ async fn a_handler_that_crashes_on_every_delivery_ends_in_parked_through_the_del
     let msg = command("poison");
     publisher.publish(&msg).await?;
 
-    let (_conn, ch) = vhost.channel().await?;
-    let parked_len = |ch: lapin::Channel| async move {
-        ch.queue_declare(
-            PARKED_QUEUE.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map(|q| q.message_count())
-        .unwrap_or(0)
-    };
+    let ch = vhost.probe().await?;
+    async fn parked_len(ch: &pvefleet_core::bus::probe::Probe) -> u32 {
+        ch.queue_len(PARKED_QUEUE).await.ok().flatten().unwrap_or(0)
+    }
     // Each run of the worker takes the message and dies. The broker counts the returns and,
     // past x-delivery-limit, dead-letters it to pvefleet.parked. It must never loop forever.
     let limit = s.bus.delivery_limit as usize;
     let mut runs = 0;
-    while parked_len(ch.clone()).await == 0 {
+    while parked_len(&ch).await == 0 {
         runs += 1;
         assert!(
             runs <= limit + 3,
@@ -91,7 +79,7 @@ async fn a_handler_that_crashes_on_every_delivery_ends_in_parked_through_the_del
         assert!(!status.success(), "the worker must have crashed");
         // Give the broker a moment to dead-letter (at-least-once, confirmed internally).
         let _ = eventually(Duration::from_secs(2), || async {
-            (parked_len(ch.clone()).await > 0).then_some(())
+            (parked_len(&ch).await > 0).then_some(())
         })
         .await;
     }
@@ -101,7 +89,7 @@ async fn a_handler_that_crashes_on_every_delivery_ends_in_parked_through_the_del
     );
     let parked = take(&ch, PARKED_QUEUE, 1, LONG).await?;
     assert_eq!(parked.len(), 1);
-    assert_eq!(parked[0].data, msg.body.to_vec(), "byte-identical");
+    assert_eq!(parked[0].body, msg.body.to_vec(), "byte-identical");
     assert_eq!(
         header(&parked[0], "x-first-death-reason").as_deref(),
         Some("delivery_limit")

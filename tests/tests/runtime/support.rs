@@ -3,13 +3,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lapin::message::Delivery;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use pvefleet_contracts::Message;
 use pvefleet_contracts::messages::ContainerCreate;
 use pvefleet_core::Settings;
 use pvefleet_core::bus::outgoing::Origin;
+use pvefleet_core::bus::raw::Received;
 use pvefleet_core::bus::runner::{WorkerDeps, WorkerSpec, run_worker};
 use pvefleet_core::bus::{Outgoing, Publisher, Router};
 use pvefleet_testkit::TestVhost;
@@ -77,24 +75,15 @@ pub fn command(hostname: &str) -> Outgoing {
 
 /// The number of ready messages in a queue (passive declare on a throwaway channel).
 pub async fn queue_len(vhost: &TestVhost, queue: &str) -> anyhow::Result<u32> {
-    let (conn, ch) = vhost.channel().await?;
-    let q = ch
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let _ = conn.close(200, "done".into()).await;
-    Ok(q.message_count())
+    let probe = vhost.probe().await?;
+    let n = probe.queue_len(queue).await?;
+    probe.close();
+    n.ok_or_else(|| anyhow::anyhow!("queue {queue} does not exist"))
 }
 
 /// A header as text.
-pub fn header(d: &Delivery, name: &str) -> Option<String> {
-    pvefleet_core::bus::fields::header_str(&d.properties, name)
+pub fn header(d: &Received, name: &str) -> Option<String> {
+    d.properties.header_str(name)
 }
 
 /// A config file for a child process, so it declares the same topology as the test.

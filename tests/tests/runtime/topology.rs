@@ -10,9 +10,9 @@ async fn declaring_the_fleet_topology_twice_succeeds_and_work_queues_are_quorum_
     let vhost = TestVhost::new()?;
     let s = settings(&vhost, None);
     let topology = Topology::fleet(&s.bus);
-    let (_conn, ch) = vhost.channel().await?;
-    topology.declare(&ch).await?;
-    topology.declare(&ch).await?;
+    let ch = vhost.probe().await?;
+    ch.declare(&topology).await?;
+    ch.declare(&topology).await?;
 
     let queues = vhost.list_queues()?;
     for wq in &topology.work_queues {
@@ -48,9 +48,9 @@ async fn declaring_the_fleet_topology_twice_succeeds_and_work_queues_are_quorum_
     // A conflicting redeclare is refused loudly, not ignored.
     let mut other = s.bus.clone();
     other.delivery_limit = 7;
-    let (_conn2, ch2) = vhost.channel().await?;
-    let err = Topology::fleet(&other)
-        .declare(&ch2)
+    let ch2 = vhost.probe().await?;
+    let err = ch2
+        .declare(&Topology::fleet(&other))
         .await
         .expect_err("inequivalent arguments");
     let chain = format!("{err:?}");

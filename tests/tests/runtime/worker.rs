@@ -5,30 +5,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lapin::options::QueueBindOptions;
-use lapin::types::FieldTable;
 use pvefleet_contracts::messages::{ContainerCreate, ContainerCreateFailed, ContainerCreated};
 use pvefleet_contracts::routing::EVENTS_EXCHANGE;
-use pvefleet_contracts::{Message, StepError, TraceContext, headers};
-use pvefleet_core::bus::{Context, Handler, Outcome, Router};
+use pvefleet_contracts::{Message, TraceContext, headers};
+use pvefleet_core::bus::probe::Probe;
+use pvefleet_core::bus::{Context, Handled, Handler, HandlerError, Router};
 use pvefleet_testkit::broker::{take, temp_queue};
 use pvefleet_testkit::{TestVhost, eventually};
 use pvefleet_tests::{Scripted, TEST_QUEUE};
 
 use crate::support::*;
 
-async fn capture_events(vhost: &TestVhost, key: &str) -> anyhow::Result<(lapin::Connection, lapin::Channel, String)> {
-    let (conn, ch) = vhost.channel().await?;
+async fn capture_events(vhost: &TestVhost, key: &str) -> anyhow::Result<(Probe, String)> {
+    let ch = vhost.probe().await?;
     let q = temp_queue(&ch).await?;
-    ch.queue_bind(
-        q.as_str().into(),
-        EVENTS_EXCHANGE.into(),
-        key.into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
-    Ok((conn, ch, q))
+    ch.bind(&q, EVENTS_EXCHANGE, key).await?;
+    Ok((ch, q))
 }
 
 #[tokio::test]
@@ -38,8 +30,8 @@ async fn fail_emits_the_commands_failed_event_with_the_same_correlation_and_acks
         settings: s,
         publisher,
     } = rig().await?;
-    let (_c, ch, q) = capture_events(&vhost, ContainerCreateFailed::TYPE).await?;
-    let handler = Scripted::new(|_, _| Outcome::Fail(StepError::new("quota", "owner alice has no cores left")));
+    let (ch, q) = capture_events(&vhost, ContainerCreateFailed::TYPE).await?;
+    let handler = Scripted::new(|_, _| Err(HandlerError::fail("quota", "owner alice has no cores left")));
     let worker = start_worker(&s, Router::new().command(handler.clone()), None, false);
 
     let msg = command("fails");
@@ -48,13 +40,10 @@ async fn fail_emits_the_commands_failed_event_with_the_same_correlation_and_acks
     worker.stop().await?;
     assert_eq!(events.len(), 1, "one failure event");
     let e = &events[0];
-    assert_eq!(
-        e.properties.kind().as_ref().map(|k| k.as_str()),
-        Some("container.create_failed")
-    );
-    assert_eq!(e.properties.correlation_id(), msg.properties.correlation_id());
+    assert_eq!(e.properties.kind.as_deref(), Some("container.create_failed"));
+    assert_eq!(e.properties.correlation_id, msg.properties.correlation_id);
     assert_eq!(header(e, headers::CAUSATION_ID).as_deref(), msg.message_id());
-    let body: ContainerCreateFailed = serde_json::from_slice(&e.data)?;
+    let body: ContainerCreateFailed = serde_json::from_slice(&e.body)?;
     assert_eq!(body.error.code, "quota");
     assert_eq!(body.vmid, Some(ContainerCreate::example().vmid));
     assert_eq!(handler.calls().len(), 1, "a definitive failure is not retried");
@@ -66,15 +55,15 @@ struct Replies;
 
 #[async_trait]
 impl Handler<ContainerCreate> for Replies {
-    async fn handle(&self, msg: ContainerCreate, ctx: &Context<'_>) -> Outcome {
+    async fn handle(&self, msg: ContainerCreate, ctx: &Context<'_>) -> Handled {
         let created = ContainerCreated {
             site_id: msg.site_id,
             vmid: msg.vmid,
             node: msg.node,
         };
         match ctx.send(&created).await {
-            Ok(()) => Outcome::Ok,
-            Err(e) => Outcome::retry(e),
+            Ok(()) => Ok(()),
+            Err(e) => Err(HandlerError::transient(e)),
         }
     }
 }
@@ -86,7 +75,7 @@ async fn messages_a_handler_sends_continue_the_trace_and_name_their_cause() -> a
         settings: s,
         publisher,
     } = rig().await?;
-    let (_c, ch, q) = capture_events(&vhost, ContainerCreated::TYPE).await?;
+    let (ch, q) = capture_events(&vhost, ContainerCreated::TYPE).await?;
     let worker = start_worker(&s, Router::new().command(Replies), None, false);
 
     let msg = command("replies");
@@ -96,16 +85,14 @@ async fn messages_a_handler_sends_continue_the_trace_and_name_their_cause() -> a
     assert_eq!(events.len(), 1);
     let e = &events[0];
     let parent = TraceContext::parse(&header(e, headers::TRACEPARENT).unwrap_or_default()).expect("a traceparent");
-    let origin = TraceContext::parse(
-        &pvefleet_core::bus::fields::header_str(&msg.properties, headers::TRACEPARENT).unwrap_or_default(),
-    )
-    .expect("the command had one");
+    let origin = TraceContext::parse(&msg.properties.header_str(headers::TRACEPARENT).unwrap_or_default())
+        .expect("the command had one");
     assert_eq!(parent.trace_id, origin.trace_id, "same trace");
     assert_ne!(parent.span_id, origin.span_id, "new span");
-    assert_eq!(e.properties.correlation_id(), msg.properties.correlation_id());
+    assert_eq!(e.properties.correlation_id, msg.properties.correlation_id);
     assert_eq!(header(e, headers::CAUSATION_ID).as_deref(), msg.message_id());
-    assert_eq!(e.properties.app_id().as_ref().map(|a| a.as_str()), Some("test-worker"));
-    assert_eq!(e.properties.delivery_mode(), &Some(2));
+    assert_eq!(e.properties.app_id.as_deref(), Some("test-worker"));
+    assert_eq!(e.properties.delivery_mode, Some(2));
     assert_eq!(header(e, headers::SCHEMA_VERSION).as_deref(), Some("1"));
     Ok(())
 }
@@ -117,11 +104,11 @@ struct Slow {
 
 #[async_trait]
 impl Handler<ContainerCreate> for Slow {
-    async fn handle(&self, _msg: ContainerCreate, _ctx: &Context<'_>) -> Outcome {
+    async fn handle(&self, _msg: ContainerCreate, _ctx: &Context<'_>) -> Handled {
         self.started.store(true, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(1500)).await;
         self.finished.store(true, Ordering::SeqCst);
-        Outcome::Ok
+        Ok(())
     }
 }
 

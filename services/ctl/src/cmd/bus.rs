@@ -4,16 +4,13 @@ use std::io::Read;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use pvefleet_contracts::registry::{find_latest, registry};
 use pvefleet_contracts::routing::{COMMANDS_EXCHANGE, EVENTS_EXCHANGE};
 use pvefleet_contracts::{Kind, headers};
 use pvefleet_core::Settings;
-use pvefleet_core::bus::fields::{header_str, message_type};
 use pvefleet_core::bus::outgoing::Origin;
-use pvefleet_core::bus::{Outgoing, Publisher, Topology, connect};
+use pvefleet_core::bus::probe::Probe;
+use pvefleet_core::bus::{Outgoing, Publisher, Topology};
 
 use crate::cli::BusAction;
 
@@ -116,49 +113,17 @@ async fn tail(
     count: Option<usize>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let (conn, ch) = connect::open(&settings.bus, "pvefleet-tail").await?;
-    Topology::base(&settings.bus).declare(&ch).await?;
-    // A server-named, exclusive, auto-delete queue: it disappears with this process.
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let qname = q.name().as_str().to_string();
-    ch.queue_bind(
-        qname.as_str().into(),
-        EVENTS_EXCHANGE.into(),
-        key.into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
+    let probe = Probe::connect_with(&settings.bus).await?;
+    probe.declare(&Topology::base(&settings.bus)).await?;
+    // An exclusive queue: it disappears with this process.
+    let qname = probe.temp_queue().await?;
+    probe.bind(&qname, EVENTS_EXCHANGE, key).await?;
     if commands {
         for m in registry().iter().filter(|m| m.kind == Kind::Command) {
-            ch.queue_bind(
-                qname.as_str().into(),
-                COMMANDS_EXCHANGE.into(),
-                m.name.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+            probe.bind(&qname, COMMANDS_EXCHANGE, m.name).await?;
         }
     }
-    let mut consumer = ch
-        .basic_consume(
-            qname.as_str().into(),
-            "pvefleet-tail".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer = probe.consume(&qname, 100).await?;
     eprintln!(
         "Tailing {EVENTS_EXCHANGE} '{key}'{}; ctrl-c to stop.",
         if commands { " and every command" } else { "" }
@@ -168,37 +133,37 @@ async fn tail(
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
-            n = consumer.next() => n,
+            n = consumer.next(Duration::from_secs(24 * 3600)) => n,
         };
-        let Some(Ok(d)) = next else {
-            eprintln!("The broker connection ended.");
-            break;
+        let d = match next {
+            Ok(Some(d)) => d,
+            Ok(None) => continue,
+            Err(_) => {
+                eprintln!("The broker connection ended.");
+                break;
+            }
         };
-        let _ = d.acker.ack(BasicAckOptions::default()).await;
-        let body: serde_json::Value = serde_json::from_slice(&d.data)
-            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&d.data).into_owned()));
-        let mtype = message_type(&d.properties).unwrap_or_else(|| "?".into());
-        let corr = d
-            .properties
-            .correlation_id()
-            .as_ref()
-            .map(|c| c.as_str().to_string())
-            .unwrap_or_default();
+        let _ = d.ack().await;
+        let d = &d.received;
+        let body: serde_json::Value = serde_json::from_slice(&d.body)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&d.body).into_owned()));
+        let p = &d.properties;
+        let mtype = p.kind.clone().unwrap_or_else(|| "?".into());
+        let corr = p.correlation_id.clone().unwrap_or_default();
         if json {
             let line = serde_json::json!({
-                "exchange": d.exchange.as_str(),
+                "exchange": d.exchange,
                 "type": mtype,
-                "message_id": d.properties.message_id().as_ref().map(|m| m.as_str()),
+                "message_id": p.message_id,
                 "correlation_id": corr,
-                "causation_id": header_str(&d.properties, headers::CAUSATION_ID),
-                "timestamp": d.properties.timestamp(),
+                "causation_id": p.header_str(headers::CAUSATION_ID),
+                "timestamp": p.timestamp,
                 "body": body,
             });
             println!("{line}");
         } else {
-            let ts = d
-                .properties
-                .timestamp()
+            let ts = p
+                .timestamp
                 .and_then(|t| chrono::DateTime::from_timestamp(i64::try_from(t).ok()?, 0))
                 .map(|t| t.format("%H:%M:%SZ").to_string())
                 .unwrap_or_default();
@@ -209,6 +174,6 @@ async fn tail(
             break;
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "done".into())).await;
+    probe.close();
     Ok(ExitCode::SUCCESS)
 }

@@ -48,9 +48,9 @@ pub async fn run(settings: &Settings, listen: SocketAddr, task_ms: u64) -> anyho
     let pool = pvefleet_core::db::connect(&s.db).await?;
     pvefleet_core::db::migrate(&pool).await?;
     let topology = pvefleet_core::bus::topology::Topology::fleet(&s.bus);
-    let (conn, channel) = pvefleet_core::bus::connect::open(&s.bus, "pvefleet-dev").await?;
-    topology.declare(&channel).await?;
-    pvefleet_core::bus::connect::close_in_background(conn);
+    let probe = pvefleet_core::bus::probe::Probe::connect_with(&s.bus).await?;
+    probe.declare(&topology).await?;
+    probe.close();
     let client = pool.get().await?;
     let token = pvefleet_intake::create_token(&client, "dev", &["admin".into()]).await?;
     drop(client);

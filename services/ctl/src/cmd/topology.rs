@@ -2,11 +2,9 @@
 
 use std::process::ExitCode;
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use pvefleet_core::Settings;
 use pvefleet_core::bus::Topology;
-use pvefleet_core::bus::connect;
+use pvefleet_core::bus::probe::Probe;
 
 use crate::cli::TopologyAction;
 
@@ -14,9 +12,9 @@ pub async fn run(settings: &Settings, action: TopologyAction) -> anyhow::Result<
     let topology = Topology::fleet(&settings.bus);
     match action {
         TopologyAction::Declare => {
-            let (conn, ch) = connect::open(&settings.bus, "pvefleet-ctl").await?;
-            topology.declare(&ch).await?;
-            let _ = conn.close(200, "done".into()).await;
+            let probe = Probe::connect_with(&settings.bus).await?;
+            probe.declare(&topology).await?;
+            probe.close();
             let plan = topology.plan();
             println!(
                 "Declared 3 exchanges, {} wait tiers and {} queues on {}.",
@@ -28,28 +26,18 @@ pub async fn run(settings: &Settings, action: TopologyAction) -> anyhow::Result<
         }
         TopologyAction::Show { json } => {
             let plan = topology.plan();
-            // Live counts through passive declares, each on its own channel: a missing queue
-            // closes the channel it was asked on.
+            // Live counts, when the broker answers.
             let mut counts = Vec::new();
-            let conn = connect::open(&settings.bus, "pvefleet-ctl").await.ok();
+            let probe = Probe::connect_with(&settings.bus).await.ok();
             for q in &plan {
-                let mut count = None;
-                if let Some((c, _)) = &conn
-                    && let Ok(ch) = c.create_channel().await
-                {
-                    let opts = QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    };
-                    if let Ok(info) = ch
-                        .queue_declare(q.name.as_str().into(), opts, FieldTable::default())
-                        .await
-                    {
-                        count = Some((info.message_count(), info.consumer_count()));
-                    }
-                    let _ = ch.close(200, "done".into()).await;
-                }
+                let count = match &probe {
+                    Some(p) => p.queue_info(&q.name).await.ok().flatten(),
+                    None => None,
+                };
                 counts.push(count);
+            }
+            if let Some(p) = probe {
+                p.close();
             }
             if json {
                 let rows: Vec<_> = plan
@@ -83,9 +71,6 @@ pub async fn run(settings: &Settings, action: TopologyAction) -> anyhow::Result<
                 for b in &q.bindings {
                     println!("  bind: {b}");
                 }
-            }
-            if let Some((c, _)) = conn {
-                let _ = c.close(200, "done".into()).await;
             }
             Ok(ExitCode::SUCCESS)
         }

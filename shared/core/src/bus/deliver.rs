@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::types::AMQPValue;
 use pvefleet_contracts::envelope::CONTENT_TYPE_JSON;
 use pvefleet_contracts::routing::{PARKED_EXCHANGE, wait_tier};
 use pvefleet_contracts::{TraceContext, headers};
 use serde_json::Value;
 use tracing::Instrument;
 
-use super::fields::{header_i64, header_str, message_type, text, with_headers};
+use super::envelope::{HeaderValue, Properties};
+use super::fields::{header_i64, header_str, message_type};
 use super::handler::{Context, Outcome, Route};
 use super::outgoing::Outgoing;
 use super::runner::Shared;
@@ -95,7 +95,7 @@ impl Meta {
 /// Calls the handler; a panic becomes a retry instead of killing the worker.
 pub(super) async fn call(route: &Route, body: Value, ctx: &Context<'_>) -> Outcome {
     match AssertUnwindSafe((route.call)(body, ctx)).catch_unwind().await {
-        Ok(o) => o,
+        Ok(handled) => Outcome::from(handled),
         Err(panic) => Outcome::retry(format!("handler panicked: {}", panic_message(panic.as_ref()))),
     }
 }
@@ -250,6 +250,9 @@ impl Shared {
 /// Handles one delivery of a worker without an inbox, start to finish. Never panics and never
 /// leaves it un-acked except to hand it back to the broker for redelivery.
 pub(super) async fn process(shared: &Shared, d: Delivery) {
+    if let Some(raw) = &shared.router.raw {
+        return super::raw::process(shared, raw.as_ref(), d).await;
+    }
     let meta = Meta::of(shared, &d);
     let span = meta.span.clone();
     async {
@@ -367,17 +370,15 @@ async fn schedule_retry(
     };
     let next_attempt = if exhausted { attempt } else { attempt + 1 };
     let now = chrono::Utc::now().to_rfc3339();
-    let mut hs = vec![
-        (headers::ATTEMPT, AMQPValue::LongLongInt(i64::from(next_attempt))),
-        (headers::RETRY_ORIGIN_QUEUE, text(spec.queue.as_str())),
-    ];
-    let props = &d.properties;
-    if header_str(props, headers::FIRST_FAILURE).is_none() {
-        hs.push((headers::FIRST_FAILURE, text(now.as_str())));
+    let mut props = Properties::from(&d.properties);
+    props.set_header(headers::ATTEMPT, i64::from(next_attempt));
+    props.set_header(headers::RETRY_ORIGIN_QUEUE, spec.queue.as_str());
+    if props.header_str(headers::FIRST_FAILURE).is_none() {
+        props.set_header(headers::FIRST_FAILURE, now.as_str());
     }
-    if header_str(props, headers::fault::ORIGIN_EXCHANGE).is_none() {
-        hs.push((headers::fault::ORIGIN_EXCHANGE, text(d.exchange.as_str())));
-        hs.push((headers::fault::ORIGIN_ROUTING_KEY, text(d.routing_key.as_str())));
+    if props.header_str(headers::fault::ORIGIN_EXCHANGE).is_none() {
+        props.set_header(headers::fault::ORIGIN_EXCHANGE, d.exchange.as_str());
+        props.set_header(headers::fault::ORIGIN_ROUTING_KEY, d.routing_key.as_str());
     }
     let out = Outgoing {
         exchange: wait_tier(delay),
@@ -385,7 +386,7 @@ async fn schedule_retry(
         // the message comes back to this queue only, not to every queue bound to its type.
         routing_key: spec.queue.clone(),
         mandatory: true,
-        properties: with_headers(props.clone(), hs),
+        properties: props,
         body: bytes::Bytes::copy_from_slice(&d.data),
     };
     // Retried with backoff before giving the message back: a nack would bring it straight back
@@ -418,31 +419,38 @@ async fn schedule_retry(
 /// Publishes the message byte-identical to the parked exchange with fault headers, then acks.
 pub(super) async fn park(shared: &Shared, d: &Delivery, class: &'static str, reason: &str, attempt: u32) {
     let spec = &shared.spec;
+    let mut out_props = Properties::from(&d.properties);
     let props = &d.properties;
     let now = chrono::Utc::now().to_rfc3339();
-    let first = header_str(props, headers::FIRST_FAILURE).unwrap_or_else(|| now.clone());
-    let exchange =
-        header_str(props, headers::fault::ORIGIN_EXCHANGE).unwrap_or_else(|| d.exchange.as_str().to_string());
-    let routing_key =
-        header_str(props, headers::fault::ORIGIN_ROUTING_KEY).unwrap_or_else(|| d.routing_key.as_str().to_string());
-    let park_id = super::parked::park_id(&spec.queue, props, i64::from(attempt), &d.data);
-    let hs = vec![
-        (headers::fault::PARK_ID, text(park_id.to_string())),
-        (headers::fault::CLASS, text(class)),
-        (headers::fault::MESSAGE, text(truncate(reason, 4000))),
-        (headers::fault::ATTEMPTS, AMQPValue::LongLongInt(i64::from(attempt))),
-        (headers::fault::ORIGIN_QUEUE, text(spec.queue.as_str())),
-        (headers::fault::ORIGIN_EXCHANGE, text(exchange)),
-        (headers::fault::ORIGIN_ROUTING_KEY, text(routing_key)),
-        (headers::fault::FIRST_FAILURE, text(first)),
-        (headers::fault::LAST_FAILURE, text(now)),
-        (headers::fault::CONSUMER, text(spec.name.as_str())),
-    ];
+    let first = out_props
+        .header_str(headers::FIRST_FAILURE)
+        .unwrap_or_else(|| now.clone());
+    let exchange = out_props
+        .header_str(headers::fault::ORIGIN_EXCHANGE)
+        .unwrap_or_else(|| d.exchange.as_str().to_string());
+    let routing_key = out_props
+        .header_str(headers::fault::ORIGIN_ROUTING_KEY)
+        .unwrap_or_else(|| d.routing_key.as_str().to_string());
+    let park_id = super::parked::park_id(&spec.queue, &out_props, i64::from(attempt), &d.data);
+    for (name, value) in [
+        (headers::fault::PARK_ID, HeaderValue::from(park_id.to_string())),
+        (headers::fault::CLASS, class.into()),
+        (headers::fault::MESSAGE, truncate(reason, 4000).into()),
+        (headers::fault::ATTEMPTS, i64::from(attempt).into()),
+        (headers::fault::ORIGIN_QUEUE, spec.queue.as_str().into()),
+        (headers::fault::ORIGIN_EXCHANGE, exchange.into()),
+        (headers::fault::ORIGIN_ROUTING_KEY, routing_key.into()),
+        (headers::fault::FIRST_FAILURE, first.into()),
+        (headers::fault::LAST_FAILURE, now.into()),
+        (headers::fault::CONSUMER, spec.name.as_str().into()),
+    ] {
+        out_props.set_header(name, value);
+    }
     let out = Outgoing {
         exchange: PARKED_EXCHANGE.to_string(),
         routing_key: spec.queue.clone(),
         mandatory: true,
-        properties: with_headers(props.clone(), hs),
+        properties: out_props,
         body: bytes::Bytes::copy_from_slice(&d.data),
     };
     let mtype = message_type(props).unwrap_or_default();

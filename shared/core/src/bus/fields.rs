@@ -1,7 +1,7 @@
 //! Reading and writing AMQP header values, which arrive in many integer and string encodings.
 
 use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::AMQPValue;
 
 /// Reads a header as text, whatever string encoding the publisher used.
 pub fn header_str(props: &BasicProperties, name: &str) -> Option<String> {
@@ -39,40 +39,6 @@ fn int_of(v: &AMQPValue) -> Option<i64> {
     })
 }
 
-/// A string header value.
-pub fn text(value: impl Into<Vec<u8>>) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(value.into()))
-}
-
-/// Returns the properties with one header set (replacing any earlier value).
-pub fn with_header(props: BasicProperties, name: &str, value: AMQPValue) -> BasicProperties {
-    let mut table = props.headers().clone().unwrap_or_default();
-    table.insert(ShortString::from(name), value);
-    props.with_headers(table)
-}
-
-/// Returns the properties with several headers set.
-pub fn with_headers(props: BasicProperties, values: Vec<(&str, AMQPValue)>) -> BasicProperties {
-    let mut table: FieldTable = props.headers().clone().unwrap_or_default();
-    for (name, value) in values {
-        table.insert(ShortString::from(name), value);
-    }
-    props.with_headers(table)
-}
-
-/// Returns the properties without the headers named.
-pub fn without_headers(props: BasicProperties, names: &[&str]) -> BasicProperties {
-    let Some(mut table) = props.headers().clone() else {
-        return props;
-    };
-    let mut inner = table.inner().clone();
-    for name in names {
-        inner.remove(&ShortString::from(*name));
-    }
-    table = FieldTable::from(inner);
-    props.with_headers(table)
-}
-
 /// The properties' `type`, if set.
 pub fn message_type(props: &BasicProperties) -> Option<String> {
     props.kind().as_ref().map(|s| s.as_str().to_string())
@@ -82,6 +48,7 @@ pub fn message_type(props: &BasicProperties) -> Option<String> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use lapin::types::{FieldTable, LongString};
 
     #[test]
     fn integer_headers_read_in_every_width_and_as_text() {
@@ -89,20 +56,13 @@ mod tests {
             AMQPValue::ShortShortUInt(3),
             AMQPValue::LongInt(3),
             AMQPValue::LongLongInt(3),
-            text("3"),
+            AMQPValue::LongString(LongString::from(b"3".to_vec())),
         ] {
-            let p = with_header(BasicProperties::default(), "n", v);
+            let mut t = FieldTable::default();
+            t.insert("n".into(), v);
+            let p = BasicProperties::default().with_headers(t);
             assert_eq!(header_i64(&p, "n"), Some(3));
         }
         assert_eq!(header_i64(&BasicProperties::default(), "n"), None);
-    }
-
-    #[test]
-    fn setting_a_header_keeps_the_others() {
-        let p = with_header(BasicProperties::default(), "a", text("1"));
-        let p = with_header(p, "b", text("2"));
-        let p = with_header(p, "a", text("3"));
-        assert_eq!(header_str(&p, "a").as_deref(), Some("3"));
-        assert_eq!(header_str(&p, "b").as_deref(), Some("2"));
     }
 }

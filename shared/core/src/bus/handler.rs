@@ -12,12 +12,14 @@ use pvefleet_contracts::{Command, Message, StepError, TraceContext};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::failure::{Handled, HandlerError};
 use super::outgoing::{Origin, Outgoing};
 use super::publisher::{PublishError, Publisher};
 
-/// What a handler decided. The runner owns every broker detail that follows.
+/// What became of a message in a handler, as the runner acts on it: the handler's `Handled`
+/// with its error flattened into the text the runner logs and stores.
 #[derive(Debug)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Done: ack.
     Ok,
     /// A definitive business failure: the runner emits the command's `*_failed` event, then acks.
@@ -27,49 +29,38 @@ pub enum Outcome {
     Retry {
         /// The least wait before the next attempt; the tier for the attempt may be longer.
         after: Option<Duration>,
-        /// What went wrong.
+        /// What went wrong, with its sources.
         error: String,
     },
     /// Undecodable, unknown or invalid: park at once.
     Reject(String),
-    /// Our own infrastructure failed (the database is down): retried through the wait tiers
-    /// like `Retry`, but once the attempts are spent it keeps waiting in the longest tier
-    /// instead of being parked, since the message is not at fault.
+    /// Our own infrastructure failed: retried through the wait tiers like `Retry`, but once
+    /// the attempts are spent it keeps waiting in the longest tier instead of being parked.
     Outage(String),
 }
 
 impl Outcome {
     /// A transient failure with the default delay.
-    pub fn retry(error: impl std::fmt::Display) -> Self {
+    pub(crate) fn retry(error: impl std::fmt::Display) -> Self {
         Outcome::Retry {
             after: None,
             error: error.to_string(),
         }
     }
+}
 
-    /// A transient failure when `outage` (see [`crate::db::fault::is_outage`]) says the
-    /// database is down, else an ordinary retry.
-    pub fn retry_db(error: anyhow::Error) -> Self {
-        if crate::db::fault::is_outage(&error) {
-            Outcome::Outage(format!("{error:#}"))
-        } else {
-            Outcome::retry(format!("{error:#}"))
-        }
-    }
-
-    /// A rejection.
-    pub fn reject(error: impl std::fmt::Display) -> Self {
-        Outcome::Reject(error.to_string())
-    }
-
-    /// The outcome's name for metrics.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Fail(_) => "fail",
-            Outcome::Retry { .. } => "retry",
-            Outcome::Reject(_) => "reject",
-            Outcome::Outage(_) => "outage",
+impl From<Handled> for Outcome {
+    fn from(h: Handled) -> Self {
+        // `{:#}` writes the whole source chain on one line: that is what the log shows.
+        match h {
+            Ok(()) => Outcome::Ok,
+            Err(HandlerError::Fail(e)) => Outcome::Fail(e),
+            Err(HandlerError::Retry { after, error }) => Outcome::Retry {
+                after,
+                error: format!("{error:#}"),
+            },
+            Err(HandlerError::Outage(e)) => Outcome::Outage(format!("{e:#}")),
+            Err(HandlerError::Reject(e)) => Outcome::Reject(format!("{e:#}")),
         }
     }
 }
@@ -121,13 +112,12 @@ impl Context<'_> {
 }
 
 impl Context<'_> {
-    /// Sends the event that ends this command: `Ok` once it is sent (or queued), else a retry,
-    /// so the command is handled again rather than its event lost.
-    pub async fn emit<M: Message>(&self, msg: &M) -> Outcome {
-        match self.send(msg).await {
-            Ok(()) => Outcome::Ok,
-            Err(e) => Outcome::retry(format!("cannot send {}: {e}", M::TYPE)),
-        }
+    /// Sends the event that ends this command; if it cannot be sent (or queued), the command
+    /// is retried rather than its event lost.
+    pub async fn emit<M: Message>(&self, msg: &M) -> Handled {
+        self.send(msg)
+            .await
+            .map_err(|e| HandlerError::from(e).context(format!("cannot send {}", M::TYPE)))
     }
 }
 
@@ -148,11 +138,12 @@ pub enum SendError {
 /// Handles one message type.
 #[async_trait]
 pub trait Handler<M: Message>: Send + Sync + 'static {
-    /// Handles a decoded, schema-valid message.
-    async fn handle(&self, msg: M, ctx: &Context<'_>) -> Outcome;
+    /// Handles a decoded, schema-valid message: `Ok` acks it; an error says what the runner
+    /// does instead (see [`HandlerError`]).
+    async fn handle(&self, msg: M, ctx: &Context<'_>) -> Handled;
 }
 
-type CallFn = dyn for<'a> Fn(Value, &'a Context<'a>) -> BoxFuture<'a, Outcome> + Send + Sync;
+type CallFn = dyn for<'a> Fn(Value, &'a Context<'a>) -> BoxFuture<'a, Handled> + Send + Sync;
 type FailFn = dyn Fn(&Value, StepError, &Origin) -> Option<Result<Outgoing, serde_json::Error>> + Send + Sync;
 /// Builds the notice published when a message of the route fails its schema check, or has a
 /// body that cannot be read (then with `Value::Null`).
@@ -172,12 +163,24 @@ pub(crate) struct Route {
 #[derive(Default)]
 pub struct Router {
     pub(crate) routes: HashMap<&'static str, Route>,
+    /// A raw worker's one handler: every delivery goes to it unchecked.
+    pub(crate) raw: Option<Arc<dyn super::raw::RawHandler>>,
 }
 
 impl Router {
     /// An empty router.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A router that sends every delivery, unchecked and undecoded, to `handler` (see
+    /// [`super::raw`]): for queues whose messages are not of the contract, such as the parked
+    /// queue.
+    pub fn raw(handler: impl super::raw::RawHandler) -> Self {
+        Self {
+            routes: HashMap::new(),
+            raw: Some(Arc::new(handler)),
+        }
     }
 
     /// Routes a message type to a handler.
@@ -187,7 +190,8 @@ impl Router {
         self
     }
 
-    /// Routes a command to a handler; `Outcome::Fail` then emits the command's `*_failed` event.
+    /// Routes a command to a handler; `HandlerError::Fail` then emits the command's `*_failed`
+    /// event.
     pub fn command<M: Command, H: Handler<M>>(mut self, handler: H) -> Self {
         let fail: Arc<FailFn> = Arc::new(|body: &Value, err: StepError, origin: &Origin| {
             let cmd: M = serde_json::from_value(body.clone()).ok()?;
@@ -245,7 +249,7 @@ impl Router {
 
 fn coerce<F>(f: F) -> F
 where
-    F: for<'a> Fn(Value, &'a Context<'a>) -> BoxFuture<'a, Outcome>,
+    F: for<'a> Fn(Value, &'a Context<'a>) -> BoxFuture<'a, Handled>,
 {
     f
 }
@@ -254,11 +258,13 @@ fn call_handler<'a, M: Message, H: Handler<M>>(
     handler: Arc<H>,
     body: Value,
     ctx: &'a Context<'a>,
-) -> BoxFuture<'a, Outcome> {
+) -> BoxFuture<'a, Handled> {
     Box::pin(async move {
         match serde_json::from_value::<M>(body) {
             Ok(msg) => handler.handle(msg, ctx).await,
-            Err(e) => Outcome::Reject(format!("body does not decode as {}: {e}", M::TYPE)),
+            Err(e) => Err(HandlerError::reject(
+                anyhow::Error::new(e).context(format!("body does not decode as {}", M::TYPE)),
+            )),
         }
     })
 }

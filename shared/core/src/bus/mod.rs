@@ -6,15 +6,20 @@
 mod batch;
 pub mod connect;
 mod deliver;
-pub mod fields;
+pub mod envelope;
+mod failure;
+pub(crate) mod fields;
 pub mod handler;
 pub mod outgoing;
 pub mod parked;
+pub mod probe;
 pub mod publisher;
+pub mod raw;
 pub mod runner;
 pub mod topology;
 
-pub use handler::{Context, Handler, Outcome, Router};
+pub use failure::{Handled, HandlerError};
+pub use handler::{Context, Handler, Router};
 pub use outgoing::Outgoing;
 pub use publisher::{PublishError, Publisher};
 pub use runner::{WorkerSpec, run_worker};

@@ -1,15 +1,13 @@
 //! An outgoing message: exchange, routing key, mandatory flag, AMQP properties and body.
 
 use bytes::Bytes;
-use lapin::BasicProperties;
-use lapin::types::AMQPValue;
 use pvefleet_contracts::envelope::{CONTENT_TYPE_JSON, DELIVERY_MODE_PERSISTENT};
 use pvefleet_contracts::registry::MessageInfo;
 use pvefleet_contracts::routing::{COMMANDS_EXCHANGE, EVENTS_EXCHANGE};
 use pvefleet_contracts::{Kind, Message, MessageId, TraceContext, headers};
 use uuid::Uuid;
 
-use super::fields::{text, with_headers};
+use super::envelope::Properties;
 
 /// A message ready to publish.
 #[derive(Clone, Debug)]
@@ -21,7 +19,7 @@ pub struct Outgoing {
     /// Whether an unroutable publish is an error (true for commands).
     pub mandatory: bool,
     /// Properties and headers.
-    pub properties: BasicProperties,
+    pub properties: Properties,
     /// The body, byte-exact.
     pub body: Bytes,
 }
@@ -55,26 +53,21 @@ impl Outgoing {
 
     fn envelope(mtype: &str, version: u32, kind: Kind, body: Vec<u8>, origin: &Origin) -> Self {
         let trace = origin.trace.map(|t| t.child()).unwrap_or_else(TraceContext::new_root);
-        let mut props = BasicProperties::default()
-            .with_message_id(MessageId::new().to_string().into())
-            .with_type(mtype.into())
-            .with_content_type(CONTENT_TYPE_JSON.into())
-            .with_delivery_mode(DELIVERY_MODE_PERSISTENT)
-            .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64);
-        if let Some(c) = origin.correlation_id {
-            props = props.with_correlation_id(c.to_string().into());
-        }
-        if let Some(app) = &origin.app_id {
-            props = props.with_app_id(app.as_str().into());
-        }
-        let mut hs = vec![
-            (headers::SCHEMA_VERSION, AMQPValue::LongLongInt(i64::from(version))),
-            (headers::TRACEPARENT, text(trace.to_string())),
-        ];
+        let mut props = Properties {
+            message_id: Some(MessageId::new().to_string()),
+            kind: Some(mtype.to_string()),
+            content_type: Some(CONTENT_TYPE_JSON.to_string()),
+            delivery_mode: Some(DELIVERY_MODE_PERSISTENT),
+            timestamp: Some(chrono::Utc::now().timestamp().max(0) as u64),
+            correlation_id: origin.correlation_id.map(|c| c.to_string()),
+            app_id: origin.app_id.clone(),
+            ..Properties::default()
+        };
+        props.set_header(headers::SCHEMA_VERSION, i64::from(version));
+        props.set_header(headers::TRACEPARENT, trace.to_string());
         if let Some(c) = &origin.causation_id {
-            hs.push((headers::CAUSATION_ID, text(c.as_str())));
+            props.set_header(headers::CAUSATION_ID, c.as_str());
         }
-        props = with_headers(props, hs);
         let exchange = match kind {
             Kind::Command => COMMANDS_EXCHANGE,
             Kind::Event => EVENTS_EXCHANGE,
@@ -90,6 +83,6 @@ impl Outgoing {
 
     /// The message id, if set.
     pub fn message_id(&self) -> Option<&str> {
-        self.properties.message_id().as_ref().map(|s| s.as_str())
+        self.properties.message_id.as_deref()
     }
 }

@@ -3,22 +3,21 @@
 //! ack, or a runner that parks again after its ack was lost) carries the same id, so it is
 //! stored once; two different messages never share one, whatever their `message_id` says.
 
-use lapin::BasicProperties;
 use pvefleet_contracts::headers;
 use uuid::Uuid;
 
-use super::fields::{header_i64, header_str};
+use super::envelope::Properties;
 
 /// The park id of the copy of a message parked from `queue` at `attempt`: derived from the
 /// queue, the message id, the attempt, the replay generation and the body when the message has
 /// a `message_id`, so the same parking always gets the same id; a fresh one when it has none
 /// (nothing then tells two such messages apart, so none may be taken for another).
-pub fn park_id(queue: &str, props: &BasicProperties, attempt: i64, body: &[u8]) -> Uuid {
-    let message_id = props.message_id().as_ref().map(|m| m.as_str()).unwrap_or_default();
+pub fn park_id(queue: &str, props: &Properties, attempt: i64, body: &[u8]) -> Uuid {
+    let message_id = props.message_id.as_deref().unwrap_or_default();
     if message_id.is_empty() {
         return Uuid::now_v7();
     }
-    let generation = header_i64(props, headers::replay::COUNT).unwrap_or(0);
+    let generation = props.header_i64(headers::replay::COUNT).unwrap_or(0);
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     // Length-prefixed, so no two different inputs run together into the same bytes.
     for part in [queue.as_bytes(), message_id.as_bytes()] {
@@ -35,22 +34,19 @@ pub fn park_id(queue: &str, props: &BasicProperties, attempt: i64, body: &[u8]) 
 }
 
 /// The park id a parked copy carries, when it carries a readable one.
-pub fn stamped_park_id(props: &BasicProperties) -> Option<Uuid> {
-    header_str(props, headers::fault::PARK_ID).and_then(|s| s.parse().ok())
+pub fn stamped_park_id(props: &Properties) -> Option<Uuid> {
+    props.header_str(headers::fault::PARK_ID).and_then(|s| s.parse().ok())
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::bus::fields::with_header;
-    use lapin::types::AMQPValue;
 
-    fn props(id: Option<&str>) -> BasicProperties {
-        let p = BasicProperties::default();
-        match id {
-            Some(id) => p.with_message_id(id.into()),
-            None => p,
+    fn props(id: Option<&str>) -> Properties {
+        Properties {
+            message_id: id.map(str::to_string),
+            ..Properties::default()
         }
     }
 
@@ -65,7 +61,7 @@ mod tests {
             park_id("pvefleet.saga", &props(Some("m1")), 3, b"{ }"),
             park_id(
                 "pvefleet.saga",
-                &with_header(props(Some("m1")), headers::replay::COUNT, AMQPValue::LongLongInt(1)),
+                &props(Some("m1")).with_header(headers::replay::COUNT, 1i64),
                 3,
                 b"{}",
             ),

@@ -229,7 +229,7 @@ impl Publisher {
                 msg.routing_key.as_str().into(),
                 opts,
                 &msg.body,
-                msg.properties.clone(),
+                lapin::BasicProperties::from(&msg.properties),
             )
             .await;
         let confirm = match sent {

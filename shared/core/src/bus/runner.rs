@@ -132,6 +132,12 @@ pub async fn run_worker(
     if spec.inbox && deps.db.is_none() {
         anyhow::bail!("worker {} has the inbox on but no database", spec.name);
     }
+    if spec.inbox && router.raw.is_some() {
+        anyhow::bail!(
+            "worker {} is raw: its messages have no ids an inbox could keep",
+            spec.name
+        );
+    }
     let shared = Arc::new(Shared { deps, router, spec });
     let permits = Arc::new(Semaphore::new(usize::from(shared.spec.concurrency)));
     let tracker = TaskTracker::new();

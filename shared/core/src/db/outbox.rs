@@ -8,19 +8,16 @@ use std::time::Duration;
 
 use super::Sql;
 use bytes::Bytes;
-use lapin::BasicProperties;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::bus::envelope::Properties;
 use crate::bus::{Outgoing, Publisher};
 use crate::config::OutboxSettings;
 
 /// Why a message could not be written to the outbox.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
-    /// The properties did not serialize.
-    #[error("cannot encode message properties")]
-    Encode(#[source] serde_json::Error),
     /// Postgres refused the statement.
     #[error("outbox statement failed")]
     Postgres(#[source] tokio_postgres::Error),
@@ -31,10 +28,11 @@ pub enum OutboxError {
 
 /// Writes a message into the outbox, on the caller's connection (inside its transaction).
 pub async fn enqueue<C: Sql + ?Sized>(client: &C, msg: &Outgoing) -> Result<(), OutboxError> {
-    let props = serde_json::to_value(&msg.properties).map_err(OutboxError::Encode)?;
+    // Stored in pvefleet's own envelope format, not the AMQP client's.
+    let props = msg.properties.to_stored();
     let message_id = msg.message_id().unwrap_or_default().to_string();
-    let mtype = msg.properties.kind().as_ref().map(|k| k.as_str().to_string());
-    let corr = msg.properties.correlation_id().as_ref().map(|c| c.as_str().to_string());
+    let mtype = msg.properties.kind.clone();
+    let corr = msg.properties.correlation_id.clone();
     client
         .exec(
             "INSERT INTO outbox (message_id, exchange, routing_key, mandatory, message_type, correlation_id, properties, body)
@@ -132,7 +130,7 @@ impl OutboxRelay {
         for row in &rows {
             let id: i64 = row.get(0);
             let props: serde_json::Value = row.get(4);
-            match serde_json::from_value::<BasicProperties>(props) {
+            match Properties::from_stored(&props) {
                 Ok(properties) => batch.push((
                     id,
                     row.get::<_, i32>(6),
