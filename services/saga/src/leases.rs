@@ -11,8 +11,7 @@
 //! other's uncommitted inserts. The primary key still decides: an insert that meets a value
 //! committed meanwhile does nothing, and the next value is taken.
 
-use crate::legacy::Outcome;
-use pvefleet_contracts::StepError;
+use pvefleet_core::bus::HandlerError;
 use pvefleet_core::config::SagaSettings;
 use pvefleet_core::db::Sql;
 use uuid::Uuid;
@@ -61,14 +60,8 @@ struct Pool<'a> {
     excluded: i64,
 }
 
-async fn lease(db: &dyn Sql, pool: &Pool<'_>, site: Uuid) -> Result<Option<String>, Outcome> {
-    let err = |e: tokio_postgres::Error| {
-        Outcome::retry(format!(
-            "cannot lease a {}: {}",
-            pool.kind,
-            pvefleet_core::db::describe(&e)
-        ))
-    };
+async fn lease(db: &dyn Sql, pool: &Pool<'_>, site: Uuid) -> Result<Option<String>, HandlerError> {
+    let err = |e: tokio_postgres::Error| HandlerError::from(e).context(format!("cannot lease a {}", pool.kind));
     let run = |from_top: bool| {
         let window = if from_top { WINDOW } else { pool.last - pool.first };
         async move {
@@ -108,14 +101,14 @@ async fn lease(db: &dyn Sql, pool: &Pool<'_>, site: Uuid) -> Result<Option<Strin
             return Ok(None);
         }
     }
-    Err(Outcome::retry(format!(
+    Err(HandlerError::transient(format!(
         "could not lease a {} after {ATTEMPTS} tries",
         pool.kind
     )))
 }
 
 /// Leases a free vmid of `saga.vmid_first..=saga.vmid_last`.
-pub(crate) async fn lease_vmid(db: &dyn Sql, s: &SagaSettings, site: Uuid) -> Result<u32, Outcome> {
+pub(crate) async fn lease_vmid(db: &dyn Sql, s: &SagaSettings, site: Uuid) -> Result<u32, HandlerError> {
     let pool = Pool {
         kind: "vmid",
         class: VMID_CLASS,
@@ -125,21 +118,23 @@ pub(crate) async fn lease_vmid(db: &dyn Sql, s: &SagaSettings, site: Uuid) -> Re
         excluded: -1,
     };
     match lease(db, &pool, site).await? {
-        Some(v) => v.parse().map_err(|_| Outcome::retry("a leased vmid is not a number")),
-        None => Err(Outcome::Fail(StepError::new(
+        Some(v) => v
+            .parse()
+            .map_err(|_| HandlerError::transient("a leased vmid is not a number")),
+        None => Err(HandlerError::fail(
             "lease.vmid_exhausted",
             "no free vmid in saga.vmid_first..=saga.vmid_last",
-        ))),
+        )),
     }
 }
 
 /// Leases a free address of the pool, in CIDR form (`10.10.0.100/24`).
-pub(crate) async fn lease_ip(db: &dyn Sql, s: &SagaSettings, site: Uuid) -> Result<String, Outcome> {
+pub(crate) async fn lease_ip(db: &dyn Sql, s: &SagaSettings, site: Uuid) -> Result<String, HandlerError> {
     let Some((network, prefix)) = parse_cidr(&s.ip_cidr) else {
-        return Err(Outcome::Fail(StepError::new(
+        return Err(HandlerError::fail(
             "config.ip_cidr",
             format!("saga.ip_cidr '{}' is not an IPv4 CIDR", s.ip_cidr),
-        )));
+        ));
     };
     let size = 1i64 << (32 - u32::from(prefix));
     let gateway = s
@@ -156,10 +151,10 @@ pub(crate) async fn lease_ip(db: &dyn Sql, s: &SagaSettings, site: Uuid) -> Resu
     };
     match lease(db, &pool, site).await? {
         Some(a) => Ok(format!("{a}/{prefix}")),
-        None => Err(Outcome::Fail(StepError::new(
+        None => Err(HandlerError::fail(
             "lease.ip_exhausted",
             format!("no free address in {}", s.ip_cidr),
-        ))),
+        )),
     }
 }
 

@@ -135,6 +135,14 @@ pub enum SendError {
     Publish(#[source] PublishError),
 }
 
+/// Handles several message types by their JSON body, for routes made from data (a saga's
+/// table) rather than from a type each. The body has passed the type's schema check.
+#[async_trait]
+pub trait JsonHandler: Send + Sync + 'static {
+    /// Handles a schema-valid message of type `mtype`.
+    async fn handle(&self, mtype: &'static str, body: Value, ctx: &Context<'_>) -> Handled;
+}
+
 /// Handles one message type.
 #[async_trait]
 pub trait Handler<M: Message>: Send + Sync + 'static {
@@ -181,6 +189,27 @@ impl Router {
             routes: HashMap::new(),
             raw: Some(Arc::new(handler)),
         }
+    }
+
+    /// Routes the contract's message type `info` to a handler of JSON bodies.
+    pub fn route_json(mut self, info: &'static MessageInfo, handler: Arc<dyn JsonHandler>) -> Self {
+        let validator = jsonschema::validator_for(&info.schema()).ok();
+        let name = info.name;
+        let call: Arc<CallFn> = Arc::new(coerce(move |body, ctx| {
+            let handler = handler.clone();
+            Box::pin(async move { handler.handle(name, body, ctx).await })
+        }));
+        self.routes.insert(
+            name,
+            Route {
+                info: *info,
+                validator,
+                call,
+                fail: None,
+                on_invalid: None,
+            },
+        );
+        self
     }
 
     /// Routes a message type to a handler.

@@ -19,7 +19,7 @@ pub mod runner;
 pub mod topology;
 
 pub use failure::{Handled, HandlerError};
-pub use handler::{Context, Handler, Router};
+pub use handler::{Context, Handler, JsonHandler, Router};
 pub use outgoing::Outgoing;
 pub use publisher::{PublishError, Publisher};
 pub use runner::{WorkerSpec, run_worker};

@@ -1,0 +1,498 @@
+//! The state machine, for any kind: a saga goes forward through its plan; a failed forward
+//! step is compensated in reverse (or, recovering forward, re-sent); a compensation that keeps
+//! failing, or a forward step that does, stops the saga for an operator. `Driver` is the same
+//! machine behind one object per kind, so the coordinator can hold every kind in one map.
+
+use async_trait::async_trait;
+use pvefleet_contracts::StepError;
+use pvefleet_core::bus::{Handled, HandlerError};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::table::Recovery;
+use super::{Exec, Kind, OnFailure, Phase, Progress, Saga, SagaKind, State, Stored, store};
+
+/// What the deadline scan did to one overdue saga.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Overdue {
+    /// The step was sent again (the n-th re-send).
+    Resent { saga: Uuid, step: String, resend: u32 },
+    /// The saga gave up: its new state.
+    GaveUp { saga: Uuid, step: String, state: String },
+}
+
+/// One kind's machine.
+pub struct Machine<K: SagaKind> {
+    kind: K,
+}
+
+fn db(e: tokio_postgres::Error) -> HandlerError {
+    HandlerError::from(e)
+}
+
+impl<K: SagaKind> Machine<K> {
+    /// The machine of `kind`.
+    pub fn new(kind: K) -> Self {
+        Self { kind }
+    }
+
+    /// The kind.
+    pub fn kind(&self) -> &K {
+        &self.kind
+    }
+
+    fn decode(&self, r: &store::Row) -> Result<Saga<K::Data>, HandlerError> {
+        let stored: Stored<K::Data> = serde_json::from_value(r.data.clone()).map_err(|e| {
+            HandlerError::reject(anyhow::Error::new(e).context(format!("saga {} has data that does not decode", r.id)))
+        })?;
+        let state = State::parse(&r.state)
+            .ok_or_else(|| HandlerError::rejected(format!("saga {} is in an unknown state '{}'", r.id, r.state)))?;
+        Ok(Saga {
+            id: r.id,
+            state,
+            step: usize::try_from(r.step).unwrap_or(0),
+            site_id: r.site_id,
+            progress: stored.progress,
+            data: stored.data,
+        })
+    }
+
+    fn encode(saga: &Saga<K::Data>) -> Value {
+        let stored = Stored {
+            progress: saga.progress.clone(),
+            data: saga.data.clone(),
+        };
+        serde_json::to_value(&stored).unwrap_or(Value::Null)
+    }
+
+    /// Starts saga `id` with `data`: its plan is the forward steps that apply; the first is
+    /// sent (or, with none, the saga completes at once). `answers_on` are the correlation ids
+    /// its steps' events come back with, besides its own. Returns `false`, doing nothing, when
+    /// the saga exists already (a redelivered start).
+    pub async fn start(
+        &self,
+        x: &Exec<'_>,
+        id: Uuid,
+        site: Option<Uuid>,
+        data: K::Data,
+        answers_on: &[Uuid],
+    ) -> Result<bool, HandlerError> {
+        let table = self.kind.table();
+        let plan: Vec<String> = table
+            .forward
+            .iter()
+            .filter(|s| (s.applies)(&data, x.settings))
+            .map(|s| s.key.to_string())
+            .collect();
+        let saga = Saga {
+            id,
+            state: State::Running,
+            step: 0,
+            site_id: site,
+            progress: Progress {
+                plan,
+                ..Progress::default()
+            },
+            data,
+        };
+        if !store::insert(x.db, id, self.kind.kind(), site, State::Running, &Self::encode(&saga))
+            .await
+            .map_err(db)?
+        {
+            return Ok(false);
+        }
+        store::correlate(x.db, id, answers_on).await.map_err(db)?;
+        match saga.progress.plan.first().cloned() {
+            Some(first) => self.send_step(x, &saga, &first, Phase::Forward).await?,
+            None => self.complete(x, saga, None).await?,
+        }
+        Ok(true)
+    }
+
+    /// Queues the command of step `key` and records it in the timeline with its deadline.
+    async fn send_step(&self, x: &Exec<'_>, saga: &Saga<K::Data>, key: &str, phase: Phase) -> Handled {
+        let def = self.kind.table().step(key).ok_or_else(|| {
+            HandlerError::rejected(format!("saga {} names step '{key}', which its table has not", saga.id))
+        })?;
+        let out = (def.build)(&saga.data, x.settings, &x.origin_of(saga.id)).map_err(|e| {
+            HandlerError::retry(anyhow::Error::new(e).context(format!("cannot encode {}", def.command)))
+        })?;
+        x.enqueue(&out).await?;
+        let timeout = x.settings.timeout_of(def.command).as_secs_f64();
+        store::sent(x.db, saga.id, def.command, phase, timeout)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// After forward step `last` (if any): every step is done.
+    async fn complete(&self, x: &Exec<'_>, mut saga: Saga<K::Data>, last: Option<&str>) -> Handled {
+        saga.state = State::Completed;
+        saga.step = saga.progress.plan.len();
+        let data = Self::encode(&saga);
+        match last.and_then(|k| self.kind.table().step(k)) {
+            Some(def) => store::save_done(x.db, saga.id, State::Completed, saga.step, &data, def.command).await,
+            None => store::save(x.db, saga.id, State::Completed, saga.step, &data).await,
+        }
+        .map_err(db)?;
+        self.kind.completed(x, &saga).await
+    }
+
+    /// Runs the compensation at `index`, or, past the last, ends the saga failed.
+    async fn compensate_from(&self, x: &Exec<'_>, mut saga: Saga<K::Data>, index: usize) -> Handled {
+        saga.step = index;
+        match saga.progress.compensations.get(index).cloned() {
+            Some(key) => {
+                saga.state = State::Compensating;
+                store::save(x.db, saga.id, State::Compensating, index, &Self::encode(&saga))
+                    .await
+                    .map_err(db)?;
+                self.send_step(x, &saga, &key, Phase::Compensate).await
+            }
+            None => {
+                saga.state = State::Failed;
+                store::save(x.db, saga.id, State::Failed, index, &Self::encode(&saga))
+                    .await
+                    .map_err(db)?;
+                let (step, error) = saga
+                    .progress
+                    .failure
+                    .clone()
+                    .unwrap_or_else(|| ("?".into(), StepError::new("unknown", "no failure recorded")));
+                let command = self.kind.table().step(&step).map_or(step.as_str(), |d| d.command);
+                self.kind.failed(x, &saga, command, &error).await
+            }
+        }
+    }
+
+    /// Re-sends a failed step (at most `saga.compensation_attempts` times), then stops.
+    async fn resend_or_give_up(
+        &self,
+        x: &Exec<'_>,
+        saga: Saga<K::Data>,
+        key: &str,
+        phase: Phase,
+        error: StepError,
+    ) -> Handled {
+        let resends = store::bump_resends(x.db, saga.id).await.map_err(db)?;
+        if resends < x.settings.compensation_attempts as i32 {
+            return self.send_step(x, &saga, key, phase).await;
+        }
+        self.give_up(x, saga, key, phase, &error).await.map(drop)
+    }
+
+    /// Stops the saga for an operator: `compensation_failed` when a compensation gave up,
+    /// `suspended` when a forward step did. Returns the new state.
+    async fn give_up(
+        &self,
+        x: &Exec<'_>,
+        mut saga: Saga<K::Data>,
+        key: &str,
+        phase: Phase,
+        error: &StepError,
+    ) -> Result<State, HandlerError> {
+        let state = match phase {
+            Phase::Compensate => State::CompensationFailed,
+            Phase::Forward => State::Suspended,
+        };
+        let command = self.kind.table().step(key).map_or(key, |d| d.command);
+        let detail = json!({ "step": command, "error": error });
+        store::stop(x.db, saga.id, state, &detail).await.map_err(db)?;
+        saga.state = state;
+        self.kind.stopped(x, &saga, state, &detail).await?;
+        tracing::error!(saga = %saga.id, step = command, error = %error.message, state = state.as_str(), "The saga gave up; an operator must look.");
+        Ok(state)
+    }
+
+    /// The step in flight and its phase.
+    fn in_flight<'s>(&self, saga: &'s Saga<K::Data>) -> Option<(&'s str, Phase)> {
+        match saga.state {
+            State::Running => saga.progress.plan.get(saga.step).map(|k| (k.as_str(), Phase::Forward)),
+            State::Compensating => saga
+                .progress
+                .compensations
+                .get(saga.step)
+                .map(|k| (k.as_str(), Phase::Compensate)),
+            _ => None,
+        }
+    }
+
+    async fn forward_failed(
+        &self,
+        x: &Exec<'_>,
+        mut saga: Saga<K::Data>,
+        key: String,
+        error: StepError,
+        event: &Value,
+    ) -> Handled {
+        match self.kind.step_failed(x, &mut saga, &key, &error, event).await? {
+            OnFailure::Resend => {
+                store::save(x.db, saga.id, State::Running, saga.step, &Self::encode(&saga))
+                    .await
+                    .map_err(db)?;
+                self.send_step(x, &saga, &key, Phase::Forward).await
+            }
+            OnFailure::Recover => match self.kind.table().recovery {
+                Recovery::Forward => self.resend_or_give_up(x, saga, &key, Phase::Forward, error).await,
+                Recovery::Backward => {
+                    saga.progress.compensations =
+                        self.kind
+                            .table()
+                            .compensations_for(&saga.progress.done, Some(&key), &saga.data, x.settings);
+                    saga.progress.failure = Some((key, error));
+                    self.compensate_from(x, saga, 0).await
+                }
+            },
+        }
+    }
+}
+
+/// A kind's machine behind one object: what the coordinator, the deadline scan and the
+/// operator tools call, whatever the kind.
+#[async_trait]
+pub trait Driver: Send + Sync {
+    /// Which kind.
+    fn kind(&self) -> Kind;
+    /// Why its table cannot work, if it cannot.
+    fn validate(&self) -> Result<(), String>;
+    /// Every event type its steps end with.
+    fn events(&self) -> Vec<&'static str>;
+    /// Its steps: key, command and phase, forward steps first.
+    fn steps(&self) -> Vec<(&'static str, &'static str, Phase)>;
+    /// An event for saga `row` (found by `correlation`).
+    async fn on_event(&self, x: &Exec<'_>, row: store::Row, mtype: &str, body: &Value, correlation: Uuid) -> Handled;
+    /// A saga past its deadline: its step is re-sent, or it stops for an operator.
+    async fn overdue(&self, x: &Exec<'_>, row: store::Row) -> anyhow::Result<Option<Overdue>>;
+    /// Command `command` of saga `row` was parked as dead letter `dead_letter`.
+    async fn parked(
+        &self,
+        x: &Exec<'_>,
+        row: store::Row,
+        command: &str,
+        dead_letter: Uuid,
+        fault_class: &str,
+    ) -> Handled;
+    /// An operator re-sends the step in flight; returns its command.
+    async fn retry_step(&self, x: &Exec<'_>, row: store::Row) -> anyhow::Result<String>;
+    /// An operator aborts the saga: what was done is compensated; returns the compensations.
+    async fn abort(&self, x: &Exec<'_>, row: store::Row, actor: &str) -> anyhow::Result<Vec<String>>;
+}
+
+fn to_anyhow(e: HandlerError) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
+#[async_trait]
+impl<K: SagaKind> Driver for Machine<K> {
+    fn kind(&self) -> Kind {
+        self.kind.kind()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.kind.table().validate(self.kind.kind().as_str())
+    }
+
+    fn events(&self) -> Vec<&'static str> {
+        self.kind.table().events()
+    }
+
+    fn steps(&self) -> Vec<(&'static str, &'static str, Phase)> {
+        let t = self.kind.table();
+        t.forward
+            .iter()
+            .map(|s| (s.key, s.command, Phase::Forward))
+            .chain(t.compensations.iter().map(|s| (s.key, s.command, Phase::Compensate)))
+            .collect()
+    }
+
+    async fn on_event(&self, x: &Exec<'_>, row: store::Row, mtype: &str, body: &Value, correlation: Uuid) -> Handled {
+        let mut saga = self.decode(&row)?;
+        let Some((key, phase)) = self.in_flight(&saga).map(|(k, p)| (k.to_string(), p)) else {
+            tracing::info!(event = mtype, saga = %saga.id, state = saga.state.as_str(), "An event for a saga that is not in flight; ignored.");
+            return Ok(());
+        };
+        let Some(def) = self.kind.table().step(&key) else {
+            return Err(HandlerError::rejected(format!(
+                "saga {} names step '{key}', which its table has not",
+                saga.id
+            )));
+        };
+        let answers = (def.answers_on)(&saga.data).unwrap_or(saga.id);
+        if (mtype != def.done && mtype != def.failed) || answers != correlation {
+            tracing::info!(event = mtype, saga = %saga.id, step = def.command, "A late or duplicate event for a step not in flight; ignored.");
+            return Ok(());
+        }
+        let command = def.command;
+        if mtype == def.done {
+            (def.on_done)(&mut saga.data, body);
+            return match phase {
+                Phase::Forward => {
+                    saga.progress.done.push(key.clone());
+                    let next = saga.step + 1;
+                    match saga.progress.plan.get(next).cloned() {
+                        Some(next_key) => {
+                            saga.step = next;
+                            store::save_done(x.db, saga.id, State::Running, next, &Self::encode(&saga), command)
+                                .await
+                                .map_err(db)?;
+                            self.send_step(x, &saga, &next_key, Phase::Forward).await
+                        }
+                        None => self.complete(x, saga, Some(&key)).await,
+                    }
+                }
+                Phase::Compensate => {
+                    store::finished(x.db, saga.id, command, Phase::Compensate, None)
+                        .await
+                        .map_err(db)?;
+                    store::reset_resends(x.db, saga.id).await.map_err(db)?;
+                    let next = saga.step + 1;
+                    self.compensate_from(x, saga, next).await
+                }
+            };
+        }
+        let error: StepError = serde_json::from_value(body.get("error").cloned().unwrap_or(Value::Null))
+            .unwrap_or_else(|_| StepError::new("unknown", format!("{mtype} without a readable error")));
+        store::finished(x.db, saga.id, command, phase, Some(&json!(error)))
+            .await
+            .map_err(db)?;
+        match phase {
+            Phase::Forward => self.forward_failed(x, saga, key, error, body).await,
+            Phase::Compensate => self.resend_or_give_up(x, saga, &key, Phase::Compensate, error).await,
+        }
+    }
+
+    async fn overdue(&self, x: &Exec<'_>, row: store::Row) -> anyhow::Result<Option<Overdue>> {
+        let saga = self.decode(&row).map_err(to_anyhow)?;
+        let Some((key, phase)) = self.in_flight(&saga).map(|(k, p)| (k.to_string(), p)) else {
+            store::clear_deadline(x.db, saga.id).await?;
+            return Ok(None);
+        };
+        let Some(def) = self.kind.table().step(&key) else {
+            store::clear_deadline(x.db, saga.id).await?;
+            return Ok(None);
+        };
+        let command = def.command.to_string();
+        let timeout = x.settings.timeout_of(def.command);
+        let sends = u32::try_from(row.step_sends).unwrap_or(0);
+        if sends < x.settings.step_resends {
+            let out = (def.build)(&saga.data, x.settings, &x.origin_of(saga.id))?;
+            x.enqueue(&out).await.map_err(to_anyhow)?;
+            let resend = sends + 1;
+            store::resent(x.db, saga.id, def.command, phase, timeout.as_secs_f64(), resend as i32).await?;
+            tracing::warn!(saga = %saga.id, step = %command, resend, timeout = ?timeout, "No answer by the step's deadline; the command is sent again.");
+            return Ok(Some(Overdue::Resent {
+                saga: saga.id,
+                step: command,
+                resend,
+            }));
+        }
+        let error = StepError::new(
+            "step.deadline",
+            format!(
+                "no answer to {command} within {} after {} sends",
+                humantime::format_duration(timeout),
+                sends + 1
+            ),
+        );
+        store::finished(x.db, saga.id, def.command, phase, Some(&json!(error))).await?;
+        let state = self
+            .give_up(x, saga.clone(), &key, phase, &error)
+            .await
+            .map_err(to_anyhow)?;
+        Ok(Some(Overdue::GaveUp {
+            saga: saga.id,
+            step: command,
+            state: state.as_str().to_string(),
+        }))
+    }
+
+    async fn parked(
+        &self,
+        x: &Exec<'_>,
+        row: store::Row,
+        command: &str,
+        dead_letter: Uuid,
+        fault_class: &str,
+    ) -> Handled {
+        let mut saga = self.decode(&row)?;
+        let Some((key, phase)) = self.in_flight(&saga).map(|(k, p)| (k.to_string(), p)) else {
+            return Ok(());
+        };
+        if self.kind.table().step(&key).map(|d| d.command) != Some(command) {
+            // Not the step in flight: an old copy; the saga is not waiting on it.
+            return Ok(());
+        }
+        let state = match phase {
+            Phase::Forward => State::Suspended,
+            Phase::Compensate => State::CompensationFailed,
+        };
+        let detail = json!({
+            "step": command,
+            "dead_letter_id": dead_letter.to_string(),
+            "error": { "code": "parked", "message": format!("the command was parked ({fault_class}); see pvefleet dlq show {dead_letter}") },
+        });
+        store::stop(x.db, saga.id, state, &detail).await.map_err(db)?;
+        saga.state = state;
+        self.kind.stopped(x, &saga, state, &detail).await?;
+        tracing::error!(saga = %saga.id, step = command, dead_letter = %dead_letter, state = state.as_str(), "A saga's command was parked; the saga waits for an operator.");
+        Ok(())
+    }
+
+    async fn retry_step(&self, x: &Exec<'_>, row: store::Row) -> anyhow::Result<String> {
+        let mut saga = self.decode(&row).map_err(to_anyhow)?;
+        let (state, phase, key) = match saga.state {
+            State::CompensationFailed | State::Compensating => (
+                State::Compensating,
+                Phase::Compensate,
+                saga.progress.compensations.get(saga.step),
+            ),
+            State::Suspended | State::Running => (State::Running, Phase::Forward, saga.progress.plan.get(saga.step)),
+            other => anyhow::bail!("saga {} is {}; there is no step to retry", saga.id, other.as_str()),
+        };
+        let key = key
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("saga {} has no step {} to retry", saga.id, saga.step))?;
+        saga.state = state;
+        store::save(x.db, saga.id, state, saga.step, &Self::encode(&saga)).await?;
+        store::reset_resends(x.db, saga.id).await?;
+        self.send_step(x, &saga, &key, phase).await.map_err(to_anyhow)?;
+        Ok(self
+            .kind
+            .table()
+            .step(&key)
+            .map_or(key.clone(), |d| d.command.to_string()))
+    }
+
+    async fn abort(&self, x: &Exec<'_>, row: store::Row, actor: &str) -> anyhow::Result<Vec<String>> {
+        let mut saga = self.decode(&row).map_err(to_anyhow)?;
+        let table = self.kind.table();
+        anyhow::ensure!(
+            table.recovery == Recovery::Backward,
+            "only sagas that compensate can be aborted; a {} recovers forward",
+            self.kind.kind().as_str()
+        );
+        anyhow::ensure!(
+            matches!(saga.state, State::Running | State::Suspended),
+            "saga {} is {}; only running or suspended sagas can be aborted",
+            saga.id,
+            saga.state.as_str()
+        );
+        let current = saga
+            .progress
+            .plan
+            .get(saga.step)
+            .cloned()
+            .unwrap_or_else(|| saga.progress.plan.first().cloned().unwrap_or_default());
+        saga.progress.failure = Some((current, StepError::new("aborted", format!("aborted by {actor}"))));
+        saga.progress.compensations = table.compensations_for(&saga.progress.done, None, &saga.data, x.settings);
+        let queued: Vec<String> = saga
+            .progress
+            .compensations
+            .iter()
+            .filter_map(|k| table.step(k).map(|d| d.command.to_string()))
+            .collect();
+        store::reset_resends(x.db, saga.id).await?;
+        self.compensate_from(x, saga, 0).await.map_err(to_anyhow)?;
+        Ok(queued)
+    }
+}

@@ -1,0 +1,97 @@
+//! The deprovisioning saga: `ha.disable` (when HA) → `proxy.delete` → `dns.delete` (not for
+//! provider `none`) → `container.destroy` (when a container was made) → release the leases →
+//! `site.deprovisioned`. It recovers forward: a failed step is sent again, then the saga stops
+//! for an operator, since going back would bring back what the user asked to remove.
+
+use async_trait::async_trait;
+use pvefleet_contracts::StepError;
+use pvefleet_contracts::messages::{ContainerDestroyed, DnsDeleted, HaDisabled, ProxyDeleted, SiteDeprovisioned};
+use pvefleet_core::bus::Handled;
+use serde_json::Value;
+
+use super::site::{self, SiteSaga};
+use crate::engine::{Exec, Kind, Recovery, Saga, SagaKind, State, StepDef, Table, Undo};
+
+/// The deprovisioning kind.
+pub struct Deprovision {
+    table: Table<SiteSaga>,
+}
+
+const FORWARD: Undo = Undo::Nothing("a removal recovers forward: it is sent again, never undone");
+
+impl Deprovision {
+    /// The kind, with its table.
+    pub fn new() -> Self {
+        use pvefleet_contracts::messages::{ContainerDestroy, DnsDelete, HaDisable, ProxyDelete};
+        let table = Table {
+            forward: vec![
+                StepDef::new::<HaDisable, HaDisabled>("ha_disable", site::ha_disable)
+                    .when(site::ha)
+                    .undo(FORWARD),
+                StepDef::new::<ProxyDelete, ProxyDeleted>("proxy_delete", site::proxy_delete)
+                    .when(site::proxy)
+                    .undo(FORWARD),
+                StepDef::new::<DnsDelete, DnsDeleted>("dns_delete", site::dns_delete)
+                    .when(site::dns)
+                    .undo(FORWARD),
+                StepDef::new::<ContainerDestroy, ContainerDestroyed>("destroy", site::destroy)
+                    .when(|d, _| d.vmid != 0)
+                    .undo(FORWARD),
+            ],
+            compensations: Vec::new(),
+            recovery: Recovery::Forward,
+        };
+        Self { table }
+    }
+}
+
+impl Default for Deprovision {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl SagaKind for Deprovision {
+    type Data = SiteSaga;
+
+    fn kind(&self) -> Kind {
+        Kind::Deprovision
+    }
+
+    fn table(&self) -> &Table<SiteSaga> {
+        &self.table
+    }
+
+    async fn completed(&self, x: &Exec<'_>, saga: &Saga<SiteSaga>) -> Handled {
+        let site = saga.data.site.site_id;
+        x.db.exec("DELETE FROM leases WHERE site_id = $1", &[&site.as_uuid()])
+            .await?;
+        x.db.exec(
+            "UPDATE sites SET state = 'deleted', updated_at = now() WHERE id = $1",
+            &[&site.as_uuid()],
+        )
+        .await?;
+        x.send(saga.id, &SiteDeprovisioned { site_id: site }).await
+    }
+
+    async fn failed(&self, _x: &Exec<'_>, saga: &Saga<SiteSaga>, step: &str, error: &StepError) -> Handled {
+        // Forward recovery never compensates, so it never ends failed; say so if it does.
+        tracing::error!(saga = %saga.id, step, error = %error.message, "A deprovisioning ended failed, which it should not.");
+        Ok(())
+    }
+
+    async fn stopped(&self, x: &Exec<'_>, saga: &Saga<SiteSaga>, state: State, detail: &Value) -> Handled {
+        let site_state = if state == State::CompensationFailed {
+            "failed"
+        } else {
+            "deprovisioning"
+        };
+        x.db.exec(
+            "UPDATE sites SET state = $2, error = $3, updated_at = now() WHERE id = $1",
+            &[&saga.data.site.site_id.as_uuid(), &site_state, detail],
+        )
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,6 @@
+//! The saga kinds: each a table and its hooks.
+
+pub mod deprovision;
+pub mod provision;
+pub mod site;
+pub mod vnet;

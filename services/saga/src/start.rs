@@ -1,0 +1,348 @@
+//! The commands that start a saga: `site.provision` (checked against the site policy, its
+//! leases taken), `site.deprovision` (a provisioning still in flight is superseded) and
+//! `vnet.provision` (its operation recorded). A start whose saga exists is a redelivery and
+//! does nothing; one that fails before its first step ends the site with the reason.
+
+use async_trait::async_trait;
+use pvefleet_contracts::messages::{
+    MessageParked, SiteDeprovision, SiteProvision, SiteProvisionFailed, SiteRejected, VnetProvision,
+};
+use pvefleet_contracts::{Message, SiteId, StepError};
+use pvefleet_core::bus::outgoing::Origin;
+use pvefleet_core::bus::{Context, Handled, Handler, HandlerError, Outgoing};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::coordinator::{Coordinator, Inner};
+use crate::engine::{Exec, Progress, SagaKind, Stored, store};
+use crate::kinds::site::SiteSaga;
+use crate::kinds::vnet::{VnetProvisioning, VnetSaga};
+use crate::leases;
+
+const LIVE: &str = "state NOT IN ('failed', 'rejected', 'deleted')";
+
+#[async_trait]
+impl Handler<SiteProvision> for Coordinator {
+    async fn handle(&self, req: SiteProvision, ctx: &Context<'_>) -> Handled {
+        let me = &self.inner;
+        let x = me.exec(ctx)?;
+        let saga = ctx.correlation_id.unwrap_or_else(Uuid::now_v7);
+        if let Err(invalid) = crate::validate(&me.settings, &me.templates, &me.apps, &req) {
+            // Told at once (it must not roll back with the message, which is parked).
+            reject(ctx, saga, &req, invalid.field, &invalid.reason).await?;
+            return Err(HandlerError::rejected(format!("{}: {}", invalid.field, invalid.reason)));
+        }
+        let site = req.site_id.as_uuid();
+        // A saga that exists already is a redelivery. The subdomain is free unless a live site
+        // holds it. (A race between two requests ends in the unique index; the loser's batch is
+        // retried and then meets this check.)
+        let row =
+            x.db.one(
+                &format!(
+                    "SELECT EXISTS (SELECT 1 FROM sagas WHERE id = $1),
+                            EXISTS (SELECT 1 FROM sites WHERE subdomain = $2 AND id <> $3 AND {LIVE})"
+                ),
+                &[&saga, &req.subdomain, &site],
+            )
+            .await?;
+        let (existing, taken): (bool, bool) = (row.get(0), row.get(1));
+        if existing {
+            return Ok(());
+        }
+        if taken {
+            let reason = format!("subdomain '{}' is already in use", req.subdomain);
+            return reject(ctx, saga, &req, "subdomain", &reason).await;
+        }
+        // A pool with nothing left ends the saga here: no step was sent, so there is nothing to
+        // compensate, but the site must end and say why, and give back what it held.
+        let leased = match leases::lease_vmid(x.db, &me.settings, site).await {
+            Ok(vmid) => leases::lease_ip(x.db, &me.settings, site).await.map(|ip| (vmid, ip)),
+            Err(e) => Err(e),
+        };
+        let (vmid, ip) = match leased {
+            Ok(l) => l,
+            Err(HandlerError::Fail(error)) => return fail_before_start(me, &x, saga, &req, "lease", error).await,
+            Err(other) => return Err(other),
+        };
+        // The site: intake writes it first as `requested`; a publisher straight to the bus does not.
+        let spec = serde_json::to_value(&req).unwrap_or(Value::Null);
+        x.db.exec(
+            "INSERT INTO sites (id, subdomain, owner, state, spec, vmid, ip) VALUES ($1, $2, $3, 'provisioning', $4, $5, $6)
+             ON CONFLICT (id) DO UPDATE SET state = 'provisioning', vmid = $5, ip = $6, updated_at = now()
+                 WHERE sites.state = 'requested'",
+            &[&site, &req.subdomain, &req.owner, &spec, &(vmid as i32), &ip],
+        )
+        .await?;
+        let data = SiteSaga {
+            site: req,
+            vmid,
+            ip,
+            node: None,
+            vmids_taken: Vec::new(),
+        };
+        me.provision.start(&x, saga, Some(site), data, &[]).await.map(drop)
+    }
+}
+
+#[async_trait]
+impl Handler<SiteDeprovision> for Coordinator {
+    async fn handle(&self, cmd: SiteDeprovision, ctx: &Context<'_>) -> Handled {
+        let me = &self.inner;
+        let x = me.exec(ctx)?;
+        let site = cmd.site_id.as_uuid();
+        let saga = ctx.correlation_id.unwrap_or_else(Uuid::now_v7);
+        let Some(row) =
+            x.db.opt(
+                "SELECT state, spec, vmid, ip, node FROM sites WHERE id = $1 FOR UPDATE",
+                &[&site],
+            )
+            .await?
+        else {
+            return Err(HandlerError::fail(
+                "site.missing",
+                format!("site {site} does not exist"),
+            ));
+        };
+        let state: String = row.get(0);
+        if state == "deleted" || state == "deprovisioning" {
+            return Ok(());
+        }
+        let Ok(req) = serde_json::from_value::<SiteProvision>(row.get(1)) else {
+            return Err(HandlerError::fail("site.corrupt", "the site's spec does not decode"));
+        };
+        let vmid: Option<i32> = row.get(2);
+        let data = SiteSaga {
+            site: req,
+            vmid: vmid.map_or(0, |v| v as u32),
+            ip: row.get::<_, Option<String>>(3).unwrap_or_default(),
+            node: row.get(4),
+            vmids_taken: Vec::new(),
+        };
+        x.db.exec(
+            "UPDATE sites SET state = 'deprovisioning', updated_at = now() WHERE id = $1",
+            &[&site],
+        )
+        .await?;
+        // A provisioning saga still in flight stops here: its late events are then ignored.
+        x.db.exec(
+            "UPDATE sagas SET state = 'superseded', version = version + 1, updated_at = now()
+             WHERE site_id = $1 AND kind = 'provision' AND state IN ('running', 'compensating', 'suspended', 'compensation_failed')",
+            &[&site],
+        )
+        .await?;
+        me.deprovision.start(&x, saga, Some(site), data, &[]).await.map(drop)
+    }
+}
+
+#[async_trait]
+impl Handler<VnetProvision> for Coordinator {
+    async fn handle(&self, cmd: VnetProvision, ctx: &Context<'_>) -> Handled {
+        let me = &self.inner;
+        let x = me.exec(ctx)?;
+        // The saga's id is the operation's: intake returned it to follow.
+        let id = cmd.operation_id;
+        let request = serde_json::to_value(&cmd).unwrap_or(Value::Null);
+        // Published directly (not through intake): the operation is recorded here.
+        x.db.exec(
+            "INSERT INTO net_operations (id, kind, vmid, vnet, request) VALUES ($1, 'vnet.provision', $2, $3, $4)
+             ON CONFLICT (id) DO NOTHING",
+            &[&id, &(cmd.vmid.0 as i32), &cmd.vnet, &request],
+        )
+        .await?;
+        x.db.exec(
+            "UPDATE net_operations SET status = 'running', updated_at = now() WHERE id = $1 AND status = 'pending'",
+            &[&id],
+        )
+        .await?;
+        let (vnet, vmid) = (cmd.vnet.clone(), cmd.vmid.0);
+        let data = VnetSaga {
+            request: cmd,
+            ensure_op: Uuid::now_v7(),
+            bind_op: Uuid::now_v7(),
+            remove_op: Uuid::now_v7(),
+            created: false,
+            bound: None,
+            error: None,
+            failed_nodes: Vec::new(),
+        };
+        let answers = VnetProvisioning::answers_on(&data);
+        if me.vnet.start(&x, id, None, data, &answers).await? {
+            tracing::info!(saga = %id, vnet = %vnet, vmid, "VNet saga started: ensuring the VNet.");
+        }
+        Ok(())
+    }
+}
+
+/// The `site.rejected` published when a `site.provision` fails its schema check: the field is
+/// the first one the schema names (`/subdomain: ...`).
+pub(crate) fn rejection_notice(body: &Value, reason: &str, origin: &Origin) -> Option<Outgoing> {
+    let site_id = body
+        .get("site_id")
+        .and_then(|v| serde_json::from_value::<SiteId>(v.clone()).ok());
+    let field = reason
+        .split(": /")
+        .nth(1)
+        .and_then(|rest| rest.split([':', '/']).next())
+        .filter(|f| !f.is_empty())
+        .map(str::to_string);
+    let rejected = SiteRejected {
+        site_id,
+        field,
+        reason: reason.to_string(),
+    };
+    Outgoing::message(&rejected, origin).ok()
+}
+
+/// Publishes `site.rejected` at once: it must not roll back with a message that is parked.
+async fn reject(ctx: &Context<'_>, saga: Uuid, req: &SiteProvision, field: &str, reason: &str) -> Handled {
+    let rejected = SiteRejected {
+        site_id: Some(req.site_id),
+        field: Some(field.to_string()),
+        reason: reason.to_string(),
+    };
+    let origin = Origin {
+        correlation_id: Some(saga),
+        ..ctx.origin()
+    };
+    let out = Outgoing::message(&rejected, &origin)
+        .map_err(|e| HandlerError::retry(anyhow::Error::new(e).context("cannot encode site.rejected")))?;
+    ctx.publisher
+        .publish(&out)
+        .await
+        .map_err(|e| HandlerError::from(e).context("cannot publish site.rejected"))
+}
+
+/// The data of a provisioning that ended before its first step: nothing leased or done.
+fn unstarted(me: &Inner, req: SiteProvision) -> Value {
+    let data = SiteSaga {
+        site: req,
+        vmid: 0,
+        ip: String::new(),
+        node: None,
+        vmids_taken: Vec::new(),
+    };
+    let plan = me
+        .provision
+        .kind()
+        .table()
+        .forward
+        .iter()
+        .filter(|s| (s.applies)(&data, &me.settings))
+        .map(|s| s.key.to_string())
+        .collect();
+    serde_json::to_value(Stored {
+        progress: Progress {
+            plan,
+            ..Progress::default()
+        },
+        data,
+    })
+    .unwrap_or(Value::Null)
+}
+
+/// Ends a provisioning that failed before its first step (its leases could not be had): the
+/// leases it took in this transaction are released, the site is `failed` with the reason
+/// (which frees its subdomain), the saga is recorded `failed` so a follower of it sees the
+/// end, and `site.provision_failed` goes out, all in the handler's transaction.
+async fn fail_before_start(
+    me: &Inner,
+    x: &Exec<'_>,
+    saga: Uuid,
+    req: &SiteProvision,
+    step: &str,
+    error: StepError,
+) -> Handled {
+    let site = req.site_id.as_uuid();
+    tracing::warn!(%saga, %site, code = %error.code, error = %error.message, "A provisioning failed before its first step.");
+    x.db.exec("DELETE FROM leases WHERE site_id = $1", &[&site]).await?;
+    let detail = json!({ "step": step, "error": error });
+    let spec = serde_json::to_value(req).unwrap_or(Value::Null);
+    x.db.exec(
+        "WITH site AS (
+             INSERT INTO sites (id, subdomain, owner, state, spec, error) VALUES ($2, $3, $4, 'failed', $5, $6)
+             ON CONFLICT (id) DO UPDATE SET state = 'failed', error = $6, updated_at = now()
+                 WHERE sites.state = 'requested'
+             RETURNING 1)
+         INSERT INTO sagas (id, kind, site_id, state, step, data, error) VALUES ($1, 'provision', $2, 'failed', 0, $7, $6)",
+        &[&saga, &site, &req.subdomain, &req.owner, &spec, &detail, &unstarted(me, req.clone())],
+    )
+    .await?;
+    let msg = SiteProvisionFailed {
+        site_id: req.site_id,
+        failed_step: step.to_string(),
+        error,
+    };
+    x.send(saga, &msg).await
+}
+
+/// A `site.provision` was parked before its saga started. A site intake recorded for it
+/// (still `requested`) ends: `rejected` when the policy refused it (`site.rejected` went out
+/// already), else `failed` with `site.provision_failed`; its subdomain is free again, and the
+/// saga is recorded `failed`, naming the dead letter, so a follower sees the end.
+pub(crate) async fn end_parked_request(me: &Inner, x: &Exec<'_>, saga: Uuid, parked: &MessageParked) -> Handled {
+    let Some(dead) =
+        x.db.opt(
+            "SELECT body, fault_message FROM dead_letters WHERE id = $1",
+            &[&parked.dead_letter_id],
+        )
+        .await?
+    else {
+        return Ok(());
+    };
+    let (body, reason): (Vec<u8>, String) = (dead.get(0), dead.get(1));
+    // The body may be anything a publisher sent; only a readable site id leads anywhere.
+    let Some(site) = serde_json::from_slice::<Value>(&body).ok().and_then(|b| {
+        b.get("site_id")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<Uuid>().ok())
+    }) else {
+        return Ok(());
+    };
+    let Some(row) =
+        x.db.opt(
+            "SELECT spec FROM sites WHERE id = $1 AND state = 'requested' FOR UPDATE",
+            &[&site],
+        )
+        .await?
+    else {
+        return Ok(());
+    };
+    let spec: Value = row.get(0);
+    let refused = parked.fault_class == "rejected";
+    let error = StepError::new(if refused { "rejected" } else { "parked" }, reason);
+    let detail = json!({
+        "step": SiteProvision::TYPE,
+        "dead_letter_id": parked.dead_letter_id.to_string(),
+        "error": error,
+    });
+    let state = if refused { "rejected" } else { "failed" };
+    x.db.exec(
+        "UPDATE sites SET state = $2, error = $3, updated_at = now() WHERE id = $1",
+        &[&site, &state, &detail],
+    )
+    .await?;
+    let data = serde_json::from_value::<SiteProvision>(spec)
+        .ok()
+        .map(|req| unstarted(me, req));
+    store::insert(
+        x.db,
+        saga,
+        crate::engine::Kind::Provision,
+        Some(site),
+        crate::engine::State::Failed,
+        &json!(data),
+    )
+    .await?;
+    x.db.exec("UPDATE sagas SET error = $2 WHERE id = $1", &[&saga, &detail])
+        .await?;
+    tracing::warn!(%saga, %site, state, dead_letter = %parked.dead_letter_id, "A site's request was parked before its saga started; the site ends.");
+    if !refused {
+        let msg = SiteProvisionFailed {
+            site_id: SiteId(site),
+            failed_step: SiteProvision::TYPE.to_string(),
+            error,
+        };
+        x.send(saga, &msg).await?;
+    }
+    Ok(())
+}
