@@ -261,6 +261,76 @@ pub fn topic_matches(pattern: &str, key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kinds::deprovision::Deprovision;
+    use crate::kinds::provision::Provision;
+    use crate::kinds::site::{self, SiteSaga};
+    use crate::kinds::vnet::VnetProvisioning;
+    use crate::engine::SagaKind;
+    use pvefleet_contracts::messages::{
+        ContainerCreate, ContainerCreated, ContainerDestroy, ContainerDestroyed, NetAttach, NetAttached,
+    };
+
+    #[test]
+    fn every_kind_s_table_validates() {
+        Provision::new().table().validate("provision").unwrap();
+        Deprovision::new().table().validate("deprovision").unwrap();
+        VnetProvisioning::new().table().validate("vnet.provision").unwrap();
+    }
+
+    fn with_forward(extra: StepDef<SiteSaga>) -> Table<SiteSaga> {
+        let mut table = Table {
+            forward: vec![StepDef::new::<ContainerCreate, ContainerCreated>("create", site::create).undo(Undo::Step("destroy"))],
+            compensations: vec![StepDef::new::<ContainerDestroy, ContainerDestroyed>("destroy", site::destroy)],
+            recovery: Recovery::Backward,
+        };
+        table.validate("test").expect("the base table is sound");
+        table.forward.push(extra);
+        table
+    }
+
+    #[test]
+    fn a_step_without_an_undo_is_refused() {
+        let table = with_forward(StepDef::new::<ContainerCreate, ContainerCreated>("again", site::create));
+        let err = table.validate("test").unwrap_err();
+        assert!(err.contains("'again' does not say what undoes it"), "{err}");
+    }
+
+    #[test]
+    fn an_undo_naming_no_compensation_is_refused() {
+        let table = with_forward(
+            StepDef::new::<ContainerCreate, ContainerCreated>("again", site::create).undo(Undo::Step("unmake")),
+        );
+        let err = table.validate("test").unwrap_err();
+        assert!(err.contains("'unmake', which is no compensation"), "{err}");
+        let table = with_forward(
+            StepDef::new::<ContainerCreate, ContainerCreated>("again", site::create).undo(Undo::CoveredBy("later")),
+        );
+        assert!(table.validate("test").unwrap_err().contains("covered by 'later'"));
+    }
+
+    #[test]
+    fn a_step_whose_event_no_route_brings_to_the_saga_is_refused() {
+        // net.attached goes to whoever asked for the attach, not to the saga queue: a saga
+        // step waiting for it would wait for ever.
+        let table = with_forward(
+            StepDef::new::<NetAttach, NetAttached>("attach", |d: &SiteSaga, _| NetAttach {
+                operation_id: d.site.site_id.as_uuid(),
+                vmid: pvefleet_contracts::Vmid(d.vmid),
+                iface: Default::default(),
+            })
+            .undo(Undo::Nothing("test")),
+        );
+        let err = table.validate("test").unwrap_err();
+        assert!(err.contains("the saga queue is bound to nothing that routes"), "{err}");
+    }
+
+    #[test]
+    fn a_key_declared_twice_is_refused() {
+        let table = with_forward(
+            StepDef::new::<ContainerCreate, ContainerCreated>("create", site::create).undo(Undo::Step("destroy")),
+        );
+        assert!(table.validate("test").unwrap_err().contains("declared twice"));
+    }
 
     #[test]
     fn topic_patterns_match_as_rabbitmq_does() {
