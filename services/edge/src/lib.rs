@@ -79,7 +79,7 @@ impl Edge {
         };
         let proxy = match saga.proxy_provider.as_str() {
             "none" => Proxy::None,
-            "caddy" => Proxy::Caddy(Caddy::new(http, &edge.caddy_admin_url, &edge.caddy_server)),
+            "caddy" => Proxy::Caddy(Caddy::new(edge.timeout, &edge.caddy_admin_url, &edge.caddy_server)?),
             "npm" => {
                 let secret = edge
                     .npm_secret

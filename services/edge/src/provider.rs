@@ -41,7 +41,15 @@ impl ProviderError {
         } else {
             "request failed"
         };
-        Self::Retry(format!("{provider} {what}: {kind}: {e}"))
+        // reqwest's own message is only "error sending request"; the cause is in its sources.
+        let mut chain = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(cause) = source {
+            chain.push_str(": ");
+            chain.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        Self::Retry(format!("{provider} {what}: {kind}: {chain}"))
     }
 }
 

@@ -262,3 +262,44 @@ async fn an_unreachable_provider_is_retried_not_failed() {
     assert!(none.is_none(), "no failure event for a transient fault: {none:?}");
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upserts_of_one_site_at_once_leave_one_caddy_route() {
+    // Caddy 2.6 takes a second route with the same @id; the conditional add keeps it to one.
+    let caddy = Caddy::start().await.unwrap();
+    let _ = rustls::crypto::CryptoProvider::install_default(rustls::crypto::ring::default_provider());
+    let proxy = pvefleet_edge::proxy::Caddy::new(Duration::from_secs(10), &caddy.admin_url, "edge").unwrap();
+    for round in 0..5 {
+        let sites: Vec<SiteId> = (0..2).map(|_| SiteId::new()).collect();
+        let calls = (0..16).map(|i| {
+            let (proxy, site) = (proxy.clone(), sites[i % 2]);
+            async move {
+                // Caddy restarts its admin listener on each change, so some calls meet a reset
+                // connection; the runner retries those (ProviderError::Retry), and so does this.
+                let mut attempt = 0;
+                loop {
+                    match proxy
+                        .upsert(&site, &format!("s{round}-{i}.{ZONE}"), "127.0.0.1:9")
+                        .await
+                    {
+                        Err(pvefleet_edge::provider::ProviderError::Retry(e)) if attempt < 50 => {
+                            attempt += 1;
+                            tracing::debug!(error = %e, "retrying");
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        other => break other,
+                    }
+                }
+            }
+        });
+        for r in futures::future::join_all(calls).await {
+            r.unwrap();
+        }
+        let routes = caddy.routes().await.unwrap();
+        for site in &sites {
+            let id = format!("pvefleet-{site}");
+            let n = routes.iter().filter(|r| r["@id"] == id.as_str()).count();
+            assert_eq!(n, 1, "round {round}: one route for {site}: {routes:?}");
+        }
+    }
+}

@@ -6,7 +6,7 @@ use pvefleet_contracts::messages::{
     MessageParked, NetAttach, NetAttached, NetDetach, NetDetached, NetOperationFailed, NetUpdate, NetUpdated, VnetBind,
     VnetBound, VnetEnsure, VnetEnsured, VnetRemove, VnetRemoved, VnetUnbind, VnetUnbound,
 };
-use pvefleet_contracts::{StepError, Vmid};
+use pvefleet_contracts::{Message, StepError, Vmid};
 use pvefleet_core::bus::{Context, Handled, Handler, HandlerError};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -179,34 +179,41 @@ async fn replay(ctx: &Context<'_>, op: &Operation) -> Handled {
 }
 
 /// Takes the command's operation up, or answers a redelivery of an ended one from its record.
-macro_rules! take_up {
-    ($me:expr, $ctx:expr, $ty:ident, $cmd:expr, $vmid:expr, $vnet:expr) => {{
-        let request = serde_json::to_value(&$cmd).unwrap_or(Value::Null);
-        let op = match $me
-            .start(
-                $cmd.operation_id,
-                <$ty as pvefleet_contracts::Message>::TYPE,
-                $vmid,
-                $vnet,
-                &request,
-            )
-            .await
-        {
-            Ok(op) => op,
-            Err(o) => return Err(o),
-        };
-        if ops::is_final(&op.status) {
-            return replay($ctx, &op).await;
-        }
-        op
-    }};
+/// Records the command's operation, or reads it back for a copy: `None` when it has ended
+/// already, and its end event was published again for whoever waits on it.
+async fn take_up<C: Message + serde::Serialize>(
+    me: &Inner,
+    ctx: &Context<'_>,
+    cmd: &C,
+    id: Uuid,
+    vmid: Option<u32>,
+    vnet: Option<&str>,
+) -> Result<Option<Operation>, HandlerError> {
+    let request = serde_json::to_value(cmd).unwrap_or(Value::Null);
+    let op = me.start(id, C::TYPE, vmid, vnet, &request).await?;
+    if ops::is_final(&op.status) {
+        replay(ctx, &op).await?;
+        return Ok(None);
+    }
+    Ok(Some(op))
 }
 
 #[async_trait]
 impl Handler<NetAttach> for Nethotplug {
     async fn handle(&self, cmd: NetAttach, ctx: &Context<'_>) -> Handled {
         let me = &self.inner;
-        let op = take_up!(me, ctx, NetAttach, cmd, Some(cmd.vmid.0), cmd.iface.vnet.as_deref());
+        let Some(op) = take_up(
+            me,
+            ctx,
+            &cmd,
+            cmd.operation_id,
+            Some(cmd.vmid.0),
+            cmd.iface.vnet.as_deref(),
+        )
+        .await?
+        else {
+            return Ok(());
+        };
         let result = me.attach(&op, cmd.vmid.0, &cmd.iface).await;
         me.conclude(ctx, &op, result).await
     }
@@ -216,7 +223,9 @@ impl Handler<NetAttach> for Nethotplug {
 impl Handler<NetUpdate> for Nethotplug {
     async fn handle(&self, cmd: NetUpdate, ctx: &Context<'_>) -> Handled {
         let me = &self.inner;
-        let op = take_up!(me, ctx, NetUpdate, cmd, Some(cmd.vmid.0), None);
+        let Some(op) = take_up(me, ctx, &cmd, cmd.operation_id, Some(cmd.vmid.0), None).await? else {
+            return Ok(());
+        };
         let result = me.update(&op, cmd.vmid.0, cmd.index, &cmd.changes).await;
         me.conclude(ctx, &op, result).await
     }
@@ -226,7 +235,9 @@ impl Handler<NetUpdate> for Nethotplug {
 impl Handler<NetDetach> for Nethotplug {
     async fn handle(&self, cmd: NetDetach, ctx: &Context<'_>) -> Handled {
         let me = &self.inner;
-        let op = take_up!(me, ctx, NetDetach, cmd, Some(cmd.vmid.0), None);
+        let Some(op) = take_up(me, ctx, &cmd, cmd.operation_id, Some(cmd.vmid.0), None).await? else {
+            return Ok(());
+        };
         let result = me.detach(&op, cmd.vmid.0, cmd.index).await;
         me.conclude(ctx, &op, result).await
     }
@@ -236,7 +247,18 @@ impl Handler<NetDetach> for Nethotplug {
 impl Handler<VnetBind> for Nethotplug {
     async fn handle(&self, cmd: VnetBind, ctx: &Context<'_>) -> Handled {
         let me = &self.inner;
-        let op = take_up!(me, ctx, VnetBind, cmd, Some(cmd.vmid.0), Some(cmd.vnet.as_str()));
+        let Some(op) = take_up(
+            me,
+            ctx,
+            &cmd,
+            cmd.operation_id,
+            Some(cmd.vmid.0),
+            Some(cmd.vnet.as_str()),
+        )
+        .await?
+        else {
+            return Ok(());
+        };
         let result = me.bind(&op, &cmd.vnet, cmd.vmid.0, &cmd.iface).await;
         me.conclude(ctx, &op, result).await
     }
@@ -246,7 +268,18 @@ impl Handler<VnetBind> for Nethotplug {
 impl Handler<VnetUnbind> for Nethotplug {
     async fn handle(&self, cmd: VnetUnbind, ctx: &Context<'_>) -> Handled {
         let me = &self.inner;
-        let op = take_up!(me, ctx, VnetUnbind, cmd, Some(cmd.vmid.0), Some(cmd.vnet.as_str()));
+        let Some(op) = take_up(
+            me,
+            ctx,
+            &cmd,
+            cmd.operation_id,
+            Some(cmd.vmid.0),
+            Some(cmd.vnet.as_str()),
+        )
+        .await?
+        else {
+            return Ok(());
+        };
         let result = me.unbind(&op, &cmd.vnet, cmd.vmid.0, cmd.index).await;
         me.conclude(ctx, &op, result).await
     }
@@ -256,7 +289,12 @@ impl Handler<VnetUnbind> for Nethotplug {
 impl Handler<VnetEnsure> for Nethotplug {
     async fn handle(&self, cmd: VnetEnsure, ctx: &Context<'_>) -> Handled {
         let me = &self.inner;
-        let op = take_up!(me, ctx, VnetEnsure, cmd, None, Some(cmd.vnet.as_str()));
+        // Two copies of one ensure would both find the VNet missing and both create it: one at
+        // a time per name, across replicas; the second then finds the operation ended.
+        let _vnet = me.vnet_lock(&cmd.vnet).await?;
+        let Some(op) = take_up(me, ctx, &cmd, cmd.operation_id, None, Some(cmd.vnet.as_str())).await? else {
+            return Ok(());
+        };
         match me.ensure(&op, &cmd).await {
             Ok(created) => {
                 let client = me.pool.get().await?;
@@ -285,7 +323,11 @@ impl Handler<VnetEnsure> for Nethotplug {
 impl Handler<VnetRemove> for Nethotplug {
     async fn handle(&self, cmd: VnetRemove, ctx: &Context<'_>) -> Handled {
         let me = &self.inner;
-        let op = take_up!(me, ctx, VnetRemove, cmd, None, Some(cmd.vnet.as_str()));
+        // Not while an ensure of the same name is between its check and its create.
+        let _vnet = me.vnet_lock(&cmd.vnet).await?;
+        let Some(op) = take_up(me, ctx, &cmd, cmd.operation_id, None, Some(cmd.vnet.as_str())).await? else {
+            return Ok(());
+        };
         match me.remove(&cmd).await {
             Ok(()) => {
                 let client = me.pool.get().await?;

@@ -26,7 +26,7 @@ use pvefleet_contracts::messages::{
 };
 use pvefleet_core::bus::{HandlerError, Router};
 use pvefleet_core::config::NethotplugSettings;
-use pvefleet_core::db::VmidLock;
+use pvefleet_core::db::{AdvisoryLock, VmidLock};
 use pvefleet_proxmox::client::{Params, PveClient, PveError};
 use pvefleet_proxmox::codec::net::{MAX_NETS, NetConfig};
 use serde_json::{Map, Value};
@@ -169,6 +169,13 @@ impl Nethotplug {
 impl Inner {
     async fn db(&self) -> Step<deadpool_postgres::Object> {
         self.pool.get().await.map_err(db_fault)
+    }
+
+    /// The lock on SDN VNet `vnet`, for the handlers that create or remove it.
+    async fn vnet_lock(&self, vnet: &str) -> Result<AdvisoryLock, HandlerError> {
+        AdvisoryLock::acquire_vnet(&self.pool, vnet, self.s.lock_timeout)
+            .await
+            .map_err(|e| HandlerError::from(e.context(format!("cannot lock vnet {vnet}"))))
     }
 
     /// Takes the per-vmid lock, then reads the operation again: a copy of the command that

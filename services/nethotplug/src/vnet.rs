@@ -267,10 +267,11 @@ impl Inner {
             ));
         }
         if v.state.as_deref() != Some("deleted") {
-            self.pve
-                .vnet_delete(&cmd.vnet)
-                .await
-                .map_err(|e| pve_fault("delete vnet", e))?;
+            match self.pve.vnet_delete(&cmd.vnet).await {
+                // Gone since it was read: what a removal wants.
+                Err(e) if e.reason == pvefleet_proxmox::client::Reason::NotFound => {}
+                other => other.map_err(|e| pve_fault("delete vnet", e))?,
+            }
         }
         self.pve.sdn_apply().await.map_err(|e| pve_fault("apply SDN", e))?;
         Ok(())

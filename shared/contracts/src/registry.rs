@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 
+use crate::StepError;
 use crate::message::{Command, Kind, Message};
 use crate::messages::*;
 
@@ -22,7 +23,11 @@ pub struct MessageInfo {
     schema: fn() -> Value,
     example: fn() -> Value,
     round_trip: fn(&Value) -> Result<Value, serde_json::Error>,
+    failure: Option<FailureBuilder>,
 }
+
+/// Builds a command's `*_failed` event from the command's body and the step's error.
+type FailureBuilder = fn(&Value, StepError) -> Result<Value, serde_json::Error>;
 
 impl MessageInfo {
     /// The JSON Schema of the body, generated from the Rust type.
@@ -38,6 +43,12 @@ impl MessageInfo {
     /// Decodes a body into the Rust type and encodes it again: the decoder's view of it.
     pub fn round_trip(&self, body: &Value) -> Result<Value, serde_json::Error> {
         (self.round_trip)(body)
+    }
+
+    /// For a command, the body of its `*_failed` event for the command `body` and `error`
+    /// (what its worker emits when it fails the step); `None` for other messages.
+    pub fn failure(&self, body: &Value, error: StepError) -> Option<Result<Value, serde_json::Error>> {
+        self.failure.map(|f| f(body, error))
     }
 
     /// The schema file name under `proto/schemas/`: `<type>.v<N>.json`.
@@ -77,6 +88,11 @@ fn round_trip_of<M: Message>(v: &Value) -> Result<Value, serde_json::Error> {
     serde_json::to_value(m)
 }
 
+fn failure_of<M: Command>(body: &Value, error: StepError) -> Result<Value, serde_json::Error> {
+    let cmd: M = serde_json::from_value(body.clone())?;
+    serde_json::to_value(cmd.failed(error))
+}
+
 const fn event<M: Message>() -> MessageInfo {
     MessageInfo {
         name: M::TYPE,
@@ -87,6 +103,7 @@ const fn event<M: Message>() -> MessageInfo {
         schema: schema_of::<M>,
         example: example_of::<M>,
         round_trip: round_trip_of::<M>,
+        failure: None,
     }
 }
 
@@ -98,6 +115,7 @@ pub fn info_of<M: Message>() -> MessageInfo {
 const fn command<M: Command>() -> MessageInfo {
     MessageInfo {
         failed_event: Some(<M::Failed as Message>::TYPE),
+        failure: Some(failure_of::<M>),
         ..event::<M>()
     }
 }
@@ -187,6 +205,25 @@ pub fn find_latest(name: &str) -> Option<&'static MessageInfo> {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn every_command_builds_its_failure_event_from_its_body() {
+        for m in registry().iter().filter(|m| m.failed_event.is_some()) {
+            let failed = find_latest(m.failed_event.unwrap()).unwrap();
+            let body = m
+                .failure(&m.example(), StepError::new("test.code", "it failed"))
+                .expect("a command with a failure event builds it")
+                .unwrap();
+            assert_eq!(failed.round_trip(&body).unwrap(), body, "{}", m.name);
+            assert!(body.to_string().contains("it failed"), "{}: {body}", m.name);
+        }
+        assert!(
+            find_latest("container.created")
+                .unwrap()
+                .failure(&Value::Null, StepError::new("a", "b"))
+                .is_none()
+        );
+    }
 
     #[test]
     fn registry_names_and_versions_are_unique() {

@@ -9,7 +9,7 @@ use pvefleet_core::bus::{Handled, HandlerError};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::table::Recovery;
+use super::table::{Recovery, StepDef, Undo};
 use super::{Exec, Kind, OnFailure, Phase, Progress, Saga, SagaKind, State, Stored, store};
 
 /// What the deadline scan did to one overdue saga.
@@ -24,6 +24,14 @@ pub enum Overdue {
 /// One kind's machine.
 pub struct Machine<K: SagaKind> {
     kind: K,
+}
+
+/// The correlation id a step's command is sent with: the one its events come back on (the
+/// step's own operation, for network steps, else the saga's id). A worker's own events and the
+/// runner's failure event for it then both find the step, and a parked copy of the command
+/// names it.
+fn answers_on<D>(def: &StepDef<D>, saga: &Saga<D>) -> Uuid {
+    (def.answers_on)(&saga.data).unwrap_or(saga.id)
 }
 
 fn db(e: tokio_postgres::Error) -> HandlerError {
@@ -114,7 +122,7 @@ impl<K: SagaKind> Machine<K> {
         let def = self.kind.table().step(key).ok_or_else(|| {
             HandlerError::rejected(format!("saga {} names step '{key}', which its table has not", saga.id))
         })?;
-        let out = (def.build)(&saga.data, x.settings, &x.origin_of(saga.id)).map_err(|e| {
+        let out = (def.build)(&saga.data, x.settings, &x.origin_of(answers_on(def, saga))).map_err(|e| {
             HandlerError::retry(anyhow::Error::new(e).context(format!("cannot encode {}", def.command)))
         })?;
         x.enqueue(&out).await?;
@@ -217,6 +225,47 @@ impl<K: SagaKind> Machine<K> {
         }
     }
 
+    /// An event for a step that is not in flight. Mostly a duplicate, ignored; but a forward
+    /// step's done event after the saga undid that step (or after another saga took down what
+    /// it built) means a late copy of its command did the work again: a redelivery, or a copy retried through the wait
+    /// tiers after the saga moved on. That work is undone again: the step's compensation is
+    /// sent once more, outside the saga's timeline (compensations are idempotent).
+    async fn late(&self, x: &Exec<'_>, saga: &Saga<K::Data>, mtype: &str, body: &Value, correlation: Uuid) -> Handled {
+        let table = self.kind.table();
+        let redone = table
+            .forward
+            .iter()
+            .find(|s| s.done == mtype && answers_on(s, saga) == correlation);
+        let given_up = match saga.state {
+            State::Compensating | State::Failed | State::CompensationFailed | State::Superseded => true,
+            State::Completed if redone.is_some() => self.kind.withdrawn(x, saga).await?,
+            _ => false,
+        };
+        let (Some(step), true, Recovery::Backward) = (redone, given_up, table.recovery) else {
+            tracing::info!(event = mtype, saga = %saga.id, state = saga.state.as_str(), "A late or duplicate event for a step not in flight; ignored.");
+            return Ok(());
+        };
+        let Undo::Step(undo) = step.undo else {
+            return Ok(());
+        };
+        // A compensation still to come in this saga undoes it anyway.
+        let pending =
+            saga.state == State::Compensating && saga.progress.compensations.iter().skip(saga.step).any(|c| c == undo);
+        // What the done event tells decides whether the undo applies (a VNet it created).
+        let mut data = saga.data.clone();
+        (step.on_done)(&mut data, body);
+        let Some(comp) = table.step(undo).filter(|c| !pending && (c.applies)(&data, x.settings)) else {
+            return Ok(());
+        };
+        let redo = Saga { data, ..saga.clone() };
+        let out = (comp.build)(&redo.data, x.settings, &x.origin_of(answers_on(comp, &redo))).map_err(|e| {
+            HandlerError::retry(anyhow::Error::new(e).context(format!("cannot encode {}", comp.command)))
+        })?;
+        x.enqueue(&out).await?;
+        tracing::warn!(saga = %saga.id, event = mtype, state = saga.state.as_str(), undo = comp.command, "A step the saga had undone was done again by a late copy of its command; undoing it again.");
+        Ok(())
+    }
+
     async fn forward_failed(
         &self,
         x: &Exec<'_>,
@@ -308,8 +357,7 @@ impl<K: SagaKind> Driver for Machine<K> {
     async fn on_event(&self, x: &Exec<'_>, row: store::Row, mtype: &str, body: &Value, correlation: Uuid) -> Handled {
         let mut saga = self.decode(&row)?;
         let Some((key, phase)) = self.in_flight(&saga).map(|(k, p)| (k.to_string(), p)) else {
-            tracing::info!(event = mtype, saga = %saga.id, state = saga.state.as_str(), "An event for a saga that is not in flight; ignored.");
-            return Ok(());
+            return self.late(x, &saga, mtype, body, correlation).await;
         };
         let Some(def) = self.kind.table().step(&key) else {
             return Err(HandlerError::rejected(format!(
@@ -317,10 +365,8 @@ impl<K: SagaKind> Driver for Machine<K> {
                 saga.id
             )));
         };
-        let answers = (def.answers_on)(&saga.data).unwrap_or(saga.id);
-        if (mtype != def.done && mtype != def.failed) || answers != correlation {
-            tracing::info!(event = mtype, saga = %saga.id, step = def.command, "A late or duplicate event for a step not in flight; ignored.");
-            return Ok(());
+        if (mtype != def.done && mtype != def.failed) || answers_on(def, &saga) != correlation {
+            return self.late(x, &saga, mtype, body, correlation).await;
         }
         let command = def.command;
         if mtype == def.done {
@@ -375,7 +421,7 @@ impl<K: SagaKind> Driver for Machine<K> {
         let timeout = x.settings.timeout_of(def.command);
         let sends = u32::try_from(row.step_sends).unwrap_or(0);
         if sends < x.settings.step_resends {
-            let out = (def.build)(&saga.data, x.settings, &x.origin_of(saga.id))?;
+            let out = (def.build)(&saga.data, x.settings, &x.origin_of(answers_on(def, &saga)))?;
             x.enqueue(&out).await.map_err(to_anyhow)?;
             let resend = sends + 1;
             store::resent(x.db, saga.id, def.command, phase, timeout.as_secs_f64(), resend as i32).await?;

@@ -233,6 +233,12 @@ pub trait SagaKind: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Whether what a completed saga built has since been taken down by another (the site
+    /// deleted), so that work a late copy of one of its steps does again must be undone.
+    async fn withdrawn(&self, _x: &Exec<'_>, _saga: &Saga<Self::Data>) -> Result<bool, HandlerError> {
+        Ok(false)
+    }
+
     /// A forward step failed (`event` is its failure event): what now (the default: as the
     /// table's recovery says).
     async fn step_failed(

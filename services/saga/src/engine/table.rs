@@ -259,13 +259,14 @@ pub fn topic_matches(pattern: &str, key: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::engine::SagaKind;
     use crate::kinds::deprovision::Deprovision;
     use crate::kinds::provision::Provision;
     use crate::kinds::site::{self, SiteSaga};
     use crate::kinds::vnet::VnetProvisioning;
-    use crate::engine::SagaKind;
     use pvefleet_contracts::messages::{
         ContainerCreate, ContainerCreated, ContainerDestroy, ContainerDestroyed, NetAttach, NetAttached,
     };
@@ -279,8 +280,13 @@ mod tests {
 
     fn with_forward(extra: StepDef<SiteSaga>) -> Table<SiteSaga> {
         let mut table = Table {
-            forward: vec![StepDef::new::<ContainerCreate, ContainerCreated>("create", site::create).undo(Undo::Step("destroy"))],
-            compensations: vec![StepDef::new::<ContainerDestroy, ContainerDestroyed>("destroy", site::destroy)],
+            forward: vec![
+                StepDef::new::<ContainerCreate, ContainerCreated>("create", site::create).undo(Undo::Step("destroy")),
+            ],
+            compensations: vec![StepDef::new::<ContainerDestroy, ContainerDestroyed>(
+                "destroy",
+                site::destroy,
+            )],
             recovery: Recovery::Backward,
         };
         table.validate("test").expect("the base table is sound");

@@ -139,6 +139,15 @@ impl SagaKind for Provision {
         Ok(())
     }
 
+    /// The site is being, or has been, removed: a late copy of a provisioning step must not
+    /// bring back what the removal takes away.
+    async fn withdrawn(&self, x: &Exec<'_>, saga: &Saga<SiteSaga>) -> Result<bool, HandlerError> {
+        let row =
+            x.db.opt("SELECT state FROM sites WHERE id = $1", &[&site_of(saga)])
+                .await?;
+        Ok(row.is_none_or(|r| matches!(r.get::<_, &str>(0), "deprovisioning" | "deleted")))
+    }
+
     /// The cross-check of a vmid lease against PVE, at the moment it counts: the leased vmid
     /// is used by a guest that is not this site's. It is kept as a lease held outside the
     /// fleet, so no other site is given it, and the create goes again with the next free vmid.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
-use pvefleet_contracts::registry::{MessageInfo, find, info_of};
+use pvefleet_contracts::registry::{MessageInfo, find, find_latest, info_of};
 use pvefleet_contracts::{Command, Message, StepError, TraceContext};
 use serde_json::Value;
 use uuid::Uuid;
@@ -191,7 +191,8 @@ impl Router {
         }
     }
 
-    /// Routes the contract's message type `info` to a handler of JSON bodies.
+    /// Routes the contract's message type `info` to a handler of JSON bodies. For a command,
+    /// `HandlerError::Fail` emits its `*_failed` event, as with [`Router::command`].
     pub fn route_json(mut self, info: &'static MessageInfo, handler: Arc<dyn JsonHandler>) -> Self {
         let validator = jsonschema::validator_for(&info.schema()).ok();
         let name = info.name;
@@ -205,7 +206,13 @@ impl Router {
                 info: *info,
                 validator,
                 call,
-                fail: None,
+                fail: info.failed_event.and_then(find_latest).map(|failed| {
+                    let fail: Arc<FailFn> = Arc::new(move |body: &Value, err: StepError, origin: &Origin| {
+                        let event = info.failure(body, err)?;
+                        Some(event.and_then(|e| Outgoing::from_json(failed, &e, origin)))
+                    });
+                    fail
+                }),
                 on_invalid: None,
             },
         );

@@ -5,7 +5,7 @@ pub mod inbox;
 pub mod outbox;
 pub mod vmid_lock;
 
-pub use vmid_lock::VmidLock;
+pub use vmid_lock::{AdvisoryLock, VmidLock};
 
 use std::str::FromStr;
 use std::time::Duration;
