@@ -11,9 +11,12 @@
 pub mod alerts;
 pub mod decide;
 pub mod import;
-pub mod policies;
 pub mod tick;
 pub mod window;
+
+// The policy store lives in the shared policy crate, so intake reaches it without depending
+// on this worker.
+pub use pvefleet_policy::autoscale as policies;
 
 use tokio_util::sync::CancellationToken;
 

@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use pvefleet_autoscaler::policies::{self, Scope};
+use pvefleet_policy::autoscale::{self as policies, Scope};
 use serde_json::{Value, json};
 
 use crate::problem::Problem;

@@ -15,8 +15,8 @@ use pvefleet_contracts::messages::{
     NetAttach, NetDetach, NetInterface, NetUpdate, VnetBind, VnetProvision, VnetUnbind,
 };
 use pvefleet_contracts::{Message, Vmid};
-use pvefleet_nethotplug::check::{self, Refusal};
-use pvefleet_nethotplug::{ops, spec, view};
+use pvefleet_policy::net::check::{self, Refusal};
+use pvefleet_policy::net::{ops, spec, view};
 use pvefleet_proxmox::client::PveClient;
 use serde::Deserialize;
 use serde_json::{Value, json};

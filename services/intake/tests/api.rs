@@ -36,6 +36,7 @@ async fn api() -> Api {
     let mut s: Settings = settings(&vhost, Some(&db));
     let (sim, addr) = Sim::spawn(SimConfig {
         token: Some(("f@pve!i".into(), "x".into())),
+        record_requests: true,
         ..SimConfig::default()
     })
     .await
@@ -304,6 +305,52 @@ async fn bad_requests_get_a_problem_naming_the_field() {
     let (status, _) = a.get("/v1/sites/not-a-uuid").await;
     assert_eq!(status, 400);
     a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_is_no_pve_node_name_is_a_422_naming_node_and_pve_is_never_asked() {
+    let a = api().await;
+    for node in [
+        "../../etc/passwd",
+        "x,rootfs=local:100",
+        "--help",
+        "pve1/../pve2",
+        "pve1?x=1",
+    ] {
+        let body = json!({ "subdomain": "shop", "plan": "small", "node": node }).to_string();
+        let (status, _, problem, ctype) = a.post(Some(&a.write), &body, None).await;
+        assert_eq!(
+            (status, problem["field"].as_str(), ctype.as_str()),
+            (422, Some("node"), "application/problem+json"),
+            "{node}: {problem}"
+        );
+    }
+    // (The saga's lease sync reads `/cluster/resources` on its own; nothing else may be asked.)
+    let about_nodes = || -> Vec<String> {
+        a.sim
+            .requests()
+            .iter()
+            .filter(|r| r.path.starts_with("/nodes"))
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect()
+    };
+    assert!(about_nodes().is_empty(), "PVE was asked: {:?}", about_nodes());
+    // A well-formed name PVE does not know is asked about once, and refused naming the node.
+    let body = json!({ "subdomain": "shop", "plan": "small", "node": "pve9" }).to_string();
+    let (status, _, problem, _) = a.post(Some(&a.write), &body, None).await;
+    assert_eq!((status, problem["field"].as_str()), (422, Some("node")), "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap_or_default().contains("pve9"),
+        "{problem}"
+    );
+    assert_eq!(about_nodes(), ["GET /nodes"]);
+    // A node PVE knows and has online is taken.
+    let body = json!({ "subdomain": "shop", "plan": "small", "node": "pve1" }).to_string();
+    let (status, _, problem, _) = a.post(Some(&a.write), &body, None).await;
+    assert_eq!(status, 202, "{problem}");
+    let c = a.db.client().await.unwrap();
+    let sites: i64 = c.query_one("SELECT count(*) FROM sites", &[]).await.unwrap().get(0);
+    assert_eq!(sites, 1, "only the site on a known node was written");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,13 +10,12 @@
 //! pending list tells whether PVE applied it live or left it for a restart; "unable to
 //! hotplug" is a failure, and the pending change it leaves is reverted.
 
-pub mod check;
 mod handlers;
-pub mod ops;
-pub mod pool;
-pub mod spec;
-pub mod view;
 mod vnet;
+
+// The request checks, views, operations and address pools live in the shared policy crate,
+// so intake reaches them without depending on this worker.
+pub use pvefleet_policy::net::{check, ops, pool, spec, view};
 
 use std::sync::Arc;
 

@@ -29,6 +29,8 @@ pub(crate) struct Inner {
     pub settings: SagaSettings,
     pub templates: Vec<String>,
     pub apps: Vec<String>,
+    /// For the site policy's node check; without it a requested node is not checked here.
+    pub pve: Option<pvefleet_proxmox::client::PveClient>,
     pub provision: Arc<Machine<Provision>>,
     pub deprovision: Arc<Machine<Deprovision>>,
     pub vnet: Arc<Machine<VnetProvisioning>>,
@@ -39,6 +41,17 @@ impl Coordinator {
     /// A coordinator with the saga settings, the allowed templates and the installer's apps
     /// besides `wordpress` and `none`.
     pub fn new(settings: SagaSettings, templates: Vec<String>, apps: Vec<String>) -> Self {
+        Self::checking_nodes(settings, templates, apps, None)
+    }
+
+    /// A coordinator that also checks a requested node against `pve` (the site policy's node
+    /// rule: the node exists and is online).
+    pub fn checking_nodes(
+        settings: SagaSettings,
+        templates: Vec<String>,
+        apps: Vec<String>,
+        pve: Option<pvefleet_proxmox::client::PveClient>,
+    ) -> Self {
         let provision = Arc::new(Machine::new(Provision::new()));
         let deprovision = Arc::new(Machine::new(Deprovision::new()));
         let vnet = Arc::new(Machine::new(VnetProvisioning::new()));
@@ -51,6 +64,7 @@ impl Coordinator {
                 settings,
                 templates,
                 apps,
+                pve,
                 provision,
                 deprovision,
                 vnet,

@@ -18,96 +18,7 @@ mod leases;
 pub mod ops;
 mod start;
 
-use pvefleet_contracts::messages::SiteProvision;
-use pvefleet_core::config::SagaSettings;
-
 pub use coordinator::Coordinator;
-
-/// A reason a site request is invalid: the field and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invalid {
-    /// The field at fault.
-    pub field: &'static str,
-    /// Why.
-    pub reason: String,
-}
-
-/// The sizes a request asks for, or why it is invalid.
-/// `apps` are the installer's apps besides `wordpress` and `none` (`installer.apps`).
-pub fn validate(
-    s: &SagaSettings,
-    templates: &[String],
-    apps: &[String],
-    req: &SiteProvision,
-) -> Result<(u32, u32, u32), Invalid> {
-    let label = &req.subdomain;
-    let valid_label = !label.is_empty()
-        && label.len() <= 63
-        && label
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !label.starts_with('-')
-        && !label.ends_with('-');
-    if !valid_label {
-        return Err(Invalid {
-            field: "subdomain",
-            reason: format!(
-                "'{label}' is not an RFC 1123 label (lowercase letters, digits and inner hyphens, 1 to 63)"
-            ),
-        });
-    }
-    let plan = match &req.plan {
-        Some(name) => Some(s.plans.get(name).ok_or_else(|| Invalid {
-            field: "plan",
-            reason: format!(
-                "unknown plan '{name}'; known: {}",
-                s.plans.keys().cloned().collect::<Vec<_>>().join(", ")
-            ),
-        })?),
-        None => None,
-    };
-    let cores = req.cores.or(plan.map(|p| p.cores));
-    let memory = req.memory_mb.or(plan.map(|p| p.memory_mb));
-    let disk = req.disk_gb.or(plan.map(|p| p.disk_gb));
-    let (Some(cores), Some(memory), Some(disk)) = (cores, memory, disk) else {
-        return Err(Invalid {
-            field: "plan",
-            reason: "give a plan, or cores, memory_mb and disk_gb".into(),
-        });
-    };
-    let biggest = s.plans.values().fold((1, 512, 8), |m, p| {
-        (m.0.max(p.cores), m.1.max(p.memory_mb), m.2.max(p.disk_gb))
-    });
-    for (field, value, max) in [
-        ("cores", cores, biggest.0),
-        ("memory_mb", memory, biggest.1),
-        ("disk_gb", disk, biggest.2),
-    ] {
-        if value == 0 || value > max {
-            return Err(Invalid {
-                field,
-                reason: format!("{value} is outside 1..={max}, the largest plan"),
-            });
-        }
-    }
-    if !templates.iter().any(|t| t == &req.template) {
-        return Err(Invalid {
-            field: "template",
-            reason: format!("template '{}' is not allowed (pve.templates)", req.template),
-        });
-    }
-    let app = req.app.as_str();
-    if !matches!(app, "wordpress" | "none") && !apps.iter().any(|a| a == app) {
-        return Err(Invalid {
-            field: "app",
-            reason: format!(
-                "unknown app '{app}'; known: wordpress, none{}",
-                apps.iter().map(|a| format!(", {a}")).collect::<String>()
-            ),
-        });
-    }
-    Ok((cores, memory, disk))
-}
 
 /// Runs the coordinator until `shutdown`: the saga queue with the inbox, and the outbox relay.
 pub async fn run(
@@ -119,10 +30,18 @@ pub async fn run(
     use pvefleet_core::bus::runner::{WorkerDeps, WorkerSpec, run_worker};
     let topology = pvefleet_core::bus::topology::Topology::fleet(&settings.bus);
     let publisher = pvefleet_core::bus::Publisher::new(&settings.bus, "saga", Some(topology.clone()));
-    let coordinator = Coordinator::new(
+    let pve = match pvefleet_core::pve::client(&settings.pve) {
+        Ok(pve) => Some(pve),
+        Err(e) => {
+            tracing::warn!(error = %e, "No PVE client: a requested node is not checked, and vmid leases are not cross-checked with PVE ahead of time.");
+            None
+        }
+    };
+    let coordinator = Coordinator::checking_nodes(
         settings.saga.clone(),
         settings.pve.templates.clone(),
         settings.installer.apps.keys().cloned().collect(),
+        pve.clone(),
     );
     let relay = pvefleet_core::db::outbox::OutboxRelay::new(pool.clone(), publisher.clone(), settings.outbox.clone());
     let poke = relay.poker();
@@ -133,21 +52,14 @@ pub async fn run(
         Some(poke.clone()),
         shutdown.clone(),
     ));
-    let sync_task = if settings.saga.lease_sync_interval.is_zero() {
-        None
-    } else {
-        match pvefleet_core::pve::client(&settings.pve) {
-            Ok(pve) => Some(tokio::spawn(leases::run_sync(
-                pool.clone(),
-                pve,
-                settings.saga.clone(),
-                shutdown.clone(),
-            ))),
-            Err(e) => {
-                tracing::warn!(error = %e, "No PVE client: vmid leases are not cross-checked with PVE ahead of time.");
-                None
-            }
-        }
+    let sync_task = match pve {
+        Some(pve) if !settings.saga.lease_sync_interval.is_zero() => Some(tokio::spawn(leases::run_sync(
+            pool.clone(),
+            pve,
+            settings.saga.clone(),
+            shutdown.clone(),
+        ))),
+        _ => None,
     };
     let keeper_task = tokio::spawn(keeper::run(
         settings.bus.clone(),

@@ -19,39 +19,31 @@ use crate::kinds::site::SiteSaga;
 use crate::kinds::vnet::{VnetProvisioning, VnetSaga};
 use crate::leases;
 
-const LIVE: &str = "state NOT IN ('failed', 'rejected', 'deleted')";
-
 #[async_trait]
 impl Handler<SiteProvision> for Coordinator {
     async fn handle(&self, req: SiteProvision, ctx: &Context<'_>) -> Handled {
         let me = &self.inner;
         let x = me.exec(ctx)?;
         let saga = ctx.correlation_id.unwrap_or_else(Uuid::now_v7);
-        if let Err(invalid) = crate::validate(&me.settings, &me.templates, &me.apps, &req) {
-            // Told at once (it must not roll back with the message, which is parked).
-            reject(ctx, saga, &req, invalid.field, &invalid.reason).await?;
-            return Err(HandlerError::rejected(format!("{}: {}", invalid.field, invalid.reason)));
-        }
         let site = req.site_id.as_uuid();
-        // A saga that exists already is a redelivery. The subdomain is free unless a live site
-        // holds it. (A race between two requests ends in the unique index; the loser's batch is
-        // retried and then meets this check.)
-        let row =
-            x.db.one(
-                &format!(
-                    "SELECT EXISTS (SELECT 1 FROM sagas WHERE id = $1),
-                            EXISTS (SELECT 1 FROM sites WHERE subdomain = $2 AND id <> $3 AND {LIVE})"
-                ),
-                &[&saga, &req.subdomain, &site],
-            )
-            .await?;
-        let (existing, taken): (bool, bool) = (row.get(0), row.get(1));
+        // A saga that exists already is a redelivery: it was checked when it first arrived.
+        let existing: bool =
+            x.db.one("SELECT EXISTS (SELECT 1 FROM sagas WHERE id = $1)", &[&saga])
+                .await?
+                .get(0);
         if existing {
             return Ok(());
         }
-        if taken {
-            let reason = format!("subdomain '{}' is already in use", req.subdomain);
-            return reject(ctx, saga, &req, "subdomain", &reason).await;
+        // The site policy, every rule of it, as intake applies it to an HTTP caller. A refusal
+        // is told at once and the message parked (it must not roll back with the message);
+        // parking ends a site intake recorded (`end_parked_request`).
+        if let Some((invalid, park)) = refusal(me, &x, &req, site).await? {
+            if !park {
+                // Someone else's live site holds the subdomain: the request is answered.
+                return reject(ctx, saga, &req, &invalid.field, &invalid.reason).await;
+            }
+            reject(ctx, saga, &req, &invalid.field, &invalid.reason).await?;
+            return Err(HandlerError::rejected(invalid.to_string()));
         }
         // A pool with nothing left ends the saga here: no step was sent, so there is nothing to
         // compensate, but the site must end and say why, and give back what it held.
@@ -191,6 +183,38 @@ pub(crate) fn rejection_notice(body: &Value, reason: &str, origin: &Origin) -> O
         reason: reason.to_string(),
     };
     Outgoing::message(&rejected, origin).ok()
+}
+
+/// Why the site policy refuses `req`, if it does, and whether the message is parked: the
+/// request's own rules, then the subdomain (in use: answered, not parked), the owner's quota
+/// and the node (when one is asked for). The quota is counted in the inbox
+/// transaction, so two requests of one owner in one batch see each other's site; an
+/// unreachable PVE is retried, not a refusal.
+async fn refusal(
+    me: &Inner,
+    x: &Exec<'_>,
+    req: &SiteProvision,
+    site: Uuid,
+) -> Result<Option<(pvefleet_policy::Invalid, bool)>, HandlerError> {
+    use pvefleet_policy::site;
+    let policy = site::SitePolicy {
+        saga: &me.settings,
+        templates: &me.templates,
+        apps: &me.apps,
+    };
+    if let Err(invalid) = policy.check(req) {
+        return Ok(Some((invalid, true)));
+    }
+    if let Some(invalid) = site::subdomain_taken(x.db, &req.subdomain, site).await? {
+        return Ok(Some((invalid, false)));
+    }
+    if let Some(invalid) = site::over_quota(x.db, &req.owner, site, me.settings.max_sites_per_owner).await? {
+        return Ok(Some((invalid, true)));
+    }
+    if let (Some(node), Some(pve)) = (&req.node, &me.pve) {
+        return Ok(site::node_unusable(pve, node).await?.map(|i| (i, true)));
+    }
+    Ok(None)
 }
 
 /// Publishes `site.rejected` at once: it must not roll back with a message that is parked.

@@ -339,6 +339,64 @@ async fn invalid_requests_published_straight_to_the_bus_are_parked_with_a_reason
     f.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_publisher_meets_the_quota_and_the_node_rules_an_http_caller_meets() {
+    let f = fleet_with(|s| s.saga.max_sites_per_owner = 1).await;
+    // An unknown node is refused at once, naming the node (not retried against PVE).
+    let mut nowhere = request("nowhere", false);
+    nowhere.node = Some("pve9".into());
+    f.send(&nowhere).await;
+    let (kind, body) = f.event().await;
+    assert_eq!(
+        (kind.as_str(), body["field"].as_str()),
+        ("site.rejected", Some("node")),
+        "{body}"
+    );
+    // So is a name that is no PVE node name.
+    let mut hostile = request("hostile", false);
+    hostile.node = Some("x,rootfs=local:100".into());
+    f.send(&hostile).await;
+    let (kind, body) = f.event().await;
+    assert_eq!(
+        (kind.as_str(), body["field"].as_str()),
+        ("site.rejected", Some("node")),
+        "{body}"
+    );
+    // alice's one site is taken on a known node; a second is over her quota.
+    let mut first = request("first", false);
+    first.node = Some("pve2".into());
+    f.send(&first).await;
+    let (kind, body) = f.event().await;
+    assert_eq!(
+        (kind.as_str(), body["node"].as_str()),
+        ("site.provisioned", Some("pve2")),
+        "{body}"
+    );
+    f.send(&request("second", false)).await;
+    let (kind, body) = f.event().await;
+    assert_eq!(
+        (kind.as_str(), body["field"].as_str()),
+        ("site.rejected", Some("owner")),
+        "{body}"
+    );
+    // Another owner is not counted against alice.
+    let mut bobs = request("bobs", false);
+    bobs.owner = "bob".into();
+    f.send(&bobs).await;
+    assert_eq!(f.event().await.0, "site.provisioned");
+    // The refused requests are parked with their reasons, and made no container.
+    let kept = pvefleet_testkit::eventually(WAIT, || async { (dead_letters(&f).await == 3).then_some(()) }).await;
+    assert!(kept.is_some(), "three parked: {}", dead_letters(&f).await);
+    let c = f.db.client().await.unwrap();
+    let live: i64 = c
+        .query_one("SELECT count(*) FROM sites WHERE state = 'active'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(live, 2);
+    f.stop().await;
+}
+
 /// One malformed `site.provision` of kind `i % 10`: unreadable bodies, schema violations and
 /// policy violations, ten of each.
 fn malformed(i: usize) -> (&'static str, Vec<u8>) {

@@ -323,3 +323,71 @@ async fn reads_are_retried_on_transient_failures_and_writes_are_not() {
     let err = c.lxc_create("pve1", create_params(150)).await.unwrap_err();
     assert_eq!(err.status, Some(596), "a write is left to the caller");
 }
+
+#[tokio::test]
+async fn a_hostile_name_in_a_path_is_encoded_never_interpreted() {
+    use pvefleet_proxmox::client::enc;
+    // Each name stays one segment: `/`, `?`, `#`, `%`, `,` and `=` are encoded.
+    assert_eq!(enc("../../etc/passwd"), "..%2F..%2Fetc%2Fpasswd");
+    assert_eq!(enc("x?y#z"), "x%3Fy%23z");
+    assert_eq!(enc("x,rootfs=local:100"), "x%2Crootfs%3Dlocal%3A100");
+    assert_eq!(enc("50%"), "50%25");
+    assert_eq!(enc("UPID:pve1:0001!x"), "UPID%3Apve1%3A0001%21x");
+    assert_eq!(enc("pve-1.a_b~"), "pve-1.a_b~");
+
+    // What goes on the wire, read by a bare listener that answers every request with a 404.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = lines.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 8192];
+            let n = conn.read(&mut buf).await.unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]);
+            seen.lock()
+                .unwrap()
+                .push(head.lines().next().unwrap_or_default().to_string());
+            let body = r#"{"data":null,"message":"no such node"}"#;
+            let reply = format!(
+                "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(reply.as_bytes()).await;
+        }
+    });
+    let client = PveClient::new(ClientSettings {
+        url: format!("http://{addr}"),
+        auth: Auth::Token {
+            id: TOKEN_ID.into(),
+            secret: SECRET.into(),
+        },
+        tls: TlsMode::Verified,
+        request_timeout: Duration::from_secs(2),
+        task_timeout: Duration::from_secs(10),
+        read_retries: 0,
+    })
+    .unwrap();
+    for node in ["../../etc/passwd", "pve1?x=1", "a/b#c", "%2e%2E"] {
+        let err = client.node_status(node).await.unwrap_err();
+        assert_eq!(err.status, Some(404), "{node}: {err}");
+    }
+    assert_eq!(
+        *lines.lock().unwrap(),
+        [
+            "GET /api2/json/nodes/..%2F..%2Fetc%2Fpasswd/status HTTP/1.1",
+            "GET /api2/json/nodes/pve1%3Fx%3D1/status HTTP/1.1",
+            "GET /api2/json/nodes/a%2Fb%23c/status HTTP/1.1",
+            "GET /api2/json/nodes/%252e%252E/status HTTP/1.1",
+        ],
+        "each name went as one encoded segment"
+    );
+    // A name of only dots cannot be encoded away, so nothing is sent at all.
+    for node in ["..", ".", ""] {
+        let err = client.node_status(node).await.unwrap_err();
+        assert_eq!((err.status, err.class), (Some(400), Class::Permanent), "{node}: {err}");
+        assert!(err.to_string().contains("nothing was sent"), "{node}: {err}");
+    }
+    assert_eq!(lines.lock().unwrap().len(), 4, "the dot segments never reached PVE");
+}

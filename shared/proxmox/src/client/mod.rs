@@ -211,6 +211,17 @@ impl PveClient {
 
     /// Calls and returns `data` as JSON. Never panics on any response.
     pub async fn raw(&self, method: Method, path: &str, params: Params) -> Result<Value, PveError> {
+        // Names reach paths encoded one segment each (`enc`); a path that would still change
+        // meaning on the way is refused here, before anything is sent.
+        if let Some(why) = unsafe_path(path) {
+            return Err(PveError::from_response(
+                method.as_str(),
+                path,
+                400,
+                format!("{why}; nothing was sent"),
+                BTreeMap::new(),
+            ));
+        }
         let url = format!("{}{}", self.base, path);
         let body_in_query = method == Method::GET || method == Method::DELETE;
         let mut req = self.http.request(method.clone(), &url);
@@ -279,7 +290,7 @@ impl PveClient {
         let parsed = Upid::parse(upid).ok_or_else(|| {
             PveError::from_response("GET", "tasks", 200, format!("'{upid}' is not a UPID"), BTreeMap::new())
         })?;
-        let path = format!("/nodes/{}/tasks/{}/status", parsed.node, enc(upid));
+        let path = format!("/nodes/{}/tasks/{}/status", enc(&parsed.node), enc(upid));
         let started = Instant::now();
         let mut delay = Duration::from_millis(100);
         loop {
@@ -313,7 +324,7 @@ impl PveClient {
         if exit == "OK" || exit.starts_with("WARNINGS") {
             return Ok(status);
         }
-        let log_path = format!("/nodes/{}/tasks/{}/log", upid.node, enc(upid.as_str()));
+        let log_path = format!("/nodes/{}/tasks/{}/log", enc(&upid.node), enc(upid.as_str()));
         let lines: Vec<api::LogLine> = self
             .get(&log_path, Params::new().set("start", 0).set("limit", 5000))
             .await
@@ -340,11 +351,35 @@ impl PveClient {
     }
 }
 
-/// Percent-encodes a path segment (UPIDs contain `:` and `!`, storage ids may contain `/`).
+/// What a path segment keeps as it is: RFC 3986's unreserved characters. Everything else,
+/// `/`, `?`, `#`, `%`, `,`, `=` and spaces included, is percent-encoded.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Percent-encodes one path segment, so a value (a node, a storage, a UPID with its `:` and
+/// `!`) can never add a segment, a query or a fragment. A segment of only dots cannot be
+/// encoded away (URL parsers treat `%2e%2e` as `..`); `PveClient::raw` refuses such paths.
 pub fn enc(segment: &str) -> String {
-    url::form_urlencoded::byte_serialize(segment.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
+    percent_encoding::utf8_percent_encode(segment, SEGMENT).to_string()
+}
+
+/// Why a request path cannot be sent as it is: an empty, `.` or `..` segment (which a URL
+/// parser would fold into its neighbours) or a query or fragment inside the path.
+fn unsafe_path(path: &str) -> Option<String> {
+    if path.contains(['?', '#']) {
+        return Some(format!("the path {path:?} holds a query or fragment"));
+    }
+    let dots = |s: &str| {
+        let lower = s.to_ascii_lowercase().replace("%2e", ".");
+        lower == "." || lower == ".."
+    };
+    path.split('/')
+        .skip(1)
+        .find(|seg| seg.is_empty() || dots(seg))
+        .map(|seg| format!("the path {path:?} has a segment {seg:?} a URL parser would reinterpret"))
 }
 
 fn transport_message(e: &reqwest::Error) -> String {

@@ -7,7 +7,7 @@ use pvefleet_core::config::NethotplugSettings;
 use pvefleet_proxmox::client::{PveClient, PveError};
 use serde_json::Value;
 
-use crate::spec::{self, Invalid};
+use super::spec::{self, Invalid};
 
 /// Why a request is refused, by HTTP meaning.
 #[derive(Debug, Clone, PartialEq, Eq)]

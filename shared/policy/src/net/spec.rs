@@ -5,49 +5,8 @@ use pvefleet_contracts::messages::NetInterface;
 use pvefleet_proxmox::codec::error::CodecError;
 use pvefleet_proxmox::codec::net::{MAX_NETS, NetConfig};
 
-/// Why a request is refused: the field and the reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invalid {
-    /// The field at fault, as named in the request (`index`, `tag`, `hwaddr`, `ip`, `vnet`...).
-    pub field: String,
-    /// Why.
-    pub reason: String,
-}
-
-impl Invalid {
-    /// A refusal of `field`.
-    pub fn new(field: &str, reason: impl Into<String>) -> Self {
-        Self {
-            field: field.to_string(),
-            reason: reason.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for Invalid {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.field, self.reason)
-    }
-}
-
-/// A VNet id as PVE accepts it: 2 to 8 characters, a letter first, letters and digits.
-pub fn check_vnet(vnet: &str) -> Result<(), Invalid> {
-    let ok_chars =
-        vnet.chars().all(|c| c.is_ascii_alphanumeric()) && vnet.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
-    if !(2..=8).contains(&vnet.len()) {
-        return Err(Invalid::new(
-            "vnet",
-            format!("'{vnet}' is {} characters; a VNet name has 2 to 8", vnet.len()),
-        ));
-    }
-    if !ok_chars {
-        return Err(Invalid::new(
-            "vnet",
-            format!("'{vnet}' must start with a letter and hold only letters and digits"),
-        ));
-    }
-    Ok(())
-}
+pub use crate::Invalid;
+pub use crate::names::vnet as check_vnet;
 
 /// A unicast MAC address `XX:XX:XX:XX:XX:XX`.
 pub fn check_mac(mac: &str) -> Result<(), Invalid> {
