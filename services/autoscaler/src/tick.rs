@@ -12,21 +12,23 @@
 
 use std::collections::HashMap;
 
-use pvefleet_contracts::Vmid;
-use pvefleet_contracts::messages::ContainerScaled;
-use pvefleet_core::bus::Outgoing;
-use pvefleet_core::bus::outgoing::Origin;
 use pvefleet_core::config::AutoscalerSettings;
+use pvefleet_proxmox::client::PveClient;
 use pvefleet_proxmox::client::api::Resource;
-use pvefleet_proxmox::client::{Params, PveClient, Reason};
 
-use crate::decide::{self, Change, Container, Cooldown, Decision, Node, Wanted};
+use crate::decide::{self, Container, Cooldown, Node, Wanted};
 use crate::window::{Sample, Window};
+
+mod act;
+mod alerting;
+
+pub use act::write;
+
+use act::cpulimit;
+use alerting::alerts;
 
 /// The advisory lock class of the autoscaler's leadership.
 const LEADER_CLASS: i32 = 0x7061_7300; // "pas\0"
-/// Writes tried per action when another writer changes the config in between.
-const WRITE_ATTEMPTS: usize = 3;
 
 /// What a tick did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -222,257 +224,4 @@ impl Scaler {
         self.windows.retain(|vmid, _| observed.contains(vmid));
         Ok(report)
     }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn act(
-        &self,
-        pve: &PveClient,
-        pool: &deadpool_postgres::Pool,
-        client: &tokio_postgres::Client,
-        policy: &pvefleet_core::config::AutoscalePolicy,
-        vmid: u32,
-        node: &str,
-        d: &Decision,
-        report: &mut Report,
-    ) -> anyhow::Result<()> {
-        for (resource, key, change) in [("cpu", "cores", &d.cores), ("memory", "memory", &d.memory)] {
-            let Change::Scale {
-                from, to, emergency, ..
-            } = change
-            else {
-                continue;
-            };
-            let outcome = if policy.dry_run {
-                "would_scale".to_string()
-            } else {
-                match write(pve, Some(pool), node, vmid, key, *to).await {
-                    Ok(()) => "scaled".to_string(),
-                    Err(e) => e,
-                }
-            };
-            // The action, its cooldown and its `container.scaled` (through the outbox) commit together.
-            client.batch_execute("BEGIN").await?;
-            let recorded = async {
-                client
-                    .execute(
-                        "INSERT INTO autoscale_actions (vmid, node, resource, from_value, to_value, outcome, emergency)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                        &[&(vmid as i32), &node, &resource, &(*from as i64), &(*to as i64), &outcome, emergency],
-                    )
-                    .await?;
-                if outcome == "scaled" || outcome == "would_scale" {
-                    // The cooldown starts for a dry run too, or it would decide the same every tick.
-                    client
-                        .execute(
-                            "INSERT INTO autoscale_cooldowns (vmid, resource, until) VALUES ($1, $2, now() + $3 * interval '1 second')
-                             ON CONFLICT (vmid, resource) DO UPDATE SET until = excluded.until",
-                            &[&(vmid as i32), &resource, &(policy.cooldown_secs as f64)],
-                        )
-                        .await?;
-                    let event = ContainerScaled {
-                        vmid: Vmid(vmid),
-                        node: node.to_string(),
-                        resource: resource.to_string(),
-                        from: *from,
-                        to: *to,
-                        outcome: outcome.clone(),
-                        emergency: *emergency,
-                    };
-                    let origin = Origin {
-                        app_id: Some("autoscaler".into()),
-                        ..Origin::default()
-                    };
-                    pvefleet_core::db::outbox::enqueue(client, &Outgoing::message(&event, &origin)?).await?;
-                }
-                anyhow::Ok(())
-            }
-            .await;
-            match recorded {
-                Ok(()) => client.batch_execute("COMMIT").await?,
-                Err(e) => {
-                    let _ = client.batch_execute("ROLLBACK").await;
-                    return Err(e);
-                }
-            }
-            if outcome == "scaled" || outcome == "would_scale" {
-                tracing::info!(vmid, node, resource, from, to, outcome = %outcome, "Scaled.");
-            } else {
-                tracing::warn!(vmid, node, resource, from, to, outcome = %outcome, "Not scaled this tick.");
-            }
-            report.actions.push((vmid, resource, *from, *to, outcome));
-        }
-        Ok(())
-    }
-}
-
-/// The container's `cpulimit`, when it has one (PVE's 0 is none).
-async fn cpulimit(pve: &PveClient, node: &str, vmid: u32) -> Option<f64> {
-    let config = pve.lxc_config(node, vmid, false).await.ok()?;
-    let v = config.get("cpulimit")?;
-    let limit = v.as_f64().or_else(|| v.as_str()?.parse().ok())?;
-    (limit > 0.0).then_some(limit)
-}
-
-/// Sets one config key with the digest just read, retrying when another writer got in
-/// between; reads back to verify. With a pool, it holds the per-vmid lock the provisioner and
-/// nethotplug take, so their read-modify-write cycles do not interleave with this one. An
-/// error is the outcome to record.
-pub async fn write(
-    pve: &PveClient,
-    locks: Option<&deadpool_postgres::Pool>,
-    node: &str,
-    vmid: u32,
-    key: &str,
-    to: u64,
-) -> Result<(), String> {
-    let _lock = match locks {
-        Some(pool) => Some(
-            pvefleet_core::db::VmidLock::acquire(pool, vmid, std::time::Duration::from_secs(30))
-                .await
-                .map_err(|e| format!("locked: cannot lock vmid {vmid}: {e:#}"))?,
-        ),
-        None => None,
-    };
-    for _ in 0..WRITE_ATTEMPTS {
-        let config = pve
-            .lxc_config(node, vmid, false)
-            .await
-            .map_err(|e| format!("failed: {e}"))?;
-        if config.get("lock").is_some() {
-            return Err("locked: retried next tick".into());
-        }
-        let digest = config.get("digest").and_then(|d| d.as_str()).map(str::to_string);
-        match pve
-            .lxc_set_config(node, vmid, Params::new().set(key, to), digest.as_deref())
-            .await
-        {
-            Ok(()) => {
-                let back = pve
-                    .lxc_config(node, vmid, false)
-                    .await
-                    .map_err(|e| format!("failed: cannot read back: {e}"))?;
-                let now = back
-                    .get(key)
-                    .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()));
-                return if now == Some(to) {
-                    Ok(())
-                } else {
-                    Err(format!("failed: {key} reads back as {now:?}, not {to}"))
-                };
-            }
-            Err(e) if e.message.contains("file changed by other user") => continue,
-            Err(e) if e.reason == Reason::Locked => return Err("locked: retried next tick".into()),
-            Err(e) => return Err(format!("failed: {e}")),
-        }
-    }
-    Err(format!(
-        "failed: the config kept changing under {WRITE_ATTEMPTS} writes"
-    ))
-}
-
-fn ratio(used: Option<u64>, total: Option<u64>) -> Option<f64> {
-    let total = total.filter(|t| *t > 0)?;
-    Some(used.unwrap_or(0) as f64 / total as f64 * 100.0)
-}
-
-/// Raises and clears `resource.alert`s for running containers and online nodes: once per
-/// crossing, kept in `resource_alerts` so a restart or another replica does not raise again.
-async fn alerts(
-    client: &tokio_postgres::Client,
-    s: &AutoscalerSettings,
-    rows: &[Resource],
-) -> anyhow::Result<Vec<crate::alerts::Edge>> {
-    use crate::alerts::{Edge, check};
-    let mut raised: std::collections::HashSet<crate::alerts::Key> = client
-        .query("SELECT subject, resource FROM resource_alerts", &[])
-        .await?
-        .iter()
-        .filter_map(|r| {
-            let resource: String = r.get(1);
-            let resource: &'static str = match resource.as_str() {
-                "cpu" => "cpu",
-                "memory" => "memory",
-                "disk" => "disk",
-                _ => return None,
-            };
-            Some((r.get::<_, String>(0), resource))
-        })
-        .collect();
-    let mut edges = Vec::new();
-    for r in rows {
-        let watched = (r.kind == "lxc" && r.status.as_deref() == Some("running"))
-            || (r.kind == "node" && r.status.as_deref() == Some("online"));
-        if !watched {
-            continue;
-        }
-        let readings = [
-            ("cpu", r.cpu.map(|c| c * 100.0)),
-            ("memory", ratio(r.mem, r.maxmem)),
-            ("disk", ratio(r.disk, r.maxdisk)),
-        ];
-        for (resource, value) in readings {
-            if let Some(v) = value
-                && let Some(edge) = check(&s.alerts, &mut raised, &r.id, resource, v)
-            {
-                edges.push(edge);
-            }
-        }
-    }
-    for edge in &edges {
-        let (subject, resource, value, threshold, state) = match edge {
-            Edge::Raised {
-                subject,
-                resource,
-                value,
-                threshold,
-            } => (subject, resource, value, threshold, "raised"),
-            Edge::Cleared {
-                subject,
-                resource,
-                value,
-                threshold,
-            } => (subject, resource, value, threshold, "cleared"),
-        };
-        client.batch_execute("BEGIN").await?;
-        let done = async {
-            if state == "raised" {
-                client
-                    .execute(
-                        "INSERT INTO resource_alerts (subject, resource) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                        &[subject, resource],
-                    )
-                    .await?;
-            } else {
-                client
-                    .execute(
-                        "DELETE FROM resource_alerts WHERE subject = $1 AND resource = $2",
-                        &[subject, resource],
-                    )
-                    .await?;
-            }
-            let event = pvefleet_contracts::messages::ResourceAlert {
-                subject: subject.clone(),
-                kind: resource.to_string(),
-                state: state.to_string(),
-                value: (value * 10.0).round() / 10.0,
-                threshold: *threshold,
-            };
-            let origin = Origin {
-                app_id: Some("autoscaler".into()),
-                ..Origin::default()
-            };
-            pvefleet_core::db::outbox::enqueue(client, &Outgoing::message(&event, &origin)?).await?;
-            anyhow::Ok(())
-        }
-        .await;
-        match done {
-            Ok(()) => client.batch_execute("COMMIT").await?,
-            Err(e) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                return Err(e);
-            }
-        }
-        tracing::warn!(subject = %subject, resource, value, threshold, state, "Resource alert.");
-    }
-    Ok(edges)
 }
