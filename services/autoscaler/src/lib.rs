@@ -63,55 +63,45 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let pve = pvefleet_core::pve::client(&settings.pve)?;
-    let topology = pvefleet_core::bus::topology::Topology::fleet(&settings.bus);
-    let publisher = pvefleet_core::bus::Publisher::new(&settings.bus, "autoscaler", Some(topology.clone()));
-    let relay = pvefleet_core::db::outbox::OutboxRelay::new(pool.clone(), publisher.clone(), settings.outbox.clone());
+    let worker = pvefleet_core::bus::Worker::fleet("autoscaler", settings).ready(ready.clone());
+    let relay =
+        pvefleet_core::db::outbox::OutboxRelay::new(pool.clone(), worker.publisher().clone(), settings.outbox.clone());
     let worker = {
-        use pvefleet_core::bus::runner::{WorkerDeps, WorkerSpec, run_worker};
         let handler = PolicyHandler {
             pool: pool.clone(),
             default: settings.autoscaler.policy.clone(),
         };
         let router =
             pvefleet_core::bus::Router::new().route::<pvefleet_contracts::messages::AutoscalePolicySet, _>(handler);
-        let queue = pvefleet_contracts::routing::work_queue("autoscaler");
-        let spec = WorkerSpec::from_settings("autoscaler", &queue, settings);
-        let deps = WorkerDeps {
-            bus: settings.bus.clone(),
-            topology,
-            publisher,
-            db: None,
-            ready: ready.clone(),
-        };
-        tokio::spawn(run_worker(deps, router, spec, shutdown.clone()))
+        tokio::spawn(worker.run(router, shutdown.clone()))
     };
     let poke = relay.poker();
     let relay_task = tokio::spawn(relay.run(shutdown.clone()));
-    let mut scaler = tick::Scaler::default();
+    let scaler = tokio::sync::Mutex::new(tick::Scaler::default());
     let s = &settings.autoscaler;
-    loop {
-        let started = std::time::Instant::now();
-        match scaler.tick(&pve, &pool, s).await {
-            Ok(report) if report.leader => {
-                if !report.actions.is_empty() {
-                    poke.notify_one();
-                }
-                tracing::debug!(
-                    containers = report.containers,
-                    actions = report.actions.len(),
-                    waiting = report.waiting.len(),
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "Autoscaler tick."
-                );
+    let (pve, pool, poke) = (&pve, &pool, &poke);
+    pvefleet_core::periodic::Periodic::new("autoscaler_tick", s.interval)
+        .at_once()
+        .run(shutdown.clone(), || async {
+            let started = std::time::Instant::now();
+            let report = scaler.lock().await.tick(pve, pool, s).await?;
+            if !report.leader {
+                tracing::debug!("Another autoscaler holds the lock; this one waits.");
+                return anyhow::Ok(());
             }
-            Ok(_) => tracing::debug!("Another autoscaler holds the lock; this one waits."),
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "The autoscaler tick failed; trying again next tick."),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(s.interval) => {}
-        }
-    }
+            if !report.actions.is_empty() {
+                poke.notify_one();
+            }
+            tracing::debug!(
+                containers = report.containers,
+                actions = report.actions.len(),
+                waiting = report.waiting.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "Autoscaler tick."
+            );
+            anyhow::Ok(())
+        })
+        .await;
     let _ = relay_task.await;
     worker.await??;
     Ok(())

@@ -2,20 +2,12 @@
 //! `container.scaled` for what it changes; serves `/metrics`,
 //! `/healthz` and `/readyz` on `http.listen`.
 
-use pvefleet_core::Settings;
+use pvefleet_core::service::Service;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let settings = Settings::load(None)?;
-    pvefleet_core::telemetry::init(&settings.telemetry);
-    let shutdown = pvefleet_core::shutdown::on_signal();
-    let readiness = pvefleet_core::http::Readiness::default();
-    let ready = readiness.check("bus");
-    let ops = pvefleet_core::http::ops_router(readiness);
-    let http = tokio::spawn(pvefleet_core::http::serve(settings.http.listen, ops, shutdown.clone()));
-    let pool = pvefleet_core::db::connect(&settings.db).await?;
-    let result = pvefleet_autoscaler::run(&settings, pool, Some(ready), shutdown.clone()).await;
-    shutdown.cancel();
-    let _ = http.await;
-    result
+fn main() -> anyhow::Result<()> {
+    Service::new("autoscaler", "Every autoscaler.interval reads the cluster once and resizes containers within their policies; emits container.scaled.")
+        .db()
+        .main(|s| async move {
+            pvefleet_autoscaler::run(&s.settings, s.pool()?, Some(s.bus_ready()), s.shutdown.clone()).await
+        })
 }

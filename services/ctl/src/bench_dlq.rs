@@ -52,10 +52,10 @@ pub async fn run(settings: &pvefleet_core::Settings, count: usize) -> anyhow::Re
     publisher.connect().await?;
     eprintln!("replaying…");
     let started = Instant::now();
-    let done = pvefleet_saga::dlq::replay(
+    let done = pvefleet_core::dlq::replay(
         &client,
         &publisher,
-        &pvefleet_saga::dlq::Filter {
+        &pvefleet_core::dlq::Filter {
             group: Some("bench/group".into()),
             ..Default::default()
         },

@@ -221,23 +221,14 @@ pub async fn run(
     ready: Option<pvefleet_core::http::ReadyFlag>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
-    use pvefleet_core::bus::runner::{WorkerDeps, WorkerSpec, run_worker};
     let edge = Edge::from_settings(&settings.edge, &settings.saga)?;
     tracing::info!(
         dns = edge.inner.dns.name(),
         proxy = edge.inner.proxy.name(),
         "Edge providers."
     );
-    let topology = pvefleet_core::bus::topology::Topology::fleet(&settings.bus);
-    let publisher = pvefleet_core::bus::Publisher::new(&settings.bus, "edge", Some(topology.clone()));
-    let queue = pvefleet_contracts::routing::work_queue("edge");
-    let spec = WorkerSpec::from_settings("edge", &queue, settings);
-    let deps = WorkerDeps {
-        bus: settings.bus.clone(),
-        topology,
-        publisher,
-        db: None,
-        ready,
-    };
-    run_worker(deps, edge.router(), spec, shutdown).await
+    pvefleet_core::bus::Worker::fleet("edge", settings)
+        .ready(ready)
+        .run(edge.router(), shutdown)
+        .await
 }

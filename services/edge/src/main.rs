@@ -2,19 +2,12 @@
 //! `dns.*` and `proxy.*` events; serves `/metrics`,
 //! `/healthz` and `/readyz` on `http.listen`.
 
-use pvefleet_core::Settings;
+use pvefleet_core::service::Service;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let settings = Settings::load(None)?;
-    pvefleet_core::telemetry::init(&settings.telemetry);
-    let shutdown = pvefleet_core::shutdown::on_signal();
-    let readiness = pvefleet_core::http::Readiness::default();
-    let ready = readiness.check("bus");
-    let ops = pvefleet_core::http::ops_router(readiness);
-    let http = tokio::spawn(pvefleet_core::http::serve(settings.http.listen, ops, shutdown.clone()));
-    let result = pvefleet_edge::run(&settings, Some(ready), shutdown.clone()).await;
-    shutdown.cancel();
-    let _ = http.await;
-    result
+fn main() -> anyhow::Result<()> {
+    Service::new(
+        "edge",
+        "Consumes pvefleet.edge (dns.*, proxy.* commands); emits dns.* and proxy.* events.",
+    )
+    .main(|s| async move { pvefleet_edge::run(&s.settings, Some(s.bus_ready()), s.shutdown.clone()).await })
 }

@@ -91,15 +91,12 @@ impl Ha {
 
     /// Repairs drift every `ha.reconcile_interval` until `shutdown`.
     pub async fn reconcile_loop(&self, shutdown: CancellationToken) {
-        let mut every = tokio::time::interval(self.inner.settings.reconcile_interval.max(Duration::from_secs(1)));
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = every.tick() => {}
-            }
-            match self.reconcile().await {
-                Ok(r) if r.added + r.restarted + r.started + r.restart_loops > 0 => {
+        let every = self.inner.settings.reconcile_interval.max(Duration::from_secs(1));
+        pvefleet_core::periodic::Periodic::new("ha_reconcile", every)
+            .at_once()
+            .run(shutdown, || async {
+                let r = self.reconcile().await?;
+                if r.added + r.restarted + r.started + r.restart_loops > 0 {
                     tracing::info!(
                         added = r.added,
                         restarted = r.restarted,
@@ -108,10 +105,9 @@ impl Ha {
                         "HA drift repaired."
                     );
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "HA reconcile failed; trying again next interval."),
-            }
-        }
+                Ok::<(), PveError>(())
+            })
+            .await
     }
 
     /// One reconcile pass.
@@ -333,9 +329,7 @@ pub async fn run(
     ready: Option<pvefleet_core::http::ReadyFlag>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    use pvefleet_core::bus::runner::{WorkerDeps, WorkerSpec, run_worker};
-    let topology = pvefleet_core::bus::topology::Topology::fleet(&settings.bus);
-    let publisher = pvefleet_core::bus::Publisher::new(&settings.bus, "ha", Some(topology.clone()));
+    let worker = pvefleet_core::bus::Worker::fleet("ha", settings).ready(ready);
     if settings.ha.watchdog && db.is_none() {
         tracing::warn!(
             "The watchdog has no database, so it cannot tell which containers a saga is working on: it starts nothing."
@@ -344,24 +338,15 @@ pub async fn run(
     let ha = Ha::build(
         pvefleet_core::pve::client(&settings.pve)?,
         settings.ha.clone(),
-        Some(publisher.clone()),
+        Some(worker.publisher().clone()),
         db,
     );
-    let queue = pvefleet_contracts::routing::work_queue("ha");
-    let spec = WorkerSpec::from_settings("ha", &queue, settings);
-    let deps = WorkerDeps {
-        bus: settings.bus.clone(),
-        topology,
-        publisher,
-        db: None,
-        ready,
-    };
     let reconciler = tokio::spawn({
         let ha = ha.clone();
         let shutdown = shutdown.clone();
         async move { ha.reconcile_loop(shutdown).await }
     });
-    let result = run_worker(deps, ha.router(), spec, shutdown).await;
+    let result = worker.run(ha.router(), shutdown).await;
     let _ = reconciler.await;
     result
 }

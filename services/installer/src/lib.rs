@@ -232,7 +232,6 @@ pub async fn run(
     ready: Option<pvefleet_core::http::ReadyFlag>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
-    use pvefleet_core::bus::runner::{WorkerDeps, WorkerSpec, run_worker};
     let runner: Box<dyn Runner> = match settings.installer.transport.as_str() {
         "ssh" => Box::new(Ssh::new(&settings.installer)?),
         "local" => Box::new(Local),
@@ -240,18 +239,10 @@ pub async fn run(
     };
     let pve = pvefleet_core::pve::client(&settings.pve)?;
     let installer = Installer::new(pve, runner, settings.installer.clone(), db)?;
-    let topology = pvefleet_core::bus::topology::Topology::fleet(&settings.bus);
-    let publisher = pvefleet_core::bus::Publisher::new(&settings.bus, "installer", Some(topology.clone()));
-    let queue = pvefleet_contracts::routing::work_queue("installer");
-    let spec = WorkerSpec::from_settings("installer", &queue, settings);
-    let deps = WorkerDeps {
-        bus: settings.bus.clone(),
-        topology,
-        publisher,
-        db: None,
-        ready,
-    };
-    run_worker(deps, installer.router(), spec, shutdown).await
+    pvefleet_core::bus::Worker::fleet("installer", settings)
+        .ready(ready)
+        .run(installer.router(), shutdown)
+        .await
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use pvefleet_saga::dlq::{self, Filter};
+use pvefleet_core::dlq::{self, Filter};
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;

@@ -763,23 +763,14 @@ pub async fn run(
     ready: Option<pvefleet_core::http::ReadyFlag>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    use pvefleet_core::bus::runner::{WorkerDeps, WorkerSpec, run_worker};
     spec::check_mac_prefix(&settings.nethotplug.mac_prefix).map_err(|e| anyhow::anyhow!("{e}"))?;
     for (name, p) in &settings.nethotplug.pools {
         pool::range(p).map_err(|e| anyhow::anyhow!("nethotplug.pools.{name}: {e}"))?;
     }
     let pve = pvefleet_core::pve::client(&settings.pve)?;
-    let topology = pvefleet_core::bus::topology::Topology::fleet(&settings.bus);
-    let publisher = pvefleet_core::bus::Publisher::new(&settings.bus, "nethotplug", Some(topology.clone()));
     let service = Nethotplug::new(pve, pool, settings.nethotplug.clone());
-    let queue = pvefleet_contracts::routing::work_queue("nethotplug");
-    let spec = WorkerSpec::from_settings("nethotplug", &queue, settings);
-    let deps = WorkerDeps {
-        bus: settings.bus.clone(),
-        topology,
-        publisher,
-        db: None,
-        ready,
-    };
-    run_worker(deps, service.router(), spec, shutdown).await
+    pvefleet_core::bus::Worker::fleet("nethotplug", settings)
+        .ready(ready)
+        .run(service.router(), shutdown)
+        .await
 }

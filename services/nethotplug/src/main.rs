@@ -2,20 +2,12 @@
 //! (`net.attach|update|detach`, `vnet.bind|unbind|ensure|remove`), emits `net.*` and `vnet.*`
 //! events; serves `/metrics`, `/healthz` and `/readyz` on `http.listen`.
 
-use pvefleet_core::Settings;
+use pvefleet_core::service::Service;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let settings = Settings::load(None)?;
-    pvefleet_core::telemetry::init(&settings.telemetry);
-    let shutdown = pvefleet_core::shutdown::on_signal();
-    let readiness = pvefleet_core::http::Readiness::default();
-    let ready = readiness.check("bus");
-    let ops = pvefleet_core::http::ops_router(readiness);
-    let http = tokio::spawn(pvefleet_core::http::serve(settings.http.listen, ops, shutdown.clone()));
-    let pool = pvefleet_core::db::connect(&settings.db).await?;
-    let result = pvefleet_nethotplug::run(&settings, pool, Some(ready), shutdown.clone()).await;
-    shutdown.cancel();
-    let _ = http.await;
-    result
+fn main() -> anyhow::Result<()> {
+    Service::new("nethotplug", "Consumes pvefleet.nethotplug (net.attach|update|detach, vnet.bind|unbind|ensure|remove); emits net.* and vnet.* events.")
+        .db()
+        .main(|s| async move {
+            pvefleet_nethotplug::run(&s.settings, s.pool()?, Some(s.bus_ready()), s.shutdown.clone()).await
+        })
 }

@@ -154,19 +154,10 @@ pub async fn run(
     ready: Option<pvefleet_core::http::ReadyFlag>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
-    use pvefleet_core::bus::runner::{WorkerDeps, WorkerSpec, run_worker};
     let pve = pvefleet_core::pve::client(&settings.pve)?;
-    let topology = pvefleet_core::bus::topology::Topology::fleet(&settings.bus);
-    let publisher = pvefleet_core::bus::Publisher::new(&settings.bus, "provisioner", Some(topology.clone()));
-    let provisioner = Provisioner::new(pve, settings.provisioner.clone(), db.clone(), settings.pve.task_timeout);
-    let queue = pvefleet_contracts::routing::work_queue("provisioner");
-    let spec = WorkerSpec::from_settings("provisioner", &queue, settings);
-    let deps = WorkerDeps {
-        bus: settings.bus.clone(),
-        topology,
-        publisher,
-        db: None,
-        ready,
-    };
-    run_worker(deps, provisioner.router(), spec, shutdown).await
+    let provisioner = Provisioner::new(pve, settings.provisioner.clone(), db, settings.pve.task_timeout);
+    pvefleet_core::bus::Worker::fleet("provisioner", settings)
+        .ready(ready)
+        .run(provisioner.router(), shutdown)
+        .await
 }

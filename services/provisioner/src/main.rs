@@ -2,20 +2,15 @@
 //! (`container.create|start|snapshot|destroy`), emits `container.*` events; serves `/metrics`,
 //! `/healthz` and `/readyz` on `http.listen`.
 
-use pvefleet_core::Settings;
+use pvefleet_core::service::Service;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let settings = Settings::load(None)?;
-    pvefleet_core::telemetry::init(&settings.telemetry);
-    let shutdown = pvefleet_core::shutdown::on_signal();
-    let readiness = pvefleet_core::http::Readiness::default();
-    let ready = readiness.check("bus");
-    let db = pvefleet_core::db::connect(&settings.db).await?;
-    let ops = pvefleet_core::http::ops_router(readiness);
-    let http = tokio::spawn(pvefleet_core::http::serve(settings.http.listen, ops, shutdown.clone()));
-    let result = pvefleet_provisioner::run(&settings, Some(db), Some(ready), shutdown.clone()).await;
-    shutdown.cancel();
-    let _ = http.await;
-    result
+fn main() -> anyhow::Result<()> {
+    Service::new(
+        "provisioner",
+        "Consumes pvefleet.provisioner (container.create|start|snapshot|destroy); emits container.* events.",
+    )
+    .db()
+    .main(|s| async move {
+        pvefleet_provisioner::run(&s.settings, s.db.clone(), Some(s.bus_ready()), s.shutdown.clone()).await
+    })
 }

@@ -83,13 +83,11 @@ pub async fn run(
     let every = settings
         .deadline_scan_interval
         .max(std::time::Duration::from_millis(100));
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-        match scan_once(&pool, &settings).await {
-            Ok(done) if !done.is_empty() => {
+    let (pool, settings) = (&pool, &settings);
+    pvefleet_core::periodic::Periodic::new("saga_deadlines", every)
+        .run(shutdown, || async {
+            let done = scan_once(pool, settings).await?;
+            if !done.is_empty() {
                 metrics::counter!("pvefleet_saga_deadlines_total", "action" => "resent")
                     .increment(done.iter().filter(|d| matches!(d, Overdue::Resent { .. })).count() as u64);
                 metrics::counter!("pvefleet_saga_deadlines_total", "action" => "gave_up")
@@ -98,8 +96,7 @@ pub async fn run(
                     r.notify_one();
                 }
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = ?e, "The deadline scan failed; it runs again next interval."),
-        }
-    }
+            anyhow::Ok(())
+        })
+        .await
 }

@@ -321,19 +321,18 @@ pub async fn run(
 
 /// Keeps `pvefleet_dead_letters_parked` at the number of parked dead letters, every 15 s.
 async fn parked_gauge(pool: deadpool_postgres::Pool, shutdown: CancellationToken) {
-    loop {
-        if let Ok(client) = pool.get().await
-            && let Ok(row) = client
+    let pool = &pool;
+    pvefleet_core::periodic::Periodic::new("parked_gauge", std::time::Duration::from_secs(15))
+        .at_once()
+        .run(shutdown, || async {
+            let client = pool.get().await?;
+            let row = client
                 .query_one("SELECT count(*) FROM dead_letters WHERE state = 'parked'", &[])
-                .await
-        {
+                .await?;
             metrics::gauge!("pvefleet_dead_letters_parked").set(row.get::<_, i64>(0) as f64);
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(std::time::Duration::from_secs(15)) => {}
-        }
-    }
+            anyhow::Ok(())
+        })
+        .await
 }
 
 #[cfg(test)]

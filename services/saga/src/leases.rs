@@ -205,23 +205,21 @@ pub async fn run_sync(
     settings: SagaSettings,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    loop {
-        match sync_once(&pool, &pve, &settings).await {
-            Ok((0, 0)) => {}
-            Ok((held, freed)) => {
+    let (pool, pve, s) = (&pool, &pve, &settings);
+    pvefleet_core::periodic::Periodic::new("lease_sync", settings.lease_sync_interval)
+        .at_once()
+        .run(shutdown, || async {
+            let (held, freed) = sync_once(pool, pve, s).await?;
+            if held + freed > 0 {
                 tracing::info!(
                     held,
                     freed,
                     "vmids used in PVE outside the fleet are held from leasing."
                 );
             }
-            Err(e) => tracing::warn!(error = ?e, "Cannot cross-check vmid leases with PVE; trying again later."),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(settings.lease_sync_interval) => {}
-        }
-    }
+            anyhow::Ok(())
+        })
+        .await
 }
 
 async fn sync_once(

@@ -10,7 +10,8 @@
 
 mod coordinator;
 pub mod deadlines;
-pub mod dlq;
+// The operator tools on dead letters live in core, so intake reaches them without this crate.
+pub use pvefleet_core::dlq;
 pub mod engine;
 pub mod keeper;
 pub mod kinds;
@@ -27,9 +28,7 @@ pub async fn run(
     ready: Option<pvefleet_core::http::ReadyFlag>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
-    use pvefleet_core::bus::runner::{WorkerDeps, WorkerSpec, run_worker};
-    let topology = pvefleet_core::bus::topology::Topology::fleet(&settings.bus);
-    let publisher = pvefleet_core::bus::Publisher::new(&settings.bus, "saga", Some(topology.clone()));
+    let worker = pvefleet_core::bus::Worker::fleet("saga", settings).ready(ready);
     let pve = match pvefleet_core::pve::client(&settings.pve) {
         Ok(pve) => Some(pve),
         Err(e) => {
@@ -43,7 +42,8 @@ pub async fn run(
         settings.installer.apps.keys().cloned().collect(),
         pve.clone(),
     );
-    let relay = pvefleet_core::db::outbox::OutboxRelay::new(pool.clone(), publisher.clone(), settings.outbox.clone());
+    let relay =
+        pvefleet_core::db::outbox::OutboxRelay::new(pool.clone(), worker.publisher().clone(), settings.outbox.clone());
     let poke = relay.poker();
     let relay_task = tokio::spawn(relay.run(shutdown.clone()));
     let deadline_task = tokio::spawn(deadlines::run(
@@ -63,28 +63,19 @@ pub async fn run(
     };
     let keeper_task = tokio::spawn(keeper::run(
         settings.bus.clone(),
-        topology.clone(),
+        worker.topology().clone(),
         pool.clone(),
         Some(poke.clone()),
         shutdown.clone(),
     ));
-    let queue = pvefleet_contracts::routing::work_queue("saga");
-    let mut spec = WorkerSpec::from_settings("saga", &queue, settings);
-    spec.inbox = true;
-    // What a transition queues in the outbox is published as soon as it commits.
-    spec.after_commit = Some(poke);
-    let deps = WorkerDeps {
-        bus: settings.bus.clone(),
-        topology,
-        publisher,
-        db: Some(pool),
-        ready,
-    };
+    // Every transition commits in the batch's inbox transaction; what it queued in the outbox
+    // is published as soon as that commits.
+    let worker = worker.inbox(pool, Some(poke));
     // A table that cannot work stops the service before it consumes anything.
     coordinator
         .validate()
         .map_err(|e| anyhow::anyhow!("a saga table cannot work: {e}"))?;
-    let result = run_worker(deps, coordinator.router(), spec, shutdown).await;
+    let result = worker.run(coordinator.router(), shutdown).await;
     let _ = relay_task.await;
     let _ = deadline_task.await;
     let _ = keeper_task.await;

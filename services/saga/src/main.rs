@@ -2,21 +2,12 @@
 //! `site.deprovision` and every step event) with the inbox, sends step commands through the
 //! outbox; serves `/metrics`, `/healthz` and `/readyz` on `http.listen`.
 
-use pvefleet_core::Settings;
+use pvefleet_core::service::Service;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let settings = Settings::load(None)?;
-    pvefleet_core::telemetry::init(&settings.telemetry);
-    let shutdown = pvefleet_core::shutdown::on_signal();
-    let readiness = pvefleet_core::http::Readiness::default();
-    let ready = readiness.check("bus");
-    let pool = pvefleet_core::db::connect(&settings.db).await?;
-    pvefleet_core::db::migrate(&pool).await?;
-    let ops = pvefleet_core::http::ops_router(readiness);
-    let http = tokio::spawn(pvefleet_core::http::serve(settings.http.listen, ops, shutdown.clone()));
-    let result = pvefleet_saga::run(&settings, pool, Some(ready), shutdown.clone()).await;
-    shutdown.cancel();
-    let _ = http.await;
-    result
+fn main() -> anyhow::Result<()> {
+    Service::new("saga", "The saga coordinator: consumes pvefleet.saga (site.provision, site.deprovision, vnet.provision and every step event) with the inbox; sends step commands through the outbox.")
+        .migrations()
+        .main(|s| async move {
+            pvefleet_saga::run(&s.settings, s.pool()?, Some(s.bus_ready()), s.shutdown.clone()).await
+        })
 }

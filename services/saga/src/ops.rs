@@ -88,25 +88,7 @@ pub async fn retry_step(
     id: Uuid,
     actor: &str,
 ) -> anyhow::Result<String> {
-    in_tx(client, retry_step_tx(client, settings, id, actor)).await
-}
-
-/// Runs `body` in a transaction on `client`: COMMIT when it succeeds, ROLLBACK when not.
-async fn in_tx<T>(
-    client: &tokio_postgres::Client,
-    body: impl std::future::Future<Output = anyhow::Result<T>>,
-) -> anyhow::Result<T> {
-    client.batch_execute("BEGIN").await?;
-    match body.await {
-        Ok(v) => {
-            client.batch_execute("COMMIT").await?;
-            Ok(v)
-        }
-        Err(e) => {
-            let _ = client.batch_execute("ROLLBACK").await;
-            Err(e)
-        }
-    }
+    pvefleet_core::db::in_tx(client, retry_step_tx(client, settings, id, actor)).await
 }
 
 async fn retry_step_tx(
@@ -133,7 +115,7 @@ pub async fn resume(
     id: Uuid,
     actor: &str,
 ) -> anyhow::Result<String> {
-    in_tx(client, async {
+    pvefleet_core::db::in_tx(client, async {
         let (_, row) = load(client, settings, id).await?;
         anyhow::ensure!(row.state == "suspended", "saga {id} is {}, not suspended", row.state);
         retry_step_tx(client, settings, id, actor).await
@@ -149,7 +131,7 @@ pub async fn abort(
     id: Uuid,
     actor: &str,
 ) -> anyhow::Result<Vec<String>> {
-    in_tx(client, abort_tx(client, settings, id, actor)).await
+    pvefleet_core::db::in_tx(client, abort_tx(client, settings, id, actor)).await
 }
 
 async fn abort_tx(

@@ -187,9 +187,8 @@ pub(crate) fn rejection_notice(body: &Value, reason: &str, origin: &Origin) -> O
 
 /// Why the site policy refuses `req`, if it does, and whether the message is parked: the
 /// request's own rules, then the subdomain (in use: answered, not parked), the owner's quota
-/// and the node (when one is asked for). The quota is counted in the inbox
-/// transaction, so two requests of one owner in one batch see each other's site; an
-/// unreachable PVE is retried, not a refusal.
+/// and the node (when one is asked for). The quota is counted in the inbox transaction under
+/// the owner's lock; an unreachable PVE is retried, not a refusal.
 async fn refusal(
     me: &Inner,
     x: &Exec<'_>,
@@ -208,6 +207,11 @@ async fn refusal(
     if let Some(invalid) = site::subdomain_taken(x.db, &req.subdomain, site).await? {
         return Ok(Some((invalid, false)));
     }
+    // One owner's requests are counted one at a time across batches (and with intake, which
+    // takes the same lock), so two batches cannot both take the owner's last place. The lock
+    // is held to the batch's commit; a deadlock between two batches is retried like any other.
+    x.db.exec("SELECT pg_advisory_xact_lock(hashtext('owner:' || $1))", &[&req.owner])
+        .await?;
     if let Some(invalid) = site::over_quota(x.db, &req.owner, site, me.settings.max_sites_per_owner).await? {
         return Ok(Some((invalid, true)));
     }

@@ -397,6 +397,25 @@ async fn a_direct_publisher_meets_the_quota_and_the_node_rules_an_http_caller_me
     f.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owners_quota_holds_when_their_requests_arrive_all_at_once() {
+    let f = fleet_with(|s| {
+        s.worker.concurrency = 16;
+        s.saga.max_sites_per_owner = 4;
+    })
+    .await;
+    for i in 0..12 {
+        f.send(&request(&format!("rush{i}"), false)).await;
+    }
+    let mut kinds = std::collections::HashMap::<String, usize>::new();
+    for _ in 0..12 {
+        *kinds.entry(f.event().await.0).or_default() += 1;
+    }
+    assert_eq!(kinds.get("site.provisioned"), Some(&4), "{kinds:?}");
+    assert_eq!(kinds.get("site.rejected"), Some(&8), "{kinds:?}");
+    f.stop().await;
+}
+
 /// One malformed `site.provision` of kind `i % 10`: unreadable bodies, schema violations and
 /// policy violations, ten of each.
 fn malformed(i: usize) -> (&'static str, Vec<u8>) {
@@ -610,7 +629,11 @@ async fn every_message_delivered_twice_gives_the_same_end_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_sagas_get_fifty_distinct_vmids_and_addresses() {
-    let f = fleet_with(|s| s.worker.concurrency = 16).await;
+    let f = fleet_with(|s| {
+        s.worker.concurrency = 16;
+        s.saga.max_sites_per_owner = 1000;
+    })
+    .await;
     let requests: Vec<SiteProvision> = (0..50).map(|i| request(&format!("site{i}"), false)).collect();
     for r in &requests {
         f.send(r).await;
@@ -1475,10 +1498,10 @@ async fn two_hundred_parked_messages_of_three_kinds_are_stored_byte_for_byte_and
         .await
         .unwrap()
         .get(0);
-    let done = pvefleet_saga::dlq::replay(
+    let done = pvefleet_core::dlq::replay(
         &c,
         &f.publisher,
-        &pvefleet_saga::dlq::Filter {
+        &pvefleet_core::dlq::Filter {
             id: Some(one),
             ..Default::default()
         },
@@ -1561,10 +1584,10 @@ async fn a_saga_suspended_on_a_parked_create_resumes_when_its_group_is_replayed(
     let (saga, _dl, group) = parked_saga(&f, &req).await;
     clear_faults(&f).await;
     let c = f.db.client().await.unwrap();
-    let done = pvefleet_saga::dlq::replay(
+    let done = pvefleet_core::dlq::replay(
         &c,
         &f.publisher,
-        &pvefleet_saga::dlq::Filter {
+        &pvefleet_core::dlq::Filter {
             group: Some(group),
             ..Default::default()
         },
@@ -1608,21 +1631,21 @@ async fn an_aborted_saga_fails_and_a_late_replay_of_its_parked_create_does_nothi
     assert_eq!(f.leases(req.site_id).await, 0, "the leases are released");
     clear_faults(&f).await;
     // The dead letter was archived with the abort: a replay by group or id finds nothing.
-    let filter = pvefleet_saga::dlq::Filter {
+    let filter = pvefleet_core::dlq::Filter {
         id: Some(dl),
         ..Default::default()
     };
-    let none = pvefleet_saga::dlq::replay(&c, &f.publisher, &filter, "tester", false, None, |_, _| {})
+    let none = pvefleet_core::dlq::replay(&c, &f.publisher, &filter, "tester", false, None, |_, _| {})
         .await
         .unwrap();
     assert!(none.replayed.is_empty());
     // Even asked for explicitly among the archived, it is refused: its saga has ended.
-    let archived = pvefleet_saga::dlq::Filter {
+    let archived = pvefleet_core::dlq::Filter {
         id: Some(dl),
         state: Some("archived".into()),
         ..Default::default()
     };
-    let refused = pvefleet_saga::dlq::replay(&c, &f.publisher, &archived, "tester", false, None, |_, _| {})
+    let refused = pvefleet_core::dlq::replay(&c, &f.publisher, &archived, "tester", false, None, |_, _| {})
         .await
         .unwrap();
     assert!(refused.replayed.is_empty());
@@ -1916,10 +1939,10 @@ async fn a_thousand_poison_messages_are_each_stored_once_across_keeper_restarts_
     // Each replays: back to its origin, where it is still poison and is parked again, as a new
     // dead letter of the next generation.
     let publisher = pvefleet_testkit::broker::fleet_publisher(&f.settings).await.unwrap();
-    let replayed = pvefleet_saga::dlq::replay(
+    let replayed = pvefleet_core::dlq::replay(
         &c,
         &publisher,
-        &pvefleet_saga::dlq::Filter::default(),
+        &pvefleet_core::dlq::Filter::default(),
         "test",
         false,
         None,

@@ -4,11 +4,14 @@
 pub mod bus;
 pub mod config;
 pub mod db;
+pub mod dlq;
 pub mod http;
 pub mod instrument;
+pub mod periodic;
 #[cfg(feature = "pve")]
 pub mod pve;
 pub mod secret;
+pub mod service;
 pub mod shutdown;
 pub mod site_secrets;
 pub mod telemetry;

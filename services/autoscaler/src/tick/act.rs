@@ -44,8 +44,7 @@ impl Scaler {
                 }
             };
             // The action, its cooldown and its `container.scaled` (through the outbox) commit together.
-            client.batch_execute("BEGIN").await?;
-            let recorded = async {
+            pvefleet_core::db::in_tx(client, async {
                 client
                     .execute(
                         "INSERT INTO autoscale_actions (vmid, node, resource, from_value, to_value, outcome, emergency)
@@ -78,15 +77,8 @@ impl Scaler {
                     pvefleet_core::db::outbox::enqueue(client, &Outgoing::message(&event, &origin)?).await?;
                 }
                 anyhow::Ok(())
-            }
-            .await;
-            match recorded {
-                Ok(()) => client.batch_execute("COMMIT").await?,
-                Err(e) => {
-                    let _ = client.batch_execute("ROLLBACK").await;
-                    return Err(e);
-                }
-            }
+            })
+            .await?;
             if outcome == "scaled" || outcome == "would_scale" {
                 tracing::info!(vmid, node, resource, from, to, outcome = %outcome, "Scaled.");
             } else {

@@ -69,8 +69,7 @@ pub(super) async fn alerts(
                 threshold,
             } => (subject, resource, value, threshold, "cleared"),
         };
-        client.batch_execute("BEGIN").await?;
-        let done = async {
+        pvefleet_core::db::in_tx(client, async {
             if state == "raised" {
                 client
                     .execute(
@@ -99,15 +98,8 @@ pub(super) async fn alerts(
             };
             pvefleet_core::db::outbox::enqueue(client, &Outgoing::message(&event, &origin)?).await?;
             anyhow::Ok(())
-        }
-        .await;
-        match done {
-            Ok(()) => client.batch_execute("COMMIT").await?,
-            Err(e) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                return Err(e);
-            }
-        }
+        })
+        .await?;
         tracing::warn!(subject = %subject, resource, value, threshold, state, "Resource alert.");
     }
     Ok(edges)

@@ -5,7 +5,7 @@
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
-use pvefleet_saga::dlq::{self, Filter};
+use pvefleet_core::dlq::{self, Filter};
 use serde_json::{Value, json};
 
 use crate::cli::{AuditAction, DlqAction, DlqFilter};

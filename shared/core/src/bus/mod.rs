@@ -17,6 +17,7 @@ pub mod publisher;
 pub mod raw;
 pub mod runner;
 pub mod topology;
+pub mod worker;
 
 pub use failure::{Handled, HandlerError};
 pub use handler::{Context, Handler, JsonHandler, Router};
@@ -24,3 +25,4 @@ pub use outgoing::Outgoing;
 pub use publisher::{PublishError, Publisher};
 pub use runner::{WorkerSpec, run_worker};
 pub use topology::{Topology, WorkQueue};
+pub use worker::Worker;

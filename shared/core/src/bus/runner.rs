@@ -297,24 +297,18 @@ async fn batch_slot(
 /// Keeps the inbox bounded: deletes rows past the retention, at start and then hourly.
 async fn prune_inbox(shared: Arc<Shared>, shutdown: CancellationToken) {
     let Some(pool) = shared.deps.db.clone() else { return };
-    let mut every = tokio::time::interval(Duration::from_secs(3600));
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = every.tick() => {}
-        }
-        let pruned = match pool.get().await {
-            Ok(c) => crate::db::inbox::prune(&c, shared.spec.inbox_retention)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match pruned {
-            Ok(n) if n > 0 => tracing::info!(rows = n, "Pruned old inbox rows."),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "Pruning the inbox failed; will try again in an hour."),
-        }
-    }
+    let (pool, retention) = (&pool, shared.spec.inbox_retention);
+    crate::periodic::Periodic::new("inbox_prune", Duration::from_secs(3600))
+        .at_once()
+        .run(shutdown, || async move {
+            let c = pool.get().await?;
+            let n = crate::db::inbox::prune(&c, retention).await?;
+            if n > 0 {
+                tracing::info!(rows = n, "Pruned old inbox rows.");
+            }
+            anyhow::Ok(())
+        })
+        .await
 }
 
 async fn drain(tracker: &TaskTracker, deadline: Duration) {

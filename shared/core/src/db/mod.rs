@@ -274,3 +274,32 @@ pub fn embedded_migrations() -> Vec<String> {
     all.sort_by_key(|m| m.version());
     all.iter().map(|m| m.to_string()).collect()
 }
+
+/// Runs `body` in one transaction on `client`: COMMIT when it returns `Ok`, ROLLBACK when it
+/// returns `Err` (the error is returned as it came; a failed ROLLBACK is not worse than the
+/// error, since Postgres drops the transaction with the connection). `body` is a future made
+/// before the transaction starts; it runs only after BEGIN, on the same connection.
+///
+/// Used wherever a change spans several statements and must land whole or not at all: the
+/// operator tools (retry-step, resume, dead-letter replay, edit and import) and the autoscaler's
+/// action and alert records. (The inbox batch keeps its own pipelined BEGIN with a savepoint per
+/// message; intake uses tokio-postgres's `Transaction` for its request-scoped writes.)
+pub async fn in_tx<T, E>(
+    client: &tokio_postgres::Client,
+    body: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E>
+where
+    E: From<tokio_postgres::Error>,
+{
+    client.batch_execute("BEGIN").await?;
+    match body.await {
+        Ok(v) => {
+            client.batch_execute("COMMIT").await?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}

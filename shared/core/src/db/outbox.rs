@@ -82,30 +82,35 @@ impl OutboxRelay {
 
     /// Relays until `shutdown`, then finishes the current batch.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut last_prune = tokio::time::Instant::now();
-        while !shutdown.is_cancelled() {
-            let full = match self.relay_once().await {
-                Ok(n) => n as i64 >= self.settings.batch_size,
-                Err(e) => {
-                    tracing::warn!(error = ?e, "Outbox relay pass failed; will try again.");
-                    false
-                }
-            };
-            if last_prune.elapsed() > Duration::from_secs(60) {
-                last_prune = tokio::time::Instant::now();
-                if let Err(e) = self.prune().await {
+        let last_prune = std::sync::Mutex::new(tokio::time::Instant::now());
+        let me = &self;
+        // A full batch means more is waiting: the next pass starts at once. Otherwise the relay
+        // waits for a commit's poke, or the poll interval for rows whose retry time came.
+        crate::periodic::Periodic::new("outbox_relay", self.settings.poll_interval)
+            .at_once()
+            .poked_by(self.poke.clone())
+            .run(shutdown, || async {
+                let n = me.relay_once().await?;
+                let due = last_prune
+                    .lock()
+                    .map(|mut at| {
+                        let due = at.elapsed() > Duration::from_secs(60);
+                        if due {
+                            *at = tokio::time::Instant::now();
+                        }
+                        due
+                    })
+                    .unwrap_or(false);
+                if due && let Err(e) = me.prune().await {
                     tracing::warn!(error = ?e, "Pruning sent outbox rows failed.");
                 }
-            }
-            if full {
-                continue;
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = self.poke.notified() => {}
-                _ = tokio::time::sleep(self.settings.poll_interval) => {}
-            }
-        }
+                Ok::<_, OutboxError>(if n as i64 >= me.settings.batch_size {
+                    crate::periodic::Next::Now
+                } else {
+                    crate::periodic::Next::Wait
+                })
+            })
+            .await
     }
 
     /// Claims one batch (`FOR UPDATE SKIP LOCKED`, so relays in several replicas share the

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use crate::bus::envelope::Properties;
+use crate::bus::{Outgoing, Publisher};
 use pvefleet_contracts::headers;
-use pvefleet_core::bus::envelope::Properties;
-use pvefleet_core::bus::{Outgoing, Publisher};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -134,8 +134,7 @@ async fn replay_chunk(
         .iter()
         .filter_map(|r| r.correlation_id.map(|c| (c, r.id.to_string())))
         .unzip();
-    client.batch_execute("BEGIN").await?;
-    let work = async {
+    crate::db::in_tx(client, async {
         // A saga suspended on this dead letter runs again: the replayed command's answer moves it on.
         client
             .execute(
@@ -180,16 +179,6 @@ async fn replay_chunk(
             anyhow::bail!("cannot republish dead letter {}: {e}", row.id);
         }
         anyhow::Ok(())
-    }
-    .await;
-    match work {
-        Ok(()) => {
-            client.batch_execute("COMMIT").await?;
-            Ok(())
-        }
-        Err(e) => {
-            let _ = client.batch_execute("ROLLBACK").await;
-            Err(e)
-        }
-    }
+    })
+    .await
 }

@@ -8,7 +8,7 @@
 //! replayed command's answer moves it on. One of a saga that has ended (failed, aborted,
 //! superseded) is not replayed: that would act for a saga no one is following.
 
-use pvefleet_core::bus::envelope::Properties;
+use crate::bus::envelope::Properties;
 use serde_json::{Value, json};
 use uuid::Uuid;
 

@@ -1,8 +1,8 @@
 //! Replaying an edited copy of a dead letter, checked against its message's schema first.
 
+use crate::bus::envelope::Properties;
+use crate::bus::{Outgoing, Publisher};
 use pvefleet_contracts::headers;
-use pvefleet_core::bus::envelope::Properties;
-use pvefleet_core::bus::{Outgoing, Publisher};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -80,8 +80,7 @@ pub async fn edit(
         properties: props,
         body: bytes::Bytes::copy_from_slice(body),
     };
-    client.batch_execute("BEGIN").await.map_err(anyhow::Error::from)?;
-    let work = async {
+    crate::db::in_tx(client, async {
         client
             .execute(
                 "UPDATE dead_letters SET state = 'resolved', replay_count = replay_count + 1, updated_at = now() WHERE id = $1",
@@ -107,16 +106,7 @@ pub async fn edit(
             .await
             .map_err(|e| anyhow::anyhow!("cannot publish the edited copy: {e}"))?;
         anyhow::Ok(())
-    }
-    .await;
-    match work {
-        Ok(()) => {
-            client.batch_execute("COMMIT").await.map_err(anyhow::Error::from)?;
-            Ok(copy_id)
-        }
-        Err(e) => {
-            let _ = client.batch_execute("ROLLBACK").await;
-            Err(e.into())
-        }
-    }
+    })
+    .await?;
+    Ok(copy_id)
 }

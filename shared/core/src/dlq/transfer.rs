@@ -1,6 +1,6 @@
 //! Moving dead letters between stores: exporting them as NDJSON and importing an export.
 
-use pvefleet_core::bus::envelope::Properties;
+use crate::bus::envelope::Properties;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -46,8 +46,7 @@ pub async fn export(client: &tokio_postgres::Client, f: &Filter) -> anyhow::Resu
 pub async fn import(client: &tokio_postgres::Client, lines: &[String], actor: &str) -> anyhow::Result<(u64, u64)> {
     use base64::Engine as _;
     let (mut imported, mut skipped) = (0, 0);
-    client.batch_execute("BEGIN").await?;
-    let work = async {
+    crate::db::in_tx(client, async {
         for (n, line) in lines.iter().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let v: Value = serde_json::from_str(line).map_err(|e| anyhow::anyhow!("line {}: not JSON: {e}", n + 1))?;
             let s = |k: &str| v[k].as_str().map(str::to_string);
@@ -61,7 +60,7 @@ pub async fn import(client: &tokio_postgres::Client, lines: &[String], actor: &s
             let park_id = s("park_id").and_then(|p| p.parse::<Uuid>().ok()).unwrap_or_else(|| {
                 let props = Properties::from_stored(&v["properties"]).unwrap_or_default();
                 let queue = s("origin_queue").unwrap_or_default();
-                pvefleet_core::bus::parked::park_id(&queue, &props, attempts, &body)
+                crate::bus::parked::park_id(&queue, &props, attempts, &body)
             });
             let done = client
                 .execute(
@@ -107,16 +106,7 @@ pub async fn import(client: &tokio_postgres::Client, lines: &[String], actor: &s
         )
         .await?;
         anyhow::Ok(())
-    }
-    .await;
-    match work {
-        Ok(()) => {
-            client.batch_execute("COMMIT").await?;
-            Ok((imported, skipped))
-        }
-        Err(e) => {
-            let _ = client.batch_execute("ROLLBACK").await;
-            Err(e)
-        }
-    }
+    })
+    .await?;
+    Ok((imported, skipped))
 }

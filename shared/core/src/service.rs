@@ -1,0 +1,164 @@
+//! The one entry of every service binary: a `main.rs` names the service and its run function,
+//! and this does the rest the same way for all of them: `--help` and `--version` answered
+//! before anything starts, settings loaded, telemetry, the shutdown signal, Postgres (and its
+//! migrations, for the services that own them), the ops routes (`/healthz`, `/readyz`,
+//! `/metrics`) on `http.listen`, and a clean stop of those routes after the run returns.
+//!
+//! ```ignore
+//! fn main() -> anyhow::Result<()> {
+//!     Service::new("edge", "Consumes pvefleet.edge (dns.*, proxy.*), emits dns.* and proxy.* events.")
+//!         .main(|s| async move { pvefleet_edge::run(&s.settings, Some(s.bus_ready()), s.shutdown).await })
+//! }
+//! ```
+
+use std::future::Future;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::Settings;
+use crate::http::{Readiness, ReadyFlag};
+
+/// What the service needs of Postgres before it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Db {
+    None,
+    Connect,
+    Migrate,
+}
+
+/// A service binary: its name, what it does, and what it needs started for it.
+#[derive(Debug, Clone)]
+pub struct Service {
+    name: &'static str,
+    about: &'static str,
+    db: Db,
+    ops_routes: bool,
+}
+
+/// What the entry started for the run function.
+pub struct Started {
+    /// The loaded settings.
+    pub settings: Settings,
+    /// A pool, when the service asked for one.
+    pub db: Option<deadpool_postgres::Pool>,
+    /// Readiness checks, served on `/readyz`.
+    pub readiness: Readiness,
+    /// Cancelled on SIGTERM or ctrl-c.
+    pub shutdown: CancellationToken,
+}
+
+impl Started {
+    /// The readiness flag of the bus consumer (`/readyz` says `bus` until it is set).
+    pub fn bus_ready(&self) -> ReadyFlag {
+        self.readiness.check("bus")
+    }
+
+    /// The pool the service asked for with `Service::db` or `Service::migrations`.
+    pub fn pool(&self) -> anyhow::Result<deadpool_postgres::Pool> {
+        self.db
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("this service was started without a database"))
+    }
+}
+
+impl Service {
+    /// A service called `pvefleet-{name}`; `about` is its `--help` line.
+    pub fn new(name: &'static str, about: &'static str) -> Self {
+        Self {
+            name,
+            about,
+            db: Db::None,
+            ops_routes: true,
+        }
+    }
+
+    /// Connects to Postgres before the run.
+    pub fn db(mut self) -> Self {
+        self.db = Db::Connect;
+        self
+    }
+
+    /// Connects to Postgres and applies the migrations before the run (the services that own
+    /// the schema: the saga coordinator and intake).
+    pub fn migrations(mut self) -> Self {
+        self.db = Db::Migrate;
+        self
+    }
+
+    /// The service serves `http.listen` itself (intake, whose API carries the ops routes).
+    pub fn serves_http(mut self) -> Self {
+        self.ops_routes = false;
+        self
+    }
+
+    /// Runs the service to its end on a multi-threaded runtime.
+    pub fn main<F, Fut>(self, run: F) -> anyhow::Result<()>
+    where
+        F: FnOnce(Started) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>>,
+    {
+        if let Some(arg) = std::env::args().nth(1) {
+            return self.answer(&arg);
+        }
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(self.start(run))
+    }
+
+    /// A service takes no arguments: `--help` and `--version` are answered, anything else is
+    /// an error, and none of them starts the service.
+    fn answer(&self, arg: &str) -> anyhow::Result<()> {
+        match arg {
+            "-h" | "--help" => {
+                println!(
+                    "pvefleet-{}: {}\n\nUsage: pvefleet-{}\n\nSettings come from the TOML file named by PVEFLEET_CONFIG (else ./pvefleet.toml),\nthen PVEFLEET_<SECTION>__<KEY> variables; `pvefleet config check` shows what is read.\nServes /healthz, /readyz and /metrics on http.listen. Stops cleanly on SIGTERM.",
+                    self.name, self.about, self.name
+                );
+                Ok(())
+            }
+            "-V" | "--version" => {
+                println!("pvefleet-{} {}", self.name, env!("CARGO_PKG_VERSION"));
+                Ok(())
+            }
+            other => anyhow::bail!("pvefleet-{} takes no arguments (got {other:?}); see --help", self.name),
+        }
+    }
+
+    async fn start<F, Fut>(self, run: F) -> anyhow::Result<()>
+    where
+        F: FnOnce(Started) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>>,
+    {
+        let settings = Settings::load(None)?;
+        crate::telemetry::init(&settings.telemetry);
+        let shutdown = crate::shutdown::on_signal();
+        let db = match self.db {
+            Db::None => None,
+            Db::Connect => Some(crate::db::connect(&settings.db).await?),
+            Db::Migrate => {
+                let pool = crate::db::connect(&settings.db).await?;
+                crate::db::migrate(&pool).await?;
+                Some(pool)
+            }
+        };
+        let readiness = Readiness::default();
+        // The ops routes share the readiness checks the run adds later.
+        let http = self.ops_routes.then(|| {
+            let ops = crate::http::ops_router(readiness.clone());
+            tokio::spawn(crate::http::serve(settings.http.listen, ops, shutdown.clone()))
+        });
+        let result = run(Started {
+            settings,
+            db,
+            readiness,
+            shutdown: shutdown.clone(),
+        })
+        .await;
+        shutdown.cancel();
+        if let Some(http) = http {
+            let _ = http.await;
+        }
+        result
+    }
+}
