@@ -225,3 +225,14 @@ impl Scaler {
         Ok(report)
     }
 }
+
+/// Queues the autoscaler's event `event` in the outbox, in the caller's transaction.
+async fn emit<M: pvefleet_contracts::Message>(client: &tokio_postgres::Client, event: &M) -> anyhow::Result<()> {
+    let origin = pvefleet_core::bus::outgoing::Origin {
+        app_id: Some("autoscaler".into()),
+        ..Default::default()
+    };
+    let out = pvefleet_core::bus::Outgoing::message(event, &origin)?;
+    pvefleet_core::db::outbox::enqueue(client, &out).await?;
+    Ok(())
+}

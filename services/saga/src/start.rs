@@ -210,8 +210,10 @@ async fn refusal(
     // One owner's requests are counted one at a time across batches (and with intake, which
     // takes the same lock), so two batches cannot both take the owner's last place. The lock
     // is held to the batch's commit; a deadlock between two batches is retried like any other.
-    x.db.exec("SELECT pg_advisory_xact_lock(hashtext('owner:' || $1))", &[&req.owner])
-        .await?;
+    if site::limited(me.settings.max_sites_per_owner) {
+        x.db.exec("SELECT pg_advisory_xact_lock(hashtext('owner:' || $1))", &[&req.owner])
+            .await?;
+    }
     if let Some(invalid) = site::over_quota(x.db, &req.owner, site, me.settings.max_sites_per_owner).await? {
         return Ok(Some((invalid, true)));
     }

@@ -175,26 +175,37 @@ pub fn owner(owner: &str) -> Result<(), Invalid> {
     }
 }
 
-/// Refuses a site when its owner already has `max` live sites besides `site`.
+/// The quota that means none (`saga.max_sites_per_owner = 4294967295`).
+pub const UNLIMITED: u32 = u32::MAX;
+
+/// Whether `max` limits anything (see `UNLIMITED`).
+pub fn limited(max: u32) -> bool {
+    max != UNLIMITED
+}
+
+/// Refuses a site when its owner already has `max` live sites besides `site`. The count stops
+/// at `max`, so an owner with many sites costs no more than the quota; `UNLIMITED` counts
+/// nothing.
 pub async fn over_quota(
     db: &dyn Sql,
     owner: &str,
     site: Uuid,
     max: u32,
 ) -> Result<Option<Invalid>, tokio_postgres::Error> {
+    if !limited(max) {
+        return Ok(None);
+    }
+    let limit = i64::from(max);
     let live: i64 = db
         .one(
-            &format!("SELECT count(*) FROM sites WHERE owner = $1 AND id <> $2 AND {LIVE}"),
-            &[&owner, &site],
+            &format!(
+                "SELECT count(*) FROM (SELECT 1 FROM sites WHERE owner = $1 AND id <> $2 AND {LIVE} LIMIT $3) AS l"
+            ),
+            &[&owner, &site, &limit],
         )
         .await?
         .get(0);
-    Ok((live >= i64::from(max)).then(|| {
-        Invalid::new(
-            "owner",
-            format!("Owner '{owner}' has {live} live sites; the limit is {max}."),
-        )
-    }))
+    Ok((live >= limit).then(|| Invalid::new("owner", format!("Owner '{owner}' has {max} live sites, the limit."))))
 }
 
 /// Refuses a site whose subdomain a live site other than `site` holds.

@@ -4,8 +4,6 @@
 
 use pvefleet_contracts::Vmid;
 use pvefleet_contracts::messages::ContainerScaled;
-use pvefleet_core::bus::Outgoing;
-use pvefleet_core::bus::outgoing::Origin;
 use pvefleet_proxmox::client::{Params, PveClient, Reason};
 
 use crate::decide::{Change, Decision};
@@ -70,11 +68,7 @@ impl Scaler {
                         outcome: outcome.clone(),
                         emergency: *emergency,
                     };
-                    let origin = Origin {
-                        app_id: Some("autoscaler".into()),
-                        ..Origin::default()
-                    };
-                    pvefleet_core::db::outbox::enqueue(client, &Outgoing::message(&event, &origin)?).await?;
+                    super::emit(client, &event).await?;
                 }
                 anyhow::Ok(())
             })

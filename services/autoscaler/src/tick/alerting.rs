@@ -1,8 +1,6 @@
 //! `resource.alert`s: raised and cleared once per crossing for running containers and online
 //! nodes, kept in `resource_alerts`.
 
-use pvefleet_core::bus::Outgoing;
-use pvefleet_core::bus::outgoing::Origin;
 use pvefleet_core::config::AutoscalerSettings;
 use pvefleet_proxmox::client::api::Resource;
 
@@ -92,11 +90,7 @@ pub(super) async fn alerts(
                 value: (value * 10.0).round() / 10.0,
                 threshold: *threshold,
             };
-            let origin = Origin {
-                app_id: Some("autoscaler".into()),
-                ..Origin::default()
-            };
-            pvefleet_core::db::outbox::enqueue(client, &Outgoing::message(&event, &origin)?).await?;
+            super::emit(client, &event).await?;
             anyhow::Ok(())
         })
         .await?;

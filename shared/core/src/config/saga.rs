@@ -49,7 +49,7 @@ pub struct SagaSettings {
     pub plans: std::collections::BTreeMap<String, Plan>,
     /// Re-sends of a failing compensation before the saga is `compensation_failed`.
     pub compensation_attempts: u32,
-    /// Live sites one owner may have.
+    /// Live sites one owner may have; 4294967295 (u32::MAX) means no limit.
     pub max_sites_per_owner: u32,
     /// How long a step may go unanswered before its command is sent again. Longer than the
     /// worker's whole retry ladder, so a re-send is for a lost command, not a slow one.
