@@ -475,3 +475,16 @@ async fn a_window_of_several_periods_fills_across_ticks_before_the_first_decisio
     );
     assert_eq!(cores(&r.sim), 3);
 }
+
+#[test]
+fn the_binary_answers_help_and_version_and_starts_nothing() {
+    let checked = pvefleet_testkit::cli::answers_help_and_version(
+        env!("CARGO_BIN_EXE_pvefleet-autoscaler"),
+        "pvefleet-autoscaler",
+    );
+    assert_eq!(checked, Ok(()));
+    assert_eq!(
+        pvefleet_testkit::cli::refuses_arguments(env!("CARGO_BIN_EXE_pvefleet-autoscaler")),
+        Ok(())
+    );
+}

@@ -931,3 +931,47 @@ async fn autoscale_simulate_replays_decisions_and_policy_and_import_store_polici
     assert!(out.status.success());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn the_binary_answers_help_and_version_and_starts_nothing() {
+    let checked = pvefleet_testkit::cli::answers_help_and_version(env!("CARGO_BIN_EXE_pvefleet"), "pvefleet");
+    assert_eq!(checked, Ok(()));
+}
+
+#[test]
+fn a_closed_stdout_ends_the_command_quietly_with_the_sigpipe_status() {
+    use std::io::Read;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pvefleet"))
+        .args(["config", "check"])
+        .env_remove("PVEFLEET_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the command writes, as `| head -1` does after its line.
+    drop(child.stdout.take());
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_publish_and_its_clean_close_log_no_error() -> anyhow::Result<()> {
+    let vhost = TestVhost::new()?;
+    let url = vhost.url();
+    let env = [("PVEFLEET_BUS__URL", url.as_str()), ("RUST_LOG", "info")];
+    let out = pvefleet(&env, &["topology", "declare"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto/examples/dns.upsert.v1.json");
+    let out = pvefleet(&env, &["bus", "publish", "--type", "dns.upsert", "--json", example]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("published dns.upsert"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(!text(&out.stderr).contains("ERROR"), "{}", text(&out.stderr));
+    Ok(())
+}

@@ -303,3 +303,13 @@ async fn upserts_of_one_site_at_once_leave_one_caddy_route() {
         }
     }
 }
+
+#[test]
+fn the_binary_answers_help_and_version_and_starts_nothing() {
+    let checked = pvefleet_testkit::cli::answers_help_and_version(env!("CARGO_BIN_EXE_pvefleet-edge"), "pvefleet-edge");
+    assert_eq!(checked, Ok(()));
+    assert_eq!(
+        pvefleet_testkit::cli::refuses_arguments(env!("CARGO_BIN_EXE_pvefleet-edge")),
+        Ok(())
+    );
+}

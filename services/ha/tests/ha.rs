@@ -352,3 +352,13 @@ async fn the_watchdog_leaves_alone_a_container_a_saga_or_a_worker_is_acting_on()
     assert_eq!(status(423).await, "stopped");
     r.stop().await;
 }
+
+#[test]
+fn the_binary_answers_help_and_version_and_starts_nothing() {
+    let checked = pvefleet_testkit::cli::answers_help_and_version(env!("CARGO_BIN_EXE_pvefleet-ha"), "pvefleet-ha");
+    assert_eq!(checked, Ok(()));
+    assert_eq!(
+        pvefleet_testkit::cli::refuses_arguments(env!("CARGO_BIN_EXE_pvefleet-ha")),
+        Ok(())
+    );
+}

@@ -319,3 +319,14 @@ async fn another_app_runs_its_own_script_and_the_local_transport_runs_pct_here()
     r.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn the_binary_answers_help_and_version_and_starts_nothing() {
+    let checked =
+        pvefleet_testkit::cli::answers_help_and_version(env!("CARGO_BIN_EXE_pvefleet-installer"), "pvefleet-installer");
+    assert_eq!(checked, Ok(()));
+    assert_eq!(
+        pvefleet_testkit::cli::refuses_arguments(env!("CARGO_BIN_EXE_pvefleet-installer")),
+        Ok(())
+    );
+}

@@ -659,3 +659,14 @@ async fn a_containers_autoscaling_policy_is_put_read_and_deleted_with_the_autosc
     assert_eq!(missing.status().as_u16(), 404);
     a.stop().await;
 }
+
+#[test]
+fn the_binary_answers_help_and_version_and_starts_nothing() {
+    let checked =
+        pvefleet_testkit::cli::answers_help_and_version(env!("CARGO_BIN_EXE_pvefleet-intake"), "pvefleet-intake");
+    assert_eq!(checked, Ok(()));
+    assert_eq!(
+        pvefleet_testkit::cli::refuses_arguments(env!("CARGO_BIN_EXE_pvefleet-intake")),
+        Ok(())
+    );
+}

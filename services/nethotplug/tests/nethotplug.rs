@@ -675,3 +675,16 @@ async fn unbinding_an_interface_that_is_not_on_the_vnet_is_refused() {
     assert!(r.text().contains("net0: "), "net0 is left alone");
     r.stop().await;
 }
+
+#[test]
+fn the_binary_answers_help_and_version_and_starts_nothing() {
+    let checked = pvefleet_testkit::cli::answers_help_and_version(
+        env!("CARGO_BIN_EXE_pvefleet-nethotplug"),
+        "pvefleet-nethotplug",
+    );
+    assert_eq!(checked, Ok(()));
+    assert_eq!(
+        pvefleet_testkit::cli::refuses_arguments(env!("CARGO_BIN_EXE_pvefleet-nethotplug")),
+        Ok(())
+    );
+}

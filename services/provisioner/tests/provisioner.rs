@@ -277,3 +277,16 @@ async fn destroy_stops_a_container_that_will_not_shut_down_and_removes_ha_and_sn
     assert!(pve.ha_resources().await.unwrap().is_empty(), "the HA resource is gone");
     r.stop().await;
 }
+
+#[test]
+fn the_binary_answers_help_and_version_and_starts_nothing() {
+    let checked = pvefleet_testkit::cli::answers_help_and_version(
+        env!("CARGO_BIN_EXE_pvefleet-provisioner"),
+        "pvefleet-provisioner",
+    );
+    assert_eq!(checked, Ok(()));
+    assert_eq!(
+        pvefleet_testkit::cli::refuses_arguments(env!("CARGO_BIN_EXE_pvefleet-provisioner")),
+        Ok(())
+    );
+}

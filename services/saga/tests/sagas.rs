@@ -1966,3 +1966,13 @@ async fn a_thousand_poison_messages_are_each_stored_once_across_keeper_restarts_
     worker_stop.cancel();
     worker.await.unwrap().unwrap();
 }
+
+#[test]
+fn the_binary_answers_help_and_version_and_starts_nothing() {
+    let checked = pvefleet_testkit::cli::answers_help_and_version(env!("CARGO_BIN_EXE_pvefleet-saga"), "pvefleet-saga");
+    assert_eq!(checked, Ok(()));
+    assert_eq!(
+        pvefleet_testkit::cli::refuses_arguments(env!("CARGO_BIN_EXE_pvefleet-saga")),
+        Ok(())
+    );
+}

@@ -107,7 +107,7 @@ impl Service {
     }
 
     /// A service takes no arguments: `--help` and `--version` are answered, anything else is
-    /// an error, and none of them starts the service.
+    /// a usage error (exit 2), and none of them starts the service.
     fn answer(&self, arg: &str) -> anyhow::Result<()> {
         match arg {
             "-h" | "--help" => {
@@ -121,7 +121,11 @@ impl Service {
                 println!("pvefleet-{} {}", self.name, env!("CARGO_PKG_VERSION"));
                 Ok(())
             }
-            other => anyhow::bail!("pvefleet-{} takes no arguments (got {other:?}); see --help", self.name),
+            other => {
+                // A usage error, as a CLI reports one: one line on stderr, exit status 2.
+                eprintln!("pvefleet-{}: takes no arguments (got {other:?}); see --help", self.name);
+                std::process::exit(2)
+            }
         }
     }
 

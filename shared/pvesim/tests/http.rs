@@ -76,3 +76,10 @@ async fn large_answers_are_gzipped_for_clients_that_accept_it() {
     let (small_enc, _) = raw_get(addr, "/version", true).await;
     assert_eq!(small_enc, None, "answers up to 1 KiB are not compressed");
 }
+
+#[test]
+fn the_binary_answers_help_and_version_and_starts_nothing() {
+    let checked =
+        pvefleet_testkit::cli::answers_help_and_version(env!("CARGO_BIN_EXE_pvefleet-pvesim"), "pvefleet-pvesim");
+    assert_eq!(checked, Ok(()));
+}

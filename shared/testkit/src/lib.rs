@@ -4,6 +4,7 @@
 //! Everything talks to the real services on loopback; nothing here mocks them.
 
 pub mod broker;
+pub mod cli;
 pub mod db;
 pub mod edge;
 pub mod proxy;

@@ -78,6 +78,13 @@ fn scrub(text: &str, secret_url: &str, redacted: &str) -> String {
     out
 }
 
+/// Closes `channel`, then its connection, bounded, for a clean stop: a connection closed under
+/// an open channel makes lapin log the channel's close as a connection error.
+pub async fn close_cleanly(channel: &Channel, conn: Connection) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), channel.close(200, "pvefleet: shutdown".into())).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "pvefleet: shutdown".into())).await;
+}
+
 /// Closes a connection in the background, bounded, so a dead socket cannot hold up recovery.
 pub fn close_in_background(conn: Connection) {
     tokio::spawn(async move {

@@ -338,8 +338,12 @@ impl Publisher {
     /// Closes the connection (graceful shutdown).
     pub async fn close(&self) {
         let mut live = self.inner.live.lock().await;
-        live.channel = None;
         self.set_current(None);
+        // The channel is closed before its connection: closing a connection under an open
+        // channel makes lapin log its own channel close as a connection error.
+        if let Some(ch) = live.channel.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), ch.close(200, "pvefleet: shutdown".into())).await;
+        }
         if let Some(conn) = live.conn.take() {
             let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "pvefleet: shutdown".into())).await;
         }

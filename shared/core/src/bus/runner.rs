@@ -207,7 +207,7 @@ pub async fn run_worker(
                 .await;
                 drop(batches);
                 drain(&tracker, shared.spec.drain_timeout).await;
-                connect::close_in_background(conn);
+                connect::close_cleanly(&channel, conn).await;
                 return Ok(());
             };
             let next = tokio::select! {
