@@ -76,9 +76,15 @@ pub enum Command {
         /// Where intake listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+        /// Where pvesim, the simulated Proxmox, listens (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:8006")]
+        pvesim_listen: std::net::SocketAddr,
         /// How long each simulated Proxmox task takes, in milliseconds.
         #[arg(long, default_value_t = 300)]
         task_ms: u64,
+        /// Services not to run (comma-separated), to run your own build of one beside dev.
+        #[arg(long, value_delimiter = ',', value_parser = ["saga", "provisioner", "ha", "edge", "installer", "autoscaler", "nethotplug"])]
+        without: Vec<String>,
     },
     /// Container network interfaces, through the intake API.
     Net {

@@ -6,6 +6,7 @@ mod bench_dlq;
 mod bench_sagas;
 mod cli;
 mod cmd;
+mod profile;
 
 use clap::Parser;
 

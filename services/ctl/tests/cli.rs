@@ -502,7 +502,15 @@ async fn dev_runs_the_fleet_and_site_create_wait_follows_the_saga_to_an_active_s
     let home = std::env::temp_dir().join(format!("pvefleet-dev-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&home).unwrap();
     let mut dev = Command::new(env!("CARGO_BIN_EXE_pvefleet"))
-        .args(["dev", "--listen", "127.0.0.1:0", "--task-ms", "20"])
+        .args([
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--pvesim-listen",
+            "127.0.0.1:0",
+            "--task-ms",
+            "20",
+        ])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOME", &home)
@@ -675,6 +683,135 @@ async fn dlq_commands_list_group_show_replay_dry_archive_and_purge_with_json_and
         .collect();
     assert_eq!(actions, ["dlq.purge", "dlq.archive"]);
     assert_eq!(audit[0]["actor"], "cli:night-shift");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dlq_show_gives_every_header_as_it_was_published_and_list_the_whole_fault() {
+    use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
+    let db = TestDb::create().await.unwrap();
+    let vhost = TestVhost::new().unwrap();
+    let mut s = pvefleet_testkit::settings(&vhost, Some(&db));
+    s.bus.retry_tiers = vec![Duration::from_millis(100)];
+    let pool = pvefleet_core::db::connect(&s.db).await.unwrap();
+    pvefleet_core::db::migrate(&pool).await.unwrap();
+    let topology = pvefleet_core::bus::topology::Topology::fleet(&s.bus);
+    let probe = pvefleet_core::bus::probe::Probe::connect_with(&s.bus).await.unwrap();
+    probe.declare(&topology).await.unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let keeper = tokio::spawn(pvefleet_saga::keeper::run(
+        s.bus.clone(),
+        topology,
+        pool.clone(),
+        None,
+        shutdown.clone(),
+    ));
+    // A message parked the way an upstream publisher's AMQP client would send its headers.
+    let long = "PVE answered 500: can't lock file '/run/lock/lxc/pve-config-300.lock' - got timeout; ".repeat(6);
+    let mut nested = FieldTable::default();
+    nested.insert("zone".into(), AMQPValue::LongString(LongString::from("eu-1")));
+    nested.insert("weight".into(), AMQPValue::LongInt(3));
+    let mut table = FieldTable::default();
+    table.insert("tenant".into(), AMQPValue::LongString(LongString::from("acme")));
+    table.insert("where".into(), AMQPValue::FieldTable(nested));
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-upstream".into(),
+        AMQPValue::LongString(LongString::from("invoicing")),
+    );
+    headers.insert("x-count".into(), AMQPValue::LongLongInt(42));
+    headers.insert("x-small".into(), AMQPValue::ShortShortInt(-7));
+    headers.insert("x-urgent".into(), AMQPValue::Boolean(true));
+    headers.insert("x-quiet".into(), AMQPValue::Boolean(false));
+    headers.insert("x-meta".into(), AMQPValue::FieldTable(table));
+    headers.insert(
+        "x-tags".into(),
+        AMQPValue::FieldArray(FieldArray::from(vec![
+            AMQPValue::LongString(LongString::from("blue")),
+            AMQPValue::LongInt(2),
+            AMQPValue::Boolean(false),
+        ])),
+    );
+    headers.insert("x-raw".into(), AMQPValue::ByteArray(vec![0u8, 159, 146, 150].into()));
+    headers.insert(
+        "pvefleet-fault-class".into(),
+        AMQPValue::LongString(LongString::from("retries-exhausted")),
+    );
+    headers.insert(
+        "pvefleet-fault-message".into(),
+        AMQPValue::LongString(LongString::from(long.as_str())),
+    );
+    let conn = lapin::Connection::connect(&vhost.url(), lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    ch.basic_publish(
+        pvefleet_contracts::routing::PARKED_EXCHANGE.into(),
+        "container.create".into(),
+        Default::default(),
+        br#"{"vmid": 300}"#,
+        lapin::BasicProperties::default()
+            .with_message_id("upstream-1".into())
+            .with_type("container.create".into())
+            .with_headers(headers),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let client = db.client().await.unwrap();
+    let stored = pvefleet_testkit::eventually(Duration::from_secs(20), || async {
+        client
+            .query_opt("SELECT id FROM dead_letters WHERE message_id = 'upstream-1'", &[])
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.get::<_, uuid::Uuid>(0))
+    })
+    .await
+    .expect("the keeper stores the parked message");
+    shutdown.cancel();
+    keeper.await.unwrap();
+    let _ = ch.close(200, "done".into()).await;
+    let _ = conn.close(200, "done".into()).await;
+    let env = [("PVEFLEET_DB__URL", db.url()), ("PVEFLEET_BUS__URL", vhost.url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = tokio::task::spawn_blocking({
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let id = stored.to_string();
+        move || {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            (
+                pvefleet(&env, &["dlq", "show", &id, "--json"]),
+                pvefleet(&env, &["dlq", "list", "--json"]),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let (show, list) = out;
+    assert!(show.status.success(), "{}", text(&show.stderr));
+    let shown: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    let h = &shown["properties"]["headers"];
+    assert_eq!(h["x-upstream"], "invoicing", "{h}");
+    assert_eq!(h["x-count"], 42);
+    assert_eq!(h["x-small"], -7);
+    assert_eq!(h["x-urgent"], true);
+    assert_eq!(h["x-quiet"], false);
+    assert_eq!(
+        h["x-meta"],
+        serde_json::json!({"tenant": "acme", "where": {"zone": "eu-1", "weight": 3}})
+    );
+    assert_eq!(h["x-tags"], serde_json::json!(["blue", 2, false]));
+    assert_eq!(
+        h["x-raw"],
+        serde_json::json!({"bytes": "AJ+Slg=="}),
+        "bytes that are no text are marked as bytes"
+    );
+    assert_eq!(shown["fault"]["message"], long.as_str(), "the fault whole");
+    assert!(list.status.success(), "{}", text(&list.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(listed[0]["fault_message"], long.as_str(), "the list's fault whole too");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -25,7 +25,7 @@ use pvefleet_proxmox::client::PveClient;
 use pvefleet_proxmox::client::api::ResourceType;
 
 pub use pvefleet_core::site_secrets::{self as secrets, Credentials, SecretBox};
-pub use transport::{Local, Output, Runner, Ssh, TransportError};
+pub use transport::{Local, Output, Runner, Simulated, Ssh, TransportError};
 
 /// The WordPress setup script, built into the binary.
 pub const WORDPRESS_SETUP: &str = include_str!("../../../deploy/scripts/wordpress-setup.sh");
@@ -235,7 +235,14 @@ pub async fn run(
     let runner: Box<dyn Runner> = match settings.installer.transport.as_str() {
         "ssh" => Box::new(Ssh::new(&settings.installer)?),
         "local" => Box::new(Local),
-        other => anyhow::bail!("installer.transport '{other}' is not known (ssh, local)"),
+        "pvesim" => {
+            tracing::warn!(
+                pve = %settings.pve.url,
+                "installer.transport is pvesim: setup scripts go to the simulated pct exec of pvesim, not to a node (a test and demo transport)."
+            );
+            Box::new(Simulated::new(&settings.pve)?)
+        }
+        other => anyhow::bail!("installer.transport '{other}' is not known (ssh, local, pvesim)"),
     };
     let pve = pvefleet_core::pve::client(&settings.pve)?;
     let installer = Installer::new(pve, runner, settings.installer.clone(), db)?;

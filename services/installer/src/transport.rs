@@ -202,3 +202,80 @@ impl Runner for Local {
         })
     }
 }
+
+/// pvesim's simulated `pct exec` (`POST /_sim/exec` at `pve.url`): the test and demo
+/// transport of `pvefleet dev`. Nothing runs anywhere; pvesim records the command and the
+/// script and answers as it is set to. Never a production transport.
+pub struct Simulated {
+    http: reqwest::Client,
+    url: String,
+    auth: Option<String>,
+}
+
+impl Simulated {
+    /// Against the pvesim at `pve.url`, with its API token when one is set.
+    pub fn new(pve: &pvefleet_core::config::PveSettings) -> anyhow::Result<Self> {
+        pvefleet_proxmox::client::tls::provider();
+        let auth = match (&pve.token_id, &pve.token_secret) {
+            (Some(id), Some(secret)) => Some(format!("PVEAPIToken={id}={}", secret.expose())),
+            _ => None,
+        };
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build()?,
+            url: format!("{}/_sim/exec", pve.url.trim_end_matches('/')),
+            auth,
+        })
+    }
+}
+
+#[async_trait]
+impl Runner for Simulated {
+    async fn run(
+        &self,
+        node: &str,
+        argv: &[String],
+        stdin: &[u8],
+        timeout: Duration,
+    ) -> Result<Output, TransportError> {
+        use base64::Engine as _;
+        let body = serde_json::json!({
+            "node": node,
+            "argv": argv,
+            "stdin": base64::engine::general_purpose::STANDARD.encode(stdin),
+        });
+        let mut req = self.http.post(&self.url).timeout(timeout).json(&body);
+        if let Some(auth) = &self.auth {
+            req = req.header("authorization", auth);
+        }
+        let resp = req.send().await.map_err(|e| TransportError::Connect {
+            host: format!("{node} (simulated by pvesim)"),
+            message: e.to_string(),
+        })?;
+        let status = resp.status();
+        let answer: serde_json::Value = resp
+            .json()
+            .await
+            .map_err(|e| TransportError::Broken(format!("pvesim's simulated pct exec answered badly: {e}")))?;
+        if status.as_u16() == 595 {
+            return Err(TransportError::Connect {
+                host: format!("{node} (simulated by pvesim)"),
+                message: answer["message"].as_str().unwrap_or("unreachable").trim().to_string(),
+            });
+        }
+        if !status.is_success() {
+            return Err(TransportError::Broken(format!(
+                "pvesim's simulated pct exec answered {status}: {}",
+                answer["message"].as_str().unwrap_or_default().trim()
+            )));
+        }
+        let data = &answer["data"];
+        let text = |k: &str| data[k].as_str().unwrap_or_default().as_bytes().to_vec();
+        Ok(Output {
+            code: data["code"].as_i64().and_then(|c| i32::try_from(c).ok()),
+            stdout: text("stdout"),
+            stderr: text("stderr"),
+        })
+    }
+}

@@ -31,7 +31,7 @@ fn key() -> String {
 struct Rig {
     _vhost: TestVhost,
     db: TestDb,
-    _sim: Sim,
+    sim: Sim,
     publisher: Publisher,
     events: (pvefleet_core::bus::probe::Probe, String),
     shutdown: CancellationToken,
@@ -77,6 +77,9 @@ async fn rig(sshd: &Sshd, tune: impl FnOnce(&mut Settings)) -> Rig {
     )
     .await
     .unwrap();
+    pve.lxc_power("pve2", 300, "start", pvefleet_proxmox::client::Params::new())
+        .await
+        .unwrap();
     let pool = pvefleet_core::db::connect(&s.db).await.unwrap();
     pvefleet_core::db::migrate(&pool).await.unwrap();
     let shutdown = CancellationToken::new();
@@ -95,7 +98,7 @@ async fn rig(sshd: &Sshd, tune: impl FnOnce(&mut Settings)) -> Rig {
     Rig {
         _vhost: vhost,
         db,
-        _sim: sim,
+        sim,
         publisher,
         events: (ch, q),
         shutdown,
@@ -318,6 +321,69 @@ async fn another_app_runs_its_own_script_and_the_local_transport_runs_pct_here()
     assert_eq!(body["error"]["code"], "app.unknown");
     r.stop().await;
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pvesim_transport_installs_in_the_simulation_and_fails_with_the_scripts_stderr() {
+    let sshd = Sshd::start().await.unwrap();
+    let r = rig(&sshd, |s| s.installer.transport = "pvesim".into()).await;
+    r.send(&install(SiteId::new(), "blog")).await;
+    let (kind, body) = r.event().await;
+    assert_eq!(kind, "app.installed", "{body}");
+    let runs = r.sim.execs();
+    let script = runs
+        .iter()
+        .find(|e| e.argv.get(4).is_some_and(|a| a == "bash"))
+        .expect("the setup script went to the simulated pct exec");
+    assert_eq!(script.node, "pve2");
+    assert_eq!(script.vmid, Some(300));
+    assert_eq!(
+        script.argv,
+        strings(&[
+            "pct",
+            "exec",
+            "300",
+            "--",
+            "bash",
+            "-s",
+            "--",
+            "https://blog.sites.test",
+            "blog",
+            "alice@sites.test",
+            "admin"
+        ])
+    );
+    assert!(
+        script.script.contains("export PVEFLEET_ADMIN_PASSWORD='***'"),
+        "{}",
+        script.script
+    );
+    assert!(
+        script.script.ends_with(WORDPRESS_SETUP.trim_end()),
+        "the whole script is recorded"
+    );
+    assert!(
+        runs.last().unwrap().argv.contains(&"is-installed".to_string()),
+        "WordPress is verified after the script"
+    );
+    assert!(sshd.pct_calls().is_empty(), "nothing went over ssh");
+    // Made to fail: the step fails with the script's stderr.
+    r.sim.fail_exec(pvefleet_pvesim::ExecFault {
+        command: Some("bash".into()),
+        code: 3,
+        stdout: String::new(),
+        stderr: "E: Unable to locate package php-fpm\n".into(),
+        count: 1,
+    });
+    r.send(&install(SiteId::new(), "shop")).await;
+    let (kind, body) = r.event().await;
+    assert_eq!(kind, "app.install_failed", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("exit 3") && message.contains("E: Unable to locate package php-fpm"),
+        "{message}"
+    );
+    r.stop().await;
 }
 
 #[test]

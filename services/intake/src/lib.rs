@@ -44,6 +44,8 @@ pub struct AppState {
     publisher: Option<pvefleet_core::bus::Publisher>,
     /// Checks network requests against PVE before they are accepted.
     pve: Option<pvefleet_proxmox::client::PveClient>,
+    /// Reads how many consumers a work queue has, for a saga's step in flight.
+    queues: Arc<sagas::QueueWatch>,
 }
 
 impl AppState {
@@ -66,6 +68,7 @@ impl AppState {
                 None
             }
         };
+        let queues = Arc::new(sagas::QueueWatch::new(settings.bus.clone()));
         Self {
             pool,
             settings: Arc::new(settings),
@@ -73,6 +76,7 @@ impl AppState {
             secrets,
             publisher: None,
             pve,
+            queues,
         }
     }
 

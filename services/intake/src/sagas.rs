@@ -26,7 +26,84 @@ async fn saga_json(pool: &deadpool_postgres::Pool, id: Uuid) -> Result<Option<Va
     Ok(row.map(|r| r.get(0)))
 }
 
-/// A saga with its steps.
+/// Reads how many consumers a work queue has, on one broker connection opened when first
+/// needed and opened again after it fails.
+pub(crate) struct QueueWatch {
+    bus: pvefleet_core::config::BusSettings,
+    probe: tokio::sync::Mutex<Option<pvefleet_core::bus::probe::Probe>>,
+}
+
+impl QueueWatch {
+    pub(crate) fn new(bus: pvefleet_core::config::BusSettings) -> Self {
+        Self {
+            bus,
+            probe: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// `Ok(Some(n))`: the queue has n consumers; `Ok(None)`: it does not exist; `Err`: the
+    /// broker could not be asked.
+    async fn consumers(&self, queue: &str) -> Result<Option<u32>, String> {
+        let mut probe = self.probe.lock().await;
+        if probe.is_none() {
+            let connect = pvefleet_core::bus::probe::Probe::connect_with(&self.bus);
+            match tokio::time::timeout(Duration::from_secs(3), connect).await {
+                Ok(Ok(p)) => *probe = Some(p),
+                Ok(Err(e)) => return Err(format!("cannot reach RabbitMQ: {e}")),
+                Err(_) => return Err("cannot reach RabbitMQ: timed out".into()),
+            }
+        }
+        let Some(p) = probe.as_ref() else {
+            return Err("cannot reach RabbitMQ".into());
+        };
+        match tokio::time::timeout(Duration::from_secs(3), p.queue_info(queue)).await {
+            Ok(Ok(info)) => Ok(info.map(|(_, consumers)| consumers)),
+            Ok(Err(e)) => {
+                *probe = None;
+                Err(format!("cannot ask RabbitMQ: {e}"))
+            }
+            Err(_) => {
+                *probe = None;
+                Err("cannot ask RabbitMQ: timed out".into())
+            }
+        }
+    }
+}
+
+/// The step a saga is waiting on, if one is in flight: its command, how long it has been in
+/// flight, how often it was sent, when the saga stops waiting for its answer, and the queue
+/// that takes it with that queue's consumers (none: no service is running to take it).
+async fn in_flight(st: &AppState, id: Uuid) -> Result<Value, Problem> {
+    let client = st.pool.get().await.map_err(db_problem)?;
+    let row = client
+        .query_opt(
+            "SELECT json_build_object('step', st.name, 'phase', st.phase, 'since', st.started_at,
+                    'seconds', extract(epoch FROM now() - st.started_at)::float8, 'sends', st.sends,
+                    'deadline', g.deadline, 'queue', NULL, 'consumers', NULL)
+             FROM saga_steps st JOIN sagas g ON g.id = st.saga_id
+             WHERE st.saga_id = $1 AND st.state = 'sent' AND g.state IN ('running', 'compensating')
+             ORDER BY st.started_at DESC LIMIT 1",
+            &[&id],
+        )
+        .await
+        .map_err(db_problem)?;
+    let Some(row) = row else {
+        return Ok(Value::Null);
+    };
+    let mut v: Value = row.get(0);
+    let step = v["step"].as_str().unwrap_or_default().to_string();
+    if let Some(queue) = pvefleet_contracts::routing::command_queue(&step) {
+        match st.queues.consumers(&queue).await {
+            Ok(Some(n)) => v["consumers"] = n.into(),
+            Ok(None) => v["consumers"] = 0.into(),
+            Err(e) => v["consumers_error"] = e.into(),
+        }
+        v["queue"] = queue.into();
+    }
+    Ok(v)
+}
+
+/// A saga with its steps, and the step it is waiting on (`in_flight`, null when none).
 #[utoipa::path(get, path = "/v1/sagas/{id}", responses((status = 200), (status = 404, body = Problem)))]
 pub(crate) async fn get_saga(
     State(st): State<AppState>,
@@ -36,7 +113,10 @@ pub(crate) async fn get_saga(
     auth::require(&st.pool, &headers, "sites:read").await?;
     let id = parse_id(&id)?;
     match saga_json(&st.pool, id).await? {
-        Some(v) => Ok(axum::Json(v).into_response()),
+        Some(mut v) => {
+            v["in_flight"] = in_flight(&st, id).await?;
+            Ok(axum::Json(v).into_response())
+        }
         None => Err(Problem::new(
             StatusCode::NOT_FOUND,
             "not-found",

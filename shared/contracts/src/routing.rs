@@ -16,6 +16,17 @@ pub fn work_queue(service: &str) -> String {
     format!("pvefleet.{service}")
 }
 
+/// The work queue a command is routed to (commands bind by exact type), if any service's
+/// queue takes it: `container.create` goes to `pvefleet.provisioner`.
+pub fn command_queue(command: &str) -> Option<String> {
+    fleet_bindings().into_iter().find_map(|(service, bindings)| {
+        bindings
+            .iter()
+            .any(|(exchange, key)| *exchange == COMMANDS_EXCHANGE && *key == command)
+            .then(|| work_queue(service))
+    })
+}
+
 /// The wait-tier exchange and queue name for a delay: `pvefleet.wait.<delay>`, such as `pvefleet.wait.5s`.
 pub fn wait_tier(delay: Duration) -> String {
     format!("pvefleet.wait.{}", tier_label(delay))
@@ -107,6 +118,23 @@ pub fn fleet_bindings() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    #[test]
+    fn a_command_is_found_on_the_queue_of_the_service_that_takes_it() {
+        assert_eq!(
+            super::command_queue("app.install").as_deref(),
+            Some("pvefleet.installer")
+        );
+        assert_eq!(
+            super::command_queue("container.destroy").as_deref(),
+            Some("pvefleet.provisioner")
+        );
+        assert_eq!(
+            super::command_queue("container.created"),
+            None,
+            "an event is no command"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -70,7 +70,7 @@ pub async fn list(client: &tokio_postgres::Client, f: &Filter, limit: i64) -> an
     let sql = format!(
         "SELECT coalesce(json_agg(x ORDER BY x.parked_at DESC), '[]'::json) FROM (
              SELECT id, message_id, message_type, correlation_id, origin_queue AS queue, fault_class,
-                    left(fault_message, 200) AS fault_message, fingerprint AS \"group\", state, replay_count,
+                    fault_message, fingerprint AS \"group\", state, replay_count,
                     attempts, parked_at
              FROM dead_letters WHERE {WHERE} ORDER BY parked_at DESC LIMIT {limit}) x"
     );
@@ -86,7 +86,7 @@ pub async fn groups(client: &tokio_postgres::Client) -> anyhow::Result<Vec<Value
             "SELECT coalesce(json_agg(g ORDER BY g.count DESC), '[]'::json) FROM (
                  SELECT fingerprint AS \"group\", count(*) AS count, max(parked_at) AS newest,
                         (array_agg(id ORDER BY parked_at DESC))[1] AS example,
-                        (array_agg(left(fault_message, 200) ORDER BY parked_at DESC))[1] AS fault_message
+                        (array_agg(fault_message ORDER BY parked_at DESC))[1] AS fault_message
                  FROM dead_letters WHERE state = 'parked' GROUP BY fingerprint) g",
             &[],
         )

@@ -21,6 +21,7 @@ impl Sim {
         s.faults.clear();
         s.task_errors.clear();
         s.sdn_failing.clear();
+        s.exec_faults.clear();
     }
 
     /// Makes about `rate` of all API calls fail the ways PVE fails transiently, until the

@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::{ApiError, GZIP_OVER, Recorded, Sim, faults, gzip, ha, lxc, param, rules, sdn};
+use crate::{ApiError, GZIP_OVER, Recorded, Sim, exec, faults, gzip, ha, lxc, param, rules, sdn};
 
 /// An envelope as a response, gzipped when the client accepts it and it is long enough.
 fn envelope(body: axum::body::Bytes, gzipped: bool, accept_gzip: bool) -> Response {
@@ -30,6 +30,13 @@ pub(crate) async fn dispatch(State(sim): State<Sim>, req: Request) -> Response {
         .unwrap_or_default();
     let path = uri.path().to_string();
     if let Some(control) = path.strip_prefix("/_sim") {
+        if control == "/exec" || control.starts_with("/exec/") {
+            // The simulated node shell is the API's: it takes the same credentials.
+            if let Err(e) = authorize(&sim, &Method::GET, &headers) {
+                return e.into_response();
+            }
+            return exec::control(&sim, method.as_str(), control, &body);
+        }
         return faults::control(&sim, &method, control, &body);
     }
     let reason_phrase = sim.lock().config.reason_phrase_errors;

@@ -5,7 +5,7 @@
 //!   drops the connection; `latency_ms` delays the call instead of failing it.
 //! - `POST /_sim/task-error` `{"kind": "vzcreate", "message": "..."}`: the next task of that
 //!   type ends in error.
-//! - `DELETE /_sim/faults`: clears everything queued.
+//! - `DELETE /_sim/faults`: clears everything queued (simulated `pct exec` answers too).
 //! - `POST /_sim/nodes/{node}/down` and `.../up`: a down node is `offline` in `/nodes`, its
 //!   guests are `unknown` in `/cluster/resources`, and calls proxied to it answer 595.
 //! - `POST /_sim/load` `{"vmid": 101, "cpu": 0.9, "mem": 1073741824}`: a container's measured
@@ -183,6 +183,7 @@ pub(crate) fn control(sim: &Sim, method: &Method, path: &str, body: &[u8]) -> Re
             s.faults.clear();
             s.task_errors.clear();
             s.sdn_failing.clear();
+            s.exec_faults.clear();
             ok(serde_json::Value::Null)
         }
         ("POST", "/load") => {

@@ -7,12 +7,14 @@
 //! pending changes and hotplug rules on running containers; snapshots; HA resources, groups
 //! and rules; SDN changes pending until applied; `/cluster/resources` driven by per-container
 //! load profiles. Container configs are real config text, through the codec. A control API
-//! under `/_sim` injects faults.
+//! under `/_sim` injects faults, and `/_sim/exec` simulates `pct exec` for the installer's
+//! test and demo transport.
 
 mod api;
 mod cluster;
 mod control;
 mod dispatch;
+mod exec;
 mod faults;
 mod ha;
 mod lxc;
@@ -27,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 
 pub(crate) use api::{ApiError, GZIP_OVER, gzip, ok, param};
+pub use exec::{ExecFault, ExecOutput, ExecRecord};
 pub use faults::Fault;
 pub use state::{ALL_PRIVILEGES, Load, Recorded, SimConfig, SimState};
 

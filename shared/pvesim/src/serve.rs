@@ -5,8 +5,16 @@ use crate::{Sim, SimConfig};
 impl Sim {
     /// Serves a new simulator on an ephemeral loopback port, in the background.
     pub async fn spawn(config: SimConfig) -> std::io::Result<(Self, std::net::SocketAddr)> {
+        Self::spawn_on(config, std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Serves a new simulator on `addr` (port 0: any free port), in the background.
+    pub async fn spawn_on(
+        config: SimConfig,
+        addr: std::net::SocketAddr,
+    ) -> std::io::Result<(Self, std::net::SocketAddr)> {
         let sim = Self::new(config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let router = sim.router();
         tokio::spawn(async move {

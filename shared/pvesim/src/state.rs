@@ -215,6 +215,12 @@ pub struct SimState {
     pub task_errors: Vec<(String, String)>,
     /// Recorded requests, when `record_requests` is set.
     pub requests: Vec<Recorded>,
+    /// Commands run through the simulated `pct exec`.
+    pub execs: Vec<crate::exec::ExecRecord>,
+    /// Answers queued for simulated commands (`/_sim/exec/fail`).
+    pub exec_faults: Vec<crate::exec::ExecFault>,
+    /// Containers whose app a simulated setup script installed.
+    pub installed: BTreeSet<u32>,
     /// Issued tickets and their CSRF tokens.
     pub(crate) tickets: HashMap<String, String>,
     pub(crate) started: Instant,
@@ -253,6 +259,9 @@ impl SimState {
             faults: Vec::new(),
             task_errors: Vec::new(),
             requests: Vec::new(),
+            execs: Vec::new(),
+            exec_faults: Vec::new(),
+            installed: BTreeSet::new(),
             tickets: HashMap::new(),
             started: Instant::now(),
             seq: 0,

@@ -165,6 +165,7 @@ impl SimState {
             Effect::Remove(vmid, purge) => {
                 self.containers.remove(&vmid);
                 self.loads.remove(&vmid);
+                self.installed.remove(&vmid);
                 if purge {
                     crate::ha::purge(self, &format!("ct:{vmid}"));
                 }

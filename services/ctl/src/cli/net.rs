@@ -67,6 +67,9 @@ pub enum NetAction {
         /// Follow the operation to its end.
         #[arg(long)]
         wait: bool,
+        /// With --wait: give up waiting after this long, with exit 124 (the work goes on).
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        deadline: std::time::Duration,
         /// Where intake is.
         #[command(flatten)]
         target: SiteTarget,
@@ -83,6 +86,9 @@ pub enum NetAction {
         /// Follow the operation to its end.
         #[arg(long)]
         wait: bool,
+        /// With --wait: give up waiting after this long, with exit 124 (the work goes on).
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        deadline: std::time::Duration,
         /// Where intake is.
         #[command(flatten)]
         target: SiteTarget,
@@ -96,6 +102,9 @@ pub enum NetAction {
         /// Follow the operation to its end.
         #[arg(long)]
         wait: bool,
+        /// With --wait: give up waiting after this long, with exit 124 (the work goes on).
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        deadline: std::time::Duration,
         /// Where intake is.
         #[command(flatten)]
         target: SiteTarget,
@@ -119,6 +128,9 @@ pub enum NetAction {
         /// Follow it to its end.
         #[arg(long)]
         wait: bool,
+        /// With --wait: give up waiting after this long, with exit 124 (the work goes on).
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        deadline: std::time::Duration,
         /// Where intake is.
         #[command(flatten)]
         target: SiteTarget,
@@ -155,6 +167,9 @@ pub enum VnetAction {
         /// Follow the operation to its end.
         #[arg(long)]
         wait: bool,
+        /// With --wait: give up waiting after this long, with exit 124 (the work goes on).
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        deadline: std::time::Duration,
         /// Where intake is.
         #[command(flatten)]
         target: SiteTarget,
@@ -172,6 +187,9 @@ pub enum VnetAction {
         /// Follow the operation to its end.
         #[arg(long)]
         wait: bool,
+        /// With --wait: give up waiting after this long, with exit 124 (the work goes on).
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        deadline: std::time::Duration,
         /// Where intake is.
         #[command(flatten)]
         target: SiteTarget,

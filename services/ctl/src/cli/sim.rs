@@ -58,6 +58,29 @@ pub enum SimAction {
         #[arg(long, default_value_t = 0)]
         mem_mib: u64,
     },
-    /// Clear every queued fault and task error.
+    /// Make the next simulated `pct exec` commands in containers fail (the installer's
+    /// transport in `pvefleet dev`): they answer this exit code, stdout and stderr.
+    ExecFail {
+        /// Only commands whose first word in the container is this: `bash` (the setup
+        /// script), `wp` (WordPress's check), `true` (the readiness probe). Default: any.
+        #[arg(long)]
+        command: Option<String>,
+        /// The exit code.
+        #[arg(long, default_value_t = 1)]
+        code: i32,
+        /// What it prints on stderr.
+        #[arg(long, default_value = "")]
+        stderr: String,
+        /// What it prints on stdout.
+        #[arg(long, default_value = "")]
+        stdout: String,
+        /// How many commands it answers.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+    /// The commands run through the simulated `pct exec`, with the scripts sent (secret
+    /// values masked), as JSON.
+    Execs,
+    /// Clear every queued fault, task error and exec failure.
     Clear,
 }

@@ -5,12 +5,26 @@ use clap::Subcommand;
 /// Where the intake API is, and the token to use.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SiteTarget {
-    /// The intake API.
-    #[arg(long, default_value = "http://127.0.0.1:8080", env = "PVEFLEET_API")]
-    pub api: String,
-    /// The API token (else `$PVEFLEET_TOKEN`, else the one `pvefleet dev` saved).
+    /// The intake API (else `$PVEFLEET_API`, else the running `pvefleet dev`'s from its
+    /// profile, else http://127.0.0.1:8080).
+    #[arg(long, env = "PVEFLEET_API")]
+    pub api: Option<String>,
+    /// The API token (else `$PVEFLEET_TOKEN`, else the one in `pvefleet dev`'s profile).
     #[arg(long)]
     pub token: Option<String>,
+}
+
+impl SiteTarget {
+    /// The intake URL this command uses.
+    pub fn url(&self) -> String {
+        let url = self
+            .api
+            .clone()
+            .or_else(|| crate::profile::load()?.intake.map(|i| i.url));
+        url.unwrap_or_else(|| "http://127.0.0.1:8080".into())
+            .trim_end_matches('/')
+            .to_string()
+    }
 }
 
 /// `pvefleet site ...`
@@ -32,6 +46,9 @@ pub enum SiteAction {
         /// Follow the saga with a live progress display.
         #[arg(long)]
         wait: bool,
+        /// With --wait: give up waiting after this long, with exit 124 (the work goes on).
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        deadline: std::time::Duration,
         /// The API.
         #[command(flatten)]
         target: SiteTarget,
@@ -66,6 +83,9 @@ pub enum SiteAction {
         /// Follow the saga to the end.
         #[arg(long)]
         wait: bool,
+        /// With --wait: give up waiting after this long, with exit 124 (the work goes on).
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        deadline: std::time::Duration,
         /// The API.
         #[command(flatten)]
         target: SiteTarget,

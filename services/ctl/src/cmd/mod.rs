@@ -23,7 +23,7 @@ use crate::cli::{BenchWhat, Cli, Command};
 
 /// Runs one command; the exit code says how it went.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let settings = match Settings::load(cli.config.as_deref()) {
+    let mut settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!(
@@ -37,6 +37,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    if !matches!(cli.command, Command::Dev { .. }) {
+        crate::profile::apply(&mut settings, crate::profile::load().as_ref());
+    }
     let mut telemetry = settings.telemetry.clone();
     // The CLI's output is for a person; keep the logs to warnings unless asked.
     if std::env::var("RUST_LOG").is_err() && telemetry.filter == "info" {
@@ -55,7 +58,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dlq { action } => dlq::run(&settings, action).await,
         Command::Audit { action } => dlq::audit(&settings, action).await,
         Command::Autoscale { action } => autoscale::run(&settings, action).await,
-        Command::Dev { listen, task_ms } => dev::run(&settings, listen, task_ms).await,
+        Command::Dev {
+            listen,
+            pvesim_listen,
+            task_ms,
+            without,
+        } => dev::run(&settings, listen, pvesim_listen, task_ms, &without).await,
         Command::Site { action } => site::run(action).await,
         Command::Net { action } => net::run_net(action).await,
         Command::Vnet { action } => net::run_vnet(action).await,

@@ -43,32 +43,32 @@ async fn start(
     method: reqwest::Method,
     path: &str,
     body: Option<Value>,
-    wait: bool,
+    wait: Option<Duration>,
 ) -> anyhow::Result<ExitCode> {
     let token = token(target)?;
     let c = http()?;
-    let mut req = c.request(method, format!("{}{path}", target.api)).bearer_auth(&token);
+    let mut req = c.request(method, format!("{}{path}", target.url())).bearer_auth(&token);
     if let Some(b) = body {
         req = req.json(&b);
     }
     let resp = req
         .send()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach intake at {}: {e}", target.api))?;
+        .map_err(|e| anyhow::anyhow!("cannot reach intake at {}: {e}", target.url()))?;
     if !resp.status().is_success() {
         return Ok(problem(resp).await);
     }
     let accepted: Value = resp.json().await?;
     let id = accepted["operation_id"].as_str().unwrap_or_default().to_string();
     println!("operation {id} ({}) accepted", accepted["kind"].as_str().unwrap_or("?"));
-    if !wait {
+    let Some(deadline) = wait else {
         return Ok(ExitCode::SUCCESS);
-    }
-    follow(&c, &target.api, &token, &id).await
+    };
+    follow(&c, &target.url(), &token, &id, deadline).await
 }
 
 /// Polls an operation until it ends; prints how.
-async fn follow(c: &reqwest::Client, api: &str, token: &str, id: &str) -> anyhow::Result<ExitCode> {
+async fn follow(c: &reqwest::Client, api: &str, token: &str, id: &str, deadline: Duration) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut last = String::new();
     loop {
@@ -123,11 +123,12 @@ async fn follow(c: &reqwest::Client, api: &str, token: &str, id: &str) -> anyhow
             }
             _ => {}
         }
-        if started.elapsed() > Duration::from_secs(600) {
+        if started.elapsed() > deadline {
             eprintln!(
-                "operation {id} is still {status} after 10 minutes; follow it with `pvefleet net operation {id} --wait`"
+                "error: operation {id} is still {status} after {}; the work goes on: follow it with `pvefleet net operation {id} --wait`",
+                humantime::format_duration(deadline)
             );
-            return Ok(ExitCode::from(1));
+            return Ok(ExitCode::from(super::site::DEADLINE_EXIT));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -161,11 +162,11 @@ async fn get(target: &SiteTarget, path: &str) -> anyhow::Result<Result<Value, Ex
     let token = token(target)?;
     let c = http()?;
     let resp = c
-        .get(format!("{}{path}", target.api))
+        .get(format!("{}{path}", target.url()))
         .bearer_auth(&token)
         .send()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach intake at {}: {e}", target.api))?;
+        .map_err(|e| anyhow::anyhow!("cannot reach intake at {}: {e}", target.url()))?;
     if !resp.status().is_success() {
         return Ok(Err(problem(resp).await));
     }
@@ -179,6 +180,7 @@ pub async fn run_net(action: NetAction) -> anyhow::Result<ExitCode> {
             vmid,
             iface: a,
             wait,
+            deadline,
             target,
         } => {
             start(
@@ -186,7 +188,7 @@ pub async fn run_net(action: NetAction) -> anyhow::Result<ExitCode> {
                 Method::POST,
                 &format!("/v1/containers/{vmid}/interfaces"),
                 Some(iface(&a)),
-                wait,
+                wait.then_some(deadline),
             )
             .await
         }
@@ -195,19 +197,21 @@ pub async fn run_net(action: NetAction) -> anyhow::Result<ExitCode> {
             interface,
             iface: a,
             wait,
+            deadline,
             target,
         } => {
             let path = format!("/v1/containers/{vmid}/interfaces/{interface}");
-            start(&target, Method::PATCH, &path, Some(iface(&a)), wait).await
+            start(&target, Method::PATCH, &path, Some(iface(&a)), wait.then_some(deadline)).await
         }
         NetAction::Detach {
             vmid,
             interface,
             wait,
+            deadline,
             target,
         } => {
             let path = format!("/v1/containers/{vmid}/interfaces/{interface}");
-            start(&target, Method::DELETE, &path, None, wait).await
+            start(&target, Method::DELETE, &path, None, wait.then_some(deadline)).await
         }
         NetAction::List { vmid, json, target } => {
             let net = match get(&target, &format!("/v1/containers/{vmid}/network")).await? {
@@ -266,10 +270,15 @@ pub async fn run_net(action: NetAction) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        NetAction::Operation { id, wait, target } => {
+        NetAction::Operation {
+            id,
+            wait,
+            deadline,
+            target,
+        } => {
             if wait {
                 let token = token(&target)?;
-                return follow(&http()?, &target.api, &token, &id).await;
+                return follow(&http()?, &target.url(), &token, &id, deadline).await;
             }
             match get(&target, &format!("/v1/operations/{id}")).await? {
                 Ok(v) => {
@@ -313,6 +322,7 @@ pub async fn run_vnet(action: VnetAction) -> anyhow::Result<ExitCode> {
             ensure_tag,
             iface: a,
             wait,
+            deadline,
             target,
         } => {
             let mut body = json!({ "vmid": vmid, "interface": iface(&a) });
@@ -324,7 +334,7 @@ pub async fn run_vnet(action: VnetAction) -> anyhow::Result<ExitCode> {
                 Method::POST,
                 &format!("/v1/vnets/{vnet}/bindings"),
                 Some(body),
-                wait,
+                wait.then_some(deadline),
             )
             .await
         }
@@ -333,13 +343,14 @@ pub async fn run_vnet(action: VnetAction) -> anyhow::Result<ExitCode> {
             vmid,
             interface,
             wait,
+            deadline,
             target,
         } => {
             let mut path = format!("/v1/vnets/{vnet}/bindings?vmid={vmid}");
             if let Some(i) = interface {
                 path.push_str(&format!("&interface={i}"));
             }
-            start(&target, Method::DELETE, &path, None, wait).await
+            start(&target, Method::DELETE, &path, None, wait.then_some(deadline)).await
         }
         VnetAction::Containers { vnet, json, target } => {
             let v = match get(&target, &format!("/v1/vnets/{vnet}/containers")).await? {

@@ -34,6 +34,17 @@ pub async fn run(settings: &pvefleet_core::Settings, action: SimAction) -> anyho
             "/_sim/load".to_string(),
             json!({ "vmid": vmid, "cpu": cpu, "mem": mem_mib << 20 }),
         ),
+        SimAction::ExecFail {
+            command,
+            code,
+            stderr,
+            stdout,
+            count,
+        } => (
+            "/_sim/exec/fail".to_string(),
+            json!({ "command": command, "code": code, "stderr": unescape(&stderr), "stdout": unescape(&stdout), "count": count }),
+        ),
+        SimAction::Execs => ("/_sim/exec".to_string(), Value::Null),
         SimAction::Clear => ("/_sim/faults".to_string(), Value::Null),
     };
     pvefleet_proxmox::client::tls::provider();
@@ -41,20 +52,30 @@ pub async fn run(settings: &pvefleet_core::Settings, action: SimAction) -> anyho
         .timeout(settings.pve.request_timeout)
         .build()?;
     let url = format!("{}{path}", settings.pve.url.trim_end_matches('/'));
-    let req = if path == "/_sim/faults" && body.is_null() {
+    let mut req = if path == "/_sim/faults" && body.is_null() {
         http.delete(&url)
+    } else if path == "/_sim/exec" {
+        http.get(&url)
     } else {
         http.post(&url)
             .header("content-type", "application/json")
             .body(serde_json::to_vec(&body)?)
     };
+    // The simulated pct exec takes the API's credentials.
+    if let (Some(id), Some(secret)) = (&settings.pve.token_id, &settings.pve.token_secret) {
+        req = req.header("authorization", format!("PVEAPIToken={id}={}", secret.expose()));
+    }
     let resp = req
         .send()
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach pvesim at {}: {e}", settings.pve.url))?;
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
-    if status.is_success() {
+    if status.is_success() && path == "/_sim/exec" {
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        println!("{}", serde_json::to_string_pretty(&v["data"])?);
+        Ok(ExitCode::SUCCESS)
+    } else if status.is_success() {
         println!("ok");
         Ok(ExitCode::SUCCESS)
     } else {
@@ -65,4 +86,9 @@ pub async fn run(settings: &pvefleet_core::Settings, action: SimAction) -> anyho
         eprintln!("error: pvesim answered {status}: {message}");
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// `\n` and `\t` typed on a command line as the characters they name.
+fn unescape(s: &str) -> String {
+    s.replace("\\n", "\n").replace("\\t", "\t")
 }

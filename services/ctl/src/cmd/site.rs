@@ -9,16 +9,17 @@ use serde_json::{Value, json};
 
 use crate::cli::{SiteAction, SiteTarget};
 
+/// The exit status of a `--wait` that reached its deadline, as `timeout(1)` gives.
+pub(crate) const DEADLINE_EXIT: u8 = 124;
+
 pub(crate) fn token(t: &SiteTarget) -> anyhow::Result<String> {
     if let Some(tok) = t.token.clone().or_else(|| std::env::var("PVEFLEET_TOKEN").ok()) {
         return Ok(tok);
     }
-    if let Some(path) = super::dev::token_file()
-        && let Ok(tok) = std::fs::read_to_string(&path)
-    {
-        return Ok(tok.trim().to_string());
+    if let Some(intake) = crate::profile::load().and_then(|p| p.intake) {
+        return Ok(intake.token);
     }
-    anyhow::bail!("no API token: pass --token, set PVEFLEET_TOKEN, or run `pvefleet dev` (it saves one)")
+    anyhow::bail!("no API token: pass --token, set PVEFLEET_TOKEN, or run `pvefleet dev` (its profile holds one)")
 }
 
 pub(crate) fn http() -> anyhow::Result<reqwest::Client> {
@@ -48,18 +49,19 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
             app,
             ha,
             wait,
+            deadline,
             target,
         } => {
             let token = token(&target)?;
             let c = http()?;
             let body = json!({ "subdomain": name, "plan": plan, "app": app, "ha": ha });
             let resp = c
-                .post(format!("{}/v1/sites", target.api))
+                .post(format!("{}/v1/sites", target.url()))
                 .bearer_auth(&token)
                 .json(&body)
                 .send()
                 .await
-                .map_err(|e| anyhow::anyhow!("cannot reach intake at {}: {e}", target.api))?;
+                .map_err(|e| anyhow::anyhow!("cannot reach intake at {}: {e}", target.url()))?;
             if !resp.status().is_success() {
                 return Ok(problem(resp).await);
             }
@@ -72,12 +74,12 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
             if !wait {
                 return Ok(ExitCode::SUCCESS);
             }
-            follow(&c, &target.api, &token, &id, &saga).await
+            follow(&c, &target.url(), &token, &id, &saga, deadline).await
         }
         SiteAction::List { target } => {
             let token = token(&target)?;
             let resp = http()?
-                .get(format!("{}/v1/sites", target.api))
+                .get(format!("{}/v1/sites", target.url()))
                 .bearer_auth(&token)
                 .send()
                 .await?;
@@ -106,7 +108,7 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
         SiteAction::Show { id, target } => {
             let token = token(&target)?;
             let resp = http()?
-                .get(format!("{}/v1/sites/{id}", target.api))
+                .get(format!("{}/v1/sites/{id}", target.url()))
                 .bearer_auth(&token)
                 .send()
                 .await?;
@@ -120,7 +122,7 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
         SiteAction::Credentials { id, target } => {
             let token = token(&target)?;
             let resp = http()?
-                .get(format!("{}/v1/sites/{id}/credentials", target.api))
+                .get(format!("{}/v1/sites/{id}/credentials", target.url()))
                 .bearer_auth(&token)
                 .send()
                 .await?;
@@ -135,11 +137,16 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
             eprintln!("(this reveal is recorded in the audit log)");
             Ok(ExitCode::SUCCESS)
         }
-        SiteAction::Delete { id, wait, target } => {
+        SiteAction::Delete {
+            id,
+            wait,
+            deadline,
+            target,
+        } => {
             let token = token(&target)?;
             let c = http()?;
             let resp = c
-                .delete(format!("{}/v1/sites/{id}", target.api))
+                .delete(format!("{}/v1/sites/{id}", target.url()))
                 .bearer_auth(&token)
                 .send()
                 .await?;
@@ -152,13 +159,64 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
             if !wait {
                 return Ok(ExitCode::SUCCESS);
             }
-            follow(&c, &target.api, &token, &id, &saga).await
+            follow(&c, &target.url(), &token, &id, &saga, deadline).await
         }
     }
 }
 
-/// Follows a saga's events until it ends, showing each step as it starts and ends.
-async fn follow(c: &reqwest::Client, api: &str, token: &str, site: &str, saga: &str) -> anyhow::Result<ExitCode> {
+/// What a saga's step in flight waits on, from `GET /v1/sagas/{id}`'s `in_flight`: the
+/// step, its sends, how long, when the saga stops waiting, and whether any service consumes
+/// its queue. `None` while nothing has been in flight for a few seconds.
+fn waiting_on(saga: &Value) -> Option<(String, bool)> {
+    let f = &saga["in_flight"];
+    let step = f["step"].as_str()?;
+    let seconds = f["seconds"].as_f64().unwrap_or(0.0);
+    if seconds < 3.0 {
+        return None;
+    }
+    let phase = if f["phase"] == "compensate" {
+        " (compensating)"
+    } else {
+        ""
+    };
+    let sends = f["sends"].as_i64().unwrap_or(1);
+    let attempt = if sends > 1 {
+        format!(", sent {sends} times")
+    } else {
+        String::new()
+    };
+    let until = f["deadline"]
+        .as_str()
+        .map(|d| format!("; the saga resends or fails it at {}", d.split('.').next().unwrap_or(d)))
+        .unwrap_or_default();
+    let mut line = format!("waiting on {step}{phase} for {seconds:.0}s{attempt}{until}");
+    let mut nobody = false;
+    match (f["queue"].as_str(), f["consumers"].as_u64()) {
+        (Some(q), Some(0)) => {
+            line.push_str(&format!(": no service consumes {q}"));
+            nobody = true;
+        }
+        (Some(q), Some(n)) => line.push_str(&format!(" ({q}: {n} consumer{})", if n == 1 { "" } else { "s" })),
+        (Some(q), None) => line.push_str(&format!(
+            " ({q}: {})",
+            f["consumers_error"].as_str().unwrap_or("consumers unknown")
+        )),
+        _ => {}
+    }
+    Some((line, nobody))
+}
+
+/// Follows a saga's events until it ends, showing each step as it starts and ends; while a
+/// step is in flight for more than a few seconds, says what it waits on. Gives up at
+/// `deadline` with exit 124 (the saga goes on).
+async fn follow(
+    c: &reqwest::Client,
+    api: &str,
+    token: &str,
+    site: &str,
+    saga: &str,
+    deadline: Duration,
+) -> anyhow::Result<ExitCode> {
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} [{elapsed}] {msg}")
@@ -166,6 +224,15 @@ async fn follow(c: &reqwest::Client, api: &str, token: &str, site: &str, saga: &
     );
     bar.enable_steady_tick(Duration::from_millis(120));
     bar.set_message("waiting for the saga to start");
+    // Without a terminal the bar is hidden; lines are printed plainly.
+    let say = |line: String| {
+        if bar.is_hidden() {
+            println!("{line}");
+        } else {
+            bar.println(line);
+        }
+    };
+    let give_up = tokio::time::Instant::now() + deadline;
     let mut resp = c
         .get(format!("{api}/v1/sagas/{saga}/events"))
         .bearer_auth(token)
@@ -177,8 +244,47 @@ async fn follow(c: &reqwest::Client, api: &str, token: &str, site: &str, saga: &
     }
     let mut buffer = String::new();
     let mut end: Option<Value> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut last_event = tokio::time::Instant::now();
+    let mut waiting = String::from("the saga coordinator has not started the saga (queue pvefleet.saga)");
+    let mut said_nobody = String::new();
     while end.is_none() {
-        let Some(chunk) = resp.chunk().await? else { break };
+        let chunk = tokio::select! {
+            chunk = resp.chunk() => chunk?,
+            _ = tick.tick() => {
+                if last_event.elapsed() < Duration::from_secs(3) {
+                    continue;
+                }
+                let Ok(r) = c.get(format!("{api}/v1/sagas/{saga}")).bearer_auth(token).send().await else {
+                    continue;
+                };
+                if !r.status().is_success() {
+                    continue;
+                }
+                let v: Value = r.json().await.unwrap_or(Value::Null);
+                if let Some((line, nobody)) = waiting_on(&v) {
+                    bar.set_message(line.clone());
+                    // Said once per step, not every tick: no service is taking it.
+                    let step = v["in_flight"]["step"].as_str().unwrap_or_default().to_string();
+                    if nobody && said_nobody != step {
+                        say(format!("  ! {line}"));
+                        said_nobody = step;
+                    }
+                    waiting = line;
+                }
+                continue;
+            }
+            _ = tokio::time::sleep_until(give_up) => {
+                bar.finish_and_clear();
+                eprintln!(
+                    "error: gave up after {}: {waiting}. The saga goes on; follow it with `pvefleet saga show {saga}`",
+                    humantime::format_duration(deadline)
+                );
+                return Ok(ExitCode::from(DEADLINE_EXIT));
+            }
+        };
+        let Some(chunk) = chunk else { break };
+        last_event = tokio::time::Instant::now();
         buffer.push_str(&String::from_utf8_lossy(&chunk));
         while let Some(pos) = buffer.find("\n\n") {
             let block: String = buffer.drain(..pos + 2).collect();
@@ -206,16 +312,11 @@ async fn follow(c: &reqwest::Client, api: &str, token: &str, site: &str, saga: &
                     } else {
                         ""
                     };
-                    // Without a terminal the bar is hidden; the step lines are printed plainly.
-                    let say = |line: String| {
-                        if bar.is_hidden() {
-                            println!("{line}");
-                        } else {
-                            bar.println(line);
-                        }
-                    };
                     match v["state"].as_str().unwrap_or("") {
-                        "sent" => bar.set_message(format!("{name}{phase} …")),
+                        "sent" => {
+                            bar.set_message(format!("{name}{phase} …"));
+                            waiting = format!("waiting on {name}{phase}");
+                        }
                         "done" => say(format!("  ✓ {name}{phase}")),
                         "failed" => say(format!(
                             "  ✗ {name}{phase}: {}",

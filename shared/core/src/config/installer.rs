@@ -21,7 +21,9 @@ pub struct AppSettings {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InstallerSettings {
-    /// `ssh` (to the node that hosts the container) or `local` (the worker runs on the node).
+    /// `ssh` (to the node that hosts the container), `local` (the worker runs on the node), or
+    /// `pvesim`: pvesim's simulated `pct exec` at `pve.url`, a test and demo transport that runs
+    /// nothing (what `pvefleet dev` uses).
     pub transport: String,
     /// The ssh user on the nodes (root, or one allowed `pct exec` through sudo).
     pub ssh_user: String,

@@ -11,9 +11,10 @@ use super::{CONFIG_FILE_ENV, ENV_PREFIX, Settings};
 /// Why configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file, the environment or a value was invalid.
-    #[error("invalid configuration")]
-    Invalid(#[source] Box<figment::Error>),
+    /// The file, the environment or a value was invalid: each fault names the variable (or
+    /// the file and key) that holds it, and for an unknown key the accepted keys nearest to it.
+    #[error("invalid configuration: {}", .0.join("; "))]
+    Invalid(Vec<String>),
     /// A `*_FILE` variable named a file that cannot be read.
     #[error("cannot read {var}={path}")]
     SecretFile {
@@ -52,6 +53,7 @@ impl Settings {
         });
         // Defaults come from the types' serde defaults, not from serializing Settings::default():
         // secrets serialize redacted, so a serialized default would lose them.
+        let file_name = file.clone().unwrap_or_else(|| PathBuf::from("pvefleet.toml"));
         let mut fig = Figment::new();
         match file {
             Some(f) => fig = fig.merge(Toml::file_exact(f)),
@@ -78,13 +80,109 @@ impl Settings {
             let key = env_key(var.trim_end_matches("_FILE"));
             fig = fig.merge(Serialized::global(&key, content.trim_end_matches(['\n', '\r'])));
         }
-        fig.extract().map_err(|e| ConfigError::Invalid(Box::new(e)))
+        fig.extract()
+            .map_err(|e| ConfigError::Invalid(describe(e, &env, &file_name)))
     }
 
     /// The effective settings as TOML, with every secret redacted.
     pub fn to_redacted_toml(&self) -> String {
         toml_string(self)
     }
+}
+
+/// Each fault of `err` in the words of what the user wrote: the variable, or the file and key.
+fn describe(err: figment::Error, env: &[(String, String)], file: &Path) -> Vec<String> {
+    use figment::error::Kind;
+    err.into_iter()
+        .map(|e| {
+            let mut path = e.path.clone();
+            let (what, nearest) = match &e.kind {
+                Kind::UnknownField(field, accepted) => {
+                    if path.last() == Some(field) {
+                        path.pop();
+                    }
+                    let section = if path.is_empty() {
+                        "the top level".to_string()
+                    } else {
+                        format!("[{}]", path.join("."))
+                    };
+                    path.push(field.clone());
+                    (format!("unknown key `{field}` in {section}"), nearest(field, accepted))
+                }
+                Kind::UnknownVariant(value, accepted) => (format!("unknown value `{value}`"), nearest(value, accepted)),
+                other => (other.to_string(), Vec::new()),
+            };
+            let key = path.join(".");
+            // Which the user wrote it in: a variable (with or without _FILE) or the file.
+            let var = env.iter().map(|(k, _)| k).find(|k| {
+                k.as_str() != CONFIG_FILE_ENV && env_key(k.trim_end_matches("_FILE")) == key.to_ascii_lowercase()
+            });
+            let origin = match var {
+                Some(v) => v.clone(),
+                None if key.is_empty() || matches!(e.kind, Kind::UnknownField(..)) => format!("{}", file.display()),
+                None => format!("{}: key {key}", file.display()),
+            };
+            let mut line = format!("{origin}: {what}");
+            if !nearest.is_empty() {
+                let prefix = &path[..path.len().saturating_sub(1)];
+                let shown: Vec<String> = nearest
+                    .iter()
+                    .map(|n| match var {
+                        Some(_) if matches!(e.kind, Kind::UnknownField(..)) => {
+                            let mut full: Vec<String> = prefix.to_vec();
+                            full.push(n.to_string());
+                            format!("{ENV_PREFIX}{}", full.join("__").to_ascii_uppercase())
+                        }
+                        _ => n.to_string(),
+                    })
+                    .collect();
+                line.push_str(&format!("; did you mean {}?", shown.join(", ")));
+            }
+            line
+        })
+        .collect()
+}
+
+/// The accepted names nearest to `wrote`, by edit distance (at most three, within half its
+/// length); every accepted name when none is near and there are few.
+fn nearest(wrote: &str, accepted: &[&'static str]) -> Vec<&'static str> {
+    let wrote = wrote.to_ascii_lowercase();
+    let mut scored: Vec<(usize, &'static str)> = accepted.iter().map(|a| (distance(&wrote, a), *a)).collect();
+    scored.sort();
+    let near: Vec<&'static str> = scored
+        .iter()
+        .filter(|(d, a)| *d <= (wrote.len().max(a.len()) / 2).max(1) || a.contains(&wrote) || wrote.contains(*a))
+        .take(3)
+        .map(|(_, a)| *a)
+        .collect();
+    if near.is_empty() && accepted.len() <= 6 {
+        return accepted.to_vec();
+    }
+    near
+}
+
+/// Edit distance counting a swap of two neighbours as one edit (optimal string alignment):
+/// `bsu` is one from `bus`.
+fn distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 fn env_key(var: &str) -> String {
@@ -208,6 +306,41 @@ mod tests {
         assert!(chain.contains("confirm_windw"), "{chain}");
         let err = Settings::load_from(None, env(&[("PVEFLEET_BUS__NOPE", "1")])).unwrap_err();
         assert!(format!("{err:?}").contains("nope"));
+    }
+
+    #[test]
+    fn a_misspelt_variable_is_named_with_the_nearest_accepted_keys() {
+        let err = Settings::load_from(None, env(&[("PVEFLEET_BUS__URLL", "x")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: PVEFLEET_BUS__URLL: unknown key `urll` in [bus]; did you mean PVEFLEET_BUS__URL?"
+        );
+        let err = Settings::load_from(None, env(&[("PVEFLEET_BUS__CONFIRM_WINDOW", "many")])).unwrap_err();
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with("invalid configuration: PVEFLEET_BUS__CONFIRM_WINDOW: "),
+            "{shown}"
+        );
+        assert!(!shown.contains(".rs:"), "no source location: {shown}");
+    }
+
+    #[test]
+    fn a_misspelt_key_in_the_file_is_named_with_the_file_and_nearest_keys() {
+        let dir = std::env::temp_dir().join(format!("pvefleet-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "[installer]\ntransprot = \"ssh\"\n[bsu]\nurl = \"x\"\n").unwrap();
+        let shown = Settings::load_from(Some(&file), env(&[])).unwrap_err().to_string();
+        assert!(
+            shown.contains(&format!(
+                "{}: unknown key `transprot` in [installer]; did you mean transport?",
+                file.display()
+            )) || shown.contains(&format!(
+                "{}: unknown key `bsu` in the top level; did you mean bus?",
+                file.display()
+            )),
+            "{shown}"
+        );
     }
 
     #[test]
