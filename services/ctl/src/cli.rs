@@ -147,3 +147,47 @@ pub enum Command {
         what: BenchWhat,
     },
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    fn readme() -> String {
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap()
+    }
+
+    /// Every top-level command is in the README's CLI table, and every subcommand on a README
+    /// line that names its command (`pvefleet site list\|show ID\|delete ID` names three).
+    #[test]
+    fn every_command_of_the_cli_is_in_the_readme() {
+        let readme = readme();
+        let start = readme
+            .find("## The `pvefleet` CLI")
+            .expect("the README has a CLI section");
+        let section = &readme[start..];
+        let table = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+        let cli = super::Cli::command();
+        let mut missing = Vec::new();
+        for top in cli.get_subcommands() {
+            let name = top.get_name();
+            if name == "help" {
+                continue;
+            }
+            if !table.contains(&format!("| `pvefleet {name}")) {
+                missing.push(format!("pvefleet {name} (not in the CLI table)"));
+            }
+            for sub in top.get_subcommands() {
+                let sub = sub.get_name();
+                let named = readme.lines().any(|l| {
+                    l.find(&format!("pvefleet {name} "))
+                        .is_some_and(|at| l[at..].contains(sub))
+                });
+                if !named {
+                    missing.push(format!("pvefleet {name} {sub}"));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "missing from the README: {missing:#?}");
+    }
+}

@@ -143,6 +143,21 @@ async fn bus_publish_validates_against_the_schema_before_publishing() -> anyhow:
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("/subdomain"), "{}", text(&out.stderr));
+    // The body inline is checked the same way.
+    let inline = serde_json::to_string(&bad)?;
+    let out = pvefleet(&env, &["bus", "publish", "--type", "site.provision", "--json", &inline]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("/subdomain"), "{}", text(&out.stderr));
+    let out = pvefleet(
+        &env,
+        &["bus", "publish", "--type", "site.provision", "--json", "{not json"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("the body is not JSON"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let out = pvefleet(
         &env,

@@ -12,7 +12,7 @@ pub enum BusAction {
         /// The message type, such as `site.provision`.
         #[arg(long = "type")]
         message_type: String,
-        /// The JSON body; `-` reads standard input.
+        /// The JSON body: inline (`'{"subdomain": "blog", ...}'`), a file, or `-` for standard input.
         #[arg(long)]
         json: PathBuf,
         /// Correlation id (saga or operation); a new one when absent.

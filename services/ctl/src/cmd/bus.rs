@@ -46,17 +46,28 @@ async fn publish(
         );
         return Ok(ExitCode::from(2));
     };
+    let inline = path
+        .to_str()
+        .map(str::trim_start)
+        .filter(|t| t.starts_with('{') || t.starts_with('['));
     let text = if path.as_os_str() == "-" {
         let mut s = String::new();
         std::io::stdin().read_to_string(&mut s)?;
         s
+    } else if let Some(body) = inline {
+        body.to_string()
     } else {
         std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
     };
     let body: serde_json::Value = match serde_json::from_str(&text) {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("error: {} is not JSON: {e}", path.display());
+            let what = if inline.is_some() {
+                "the body".to_string()
+            } else {
+                path.display().to_string()
+            };
+            eprintln!("error: {what} is not JSON: {e}");
             return Ok(ExitCode::from(2));
         }
     };

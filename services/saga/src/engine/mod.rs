@@ -252,3 +252,21 @@ pub trait SagaKind: Send + Sync + 'static {
         Ok(OnFailure::Recover)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::State;
+
+    #[test]
+    fn every_saga_state_is_in_the_readmes_table() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+        for state in State::ALL {
+            assert!(
+                readme.contains(&format!("| `{}` |", state.as_str())),
+                "saga state `{}` is missing from the README's table of saga states",
+                state.as_str()
+            );
+        }
+    }
+}
