@@ -33,7 +33,13 @@ ensure_rabbitmq() {
     log "Starting RabbitMQ"
     rabbitmq-server -detached
   fi
-  timeout 120 rabbitmqctl -q await_startup
+  # Just after `-detached` the node is not registered yet, and await_startup gives up at once.
+  local up=0
+  for _ in $(seq 1 60); do
+    if timeout 120 rabbitmqctl -q await_startup >/dev/null 2>&1; then up=1; break; fi
+    sleep 2
+  done
+  [ "$up" = 1 ] || { echo "RabbitMQ did not start" >&2; rabbitmqctl -q await_startup; exit 1; }
   # At-least-once dead-lettering needs the stream_queue feature flag (RabbitMQ 3.10).
   rabbitmqctl -q enable_feature_flag all >/dev/null 2>&1 || true
   # A broker test that failed half-way may have left the memory alarm forced on.

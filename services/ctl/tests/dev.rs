@@ -225,3 +225,18 @@ async fn a_wait_on_a_step_no_service_consumes_says_so_within_ten_seconds_and_end
     );
     assert!(started.elapsed() < Duration::from_secs(40));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wait_on_a_saga_no_coordinator_starts_says_so_and_ends_at_its_deadline() {
+    let dev = Dev::start(&["--without", "saga"]).await;
+    let out = dev
+        .cli(&["site", "create", "early", "--wait", "--deadline", "8s"])
+        .await;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(124), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("No service consumes pvefleet.saga: is the saga coordinator running?"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("gave up after 8s"), "{stderr}");
+}

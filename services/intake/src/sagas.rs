@@ -117,11 +117,19 @@ pub(crate) async fn get_saga(
             v["in_flight"] = in_flight(&st, id).await?;
             Ok(axum::Json(v).into_response())
         }
-        None => Err(Problem::new(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            format!("No saga {id} (yet)."),
-        )),
+        None => {
+            // A request the coordinator has not taken yet: say so when none is running.
+            let queue = pvefleet_contracts::routing::work_queue("saga");
+            let why = match st.queues.consumers(&queue).await {
+                Ok(Some(0) | None) => format!(" No service consumes {queue}: is the saga coordinator running?"),
+                _ => String::new(),
+            };
+            Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                format!("No saga {id} (yet).{why}"),
+            ))
+        }
     }
 }
 

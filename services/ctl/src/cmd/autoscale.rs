@@ -286,12 +286,13 @@ async fn status(settings: &pvefleet_core::Settings, json: bool) -> anyhow::Resul
         for c in &out {
             println!(
                 "{:>6}  {:<8}  {:>6}  {:>6}  {:>5}  {:>9}  {:<14}  {:<18}  {}",
-                c["vmid"],
+                // A JSON value ignores widths: each as a string first.
+                c["vmid"].to_string(),
                 c["node"].as_str().unwrap_or("-"),
-                c["cpu_pct"],
-                c["mem_pct"],
-                c["cores"],
-                c["memory_mb"],
+                c["cpu_pct"].to_string(),
+                c["mem_pct"].to_string(),
+                c["cores"].to_string(),
+                c["memory_mb"].to_string(),
                 format!("{}-{}", c["limits"]["cores"][0], c["limits"]["cores"][1]),
                 c["cooldown"]
                     .as_array()

@@ -258,6 +258,22 @@ async fn follow(
                 let Ok(r) = c.get(format!("{api}/v1/sagas/{saga}")).bearer_auth(token).send().await else {
                     continue;
                 };
+                if r.status() == reqwest::StatusCode::NOT_FOUND {
+                    // Not started yet; intake says when no coordinator is running to start it.
+                    let p: Value = r.json().await.unwrap_or(Value::Null);
+                    if let Some(detail) = p["detail"].as_str()
+                        && detail.contains("No service consumes")
+                    {
+                        let line = format!("waiting for the saga to start: {}", detail.split_once(").").map_or(detail, |(_, w)| w).trim());
+                        if said_nobody != "saga" {
+                            say(format!("  ! {line}"));
+                            said_nobody = "saga".into();
+                        }
+                        bar.set_message(line.clone());
+                        waiting = line;
+                    }
+                    continue;
+                }
                 if !r.status().is_success() {
                     continue;
                 }
@@ -318,9 +334,13 @@ async fn follow(
                             waiting = format!("waiting on {name}{phase}");
                         }
                         "done" => say(format!("  ✓ {name}{phase}")),
+                        // A many-line error (a script's stderr) indented under its step.
                         "failed" => say(format!(
                             "  ✗ {name}{phase}: {}",
-                            v["error"]["message"].as_str().unwrap_or("failed")
+                            v["error"]["message"]
+                                .as_str()
+                                .unwrap_or("failed")
+                                .replace('\n', "\n      ")
                         )),
                         other => say(format!("  · {name}{phase}: {other}")),
                     }
