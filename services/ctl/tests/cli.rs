@@ -1127,3 +1127,22 @@ fn a_publish_and_its_clean_close_log_no_error() -> anyhow::Result<()> {
     assert!(!text(&out.stderr).contains("ERROR"), "{}", text(&out.stderr));
     Ok(())
 }
+
+#[test]
+fn a_site_command_without_a_running_intake_says_where_it_looked_and_why() {
+    let out = pvefleet(&[], &["site", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no API token: pass --token, set PVEFLEET_TOKEN, or run `pvefleet dev`"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let api = format!("http://127.0.0.1:{port}");
+    let out = pvefleet(&[("PVEFLEET_API", &api)], &["site", "list", "--token", "t"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(&format!("cannot reach intake at {api}")), "{stderr}");
+    assert!(stderr.contains("is it running?"), "{stderr}");
+}

@@ -54,7 +54,7 @@ async fn start(
     let resp = req
         .send()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach intake at {}: {e}", target.url()))?;
+        .map_err(|e| super::site::unreachable_intake(&target.url(), &e))?;
     if !resp.status().is_success() {
         return Ok(problem(resp).await);
     }
@@ -166,7 +166,7 @@ async fn get(target: &SiteTarget, path: &str) -> anyhow::Result<Result<Value, Ex
         .bearer_auth(&token)
         .send()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach intake at {}: {e}", target.url()))?;
+        .map_err(|e| super::site::unreachable_intake(&target.url(), &e))?;
     if !resp.status().is_success() {
         return Ok(Err(problem(resp).await));
     }

@@ -22,6 +22,16 @@ pub(crate) fn token(t: &SiteTarget) -> anyhow::Result<String> {
     anyhow::bail!("no API token: pass --token, set PVEFLEET_TOKEN, or run `pvefleet dev` (its profile holds one)")
 }
 
+/// Why intake could not be reached, with the likely cause when it is the dev profile's.
+pub(crate) fn unreachable_intake(url: &str, e: &reqwest::Error) -> anyhow::Error {
+    let hint = if e.is_connect() {
+        " (is it running? `pvefleet dev` writes where it is to ~/.pvefleet/dev.toml; else pass --api)"
+    } else {
+        ""
+    };
+    anyhow::anyhow!("cannot reach intake at {url}: {e}{hint}")
+}
+
 pub(crate) fn http() -> anyhow::Result<reqwest::Client> {
     pvefleet_proxmox::client::tls::provider();
     Ok(reqwest::Client::builder()
@@ -61,7 +71,7 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
                 .json(&body)
                 .send()
                 .await
-                .map_err(|e| anyhow::anyhow!("cannot reach intake at {}: {e}", target.url()))?;
+                .map_err(|e| unreachable_intake(&target.url(), &e))?;
             if !resp.status().is_success() {
                 return Ok(problem(resp).await);
             }
@@ -82,7 +92,8 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
                 .get(format!("{}/v1/sites", target.url()))
                 .bearer_auth(&token)
                 .send()
-                .await?;
+                .await
+                .map_err(|e| unreachable_intake(&target.url(), &e))?;
             if !resp.status().is_success() {
                 return Ok(problem(resp).await);
             }
@@ -111,7 +122,8 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
                 .get(format!("{}/v1/sites/{id}", target.url()))
                 .bearer_auth(&token)
                 .send()
-                .await?;
+                .await
+                .map_err(|e| unreachable_intake(&target.url(), &e))?;
             if !resp.status().is_success() {
                 return Ok(problem(resp).await);
             }
@@ -125,7 +137,8 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
                 .get(format!("{}/v1/sites/{id}/credentials", target.url()))
                 .bearer_auth(&token)
                 .send()
-                .await?;
+                .await
+                .map_err(|e| unreachable_intake(&target.url(), &e))?;
             if !resp.status().is_success() {
                 return Ok(problem(resp).await);
             }
@@ -149,7 +162,8 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
                 .delete(format!("{}/v1/sites/{id}", target.url()))
                 .bearer_auth(&token)
                 .send()
-                .await?;
+                .await
+                .map_err(|e| unreachable_intake(&target.url(), &e))?;
             if !resp.status().is_success() {
                 return Ok(problem(resp).await);
             }
@@ -237,7 +251,8 @@ async fn follow(
         .get(format!("{api}/v1/sagas/{saga}/events"))
         .bearer_auth(token)
         .send()
-        .await?;
+        .await
+        .map_err(|e| unreachable_intake(api, &e))?;
     if !resp.status().is_success() {
         bar.finish_and_clear();
         return Ok(problem(resp).await);
@@ -360,7 +375,8 @@ async fn follow(
         .get(format!("{api}/v1/sites/{site}"))
         .bearer_auth(token)
         .send()
-        .await?;
+        .await
+        .map_err(|e| unreachable_intake(api, &e))?;
     let s: Value = resp.json().await.unwrap_or(Value::Null);
     if state == "completed" {
         println!(
