@@ -1138,7 +1138,11 @@ fn a_site_command_without_a_running_intake_says_where_it_looked_and_why() {
         text(&out.stderr)
     );
     // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let api = format!("http://127.0.0.1:{port}");
     let out = pvefleet(&[("PVEFLEET_API", &api)], &["site", "list", "--token", "t"]);
     assert_eq!(out.status.code(), Some(1));
