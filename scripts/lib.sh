@@ -8,23 +8,36 @@ log() { printf '\n==> %s\n' "$*"; }
 
 apt_updated=0
 apt_install() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "$* missing: install it as root (apt-get install -y $*), or run this as root" >&2
+    exit 1
+  fi
   if [ "$apt_updated" = 0 ]; then
     apt-get update -qq
     apt_updated=1
   fi
   # Packages install without starting their daemons (pdns on :53, caddy on :80): the tests
-  # start their own on free loopback ports, and stop them.
-  local policy=0
+  # start their own on free loopback ports, and stop them. The guard goes again whatever
+  # apt does, so no later daemon start on this machine is refused by it.
+  local policy=0 rc=0
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
     chmod +x /usr/sbin/policy-rc.d
     policy=1
   fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" || rc=$?
   if [ "$policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+  return "$rc"
 }
 
+# Whether something answers on a loopback TCP port.
+port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+
 ensure_rabbitmq() {
+  # A broker already answering is used as it is (and needs no root).
+  if port_open 5672 && { [ "$(id -u)" != 0 ] || rabbitmqctl -q status >/dev/null 2>&1; }; then
+    return 0
+  fi
   if ! command -v rabbitmqctl >/dev/null 2>&1; then
     log "Installing RabbitMQ"
     apt_install rabbitmq-server
@@ -40,15 +53,15 @@ ensure_rabbitmq() {
     sleep 2
   done
   [ "$up" = 1 ] || { echo "RabbitMQ did not start" >&2; rabbitmqctl -q await_startup; exit 1; }
-  # At-least-once dead-lettering needs the stream_queue feature flag (RabbitMQ 3.10).
-  rabbitmqctl -q enable_feature_flag all >/dev/null 2>&1 || true
-  # A broker test that failed half-way may have left the memory alarm forced on.
-  rabbitmqctl -q set_vm_memory_high_watermark 0.4 >/dev/null
+  # At-least-once dead-lettering, which the fleet's queues use, needs the stream_queue
+  # feature flag (RabbitMQ 3.10); a node created by 3.10 has it already.
+  rabbitmqctl -q enable_feature_flag stream_queue >/dev/null 2>&1 || true
 }
 
 pg_ok() { psql "postgres://postgres@127.0.0.1:5432/postgres" -qtAc 'select 1' >/dev/null 2>&1; }
 
 ensure_postgres() {
+  if pg_ok; then return 0; fi
   if ! command -v psql >/dev/null 2>&1 || ! command -v pg_ctlcluster >/dev/null 2>&1; then
     log "Installing PostgreSQL"
     apt_install postgresql postgresql-client

@@ -177,12 +177,17 @@ mod tests {
             if !table.contains(&format!("| `pvefleet {name}")) {
                 missing.push(format!("pvefleet {name} (not in the CLI table)"));
             }
+            // Each `pvefleet NAME ...` span: its first word, and each first word after a `\|`.
+            let spans: Vec<&str> = readme
+                .split(&format!("`pvefleet {name} "))
+                .skip(1)
+                .map(|rest| rest.split('`').next().unwrap_or_default())
+                .collect();
             for sub in top.get_subcommands() {
                 let sub = sub.get_name();
-                let named = readme.lines().any(|l| {
-                    l.find(&format!("pvefleet {name} "))
-                        .is_some_and(|at| l[at..].contains(sub))
-                });
+                let named = spans
+                    .iter()
+                    .any(|span| span.split("\\|").any(|alt| alt.split_whitespace().next() == Some(sub)));
                 if !named {
                     missing.push(format!("pvefleet {name} {sub}"));
                 }

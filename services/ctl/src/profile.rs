@@ -10,9 +10,6 @@ use serde::{Deserialize, Serialize};
 /// The variable naming another profile file.
 pub const PROFILE_ENV: &str = "PVEFLEET_PROFILE";
 
-/// The default Proxmox URL: a profile's pvesim applies only while `pve.url` is still this.
-const DEFAULT_PVE_URL: &str = "https://127.0.0.1:8006";
-
 /// What `pvefleet dev` tells the other commands.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Profile {
@@ -62,29 +59,49 @@ pub fn path() -> Option<PathBuf> {
 }
 
 /// The profile, when there is one that reads. One that does not read is named on stderr
-/// and ignored: a command still runs on its flags.
+/// (without its content: it holds tokens) and ignored: a command still runs on its flags.
 pub fn load() -> Option<Profile> {
-    let path = path()?;
-    let text = std::fs::read_to_string(&path).ok()?;
-    match toml::from_str(&text) {
-        Ok(p) => Some(p),
+    match read() {
+        Ok(p) => p,
         Err(e) => {
-            eprintln!("warning: ignoring {}: {e}", path.display());
+            eprintln!("warning: ignoring the dev profile: {e}");
             None
         }
     }
 }
 
-/// Writes the profile, readable by its owner only.
+/// The profile: `Ok(None)` when there is none, `Err` when there is one that does not read.
+pub fn read() -> anyhow::Result<Option<Profile>> {
+    let Some(path) = path() else { return Ok(None) };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+    };
+    toml::from_str(&text).map(Some).map_err(|e| {
+        // The error's message only: its snippet would quote the file, secrets and all.
+        let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        match line {
+            Some(l) => anyhow::anyhow!("{} is not a profile (line {l}): {}", path.display(), e.message()),
+            None => anyhow::anyhow!("{} is not a profile: {}", path.display(), e.message()),
+        }
+    })
+}
+
+/// Writes the profile, readable by its owner only, whole or not at all (a temporary file
+/// renamed over it, so a command reading it meanwhile never sees half of it).
 pub fn save(profile: &Profile) -> anyhow::Result<PathBuf> {
     let path = path().ok_or_else(|| anyhow::anyhow!("no HOME and no {PROFILE_ENV}: nowhere to write the profile"))?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+    let dir = path
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
     let text = format!(
         "# Written by `pvefleet dev`: where it runs, for the other pvefleet commands.\n{}",
         toml::to_string(profile)?
     );
+    let tmp = dir.join(format!(".dev.toml.{}", std::process::id()));
     let mut open = std::fs::OpenOptions::new();
     open.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -92,44 +109,75 @@ pub fn save(profile: &Profile) -> anyhow::Result<PathBuf> {
         use std::os::unix::fs::OpenOptionsExt as _;
         open.mode(0o600);
     }
-    let mut file = open.open(&path)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    }
-    std::io::Write::write_all(&mut file, text.as_bytes())?;
+    let write = || -> std::io::Result<()> {
+        let mut file = open.open(&tmp)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+        std::io::Write::write_all(&mut file, text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::anyhow!("cannot write {}: {e}", path.display())
+    })?;
     Ok(path)
 }
 
-/// Points `pve`, `bus` and `db` at the profile's, each unless a variable or the config file
-/// set it (it still holds its default).
-pub fn apply(settings: &mut pvefleet_core::Settings, profile: Option<&Profile>) {
+/// Whether the user set `key` (`pve.url`) themselves: in its variable (or its `_FILE`), or in
+/// the config file this command reads.
+fn set_by_user(key: &str, file: Option<&toml::Table>) -> bool {
+    let var = format!("PVEFLEET_{}", key.to_ascii_uppercase().replace('.', "__"));
+    if std::env::var_os(&var).is_some() || std::env::var_os(format!("{var}_FILE")).is_some() {
+        return true;
+    }
+    let mut at = file.map(|t| toml::Value::Table(t.clone()));
+    for part in key.split('.') {
+        at = at.and_then(|v| v.get(part).cloned());
+    }
+    at.is_some()
+}
+
+/// The config file a command reads (`--config`, else `$PVEFLEET_CONFIG`, else `./pvefleet.toml`),
+/// as TOML, when there is one that parses (one that does not fails the command elsewhere).
+pub fn config_file(explicit: Option<&std::path::Path>) -> Option<toml::Table> {
+    let path = explicit
+        .map(std::path::Path::to_path_buf)
+        .or_else(|| std::env::var_os("PVEFLEET_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("pvefleet.toml"));
+    toml::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+/// Points `pve`, `bus` and `db` at the profile's, each unless the user set it (a variable or
+/// the config file `file`).
+pub fn apply(settings: &mut pvefleet_core::Settings, profile: Option<&Profile>, file: Option<&toml::Table>) {
     let Some(profile) = profile else { return };
-    let defaults = pvefleet_core::Settings::default();
-    let unset = |var: &str| std::env::var_os(var).is_none() && std::env::var_os(format!("{var}_FILE")).is_none();
     if let Some(url) = &profile.bus_url
-        && unset("PVEFLEET_BUS__URL")
-        && settings.bus.url.expose() == defaults.bus.url.expose()
+        && !set_by_user("bus.url", file)
     {
         settings.bus.url = pvefleet_core::Secret::new(url.clone());
     }
     if let Some(url) = &profile.db_url
-        && unset("PVEFLEET_DB__URL")
-        && settings.db.url.expose() == defaults.db.url.expose()
+        && !set_by_user("db.url", file)
     {
         settings.db.url = pvefleet_core::Secret::new(url.clone());
     }
     let Some(sim) = profile.pvesim.as_ref() else {
         return;
     };
-    if std::env::var_os("PVEFLEET_PVE__URL").is_some() || settings.pve.url != DEFAULT_PVE_URL {
+    if set_by_user("pve.url", file) {
         return;
     }
     settings.pve.url = sim.url.clone();
-    if settings.pve.token_id.is_none() && settings.pve.user.is_none() {
+    let pve_auth = ["pve.token_id", "pve.token_secret", "pve.user", "pve.password"];
+    if !pve_auth.iter().any(|k| set_by_user(k, file)) {
         settings.pve.token_id = Some(sim.token_id.clone());
         settings.pve.token_secret = Some(pvefleet_core::Secret::new(sim.token_secret.clone()));
+        settings.pve.user = None;
+        settings.pve.password = None;
     }
 }
 
@@ -160,7 +208,7 @@ mod tests {
     }
 
     #[test]
-    fn the_profiles_pvesim_applies_only_over_the_default_url() {
+    fn the_profiles_pvesim_applies_only_where_the_user_set_no_pve() {
         let profile = Profile {
             pvesim: Some(Pvesim {
                 url: "http://127.0.0.1:8006".into(),
@@ -170,13 +218,15 @@ mod tests {
             ..Profile::default()
         };
         let mut s = pvefleet_core::Settings::default();
-        apply(&mut s, Some(&profile));
+        apply(&mut s, Some(&profile), None);
         assert_eq!(s.pve.url, "http://127.0.0.1:8006");
         assert_eq!(s.pve.token_id.as_deref(), Some("pvefleet@pve!dev"));
+        // A config file that names a PVE, even at the default URL, wins with its credentials.
+        let file: toml::Table =
+            toml::from_str("[pve]\nurl = \"https://127.0.0.1:8006\"\ntoken_id = \"root@pam!me\"\n").unwrap();
         let mut s = pvefleet_core::Settings::default();
-        s.pve.url = "https://pve1.lan:8006".into();
-        apply(&mut s, Some(&profile));
-        assert_eq!(s.pve.url, "https://pve1.lan:8006", "a configured PVE wins");
-        assert!(s.pve.token_id.is_none());
+        apply(&mut s, Some(&profile), Some(&file));
+        assert_eq!(s.pve.url, "https://127.0.0.1:8006", "a configured PVE wins");
+        assert!(s.pve.token_id.is_none(), "the profile's token goes nowhere else");
     }
 }

@@ -150,18 +150,35 @@ async fn every_command_finds_dev_through_its_profile_and_a_wordpress_site_instal
         .find(|e| e["argv"].as_array().unwrap().iter().any(|a| a == "bash"))
         .expect("the setup script was run in the simulation");
     assert!(script["script"].as_str().unwrap().contains("wp core"), "{script}");
+    // The site's real passwords were sent, and are masked in what pvesim shows.
+    let site = stdout.split_whitespace().nth(1).unwrap().to_string();
+    let creds = dev.cli(&["site", "credentials", &site]).await;
+    assert!(creds.status.success(), "{}", text(&creds.stderr));
+    let creds = text(&creds.stdout);
+    let secret = |label: &str| {
+        creds
+            .lines()
+            .find_map(|l| l.strip_prefix(label))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("{label} in {creds}"))
+    };
+    let shown = execs.to_string();
+    for password in [secret("admin password"), secret("db password")] {
+        assert!(password.len() >= 16, "{creds}");
+        assert!(
+            !shown.contains(&password),
+            "a password reached pvesim's record unmasked"
+        );
+    }
     assert!(
-        !script["script"].as_str().unwrap().contains("PASSWORD='")
-            || script["script"].as_str().unwrap().contains("PASSWORD='***'"),
-        "secrets masked"
+        shown.contains("PVEFLEET_ADMIN_PASSWORD='***'") && shown.contains("PVEFLEET_DB_PASSWORD='***'"),
+        "{shown}"
     );
     // The installer made to fail: its stderr, then the compensation, then exit 1.
     let out = dev
         .cli(&[
             "sim",
             "exec-fail",
-            "--command",
-            "bash",
             "--code",
             "3",
             "--stderr",
@@ -239,4 +256,37 @@ async fn a_wait_on_a_saga_no_coordinator_starts_says_so_and_ends_at_its_deadline
         "{stdout}"
     );
     assert!(stderr.contains("gave up after 8s"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_net_wait_no_service_takes_says_so_and_ends_at_its_deadline() {
+    let dev = Dev::start(&["--without", "nethotplug"]).await;
+    let out = dev.cli(&["site", "create", "web", "--app", "none", "--wait"]).await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let vmid = stdout
+        .split("vmid ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap_or_else(|| panic!("{stdout}"))
+        .to_string();
+    let out = dev
+        .cli(&[
+            "net",
+            "attach",
+            &vmid,
+            "--bridge",
+            "vmbr1",
+            "--wait",
+            "--deadline",
+            "8s",
+        ])
+        .await;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(124), "{stdout}{stderr}");
+    assert!(stdout.contains("no service consumes pvefleet.nethotplug"), "{stdout}");
+    assert!(
+        stderr.contains("(no service consumes pvefleet.nethotplug) after 8s"),
+        "{stderr}"
+    );
 }

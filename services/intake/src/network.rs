@@ -336,7 +336,20 @@ pub(crate) async fn operation(
     })?;
     let client = st.pool.get().await.map_err(db_problem)?;
     match ops::get(&client, id).await.map_err(db_problem)? {
-        Some(op) => Ok(Json(op.to_json()).into_response()),
+        Some(op) => {
+            let mut v = op.to_json();
+            // Not ended: the queue its command waits in, and whether any service consumes it.
+            if !ops::is_final(&op.status)
+                && let Some(queue) = pvefleet_contracts::routing::command_queue(&op.kind)
+            {
+                match st.queues.consumers(&queue).await {
+                    Ok(n) => v["consumers"] = n.unwrap_or(0).into(),
+                    Err(e) => v["consumers_error"] = e.into(),
+                }
+                v["queue"] = queue.into();
+            }
+            Ok(Json(v).into_response())
+        }
         None => Err(Problem::new(
             StatusCode::NOT_FOUND,
             "not-found",

@@ -27,46 +27,70 @@ async fn saga_json(pool: &deadpool_postgres::Pool, id: Uuid) -> Result<Option<Va
 }
 
 /// Reads how many consumers a work queue has, on one broker connection opened when first
-/// needed and opened again after it fails.
+/// needed. A broker that cannot be reached is not asked again for a few seconds, so the
+/// callers polling a saga are not each held up by it.
 pub(crate) struct QueueWatch {
     bus: pvefleet_core::config::BusSettings,
-    probe: tokio::sync::Mutex<Option<pvefleet_core::bus::probe::Probe>>,
+    probe: tokio::sync::Mutex<Probing>,
 }
+
+#[derive(Default)]
+struct Probing {
+    probe: Option<pvefleet_core::bus::probe::Probe>,
+    /// When the broker last could not be asked, and why.
+    failed: Option<(tokio::time::Instant, String)>,
+}
+
+/// How long a failure to reach the broker is remembered.
+const QUIET_AFTER_FAILURE: Duration = Duration::from_secs(10);
+/// A limit on connecting to the broker, or asking it about a queue.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl QueueWatch {
     pub(crate) fn new(bus: pvefleet_core::config::BusSettings) -> Self {
         Self {
             bus,
-            probe: tokio::sync::Mutex::new(None),
+            probe: tokio::sync::Mutex::new(Probing::default()),
         }
     }
 
     /// `Ok(Some(n))`: the queue has n consumers; `Ok(None)`: it does not exist; `Err`: the
     /// broker could not be asked.
-    async fn consumers(&self, queue: &str) -> Result<Option<u32>, String> {
-        let mut probe = self.probe.lock().await;
-        if probe.is_none() {
+    pub(crate) async fn consumers(&self, queue: &str) -> Result<Option<u32>, String> {
+        let mut p = self.probe.lock().await;
+        if let Some((at, why)) = &p.failed
+            && at.elapsed() < QUIET_AFTER_FAILURE
+        {
+            return Err(why.clone());
+        }
+        if p.probe.is_none() {
             let connect = pvefleet_core::bus::probe::Probe::connect_with(&self.bus);
-            match tokio::time::timeout(Duration::from_secs(3), connect).await {
-                Ok(Ok(p)) => *probe = Some(p),
-                Ok(Err(e)) => return Err(format!("cannot reach RabbitMQ: {e}")),
-                Err(_) => return Err("cannot reach RabbitMQ: timed out".into()),
+            match tokio::time::timeout(ASK_TIMEOUT, connect).await {
+                Ok(Ok(probe)) => p.probe = Some(probe),
+                Ok(Err(e)) => return Err(p.fail(format!("cannot reach RabbitMQ: {e}"))),
+                Err(_) => return Err(p.fail("cannot reach RabbitMQ: timed out".into())),
             }
         }
-        let Some(p) = probe.as_ref() else {
+        let Some(probe) = p.probe.as_ref() else {
             return Err("cannot reach RabbitMQ".into());
         };
-        match tokio::time::timeout(Duration::from_secs(3), p.queue_info(queue)).await {
-            Ok(Ok(info)) => Ok(info.map(|(_, consumers)| consumers)),
-            Ok(Err(e)) => {
-                *probe = None;
-                Err(format!("cannot ask RabbitMQ: {e}"))
+        match tokio::time::timeout(ASK_TIMEOUT, probe.queue_info(queue)).await {
+            Ok(Ok(info)) => {
+                p.failed = None;
+                Ok(info.map(|(_, consumers)| consumers))
             }
-            Err(_) => {
-                *probe = None;
-                Err("cannot ask RabbitMQ: timed out".into())
-            }
+            Ok(Err(e)) => Err(p.fail(format!("cannot ask RabbitMQ: {e}"))),
+            Err(_) => Err(p.fail("cannot ask RabbitMQ: timed out".into())),
         }
+    }
+}
+
+impl Probing {
+    /// Drops the connection (with its channels) and remembers why.
+    fn fail(&mut self, why: String) -> String {
+        self.probe = None;
+        self.failed = Some((tokio::time::Instant::now(), why.clone()));
+        why
     }
 }
 

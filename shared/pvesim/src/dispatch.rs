@@ -32,7 +32,7 @@ pub(crate) async fn dispatch(State(sim): State<Sim>, req: Request) -> Response {
     if let Some(control) = path.strip_prefix("/_sim") {
         if control == "/exec" || control.starts_with("/exec/") {
             // The simulated node shell is the API's: it takes the same credentials.
-            if let Err(e) = authorize(&sim, &Method::GET, &headers) {
+            if let Err(e) = authorize(&sim, &method, &headers) {
                 return e.into_response();
             }
             return exec::control(&sim, method.as_str(), control, &body);

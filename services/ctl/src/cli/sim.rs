@@ -62,9 +62,9 @@ pub enum SimAction {
     /// transport in `pvefleet dev`): they answer this exit code, stdout and stderr.
     ExecFail {
         /// Only commands whose first word in the container is this: `bash` (the setup
-        /// script), `wp` (WordPress's check), `true` (the readiness probe). Default: any.
-        #[arg(long)]
-        command: Option<String>,
+        /// script), `wp` (WordPress's check), `true` (the readiness probe), or `any`.
+        #[arg(long, default_value = "bash")]
+        command: String,
         /// The exit code.
         #[arg(long, default_value_t = 1)]
         code: i32,

@@ -31,7 +31,17 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let mut s = settings.clone();
     let shutdown = pvefleet_core::shutdown::on_signal();
-    let previous = profile::load().unwrap_or_default();
+    // Before anything starts: where the profile goes, and the key of sites' credentials an
+    // earlier dev kept there (a profile that does not read is not overwritten, key and all).
+    let previous = profile::read()
+        .map_err(|e| e.context("pvefleet dev keeps the key of sites' credentials there: fix or remove the file"))?
+        .unwrap_or_default();
+    if profile::path().is_none() {
+        anyhow::bail!(
+            "neither HOME nor {} is set: nowhere to write the dev profile",
+            profile::PROFILE_ENV
+        );
+    }
     // Proxmox: pvesim, 3 nodes, tasks that take a moment like real ones.
     let secret = uuid::Uuid::new_v4().to_string();
     let (_sim, sim_addr) = pvefleet_pvesim::Sim::spawn_on(

@@ -37,8 +37,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    if !matches!(cli.command, Command::Dev { .. }) {
-        crate::profile::apply(&mut settings, crate::profile::load().as_ref());
+    // dev writes the profile; `config check` and `migrate` are about the configured
+    // deployment, never dev's.
+    if !matches!(
+        cli.command,
+        Command::Dev { .. } | Command::Config { .. } | Command::Migrate
+    ) {
+        let file = crate::profile::config_file(cli.config.as_deref());
+        crate::profile::apply(&mut settings, crate::profile::load().as_ref(), file.as_ref());
     }
     let mut telemetry = settings.telemetry.clone();
     // The CLI's output is for a person; keep the logs to warnings unless asked.

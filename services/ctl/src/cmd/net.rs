@@ -71,22 +71,60 @@ async fn start(
 async fn follow(c: &reqwest::Client, api: &str, token: &str, id: &str, deadline: Duration) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut last = String::new();
+    let mut changed = Instant::now();
+    let mut said_nobody = false;
+    let mut status = String::from("unknown");
+    let mut note = String::new();
     loop {
-        let resp = c
+        if started.elapsed() > deadline {
+            eprintln!(
+                "error: operation {id} is still {status}{note} after {}; the work goes on: follow it with `pvefleet net operation {id} --wait`",
+                humantime::format_duration(deadline)
+            );
+            return Ok(ExitCode::from(super::site::DEADLINE_EXIT));
+        }
+        // Each poll is bounded, and one that fails is tried again until the deadline.
+        let poll = c
             .get(format!("{api}/v1/operations/{id}"))
             .bearer_auth(token)
+            .timeout(Duration::from_secs(5))
             .send()
-            .await?;
+            .await;
+        let resp = match poll {
+            Ok(r) => r,
+            Err(e) => {
+                if e.is_connect() && last.is_empty() {
+                    return Err(super::site::unreachable_intake(api, &e));
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
         if !resp.status().is_success() {
             return Ok(problem(resp).await);
         }
-        let op: Value = resp.json().await?;
-        let status = op["status"].as_str().unwrap_or("?").to_string();
+        let Ok(op) = resp.json::<Value>().await else {
+            continue;
+        };
+        status = op["status"].as_str().unwrap_or("?").to_string();
         if status != last {
             if !matches!(status.as_str(), "succeeded" | "failed" | "pending_reboot") {
                 println!("  {status} …");
             }
             last = status.clone();
+            changed = Instant::now();
+        }
+        if !said_nobody
+            && changed.elapsed() > Duration::from_secs(3)
+            && op["consumers"].as_u64() == Some(0)
+            && let Some(queue) = op["queue"].as_str()
+        {
+            println!(
+                "  ! {status} for {:.0}s: no service consumes {queue}",
+                changed.elapsed().as_secs_f64()
+            );
+            note = format!(" (no service consumes {queue})");
+            said_nobody = true;
         }
         match status.as_str() {
             "succeeded" | "pending_reboot" => {
@@ -122,13 +160,6 @@ async fn follow(c: &reqwest::Client, api: &str, token: &str, id: &str, deadline:
                 return Ok(ExitCode::from(1));
             }
             _ => {}
-        }
-        if started.elapsed() > deadline {
-            eprintln!(
-                "error: operation {id} is still {status} after {}; the work goes on: follow it with `pvefleet net operation {id} --wait`",
-                humantime::format_duration(deadline)
-            );
-            return Ok(ExitCode::from(super::site::DEADLINE_EXIT));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

@@ -42,7 +42,7 @@ pub async fn run(settings: &pvefleet_core::Settings, action: SimAction) -> anyho
             count,
         } => (
             "/_sim/exec/fail".to_string(),
-            json!({ "command": command, "code": code, "stderr": unescape(&stderr), "stdout": unescape(&stdout), "count": count }),
+            json!({ "command": (command != "any").then_some(command), "code": code, "stderr": unescape(&stderr), "stdout": unescape(&stdout), "count": count }),
         ),
         SimAction::Execs => ("/_sim/exec".to_string(), Value::Null),
         SimAction::Clear => ("/_sim/faults".to_string(), Value::Null),

@@ -9,6 +9,11 @@ use serde_json::{Value, json};
 
 use crate::cli::{SiteAction, SiteTarget};
 
+/// A limit on one request to intake; the event stream alone runs longer.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A limit on one progress poll while waiting.
+const POLL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The exit status of a `--wait` that reached its deadline, as `timeout(1)` gives.
 pub(crate) const DEADLINE_EXIT: u8 = 124;
 
@@ -16,7 +21,12 @@ pub(crate) fn token(t: &SiteTarget) -> anyhow::Result<String> {
     if let Some(tok) = t.token.clone().or_else(|| std::env::var("PVEFLEET_TOKEN").ok()) {
         return Ok(tok);
     }
-    if let Some(intake) = crate::profile::load().and_then(|p| p.intake) {
+    // dev's token goes to dev's intake only, never to another --api.
+    if let Some(intake) = crate::profile::load().and_then(|p| p.intake)
+        && t.api
+            .as_deref()
+            .is_none_or(|a| a.trim_end_matches('/') == intake.url.trim_end_matches('/'))
+    {
         return Ok(intake.token);
     }
     anyhow::bail!("no API token: pass --token, set PVEFLEET_TOKEN, or run `pvefleet dev` (its profile holds one)")
@@ -69,6 +79,7 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
                 .post(format!("{}/v1/sites", target.url()))
                 .bearer_auth(&token)
                 .json(&body)
+                .timeout(REQUEST_TIMEOUT)
                 .send()
                 .await
                 .map_err(|e| unreachable_intake(&target.url(), &e))?;
@@ -91,6 +102,7 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
             let resp = http()?
                 .get(format!("{}/v1/sites", target.url()))
                 .bearer_auth(&token)
+                .timeout(REQUEST_TIMEOUT)
                 .send()
                 .await
                 .map_err(|e| unreachable_intake(&target.url(), &e))?;
@@ -121,6 +133,7 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
             let resp = http()?
                 .get(format!("{}/v1/sites/{id}", target.url()))
                 .bearer_auth(&token)
+                .timeout(REQUEST_TIMEOUT)
                 .send()
                 .await
                 .map_err(|e| unreachable_intake(&target.url(), &e))?;
@@ -136,6 +149,7 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
             let resp = http()?
                 .get(format!("{}/v1/sites/{id}/credentials", target.url()))
                 .bearer_auth(&token)
+                .timeout(REQUEST_TIMEOUT)
                 .send()
                 .await
                 .map_err(|e| unreachable_intake(&target.url(), &e))?;
@@ -161,6 +175,7 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
             let resp = c
                 .delete(format!("{}/v1/sites/{id}", target.url()))
                 .bearer_auth(&token)
+                .timeout(REQUEST_TIMEOUT)
                 .send()
                 .await
                 .map_err(|e| unreachable_intake(&target.url(), &e))?;
@@ -247,12 +262,11 @@ async fn follow(
         }
     };
     let give_up = tokio::time::Instant::now() + deadline;
-    let mut resp = c
-        .get(format!("{api}/v1/sagas/{saga}/events"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .map_err(|e| unreachable_intake(api, &e))?;
+    let events = c.get(format!("{api}/v1/sagas/{saga}/events")).bearer_auth(token).send();
+    let mut resp = match tokio::time::timeout(REQUEST_TIMEOUT, events).await {
+        Ok(r) => r.map_err(|e| unreachable_intake(api, &e))?,
+        Err(_) => anyhow::bail!("intake at {api} did not answer within {REQUEST_TIMEOUT:?}"),
+    };
     if !resp.status().is_success() {
         bar.finish_and_clear();
         return Ok(problem(resp).await);
@@ -270,12 +284,14 @@ async fn follow(
                 if last_event.elapsed() < Duration::from_secs(3) {
                     continue;
                 }
-                let Ok(r) = c.get(format!("{api}/v1/sagas/{saga}")).bearer_auth(token).send().await else {
+                // Bounded, so the deadline below is never starved by a poll that hangs.
+                let poll = c.get(format!("{api}/v1/sagas/{saga}")).bearer_auth(token).timeout(POLL_TIMEOUT).send();
+                let Ok(Ok(r)) = tokio::time::timeout(POLL_TIMEOUT, poll).await else {
                     continue;
                 };
                 if r.status() == reqwest::StatusCode::NOT_FOUND {
                     // Not started yet; intake says when no coordinator is running to start it.
-                    let p: Value = r.json().await.unwrap_or(Value::Null);
+                    let p: Value = tokio::time::timeout(POLL_TIMEOUT, r.json()).await.ok().and_then(Result::ok).unwrap_or(Value::Null);
                     if let Some(detail) = p["detail"].as_str()
                         && detail.contains("No service consumes")
                     {
@@ -292,7 +308,7 @@ async fn follow(
                 if !r.status().is_success() {
                     continue;
                 }
-                let v: Value = r.json().await.unwrap_or(Value::Null);
+                let v: Value = tokio::time::timeout(POLL_TIMEOUT, r.json()).await.ok().and_then(Result::ok).unwrap_or(Value::Null);
                 if let Some((line, nobody)) = waiting_on(&v) {
                     bar.set_message(line.clone());
                     // Said once per step, not every tick: no service is taking it.
@@ -374,6 +390,7 @@ async fn follow(
     let resp = c
         .get(format!("{api}/v1/sites/{site}"))
         .bearer_auth(token)
+        .timeout(REQUEST_TIMEOUT)
         .send()
         .await
         .map_err(|e| unreachable_intake(api, &e))?;

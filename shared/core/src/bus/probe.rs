@@ -283,7 +283,12 @@ impl Probe {
                 FieldTable::default(),
             )
             .await;
-        let info = q.ok().map(|q| (q.message_count(), q.consumer_count()));
+        let info = match q {
+            Ok(q) => Some((q.message_count(), q.consumer_count())),
+            // The broker's answer for a queue that does not exist; any other failure is one.
+            Err(e) if is_not_found(&e) => None,
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot read queue {queue}"))),
+        };
         let _ = ch.close(200, "probe done".into()).await;
         Ok(info)
     }
@@ -309,5 +314,18 @@ impl Probe {
     /// Closes the connection in the background.
     pub fn close(self) {
         super::connect::close_in_background(self.conn);
+    }
+}
+
+/// Whether the broker refused with 404 NOT_FOUND (a passive declare of a missing queue).
+fn is_not_found(e: &lapin::Error) -> bool {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => {
+            matches!(
+                amqp.kind(),
+                lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::NOTFOUND)
+            )
+        }
+        _ => false,
     }
 }

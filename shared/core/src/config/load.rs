@@ -114,8 +114,14 @@ fn describe(err: figment::Error, env: &[(String, String)], file: &Path) -> Vec<S
             };
             let key = path.join(".");
             // Which the user wrote it in: a variable (with or without _FILE) or the file.
+            // A misspelt section (`PVEFLEET_BSU__URL`) faults at the section: the variable is
+            // the one under it.
+            let key_lc = key.to_ascii_lowercase();
             let var = env.iter().map(|(k, _)| k).find(|k| {
-                k.as_str() != CONFIG_FILE_ENV && env_key(k.trim_end_matches("_FILE")) == key.to_ascii_lowercase()
+                let of = env_key(k.trim_end_matches("_FILE"));
+                k.as_str() != CONFIG_FILE_ENV
+                    && !key_lc.is_empty()
+                    && (of == key_lc || of.starts_with(&format!("{key_lc}.")))
             });
             let origin = match var {
                 Some(v) => v.clone(),
@@ -124,14 +130,20 @@ fn describe(err: figment::Error, env: &[(String, String)], file: &Path) -> Vec<S
             };
             let mut line = format!("{origin}: {what}");
             if !nearest.is_empty() {
-                let prefix = &path[..path.len().saturating_sub(1)];
+                // As the variable the user meant: theirs, with the faulty part replaced.
+                let at = path.len().saturating_sub(1);
                 let shown: Vec<String> = nearest
                     .iter()
                     .map(|n| match var {
-                        Some(_) if matches!(e.kind, Kind::UnknownField(..)) => {
-                            let mut full: Vec<String> = prefix.to_vec();
-                            full.push(n.to_string());
-                            format!("{ENV_PREFIX}{}", full.join("__").to_ascii_uppercase())
+                        Some(v) if matches!(e.kind, Kind::UnknownField(..)) => {
+                            let mut parts: Vec<String> = env_key(v.trim_end_matches("_FILE"))
+                                .split('.')
+                                .map(str::to_string)
+                                .collect();
+                            if let Some(p) = parts.get_mut(at) {
+                                *p = n.to_string();
+                            }
+                            format!("{ENV_PREFIX}{}", parts.join("__").to_ascii_uppercase())
                         }
                         _ => n.to_string(),
                     })
@@ -322,6 +334,11 @@ mod tests {
             "{shown}"
         );
         assert!(!shown.contains(".rs:"), "no source location: {shown}");
+        let err = Settings::load_from(None, env(&[("PVEFLEET_BSU__URL", "x")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: PVEFLEET_BSU__URL: unknown key `bsu` in the top level; did you mean PVEFLEET_BUS__URL?"
+        );
     }
 
     #[test]
