@@ -134,6 +134,24 @@ pub enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Exit 0 when URL answers 2xx (a container healthcheck: `pvefleet health
+    /// http://127.0.0.1:9000/readyz`), else 1 with the reason.
+    Health {
+        /// The URL, such as a service's `/readyz`.
+        url: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Write the secrets the compose stack reads into DIR, each one missing (mode 0600):
+    /// the installer's key, a PowerDNS API key, and, with --demo, pvesim's token secret.
+    InitSecrets {
+        /// The directory (`./secrets`, the one docker-compose.yml reads by default).
+        dir: std::path::PathBuf,
+        /// Also make the PVE token secret (pvesim accepts any; a real PVE's comes from PVE).
+        #[arg(long)]
+        demo: bool,
+    },
     /// Inject faults into pvesim at `pve.url` (its `/_sim` control API).
     Sim {
         /// What to do.

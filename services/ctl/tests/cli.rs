@@ -1150,3 +1150,71 @@ fn a_site_command_without_a_running_intake_says_where_it_looked_and_why() {
     assert!(stderr.contains(&format!("cannot reach intake at {api}")), "{stderr}");
     assert!(stderr.contains("is it running?"), "{stderr}");
 }
+
+#[test]
+fn init_secrets_makes_each_missing_secret_in_its_format_and_keeps_what_is_there() {
+    use base64::Engine as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("pvefleet-secrets-{}", uuid::Uuid::new_v4().simple()));
+    let out = pvefleet(&[], &["init-secrets", dir.to_str().unwrap(), "--demo"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let key = std::fs::read_to_string(dir.join("installer-secrets-key")).unwrap();
+    let bytes = base64::engine::general_purpose::STANDARD.decode(key.trim()).unwrap();
+    assert_eq!(bytes.len(), 32, "the installer's key is 32 bytes in base64");
+    assert!(
+        !std::fs::read_to_string(dir.join("pve-token-secret"))
+            .unwrap()
+            .trim()
+            .is_empty()
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("powerdns-api-key"))
+            .unwrap()
+            .trim()
+            .len(),
+        64
+    );
+    assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+    // A second run keeps every file.
+    let out = pvefleet(&[], &["init-secrets", dir.to_str().unwrap(), "--demo"]);
+    assert!(text(&out.stdout).matches("kept").count() == 3, "{}", text(&out.stdout));
+    assert_eq!(std::fs::read_to_string(dir.join("installer-secrets-key")).unwrap(), key);
+    // A malformed key that is there is named, with the command that makes one.
+    std::fs::write(dir.join("installer-secrets-key"), "REPLACE-ME\n").unwrap();
+    let out = pvefleet(&[], &["init-secrets", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("installer-secrets-key") && stderr.contains("pvefleet init-secrets"),
+        "{stderr}"
+    );
+    // Without --demo a missing PVE secret is an empty file, for the user to fill.
+    let other = dir.join("real");
+    let out = pvefleet(&[], &["init-secrets", other.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read_to_string(other.join("pve-token-secret")).unwrap(), "");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_exits_zero_on_2xx_and_one_naming_why_otherwise() {
+    let (_sim, addr) = pvefleet_pvesim::Sim::spawn(Default::default()).await.unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        (
+            pvefleet(&[], &["health", &format!("http://{addr}/api2/json/version")]),
+            pvefleet(&[], &["health", &format!("http://{addr}/api2/json/nowhere")]),
+            pvefleet(&[], &["health", "http://127.0.0.1:1/readyz", "--timeout", "1s"]),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(out.0.status.success(), "{}", text(&out.0.stderr));
+    assert_eq!(out.1.status.code(), Some(1));
+    assert!(text(&out.1.stderr).contains("answered 501"), "{}", text(&out.1.stderr));
+    assert_eq!(out.2.status.code(), Some(1));
+    assert!(
+        text(&out.2.stderr).starts_with("unhealthy: http://127.0.0.1:1/readyz"),
+        "{}",
+        text(&out.2.stderr)
+    );
+}

@@ -10,6 +10,7 @@ fn main() -> anyhow::Result<()> {
         "Consumes pvefleet.installer (app.install); emits app.installed or app.install_failed.",
     )
     .db()
+    .pve()
     .main(|s| async move {
         pvefleet_installer::run(&s.settings, s.pool()?, Some(s.bus_ready()), s.shutdown.clone()).await
     })

@@ -10,6 +10,7 @@ fn main() -> anyhow::Result<()> {
         "Consumes pvefleet.provisioner (container.create|start|snapshot|destroy); emits container.* events.",
     )
     .db()
+    .pve()
     .main(|s| async move {
         pvefleet_provisioner::run(&s.settings, s.db.clone(), Some(s.bus_ready()), s.shutdown.clone()).await
     })

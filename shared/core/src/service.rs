@@ -33,6 +33,7 @@ pub struct Service {
     about: &'static str,
     db: Db,
     ops_routes: bool,
+    pve: bool,
 }
 
 /// What the entry started for the run function.
@@ -69,6 +70,7 @@ impl Service {
             about,
             db: Db::None,
             ops_routes: true,
+            pve: false,
         }
     }
 
@@ -86,6 +88,14 @@ impl Service {
     }
 
     /// The service serves `http.listen` itself (intake, whose API carries the ops routes).
+    /// The service needs the Proxmox API: without `pve.url` and its credentials it does not
+    /// start its work, and waits, not ready (`/readyz` names what is missing), until stopped,
+    /// rather than crash-looping against a PVE it was never told of.
+    pub fn pve(mut self) -> Self {
+        self.pve = true;
+        self
+    }
+
     pub fn serves_http(mut self) -> Self {
         self.ops_routes = false;
         self
@@ -152,6 +162,20 @@ impl Service {
             let ops = crate::http::ops_router(readiness.clone());
             tokio::spawn(crate::http::serve(settings.http.listen, ops, shutdown.clone()))
         });
+        if self.pve
+            && let Some(missing) = pve_missing(&settings.pve)
+        {
+            let _flag = readiness.check(missing);
+            tracing::error!(
+                service = self.name,
+                "Not starting: {missing}. Waiting, not ready, until stopped."
+            );
+            shutdown.cancelled().await;
+            if let Some(http) = http {
+                let _ = http.await;
+            }
+            return Ok(());
+        }
         let result = run(Started {
             settings,
             db,
@@ -164,5 +188,40 @@ impl Service {
             let _ = http.await;
         }
         result
+    }
+}
+
+/// What the Proxmox settings lack, as a readiness reason; `None` when the API can be called.
+pub fn pve_missing(pve: &crate::config::PveSettings) -> Option<&'static str> {
+    let blank = |v: Option<&str>| v.is_none_or(|v| v.trim().is_empty());
+    if pve.url.trim().is_empty() {
+        return Some("pve: no pve.url (PVEFLEET_PVE__URL; PVE_URL in docker-compose.yml)");
+    }
+    let token = !blank(pve.token_id.as_deref()) && !blank(pve.token_secret.as_ref().map(|s| s.expose()));
+    let password = !blank(pve.user.as_deref()) && !blank(pve.password.as_ref().map(|s| s.expose()));
+    if !token && !password {
+        return Some(
+            "pve: no API token (pve.token_id and pve.token_secret: PVEFLEET_PVE__TOKEN_ID and PVEFLEET_PVE__TOKEN_SECRET_FILE; in docker-compose.yml PVE_TOKEN_ID and the file ./secrets/pve-token-secret)",
+        );
+    }
+    None
+}
+
+#[cfg(test)]
+mod pve_tests {
+    use super::pve_missing;
+
+    #[test]
+    fn a_service_that_needs_pve_names_the_missing_url_or_token() {
+        let mut pve = crate::config::PveSettings::default();
+        pve.url = String::new();
+        assert!(pve_missing(&pve).is_some_and(|m| m.contains("PVE_URL")));
+        pve.url = "https://pve1.lan:8006".into();
+        assert!(pve_missing(&pve).is_some_and(|m| m.contains("pve-token-secret")));
+        pve.token_id = Some("fleet@pve!x".into());
+        pve.token_secret = Some(crate::Secret::new(" \n"));
+        assert!(pve_missing(&pve).is_some(), "an empty secret file is no secret");
+        pve.token_secret = Some(crate::Secret::new("s"));
+        assert_eq!(pve_missing(&pve), None);
     }
 }

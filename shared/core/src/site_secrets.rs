@@ -60,12 +60,17 @@ pub fn password(rng: &SystemRandom, len: usize) -> anyhow::Result<String> {
 impl SecretBox {
     /// From a base64 key of 32 bytes (`installer.secrets_key`).
     pub fn from_base64(key: &str) -> anyhow::Result<Self> {
+        // Where the user put it, for the message: its file when it came from one.
+        let from = std::env::var("PVEFLEET_INSTALLER__SECRETS_KEY_FILE")
+            .map(|f| format!("installer.secrets_key (the file {f})"))
+            .unwrap_or_else(|_| "installer.secrets_key".to_string());
+        let make = "make one with `pvefleet init-secrets DIR` or `openssl rand -base64 32`";
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(key.trim())
-            .map_err(|e| anyhow::anyhow!("installer.secrets_key is not base64: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("{from} is not base64 ({e}): {make}"))?;
         anyhow::ensure!(
             bytes.len() == 32,
-            "installer.secrets_key must be 32 bytes (base64 of `openssl rand 32`), not {}",
+            "{from} must be 32 bytes in base64, not {}: {make}",
             bytes.len()
         );
         let unbound = UnboundKey::new(&CHACHA20_POLY1305, &bytes).map_err(|_| anyhow::anyhow!("bad key"))?;

@@ -36,10 +36,14 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
     let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // JSON logs when the fleet's setting asks for them (the compose stack does).
+    if std::env::var("PVEFLEET_TELEMETRY__FORMAT").is_ok_and(|f| f == "json") {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
     if args.nodes == 0 || args.nodes > 64 {
         anyhow::bail!("--nodes must be between 1 and 64");
     }
@@ -75,9 +79,21 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, nodes = args.nodes, version = %args.pve_version, "pvesim listening.");
     axum::serve(listener, sim.router())
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(stop_signal())
         .await?;
     Ok(())
+}
+
+/// SIGTERM (what `docker stop` sends to PID 1, which has no default handler) or ctrl-c.
+async fn stop_signal() {
+    #[cfg(unix)]
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("pvesim stopping.");
+        return;
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

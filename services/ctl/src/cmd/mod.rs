@@ -10,6 +10,7 @@ mod net;
 mod pve;
 mod pve_check;
 mod saga;
+mod secrets;
 mod sim;
 mod site;
 mod token;
@@ -23,6 +24,12 @@ use crate::cli::{BenchWhat, Cli, Command};
 
 /// Runs one command; the exit code says how it went.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // These two read no configuration: a healthcheck and the first step of a new stack.
+    match &cli.command {
+        Command::Health { url, timeout } => return secrets::health(url, *timeout).await,
+        Command::InitSecrets { dir, demo } => return secrets::init(dir, *demo),
+        _ => {}
+    }
     let mut settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -59,6 +66,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bus { action } => bus::run(&settings, action).await,
         Command::Pve { action } => pve::run(&settings, action).await,
         Command::Sim { action } => sim::run(&settings, action).await,
+        Command::Health { .. } | Command::InitSecrets { .. } => unreachable!("answered above"),
         Command::Token { action } => token::run(&settings, action).await,
         Command::Saga { action } => saga::run(&settings, action).await,
         Command::Dlq { action } => dlq::run(&settings, action).await,
