@@ -213,8 +213,10 @@ mod pve_tests {
 
     #[test]
     fn a_service_that_needs_pve_names_the_missing_url_or_token() {
-        let mut pve = crate::config::PveSettings::default();
-        pve.url = String::new();
+        let mut pve = crate::config::PveSettings {
+            url: String::new(),
+            ..Default::default()
+        };
         assert!(pve_missing(&pve).is_some_and(|m| m.contains("PVE_URL")));
         pve.url = "https://pve1.lan:8006".into();
         assert!(pve_missing(&pve).is_some_and(|m| m.contains("pve-token-secret")));
