@@ -61,13 +61,18 @@ pub fn path() -> Option<PathBuf> {
 /// The profile, when there is one that reads. One that does not read is named on stderr
 /// (without its content: it holds tokens) and ignored: a command still runs on its flags.
 pub fn load() -> Option<Profile> {
-    match read() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("warning: ignoring the dev profile: {e}");
-            None
-        }
-    }
+    // Read once per command: the URL, the token and the settings all come from one reading
+    // (and a bad profile is warned of once).
+    static LOADED: std::sync::OnceLock<Option<Profile>> = std::sync::OnceLock::new();
+    LOADED
+        .get_or_init(|| match read() {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("warning: ignoring the dev profile: {e}");
+                None
+            }
+        })
+        .clone()
 }
 
 /// The profile: `Ok(None)` when there is none, `Err` when there is one that does not read.
