@@ -59,7 +59,7 @@ pub async fn run(settings: &pvefleet_core::Settings, count: usize) -> anyhow::Re
             group: Some("bench/group".into()),
             ..Default::default()
         },
-        "bench",
+        &"bench".into(),
         false,
         None,
         |_, _| {},

@@ -11,7 +11,22 @@ use pvefleet_policy::autoscale::{self as policies, Scope};
 use serde_json::{Value, json};
 
 use crate::problem::Problem;
-use crate::{AppState, auth, db_problem};
+use crate::{AppState, auth, db_problem, tenancy};
+use pvefleet_core::audit;
+use pvefleet_policy::scopes;
+
+/// The audit row of a policy change on container `vmid`, for its site's owner.
+async fn record(
+    tx: &tokio_postgres::Client,
+    caller: &auth::Caller,
+    action: &str,
+    vmid: u32,
+    detail: Value,
+) -> Result<(), Problem> {
+    let mut entry = audit::Entry::new(action, format!("autoscale/{}", Scope::Vmid(vmid).key())).detail(detail);
+    entry.owner = tenancy::vmid_owner(tx, vmid).await?;
+    audit::record(tx, &caller.actor(), &entry).await.map_err(db_problem)
+}
 
 fn vmid(raw: &str) -> Result<u32, Problem> {
     raw.parse().map_err(|_| {
@@ -24,13 +39,20 @@ fn vmid(raw: &str) -> Result<u32, Problem> {
     })
 }
 
+/// A container's own autoscaling policy: the stored keys and the policy they make.
+#[utoipa::path(get, path = "/v1/containers/{vmid}/autoscale", params(("vmid" = u32, Path)),
+    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn get(
     State(st): State<AppState>,
     headers: HeaderMap,
     Path(raw): Path<String>,
 ) -> Result<Response, Problem> {
-    auth::require(&st.pool, &headers, "autoscale:read").await?;
-    let scope = Scope::Vmid(vmid(&raw)?);
+    let caller = auth::require(&st, &headers, scopes::AUTOSCALE_READ).await?;
+    let v = vmid(&raw)?;
+    tenancy::container(&st.pool, &caller, v).await?;
+    let scope = Scope::Vmid(v);
     let client = st.pool.get().await.map_err(db_problem)?;
     let stored = policies::list(&client)
         .await
@@ -50,14 +72,21 @@ pub(crate) async fn get(
     Ok(Json(json!({ "scope": scope.key(), "stored": stored, "policy": effective })).into_response())
 }
 
+/// Set a container's autoscaling policy: a JSON object of policy keys.
+#[utoipa::path(put, path = "/v1/containers/{vmid}/autoscale", params(("vmid" = u32, Path)), request_body = Object,
+    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn put(
     State(st): State<AppState>,
     headers: HeaderMap,
     Path(raw): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, Problem> {
-    auth::require(&st.pool, &headers, "autoscale:write").await?;
-    let scope = Scope::Vmid(vmid(&raw)?);
+    let caller = auth::require(&st, &headers, scopes::AUTOSCALE_WRITE).await?;
+    let v = vmid(&raw)?;
+    tenancy::container(&st.pool, &caller, v).await?;
+    let scope = Scope::Vmid(v);
     let keys: Value = serde_json::from_slice(&body).map_err(|e| {
         Problem::new(
             StatusCode::BAD_REQUEST,
@@ -66,21 +95,40 @@ pub(crate) async fn put(
         )
     })?;
     let client = st.pool.get().await.map_err(db_problem)?;
-    policies::set(&client, &st.settings.autoscaler.policy, &scope, &keys)
-        .await
-        .map_err(|e| Problem::field(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "policy", e))?;
+    pvefleet_core::db::in_tx(&client, async {
+        policies::set(&client, &st.settings.autoscaler.policy, &scope, &keys)
+            .await
+            .map_err(|e| Problem::field(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "policy", e))?;
+        record(&client, &caller, "autoscale.policy.set", v, json!({ "keys": keys })).await
+    })
+    .await?;
     Ok((StatusCode::OK, Json(json!({ "scope": scope.key(), "stored": keys }))).into_response())
 }
 
+/// Remove a container's own autoscaling policy.
+#[utoipa::path(delete, path = "/v1/containers/{vmid}/autoscale", params(("vmid" = u32, Path)),
+    responses((status = 204), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn delete(
     State(st): State<AppState>,
     headers: HeaderMap,
     Path(raw): Path<String>,
 ) -> Result<Response, Problem> {
-    auth::require(&st.pool, &headers, "autoscale:write").await?;
-    let scope = Scope::Vmid(vmid(&raw)?);
+    let caller = auth::require(&st, &headers, scopes::AUTOSCALE_WRITE).await?;
+    let v = vmid(&raw)?;
+    tenancy::container(&st.pool, &caller, v).await?;
+    let scope = Scope::Vmid(v);
     let client = st.pool.get().await.map_err(db_problem)?;
-    if policies::delete(&client, &scope).await.map_err(db_problem)? {
+    let deleted = pvefleet_core::db::in_tx(&client, async {
+        let deleted = policies::delete(&client, &scope).await.map_err(db_problem)?;
+        if deleted {
+            record(&client, &caller, "autoscale.policy.delete", v, Value::Null).await?;
+        }
+        Ok::<_, Problem>(deleted)
+    })
+    .await?;
+    if deleted {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(Problem::new(

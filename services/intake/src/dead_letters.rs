@@ -14,7 +14,14 @@ use uuid::Uuid;
 use crate::problem::Problem;
 use crate::{AppState, auth, db_problem};
 
-const SCOPE: &str = "dlq:admin";
+const SCOPE: &str = pvefleet_policy::scopes::DLQ_ADMIN;
+
+/// The caller, when its token holds `dlq:admin` and is an operator's.
+async fn operator(st: &AppState, headers: &HeaderMap) -> Result<auth::Caller, Problem> {
+    let caller = auth::require(st, headers, SCOPE).await?;
+    caller.operator("The dead-letter store")?;
+    Ok(caller)
+}
 
 /// Which dead letters: query parameters, or the body of a change.
 #[derive(Debug, Default, Deserialize)]
@@ -86,21 +93,23 @@ fn selector(body: &[u8]) -> Result<Selector, Problem> {
     })
 }
 
-pub(crate) fn actor(caller: &auth::Caller) -> String {
-    format!("token:{} ({})", caller.id, caller.name)
-}
-
 fn failed(e: anyhow::Error) -> Problem {
     tracing::error!(error = %e, "A dead-letter operation failed.");
     Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("{e:#}"))
 }
 
+/// Dead letters, newest first, by the selector's query parameters.
+#[utoipa::path(get, path = "/v1/dead-letters",
+    params(("id" = Option<Uuid>, Query), ("group" = Option<String>, Query), ("queue" = Option<String>, Query),
+        ("type" = Option<String>, Query), ("correlation_id" = Option<Uuid>, Query), ("since" = Option<String>, Query),
+        ("until" = Option<String>, Query), ("state" = Option<String>, Query), ("limit" = Option<i64>, Query)),
+    responses((status = 200, body = [Object]), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn list(
     State(st): State<AppState>,
     headers: HeaderMap,
     q: Result<Query<Selector>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
-    auth::require(&st.pool, &headers, SCOPE).await?;
+    operator(&st, &headers).await?;
     let Query(q) = q.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid-query", e.body_text()))?;
     let client = st.pool.get().await.map_err(db_problem)?;
     let rows = dlq::list(&client, &q.filter(), q.limit.unwrap_or(200).clamp(1, 10_000))
@@ -109,18 +118,23 @@ pub(crate) async fn list(
     Ok(Json(rows).into_response())
 }
 
+/// Dead letters grouped by queue, type and reason.
+#[utoipa::path(get, path = "/v1/dead-letters/groups", responses((status = 200, body = [Object]), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn groups(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, Problem> {
-    auth::require(&st.pool, &headers, SCOPE).await?;
+    operator(&st, &headers).await?;
     let client = st.pool.get().await.map_err(db_problem)?;
     Ok(Json(dlq::groups(&client).await.map_err(failed)?).into_response())
 }
 
+/// One dead letter, with its headers, body and replays.
+#[utoipa::path(get, path = "/v1/dead-letters/{id}", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn show(
     State(st): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    auth::require(&st.pool, &headers, SCOPE).await?;
+    operator(&st, &headers).await?;
     let id = crate::parse_id(&id)?;
     let client = st.pool.get().await.map_err(db_problem)?;
     match dlq::show(&client, id).await.map_err(failed)? {
@@ -133,12 +147,15 @@ pub(crate) async fn show(
     }
 }
 
+/// Republish the selected dead letters to where they came from (audited).
+#[utoipa::path(post, path = "/v1/dead-letters/replay", request_body = Object,
+    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json"), (status = 503, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn replay(
     State(st): State<AppState>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Problem> {
-    let caller = auth::require(&st.pool, &headers, SCOPE).await?;
+    let caller = operator(&st, &headers).await?;
     let q = selector(&body)?;
     let f = q.names_some()?;
     let Some(publisher) = &st.publisher else {
@@ -149,7 +166,7 @@ pub(crate) async fn replay(
         ));
     };
     let client = st.pool.get().await.map_err(db_problem)?;
-    let done = dlq::replay(&client, publisher, &f, &actor(&caller), q.dry_run, q.rate, |_, _| {})
+    let done = dlq::replay(&client, publisher, &f, &caller.actor(), q.dry_run, q.rate, |_, _| {})
         .await
         .map_err(failed)?;
     Ok(Json(json!({
@@ -161,13 +178,16 @@ pub(crate) async fn replay(
 }
 
 async fn retire(st: AppState, headers: HeaderMap, body: &[u8], purge: bool) -> Result<Response, Problem> {
-    let caller = auth::require(&st.pool, &headers, SCOPE).await?;
+    let caller = operator(&st, &headers).await?;
     let f = selector(body)?.names_some()?;
     let client = st.pool.get().await.map_err(db_problem)?;
-    let n = dlq::retire(&client, &f, &actor(&caller), purge).await.map_err(failed)?;
+    let n = dlq::retire(&client, &f, &caller.actor(), purge).await.map_err(failed)?;
     Ok(Json(json!({ "action": if purge { "purge" } else { "archive" }, "count": n })).into_response())
 }
 
+/// Archive the selected dead letters: kept, out of the way (audited).
+#[utoipa::path(post, path = "/v1/dead-letters/archive", request_body = Object,
+    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn archive(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -176,6 +196,9 @@ pub(crate) async fn archive(
     retire(st, headers, &body, false).await
 }
 
+/// Delete the selected dead letters (audited).
+#[utoipa::path(post, path = "/v1/dead-letters/purge", request_body = Object,
+    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn purge(
     State(st): State<AppState>,
     headers: HeaderMap,

@@ -10,23 +10,26 @@
 mod auth;
 mod autoscale;
 mod dead_letters;
+mod fair;
 mod guard;
 mod network;
 mod problem;
 mod sagas;
 mod sites;
+mod tenancy;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use pvefleet_core::Settings;
 use utoipa::OpenApi;
 use uuid::Uuid;
 
-pub use auth::{create_token, hash_token};
+pub use auth::{
+    Caller, Minted, NewToken, create_owned_token, create_token, hash_token, list_tokens, mint, revoke, rotate,
+};
 pub use problem::Problem;
 pub use sites::{Accepted, SiteRequest};
 
@@ -46,6 +49,8 @@ pub struct AppState {
     pve: Option<pvefleet_proxmox::client::PveClient>,
     /// Reads how many consumers a work queue has, for a saga's step in flight.
     queues: Arc<sagas::QueueWatch>,
+    /// Each token's request rate.
+    limits: Arc<fair::RateLimits>,
 }
 
 impl AppState {
@@ -69,6 +74,10 @@ impl AppState {
             }
         };
         let queues = Arc::new(sagas::QueueWatch::new(settings.bus.clone()));
+        let limits = Arc::new(fair::RateLimits::new(
+            settings.intake.rate_per_second,
+            settings.intake.rate_burst,
+        ));
         Self {
             pool,
             settings: Arc::new(settings),
@@ -77,6 +86,7 @@ impl AppState {
             publisher: None,
             pve,
             queues,
+            limits,
         }
     }
 
@@ -91,9 +101,10 @@ impl AppState {
 #[openapi(
     info(
         title = "pvefleet intake",
-        description = "Provision and remove sites; follow their sagas."
+        description = "Provision and remove sites; follow their sagas; network, autoscaling and dead letters. Every error is application/problem+json."
     ),
     paths(
+        whoami,
         sites::create_site,
         sites::list_sites,
         sites::get_site,
@@ -101,6 +112,15 @@ impl AppState {
         sites::delete_site,
         sagas::get_saga,
         sagas::saga_events,
+        dead_letters::list,
+        dead_letters::groups,
+        dead_letters::show,
+        dead_letters::replay,
+        dead_letters::archive,
+        dead_letters::purge,
+        autoscale::get,
+        autoscale::put,
+        autoscale::delete,
         network::attach,
         network::update,
         network::detach,
@@ -110,51 +130,282 @@ impl AppState {
         network::operations,
         network::container_network,
         network::vnet_containers,
-        network::stats
+        network::stats,
+        openapi
     ),
-    components(schemas(sites::SiteRequest, sites::Accepted, Problem))
+    components(schemas(sites::SiteRequest, sites::Accepted, Problem, Whoami)),
+    modifiers(&Common)
 )]
-struct ApiDoc;
+pub struct ApiDoc;
+
+/// The OpenAPI document intake serves at `/openapi.json`.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// What every operation shares, added to the document: the bearer scheme with its scopes, and
+/// the problem answers any route can give (a bad query or body, no or a bad token, a missing
+/// scope, an unknown resource, a body too large, too many requests, an outage), each as
+/// `application/problem+json`.
+struct Common;
+
+impl utoipa::Modify for Common {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        let scopes: Vec<String> = pvefleet_policy::scopes::ALL
+            .iter()
+            .map(|s| format!("`{}`: {}", s.name, s.grants))
+            .collect();
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(format!(
+                "A token from `pvefleet token create`. Scopes: {}. An owner's token reaches only its owner's resources.",
+                scopes.join("; ")
+            )))
+            .build();
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("bearer", SecurityScheme::Http(scheme));
+        let problem = |why: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(why)
+                    .content(
+                        "application/problem+json",
+                        ContentBuilder::new()
+                            .schema(Some(Ref::from_schema_name("Problem")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        let common = [
+            ("400", "A bad parameter or body"),
+            ("401", "No token, or a bad, revoked or expired one"),
+            ("403", "The token lacks the scope, or the resource is not its owner's"),
+            ("404", "No such resource (or not this token's owner's)"),
+            ("413", "The body is over the size limit"),
+            (
+                "429",
+                "Over the token's request rate or the owner's sagas in flight; see Retry-After",
+            ),
+            ("500", "Intake failed; see its log"),
+            ("503", "The database, the broker or PVE is unavailable"),
+        ];
+        for (path, item) in doc.paths.paths.iter_mut() {
+            let public = path == "/openapi.json";
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if public {
+                    op.security = Some(vec![SecurityRequirement::default()]);
+                    continue;
+                }
+                op.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
+                for (code, why) in common {
+                    op.responses
+                        .responses
+                        .entry(code.to_string())
+                        .or_insert_with(|| problem(why));
+                }
+                // An error's body is a problem, whatever the annotation said.
+                for (code, r) in op.responses.responses.iter_mut() {
+                    if code.as_str() >= "400"
+                        && let RefOr::T(r) = r
+                    {
+                        r.content.clear();
+                        r.content.insert(
+                            "application/problem+json".into(),
+                            ContentBuilder::new()
+                                .schema(Some(Ref::from_schema_name("Problem")))
+                                .build(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+type Handlers = axum::routing::MethodRouter<AppState>;
+
+/// Every route intake serves: its method, its path, its handler. The router is made from this
+/// list, and the tests walk it (tenancy route by route, the OpenAPI document against it), so a
+/// route cannot be added without them seeing it.
+fn table() -> Vec<(Method, &'static str, Handlers)> {
+    use axum::routing::{delete, get, patch, post, put};
+    vec![
+        (Method::GET, "/v1/whoami", get(whoami)),
+        (Method::GET, "/v1/sites", get(sites::list_sites)),
+        (Method::POST, "/v1/sites", post(sites::create_site)),
+        (Method::GET, "/v1/sites/{id}", get(sites::get_site)),
+        (Method::DELETE, "/v1/sites/{id}", delete(sites::delete_site)),
+        (Method::GET, "/v1/sites/{id}/credentials", get(sites::site_credentials)),
+        (Method::GET, "/v1/sagas/{id}", get(sagas::get_saga)),
+        (Method::GET, "/v1/sagas/{id}/events", get(sagas::saga_events)),
+        (Method::GET, "/v1/dead-letters", get(dead_letters::list)),
+        (Method::GET, "/v1/dead-letters/groups", get(dead_letters::groups)),
+        (Method::POST, "/v1/dead-letters/replay", post(dead_letters::replay)),
+        (Method::POST, "/v1/dead-letters/archive", post(dead_letters::archive)),
+        (Method::POST, "/v1/dead-letters/purge", post(dead_letters::purge)),
+        (Method::GET, "/v1/dead-letters/{id}", get(dead_letters::show)),
+        (Method::GET, "/v1/containers/{vmid}/autoscale", get(autoscale::get)),
+        (Method::PUT, "/v1/containers/{vmid}/autoscale", put(autoscale::put)),
+        (
+            Method::DELETE,
+            "/v1/containers/{vmid}/autoscale",
+            delete(autoscale::delete),
+        ),
+        (Method::POST, "/v1/containers/{vmid}/interfaces", post(network::attach)),
+        (
+            Method::PATCH,
+            "/v1/containers/{vmid}/interfaces/{name}",
+            patch(network::update),
+        ),
+        (
+            Method::DELETE,
+            "/v1/containers/{vmid}/interfaces/{name}",
+            delete(network::detach),
+        ),
+        (
+            Method::GET,
+            "/v1/containers/{vmid}/operations",
+            get(network::operations),
+        ),
+        (
+            Method::GET,
+            "/v1/containers/{vmid}/network",
+            get(network::container_network),
+        ),
+        (Method::POST, "/v1/vnets/{vnet}/bindings", post(network::bind)),
+        (Method::DELETE, "/v1/vnets/{vnet}/bindings", delete(network::unbind)),
+        (
+            Method::GET,
+            "/v1/vnets/{vnet}/containers",
+            get(network::vnet_containers),
+        ),
+        (Method::GET, "/v1/operations/{id}", get(network::operation)),
+        (Method::GET, "/v1/network/stats", get(network::stats)),
+        (Method::GET, "/openapi.json", get(openapi)),
+    ]
+}
+
+/// Every route intake serves, as (method, path), in the router's own path syntax.
+pub fn routes() -> Vec<(Method, &'static str)> {
+    table().into_iter().map(|(m, p, _)| (m, p)).collect()
+}
 
 /// The API router (add the ops router beside it).
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/sites", get(sites::list_sites).post(sites::create_site))
-        .route("/v1/sites/{id}", get(sites::get_site).delete(sites::delete_site))
-        .route("/v1/sites/{id}/credentials", get(sites::site_credentials))
-        .route("/v1/sagas/{id}", get(sagas::get_saga))
-        .route("/v1/dead-letters", get(dead_letters::list))
-        .route("/v1/dead-letters/groups", get(dead_letters::groups))
-        .route("/v1/dead-letters/replay", axum::routing::post(dead_letters::replay))
-        .route("/v1/dead-letters/archive", axum::routing::post(dead_letters::archive))
-        .route("/v1/dead-letters/purge", axum::routing::post(dead_letters::purge))
-        .route("/v1/dead-letters/{id}", get(dead_letters::show))
-        .route(
-            "/v1/containers/{vmid}/autoscale",
-            get(autoscale::get).put(autoscale::put).delete(autoscale::delete),
-        )
-        .route("/v1/containers/{vmid}/interfaces", axum::routing::post(network::attach))
-        .route(
-            "/v1/containers/{vmid}/interfaces/{name}",
-            axum::routing::patch(network::update).delete(network::detach),
-        )
-        .route("/v1/containers/{vmid}/operations", get(network::operations))
-        .route("/v1/containers/{vmid}/network", get(network::container_network))
-        .route(
-            "/v1/vnets/{vnet}/bindings",
-            axum::routing::post(network::bind).delete(network::unbind),
-        )
-        .route("/v1/vnets/{vnet}/containers", get(network::vnet_containers))
-        .route("/v1/operations/{id}", get(network::operation))
-        .route("/v1/network/stats", get(network::stats))
-        .route("/v1/sagas/{id}/events", get(sagas::saga_events))
-        .route("/openapi.json", get(openapi))
+    let mut router = Router::new();
+    for (_, path, handlers) in table() {
+        router = router.route(path, handlers);
+    }
+    router
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "No such resource.") })
+        .method_not_allowed_fallback(|method: Method, uri: axum::http::Uri| async move {
+            let allowed: Vec<String> = table()
+                .iter()
+                .filter(|(_, p, _)| path_matches(p, uri.path()))
+                .map(|(m, _, _)| m.to_string())
+                .collect();
+            let mut r = Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                format!("{method} is not served on this path; it serves {}.", allowed.join(", ")),
+            )
+            .into_response();
+            if let Ok(v) = axum::http::HeaderValue::from_str(&allowed.join(", ")) {
+                r.headers_mut().insert(axum::http::header::ALLOW, v);
+            }
+            r
+        })
         .layer(axum::middleware::from_fn(guard::check_input))
+        .layer(axum::middleware::from_fn(with_request_id))
         .with_state(state)
 }
 
-async fn openapi() -> Response {
+/// Whether a concrete path is one of a route's (`{param}` matches one segment).
+fn path_matches(route: &str, path: &str) -> bool {
+    let (r, p): (Vec<&str>, Vec<&str>) = (route.split('/').collect(), path.split('/').collect());
+    r.len() == p.len()
+        && r.iter()
+            .zip(&p)
+            .all(|(r, p)| (r.starts_with('{') && !p.is_empty()) || r == p)
+}
+
+/// The header naming a request: the caller's, when it is a short printable token, else one
+/// made here. Echoed on the answer and written with every audit row of the request.
+pub const REQUEST_ID: &str = "x-request-id";
+
+async fn with_request_id(mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let given = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string);
+    let id = given.unwrap_or_else(|| Uuid::now_v7().to_string());
+    let value = axum::http::HeaderValue::from_str(&id).unwrap_or(axum::http::HeaderValue::from_static("-"));
+    req.headers_mut().insert(REQUEST_ID, value.clone());
+    let mut resp = next.run(req).await;
+    resp.headers_mut().insert(REQUEST_ID, value);
+    resp
+}
+
+/// This request's id (set by the middleware).
+pub(crate) fn request_id(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string()
+}
+
+/// Who the token is: its id, name, owner (null: an operator's token) and scopes.
+#[utoipa::path(get, path = "/v1/whoami",
+    responses((status = 200, body = Whoami), (status = 401, body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn whoami(
+    axum::extract::State(st): axum::extract::State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, Problem> {
+    let c = auth::authenticate(&st, &headers).await?;
+    Ok(axum::Json(Whoami {
+        token_id: c.id,
+        name: c.name,
+        operator: c.owner.is_none(),
+        owner: c.owner,
+        scopes: c.scopes,
+    })
+    .into_response())
+}
+
+/// The caller behind a token.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Whoami {
+    /// The token's id.
+    token_id: Uuid,
+    /// Its name.
+    name: String,
+    /// The owner it acts for; null for an operator's token.
+    owner: Option<String>,
+    /// Whether it is an operator's token (it sees the whole fleet).
+    operator: bool,
+    /// Its scopes.
+    scopes: Vec<String>,
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200, body = Object, description = "The OpenAPI document")))]
+pub(crate) async fn openapi() -> Response {
     axum::Json(ApiDoc::openapi()).into_response()
 }
 
@@ -223,6 +474,12 @@ pub(crate) fn db_problem(e: impl Into<anyhow::Error>) -> Problem {
                 "Intake failed; see its log.",
             )
         }
+    }
+}
+
+impl From<tokio_postgres::Error> for Problem {
+    fn from(e: tokio_postgres::Error) -> Self {
+        db_problem(e)
     }
 }
 

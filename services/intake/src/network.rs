@@ -23,7 +23,9 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::problem::Problem;
-use crate::{AppState, auth, db_problem};
+use crate::{AppState, auth, db_problem, tenancy};
+use pvefleet_core::audit;
+use pvefleet_policy::scopes;
 
 fn refusal(r: Refusal) -> Problem {
     match r {
@@ -111,17 +113,13 @@ async fn accept<M: Message>(
         (None, Some(n)) => format!("vnet/{n}"),
         (None, None) => "network".to_string(),
     };
-    tx.execute(
-        "INSERT INTO audit_log (actor, action, target, detail) VALUES ($1, $2, $3, $4)",
-        &[
-            &crate::dead_letters::actor(caller),
-            &kind,
-            &target,
-            &json!({ "operation_id": op, "request": request }),
-        ],
-    )
-    .await
-    .map_err(db_problem)?;
+    let mut entry = audit::Entry::new(kind, target)
+        .outcome("accepted")
+        .detail(json!({ "operation_id": op, "request": request }));
+    if let Some(v) = vmid {
+        entry.owner = tenancy::vmid_owner(&*tx, v).await?;
+    }
+    audit::record(&*tx, &caller.actor(), &entry).await.map_err(db_problem)?;
     tx.commit().await.map_err(db_problem)?;
     if let Some(p) = &st.poke {
         p.notify_one();
@@ -144,8 +142,9 @@ pub(crate) async fn attach(
     Path(raw): Path<String>,
     bytes: Bytes,
 ) -> Result<Response, Problem> {
-    let caller = auth::require(&st.pool, &headers, "network:write").await?;
+    let caller = auth::require(&st, &headers, scopes::NETWORK_WRITE).await?;
     let vmid = vmid(&raw)?;
+    tenancy::container(&st.pool, &caller, vmid).await?;
     let iface: NetInterface = body(&bytes)?;
     check::attach(pve(&st)?, &st.settings.nethotplug, vmid, &iface, false)
         .await
@@ -169,8 +168,9 @@ pub(crate) async fn update(
     Path((raw, name)): Path<(String, String)>,
     bytes: Bytes,
 ) -> Result<Response, Problem> {
-    let caller = auth::require(&st.pool, &headers, "network:write").await?;
+    let caller = auth::require(&st, &headers, scopes::NETWORK_WRITE).await?;
     let vmid = vmid(&raw)?;
+    tenancy::container(&st.pool, &caller, vmid).await?;
     let index = check::parse_interface(&name).map_err(refusal)?;
     let changes: NetInterface = body(&bytes)?;
     check::update(pve(&st)?, &st.settings.nethotplug, vmid, index, &changes)
@@ -194,8 +194,9 @@ pub(crate) async fn detach(
     headers: HeaderMap,
     Path((raw, name)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
-    let caller = auth::require(&st.pool, &headers, "network:write").await?;
+    let caller = auth::require(&st, &headers, scopes::NETWORK_WRITE).await?;
     let vmid = vmid(&raw)?;
+    tenancy::container(&st.pool, &caller, vmid).await?;
     let index = check::parse_interface(&name).map_err(refusal)?;
     check::detach(pve(&st)?, vmid, index).await.map_err(refusal)?;
     let op = Uuid::now_v7();
@@ -236,10 +237,11 @@ pub(crate) async fn bind(
     Path(vnet): Path<String>,
     bytes: Bytes,
 ) -> Result<Response, Problem> {
-    let caller = auth::require(&st.pool, &headers, "network:write").await?;
+    let caller = auth::require(&st, &headers, scopes::NETWORK_WRITE).await?;
     spec::check_vnet(&vnet).map_err(|i| refusal(Refusal::Invalid(i)))?;
     let req: BindRequest = body(&bytes)?;
     let vmid = vmid(&req.vmid.to_string())?;
+    tenancy::container(&st.pool, &caller, vmid).await?;
     if req.interface.bridge.is_some() || req.interface.vnet.as_ref().is_some_and(|v| *v != vnet) {
         return Err(Problem::field(
             StatusCode::BAD_REQUEST,
@@ -297,9 +299,10 @@ pub(crate) async fn unbind(
     Path(vnet): Path<String>,
     Query(q): Query<UnbindQuery>,
 ) -> Result<Response, Problem> {
-    let caller = auth::require(&st.pool, &headers, "network:write").await?;
+    let caller = auth::require(&st, &headers, scopes::NETWORK_WRITE).await?;
     spec::check_vnet(&vnet).map_err(|i| refusal(Refusal::Invalid(i)))?;
     let vmid = vmid(&q.vmid)?;
+    tenancy::container(&st.pool, &caller, vmid).await?;
     let index = match &q.interface {
         Some(name) => {
             let i = check::parse_interface(name).map_err(refusal)?;
@@ -325,7 +328,7 @@ pub(crate) async fn operation(
     headers: HeaderMap,
     Path(raw): Path<String>,
 ) -> Result<Response, Problem> {
-    auth::require(&st.pool, &headers, "network:read").await?;
+    let caller = auth::require(&st, &headers, scopes::NETWORK_READ).await?;
     let id = Uuid::parse_str(&raw).map_err(|_| {
         Problem::field(
             StatusCode::BAD_REQUEST,
@@ -335,7 +338,17 @@ pub(crate) async fn operation(
         )
     })?;
     let client = st.pool.get().await.map_err(db_problem)?;
-    match ops::get(&client, id).await.map_err(db_problem)? {
+    let mut found = ops::get(&client, id).await.map_err(db_problem)?;
+    if let (Some(_), Some(op)) = (&caller.owner, &found) {
+        let owner = match op.vmid {
+            Some(v) => tenancy::vmid_owner(&**client, v).await?,
+            None => None,
+        };
+        if !owner.is_some_and(|o| caller.sees(&o)) {
+            found = None;
+        }
+    }
+    match found {
         Some(op) => {
             let mut v = op.to_json();
             // Not ended: the queue its command waits in, and whether any service consumes it.
@@ -365,8 +378,9 @@ pub(crate) async fn operations(
     headers: HeaderMap,
     Path(raw): Path<String>,
 ) -> Result<Response, Problem> {
-    auth::require(&st.pool, &headers, "network:read").await?;
+    let caller = auth::require(&st, &headers, scopes::NETWORK_READ).await?;
     let vmid = vmid(&raw)?;
+    tenancy::container(&st.pool, &caller, vmid).await?;
     let client = st.pool.get().await.map_err(db_problem)?;
     let list = ops::for_vmid(&client, vmid, 100).await.map_err(db_problem)?;
     Ok(Json(Value::Array(list.iter().map(ops::Operation::to_json).collect())).into_response())
@@ -379,8 +393,9 @@ pub(crate) async fn container_network(
     headers: HeaderMap,
     Path(raw): Path<String>,
 ) -> Result<Response, Problem> {
-    auth::require(&st.pool, &headers, "network:read").await?;
+    let caller = auth::require(&st, &headers, scopes::NETWORK_READ).await?;
     let vmid = vmid(&raw)?;
+    tenancy::container(&st.pool, &caller, vmid).await?;
     let client = st.pool.get().await.map_err(db_problem)?;
     match view::container_network(pve(&st)?, &client, vmid).await {
         Ok(Some(v)) => Ok(Json(v).into_response()),
@@ -400,7 +415,8 @@ pub(crate) async fn vnet_containers(
     headers: HeaderMap,
     Path(vnet): Path<String>,
 ) -> Result<Response, Problem> {
-    auth::require(&st.pool, &headers, "network:read").await?;
+    let caller = auth::require(&st, &headers, scopes::NETWORK_READ).await?;
+    caller.operator("A VNet's containers (of every owner)")?;
     spec::check_vnet(&vnet).map_err(|i| refusal(Refusal::Invalid(i)))?;
     let client = st.pool.get().await.map_err(db_problem)?;
     match view::vnet_containers(pve(&st)?, &client, &vnet).await {
@@ -412,7 +428,8 @@ pub(crate) async fn vnet_containers(
 /// Executions and outcomes per event type.
 #[utoipa::path(get, path = "/v1/network/stats", responses((status = 200)))]
 pub(crate) async fn stats(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, Problem> {
-    auth::require(&st.pool, &headers, "network:read").await?;
+    let caller = auth::require(&st, &headers, scopes::NETWORK_READ).await?;
+    caller.operator("The fleet's network statistics")?;
     let client = st.pool.get().await.map_err(db_problem)?;
     let rows = ops::stats(&client).await.map_err(db_problem)?;
     let mut by_event: std::collections::BTreeMap<String, Value> = std::collections::BTreeMap::new();

@@ -7,6 +7,7 @@ use utoipa::ToSchema;
 
 /// A problem: the kind, the status, a sentence, and the field at fault when there is one.
 #[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Problem)]
 pub struct Problem {
     /// A URI naming the kind: `urn:pvefleet:problem:<kind>`.
     #[serde(rename = "type")]
@@ -20,6 +21,9 @@ pub struct Problem {
     /// The request field at fault.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// Seconds to wait before trying again (the `Retry-After` header of a 429 or 503).
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
 }
 
 impl Problem {
@@ -29,23 +33,137 @@ impl Problem {
             kind: format!("urn:pvefleet:problem:{kind}"),
             title: status.canonical_reason().unwrap_or("Error").to_string(),
             status: status.as_u16(),
-            detail: detail.into(),
+            detail: shorten(&detail.into()),
             field: None,
+            retry_after: None,
         }
     }
 
     /// A problem naming the request field at fault.
     pub fn field(status: StatusCode, kind: &str, field: &str, detail: impl Into<String>) -> Self {
         let mut p = Self::new(status, kind, detail);
-        p.field = Some(field.to_string());
+        p.field = Some(shorten(field));
         p
     }
+}
+
+/// The longest quoted value a detail repeats, in characters; the rest is cut.
+const SHOWN: usize = 32;
+/// The longest detail.
+const DETAIL_MAX: usize = 400;
+
+/// A detail that repeats no more of a request's values than a short prefix: each stretch in
+/// double quotes or backquotes (how serde quotes values and names) longer than `SHOWN` is
+/// cut, and the whole to `DETAIL_MAX` characters. The policy's own messages cut the values
+/// they quote already (`pvefleet_policy::names::shown`).
+pub fn shorten(detail: &str) -> String {
+    let mut out = String::with_capacity(detail.len().min(DETAIL_MAX));
+    let mut quoted = None::<usize>;
+    for c in detail.chars() {
+        match (c, quoted.as_mut()) {
+            ('"' | '`', Some(_)) => {
+                quoted = None;
+                out.push(c);
+            }
+            ('"' | '`', None) => {
+                quoted = Some(0);
+                out.push(c);
+            }
+            (_, Some(n)) => {
+                *n += 1;
+                if *n <= SHOWN {
+                    out.push(c);
+                } else if *n == SHOWN + 1 {
+                    out.push('…');
+                }
+            }
+            (_, None) => out.push(c),
+        }
+        if out.chars().count() >= DETAIL_MAX {
+            out.push('…');
+            break;
+        }
+    }
+    out
+}
+
+/// A JSON body as `T`, or a 400 naming the member at fault (`field`): the missing or unknown
+/// one, or the one of the wrong type. `what` names the request (`site request`).
+pub fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Problem> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.inner().to_string();
+        // serde names a missing or unknown member in backquotes; that member is at fault.
+        let named = inner
+            .strip_prefix("missing field `")
+            .or_else(|| inner.strip_prefix("unknown field `"))
+            .and_then(|rest| rest.split('`').next());
+        let at = if path == "." { String::new() } else { path };
+        let field = match (named, at.is_empty()) {
+            (Some(n), true) => n.to_string(),
+            (Some(n), false) if inner.starts_with("missing") => format!("{at}.{n}"),
+            (Some(_), false) | (None, false) => at,
+            (None, true) => "body".to_string(),
+        };
+        Problem::field(
+            StatusCode::BAD_REQUEST,
+            "invalid-body",
+            &field,
+            format!("The body is not a valid {what}: {inner}"),
+        )
+    })
 }
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_vec(&self).unwrap_or_default();
-        (status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response()
+        let mut r = (status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response();
+        if let Some(secs) = self.retry_after {
+            r.headers_mut().insert(header::RETRY_AFTER, secs.into());
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_value_is_cut_to_a_prefix() {
+        let long = format!("invalid type: string \"{}\", expected u32", "x".repeat(1_000_000));
+        let short = shorten(&long);
+        assert!(short.len() < 100, "{short}");
+        assert!(short.contains(&format!("\"{}…\"", "x".repeat(SHOWN))), "{short}");
+        assert_eq!(shorten("it isn't cut"), "it isn't cut");
+        assert_eq!(shorten("a \"short\" one"), "a \"short\" one");
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Req {
+        name: String,
+        size: Option<u32>,
+        inner: Option<Inner>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Inner {
+        bridge: String,
+    }
+
+    #[test]
+    fn a_bad_body_names_its_member() {
+        let field = |b: &str| parse_body::<Req>(b.as_bytes(), "request").unwrap_err().field;
+        assert_eq!(field("{}").as_deref(), Some("name"));
+        assert_eq!(field(r#"{"name":"a","color":1}"#).as_deref(), Some("color"));
+        assert_eq!(field(r#"{"name":"a","size":"big"}"#).as_deref(), Some("size"));
+        assert_eq!(field(r#"{"name":"a","inner":{}}"#).as_deref(), Some("inner.bridge"));
+        assert_eq!(field("not json").as_deref(), Some("body"));
     }
 }

@@ -9,7 +9,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{AppState, Problem, auth, db_problem, parse_id};
+use crate::{AppState, Problem, auth, db_problem, parse_id, tenancy};
+use pvefleet_policy::scopes;
 
 async fn saga_json(pool: &deadpool_postgres::Pool, id: Uuid) -> Result<Option<Value>, Problem> {
     let client = pool.get().await.map_err(db_problem)?;
@@ -24,6 +25,22 @@ async fn saga_json(pool: &deadpool_postgres::Pool, id: Uuid) -> Result<Option<Va
         .await
         .map_err(db_problem)?;
     Ok(row.map(|r| r.get(0)))
+}
+
+/// A saga intake accepted that the coordinator has not started: state `accepted`, no steps.
+async fn accepted_json(pool: &deadpool_postgres::Pool, id: Uuid) -> Result<Value, Problem> {
+    let client = pool.get().await.map_err(db_problem)?;
+    let row = client
+        .query_opt(
+            "SELECT json_build_object('id', saga_id, 'kind', kind, 'site_id', site_id, 'state', 'accepted', 'error', NULL,
+                 'version', 0, 'created_at', accepted_at, 'updated_at', accepted_at, 'steps', '[]'::json, 'in_flight', NULL)
+             FROM accepted_sagas WHERE saga_id = $1",
+            &[&id],
+        )
+        .await
+        .map_err(db_problem)?;
+    row.map(|r| r.get(0))
+        .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "not-found", format!("No saga {id}.")))
 }
 
 /// Reads how many consumers a work queue has, on one broker connection opened when first
@@ -134,25 +151,23 @@ pub(crate) async fn get_saga(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    auth::require(&st.pool, &headers, "sites:read").await?;
+    let caller = auth::require(&st, &headers, scopes::SITES_READ).await?;
     let id = parse_id(&id)?;
+    tenancy::saga(&st.pool, &caller, id).await?;
     match saga_json(&st.pool, id).await? {
         Some(mut v) => {
             v["in_flight"] = in_flight(&st, id).await?;
             Ok(axum::Json(v).into_response())
         }
         None => {
-            // A request the coordinator has not taken yet: say so when none is running.
+            // Accepted by intake, not yet started by the coordinator: say so when none is
+            // running to start it.
+            let mut v = accepted_json(&st.pool, id).await?;
             let queue = pvefleet_contracts::routing::work_queue("saga");
-            let why = match st.queues.consumers(&queue).await {
-                Ok(Some(0) | None) => format!(" No service consumes {queue}: is the saga coordinator running?"),
-                _ => String::new(),
-            };
-            Err(Problem::new(
-                StatusCode::NOT_FOUND,
-                "not-found",
-                format!("No saga {id} (yet).{why}"),
-            ))
+            if let Ok(Some(0) | None) = st.queues.consumers(&queue).await {
+                v["waiting"] = format!("No service consumes {queue}: is the saga coordinator running?").into();
+            }
+            Ok(axum::Json(v).into_response())
         }
     }
 }
@@ -165,8 +180,10 @@ pub(crate) async fn saga_events(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    auth::require(&st.pool, &headers, "sites:read").await?;
+    let caller = auth::require(&st, &headers, scopes::SITES_READ).await?;
     let id = parse_id(&id)?;
+    // An unknown saga (or another owner's) is 404, not a stream of keep-alives.
+    tenancy::saga(&st.pool, &caller, id).await?;
     let pool = st.pool.clone();
     let stream = futures::stream::unfold(
         (

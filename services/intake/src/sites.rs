@@ -9,9 +9,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use pvefleet_contracts::messages::{App, SiteDeprovision, SiteProvision};
 use pvefleet_contracts::{Message, SiteId};
+use pvefleet_core::audit;
 use pvefleet_core::bus::Outgoing;
 use pvefleet_core::bus::outgoing::Origin;
-use pvefleet_policy::{Invalid, site};
+use pvefleet_policy::{Invalid, scopes, site};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -77,7 +78,7 @@ pub(crate) async fn create_site(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
-    let token = auth::require(&st.pool, &headers, "sites:write").await?;
+    let token = auth::require(&st, &headers, scopes::SITES_WRITE).await?;
     let json_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -93,13 +94,18 @@ pub(crate) async fn create_site(
             "Send the body as application/json.",
         ));
     }
-    let req: SiteRequest = serde_json::from_slice(&body).map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-json",
-            format!("The body is not a valid site request: {e}"),
-        )
-    })?;
+    let req: SiteRequest = crate::problem::parse_body(&body, "site request")?;
+    // An owner's token creates that owner's sites only.
+    if let (Some(mine), Some(named)) = (&token.owner, &req.owner)
+        && mine != named
+    {
+        return Err(Problem::field(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "owner",
+            format!("This token creates sites of owner '{mine}' only."),
+        ));
+    }
     let s = &st.settings;
     site::unprivileged(req.unprivileged).map_err(|i| unprocessable("policy", i))?;
     // Any app name goes to the policy check below, which knows the installer's apps.
@@ -108,7 +114,11 @@ pub(crate) async fn create_site(
     let mut cmd = SiteProvision {
         site_id,
         subdomain: req.subdomain.clone(),
-        owner: req.owner.clone().unwrap_or_else(|| token.name.clone()),
+        owner: token
+            .owner
+            .clone()
+            .or_else(|| req.owner.clone())
+            .unwrap_or_else(|| token.name.clone()),
         plan: req.plan.clone(),
         cores: req.cores,
         memory_mb: req.memory_mb,
@@ -187,6 +197,7 @@ pub(crate) async fn create_site(
     {
         return Err(unprocessable("quota", i));
     }
+    crate::fair::in_flight(&tx, &cmd.owner, s.intake.max_in_flight_per_owner).await?;
     if let Some(i) = site::subdomain_taken(&tx, &cmd.subdomain, site_id.as_uuid())
         .await
         .map_err(db_problem)?
@@ -214,6 +225,12 @@ pub(crate) async fn create_site(
         }
     })?;
     enqueue(&tx, &cmd, saga).await?;
+    accept_saga(&tx, saga, "provision", site_id.as_uuid(), &cmd.owner).await?;
+    let entry = audit::Entry::new("site.create", format!("site/{site_id}"))
+        .owner(cmd.owner.clone())
+        .outcome("accepted")
+        .detail(serde_json::json!({ "saga_id": saga, "subdomain": cmd.subdomain, "plan": cmd.plan, "app": cmd.app.0 }));
+    audit::record(&*tx, &token.actor(), &entry).await.map_err(db_problem)?;
     if let Some(key) = &key {
         tx.execute(
             "INSERT INTO idempotency_keys (key, token_id, request_hash, site_id, saga_id) VALUES ($1, $2, $3, $4, $5)",
@@ -243,6 +260,23 @@ pub(crate) async fn enqueue<M: Message>(
     pvefleet_core::db::outbox::enqueue(tx, &out).await.map_err(db_problem)
 }
 
+/// Records the saga id intake answers with, before the coordinator starts it.
+pub(crate) async fn accept_saga(
+    tx: &deadpool_postgres::Transaction<'_>,
+    saga: Uuid,
+    kind: &str,
+    site: Uuid,
+    owner: &str,
+) -> Result<(), Problem> {
+    tx.execute(
+        "INSERT INTO accepted_sagas (saga_id, kind, site_id, owner) VALUES ($1, $2, $3, $4)",
+        &[&saga, &kind, &site, &owner],
+    )
+    .await
+    .map(drop)
+    .map_err(db_problem)
+}
+
 fn accepted(site: Uuid, saga: Uuid, state: &str) -> Response {
     let body = Accepted {
         id: site,
@@ -270,7 +304,19 @@ pub(crate) async fn list_sites(
     headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, Problem> {
-    auth::require(&st.pool, &headers, "sites:read").await?;
+    let caller = auth::require(&st, &headers, scopes::SITES_READ).await?;
+    let owner = match (&caller.owner, &q.owner) {
+        (Some(mine), Some(asked)) if mine != asked => {
+            return Err(Problem::field(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "owner",
+                format!("This token sees the sites of owner '{mine}' only."),
+            ));
+        }
+        (Some(mine), _) => Some(mine.clone()),
+        (None, asked) => asked.clone(),
+    };
     let client = st.pool.get().await.map_err(db_problem)?;
     let row = client
         .query_one(
@@ -278,7 +324,7 @@ pub(crate) async fn list_sites(
                  SELECT id, subdomain, owner, state, vmid, ip, node, error, created_at, updated_at FROM sites
                  WHERE ($1::text IS NULL OR owner = $1) AND ($2::text IS NULL OR state = $2)
                  ORDER BY created_at DESC LIMIT 500) s",
-            &[&q.owner, &q.state],
+            &[&owner, &q.state],
         )
         .await
         .map_err(db_problem)?;
@@ -293,7 +339,7 @@ pub(crate) async fn get_site(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    auth::require(&st.pool, &headers, "sites:read").await?;
+    let caller = auth::require(&st, &headers, scopes::SITES_READ).await?;
     let id = parse_id(&id)?;
     let client = st.pool.get().await.map_err(db_problem)?;
     let row = client
@@ -310,13 +356,9 @@ pub(crate) async fn get_site(
         )
         .await
         .map_err(db_problem)?;
-    match row {
-        Some(r) => Ok(axum::Json(r.get::<_, Value>(0)).into_response()),
-        None => Err(Problem::new(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            format!("No site {id}."),
-        )),
+    match row.map(|r| r.get::<_, Value>(0)) {
+        Some(v) if caller.sees(v["owner"].as_str().unwrap_or_default()) => Ok(axum::Json(v).into_response()),
+        _ => Err(no_site(id)),
     }
 }
 
@@ -328,7 +370,7 @@ pub(crate) async fn site_credentials(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let caller = auth::require(&st.pool, &headers, "admin").await?;
+    let caller = auth::require(&st, &headers, scopes::SITES_CREDENTIALS).await?;
     let id = parse_id(&id)?;
     let Some(sbox) = &st.secrets else {
         return Err(Problem::new(
@@ -339,6 +381,14 @@ pub(crate) async fn site_credentials(
     };
     let mut client = st.pool.get().await.map_err(db_problem)?;
     let tx = client.transaction().await.map_err(db_problem)?;
+    let owner: Option<String> = tx
+        .query_opt("SELECT owner FROM sites WHERE id = $1", &[&id])
+        .await
+        .map_err(db_problem)?
+        .map(|r| r.get(0));
+    let Some(owner) = owner.filter(|o| caller.sees(o)) else {
+        return Err(no_site(id));
+    };
     let row = tx
         .query_opt("SELECT sealed FROM site_secrets WHERE site_id = $1", &[&id])
         .await
@@ -358,16 +408,8 @@ pub(crate) async fn site_credentials(
             "The stored credentials do not open with this key.",
         )
     })?;
-    tx.execute(
-        "INSERT INTO audit_log (actor, action, target, detail) VALUES ($1, 'site.credentials.reveal', $2, $3)",
-        &[
-            &format!("token:{} ({})", caller.id, caller.name),
-            &id.to_string(),
-            &serde_json::json!({ "token_id": caller.id }),
-        ],
-    )
-    .await
-    .map_err(db_problem)?;
+    let entry = audit::Entry::new("site.credentials.reveal", format!("site/{id}")).owner(owner);
+    audit::record(&*tx, &caller.actor(), &entry).await.map_err(db_problem)?;
     tx.commit().await.map_err(db_problem)?;
     tracing::info!(site = %id, token = %caller.id, "Site credentials revealed.");
     let body = serde_json::json!({
@@ -391,39 +433,57 @@ pub(crate) async fn delete_site(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    auth::require(&st.pool, &headers, "sites:write").await?;
+    let caller = auth::require(&st, &headers, scopes::SITES_WRITE).await?;
     let id = parse_id(&id)?;
     let mut client = st.pool.get().await.map_err(db_problem)?;
     let tx = client.transaction().await.map_err(db_problem)?;
-    let state: Option<String> = tx
-        .query_opt("SELECT state FROM sites WHERE id = $1 FOR UPDATE", &[&id])
+    let site: Option<(String, String)> = tx
+        .query_opt("SELECT state, owner FROM sites WHERE id = $1 FOR UPDATE", &[&id])
         .await
         .map_err(db_problem)?
-        .map(|r| r.get(0));
-    match state.as_deref() {
-        None => {
-            return Err(Problem::new(
-                StatusCode::NOT_FOUND,
-                "not-found",
-                format!("No site {id}."),
-            ));
-        }
-        Some("deleted") => {
-            return Err(Problem::new(
-                StatusCode::GONE,
-                "gone",
-                format!("Site {id} is already deleted."),
-            ));
-        }
-        Some(_) => {}
+        .map(|r| (r.get(0), r.get(1)));
+    let Some((state, owner)) = site.filter(|(_, o)| caller.sees(o)) else {
+        return Err(no_site(id));
+    };
+    // One deprovision at a time: a second DELETE while one runs answers with that one's saga.
+    if let Some(running) = tx
+        .query_opt(
+            "SELECT a.saga_id FROM accepted_sagas a LEFT JOIN sagas g ON g.id = a.saga_id
+             WHERE a.site_id = $1 AND a.kind = 'deprovision'
+               AND (g.id IS NULL OR g.state IN ('running', 'compensating', 'suspended'))
+             ORDER BY a.accepted_at DESC LIMIT 1",
+            &[&id],
+        )
+        .await
+        .map_err(db_problem)?
+    {
+        return Ok(accepted(id, running.get(0), "deprovisioning"));
     }
+    if state == "deleted" {
+        return Err(Problem::new(
+            StatusCode::GONE,
+            "gone",
+            format!("Site {id} is already deleted."),
+        ));
+    }
+    crate::fair::in_flight(&tx, &owner, st.settings.intake.max_in_flight_per_owner).await?;
     let saga = Uuid::now_v7();
     enqueue(&tx, &SiteDeprovision { site_id: SiteId(id) }, saga).await?;
+    accept_saga(&tx, saga, "deprovision", id, &owner).await?;
+    let entry = audit::Entry::new("site.delete", format!("site/{id}"))
+        .owner(owner)
+        .outcome("accepted")
+        .detail(serde_json::json!({ "saga_id": saga, "was": state }));
+    audit::record(&*tx, &caller.actor(), &entry).await.map_err(db_problem)?;
     tx.commit().await.map_err(db_problem)?;
     if let Some(p) = &st.poke {
         p.notify_one();
     }
     Ok(accepted(id, saga, "deprovisioning"))
+}
+
+fn no_site(id: Uuid) -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "not-found", format!("No site {id}."))
 }
 
 /// A 422 naming the field the policy refused.

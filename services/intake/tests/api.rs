@@ -244,7 +244,7 @@ async fn bad_requests_get_a_problem_naming_the_field() {
         (
             json!({ "subdomain": "ok", "plan": "small", "colour": "red" }),
             400,
-            None,
+            Some("colour"),
         ),
     ];
     for (body, status, field) in cases {
@@ -421,6 +421,12 @@ async fn credentials_are_revealed_only_to_an_admin_token_and_every_reveal_is_aud
     let sealed = SecretBox::from_base64(SECRETS_KEY).unwrap().seal(site, &creds).unwrap();
     let c = a.db.client().await.unwrap();
     c.execute(
+        "INSERT INTO sites (id, subdomain, owner, state, spec) VALUES ($1, 'creds', 'alice', 'active', '{}')",
+        &[&site],
+    )
+    .await
+    .unwrap();
+    c.execute(
         "INSERT INTO site_secrets (site_id, sealed) VALUES ($1, $2)",
         &[&site, &sealed],
     )
@@ -431,7 +437,10 @@ async fn credentials_are_revealed_only_to_an_admin_token_and_every_reveal_is_aud
     let denied = a.http.get(&url).bearer_auth(&a.read).send().await.unwrap();
     assert_eq!(denied.status().as_u16(), 403);
     let problem: Value = denied.json().await.unwrap();
-    assert!(problem["detail"].as_str().unwrap().contains("admin"), "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("sites:credentials"),
+        "{problem}"
+    );
     // The admin token gets them, uncached.
     let shown = a.http.get(&url).bearer_auth(&a.admin).send().await.unwrap();
     assert_eq!(shown.status().as_u16(), 200);
@@ -441,14 +450,15 @@ async fn credentials_are_revealed_only_to_an_admin_token_and_every_reveal_is_aud
     assert_eq!(body["db_password"], creds.db_password.as_str());
     // The reveal is audited with the token; the refused attempt revealed nothing.
     let rows = c
-        .query("SELECT actor, action, target FROM audit_log ORDER BY id", &[])
+        .query("SELECT actor, action, target, owner FROM audit_log ORDER BY id", &[])
         .await
         .unwrap();
     assert_eq!(rows.len(), 1);
     let (actor, action, target): (String, String, String) = (rows[0].get(0), rows[0].get(1), rows[0].get(2));
     assert!(actor.contains("ops"), "{actor}");
     assert_eq!(action, "site.credentials.reveal");
-    assert_eq!(target, site.to_string());
+    assert_eq!(target, format!("site/{site}"));
+    assert_eq!(rows[0].get::<_, Option<String>>(3).as_deref(), Some("alice"));
     // An unknown site: 404 problem.
     let missing = a
         .http

@@ -63,12 +63,25 @@ fn exec<'a>(tx: &'a tokio_postgres::Client, settings: &'a SagaSettings, id: Uuid
     }
 }
 
+/// The action in the saga's own record (`saga_audit`, shown by `saga show`) and in the audit
+/// trail (`audit_log`, as `saga.<action>`, for the site's owner), in the same transaction.
 async fn audit(tx: &tokio_postgres::Client, id: Uuid, action: &str, actor: &str, detail: Value) -> anyhow::Result<()> {
     tx.execute(
         "INSERT INTO saga_audit (saga_id, action, actor, detail) VALUES ($1, $2, $3, $4)",
         &[&id, &action, &actor, &detail],
     )
     .await?;
+    let owner: Option<String> = tx
+        .query_opt(
+            "SELECT s.owner FROM sagas g JOIN sites s ON s.id = g.site_id WHERE g.id = $1",
+            &[&id],
+        )
+        .await?
+        .map(|r| r.get(0));
+    let action = format!("saga.{action}");
+    let mut entry = pvefleet_core::audit::Entry::new(&action, format!("saga/{id}")).detail(detail);
+    entry.owner = owner;
+    pvefleet_core::audit::record(tx, &pvefleet_core::audit::Actor::from(actor), &entry).await?;
     Ok(())
 }
 
@@ -88,7 +101,7 @@ pub async fn retry_step(
     id: Uuid,
     actor: &str,
 ) -> anyhow::Result<String> {
-    pvefleet_core::db::in_tx(client, retry_step_tx(client, settings, id, actor)).await
+    pvefleet_core::db::in_tx(client, retry_step_tx(client, settings, id, actor, "retry-step")).await
 }
 
 async fn retry_step_tx(
@@ -96,6 +109,7 @@ async fn retry_step_tx(
     settings: &SagaSettings,
     id: Uuid,
     actor: &str,
+    action: &str,
 ) -> anyhow::Result<String> {
     let (coordinator, row) = load(tx, settings, id).await?;
     let was = row.state.clone();
@@ -104,7 +118,7 @@ async fn retry_step_tx(
         .driver(&row.kind)
         .ok_or_else(|| anyhow::anyhow!("saga {id} is of an unknown kind '{}'", row.kind))?;
     let step = driver.retry_step(&exec(tx, settings, id), row).await?;
-    audit(tx, id, "retry-step", actor, json!({ "step": step, "was": was })).await?;
+    audit(tx, id, action, actor, json!({ "step": step, "was": was })).await?;
     Ok(step)
 }
 
@@ -118,7 +132,7 @@ pub async fn resume(
     pvefleet_core::db::in_tx(client, async {
         let (_, row) = load(client, settings, id).await?;
         anyhow::ensure!(row.state == "suspended", "saga {id} is {}, not suspended", row.state);
-        retry_step_tx(client, settings, id, actor).await
+        retry_step_tx(client, settings, id, actor, "resume").await
     })
     .await
 }

@@ -1505,7 +1505,7 @@ async fn two_hundred_parked_messages_of_three_kinds_are_stored_byte_for_byte_and
             id: Some(one),
             ..Default::default()
         },
-        "tester",
+        &"tester".into(),
         false,
         None,
         |_, _| {},
@@ -1591,7 +1591,7 @@ async fn a_saga_suspended_on_a_parked_create_resumes_when_its_group_is_replayed(
             group: Some(group),
             ..Default::default()
         },
-        "tester",
+        &"tester".into(),
         false,
         None,
         |_, _| {},
@@ -1635,7 +1635,7 @@ async fn an_aborted_saga_fails_and_a_late_replay_of_its_parked_create_does_nothi
         id: Some(dl),
         ..Default::default()
     };
-    let none = pvefleet_core::dlq::replay(&c, &f.publisher, &filter, "tester", false, None, |_, _| {})
+    let none = pvefleet_core::dlq::replay(&c, &f.publisher, &filter, &"tester".into(), false, None, |_, _| {})
         .await
         .unwrap();
     assert!(none.replayed.is_empty());
@@ -1645,7 +1645,7 @@ async fn an_aborted_saga_fails_and_a_late_replay_of_its_parked_create_does_nothi
         state: Some("archived".into()),
         ..Default::default()
     };
-    let refused = pvefleet_core::dlq::replay(&c, &f.publisher, &archived, "tester", false, None, |_, _| {})
+    let refused = pvefleet_core::dlq::replay(&c, &f.publisher, &archived, &"tester".into(), false, None, |_, _| {})
         .await
         .unwrap();
     assert!(refused.replayed.is_empty());
@@ -1943,7 +1943,7 @@ async fn a_thousand_poison_messages_are_each_stored_once_across_keeper_restarts_
         &c,
         &publisher,
         &pvefleet_core::dlq::Filter::default(),
-        "test",
+        &"test".into(),
         false,
         None,
         |_, _| {},

@@ -12,6 +12,7 @@ mod db;
 mod edge;
 mod ha;
 mod installer;
+mod intake;
 mod load;
 mod nethotplug;
 mod process;
@@ -25,6 +26,7 @@ pub use db::*;
 pub use edge::*;
 pub use ha::*;
 pub use installer::*;
+pub use intake::*;
 pub use load::*;
 pub use nethotplug::*;
 pub use process::*;
@@ -65,6 +67,8 @@ pub struct Settings {
     pub edge: EdgeSettings,
     /// The installer: how apps get into containers.
     pub installer: InstallerSettings,
+    /// Intake: fair use per token and per owner.
+    pub intake: IntakeSettings,
     /// The autoscaler.
     pub autoscaler: AutoscalerSettings,
     /// Network hotplug and SDN VNet binding.

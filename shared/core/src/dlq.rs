@@ -8,6 +8,7 @@
 //! replayed command's answer moves it on. One of a saga that has ended (failed, aborted,
 //! superseded) is not replayed: that would act for a saga no one is following.
 
+pub use crate::audit::Actor;
 use crate::bus::envelope::Properties;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -133,26 +134,21 @@ pub async fn show(client: &tokio_postgres::Client, id: Uuid) -> anyhow::Result<O
     Ok(Some(v))
 }
 
-/// Writes an operator action to `audit_log`.
+/// Writes an operator action on dead letters to `audit_log`.
 pub async fn audit(
     client: &tokio_postgres::Client,
-    actor: &str,
+    actor: &Actor,
     action: &str,
     target: &str,
     detail: Value,
 ) -> anyhow::Result<()> {
-    client
-        .execute(
-            "INSERT INTO audit_log (actor, action, target, detail) VALUES ($1, $2, $3, $4)",
-            &[&actor, &action, &target, &detail],
-        )
-        .await?;
+    crate::audit::record(client, actor, &crate::audit::Entry::new(action, target).detail(detail)).await?;
     Ok(())
 }
 
 /// Sets the dead letters `f` selects to `archived` (kept, out of the way) or deletes them
 /// (`purge`); returns how many.
-pub async fn retire(client: &tokio_postgres::Client, f: &Filter, actor: &str, purge: bool) -> anyhow::Result<u64> {
+pub async fn retire(client: &tokio_postgres::Client, f: &Filter, actor: &Actor, purge: bool) -> anyhow::Result<u64> {
     client.batch_execute("BEGIN").await?;
     let work = async {
         let ids: Vec<Uuid> = client

@@ -1,6 +1,7 @@
 //! The runtime every pvefleet service shares: config, telemetry, shutdown, the bus (lapin) and
 //! the state store (Postgres pool, migrations, inbox, outbox).
 
+pub mod audit;
 pub mod bus;
 pub mod config;
 pub mod db;

@@ -6,11 +6,13 @@
 //! - `names`: PVE's formats for names that end up in a request path (node, storage, VNet, zone);
 //! - `net`: network interface requests, checked against the request and against PVE, and
 //!   views of what PVE's configs say;
-//! - `autoscale`: the autoscaling policy store.
+//! - `autoscale`: the autoscaling policy store;
+//! - `scopes`: the token scopes intake checks and the CLI mints.
 
 pub mod autoscale;
 pub mod names;
 pub mod net;
+pub mod scopes;
 pub mod site;
 
 /// A request field at fault, and why.

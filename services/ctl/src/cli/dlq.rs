@@ -136,8 +136,26 @@ pub enum DlqAction {
 /// `pvefleet audit ...`
 #[derive(Debug, Subcommand)]
 pub enum AuditAction {
-    /// Operator actions, newest first.
+    /// Changes, newest first: every state-changing call and command, by whom, for which owner.
     List {
+        /// Only this actor's (`cli:alice`, or a token's id).
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only this owner's.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Only this action, or actions starting so (`site.`, `token.revoke`).
+        #[arg(long)]
+        action: Option<String>,
+        /// Only this target, or targets starting so (`site/<id>`, `lxc/101`).
+        #[arg(long)]
+        target: Option<String>,
+        /// From this time (RFC 3339, `2026-12-04 10:00`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Until this time.
+        #[arg(long)]
+        until: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: i64,

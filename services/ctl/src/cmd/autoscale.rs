@@ -1,5 +1,6 @@
 //! `pvefleet autoscale policy|status|simulate|import`.
 
+use pvefleet_core::audit::{self, Actor, Entry};
 use std::process::ExitCode;
 
 use pvefleet_autoscaler::decide::{self, Change, Container, Cooldown, Node};
@@ -42,11 +43,23 @@ pub async fn run(settings: &pvefleet_core::Settings, action: AutoscaleAction) ->
                 Err(e) => return Ok(fail(&format!("{}: {e}", file.display()))),
             };
             if !dry_run {
+                // All of the file or none of it, with one audit row.
                 let client = connect(settings).await?;
-                for (s, p) in &got.policies {
-                    if let Err(e) = policies::set(&client, default, s, p).await {
-                        return Ok(fail(&format!("{}: {e}", s.key())));
+                let stored = pvefleet_core::db::in_tx(&client, async {
+                    for (s, p) in &got.policies {
+                        if let Err(e) = policies::set(&client, default, s, p).await {
+                            anyhow::bail!("{}: {e}", s.key());
+                        }
                     }
+                    let scopes: Vec<String> = got.policies.iter().map(|(s, _)| s.key()).collect();
+                    let entry = Entry::new("autoscale.import", format!("autoscale/{}", file.display()))
+                        .detail(json!({ "scopes": scopes }));
+                    audit::record(&**client, &Actor::cli(), &entry).await?;
+                    anyhow::Ok(())
+                })
+                .await;
+                if let Err(e) = stored {
+                    return Ok(fail(&format!("{e:#}")));
                 }
             }
             if json {
@@ -90,12 +103,22 @@ pub async fn run(settings: &pvefleet_core::Settings, action: AutoscaleAction) ->
                         Ok(v) => v,
                         Err(e) => return Ok(fail(&format!("--json is not JSON: {e}"))),
                     };
-                    match policies::set(&client, default, &s, &value).await {
+                    let stored = pvefleet_core::db::in_tx(&client, async {
+                        policies::set(&client, default, &s, &value)
+                            .await
+                            .map_err(anyhow::Error::msg)?;
+                        let entry = Entry::new("autoscale.policy.set", format!("autoscale/{}", s.key()))
+                            .detail(json!({ "keys": value }));
+                        audit::record(&**client, &Actor::cli(), &entry).await?;
+                        anyhow::Ok(())
+                    })
+                    .await;
+                    match stored {
                         Ok(()) => {
                             println!("stored {}", s.key());
                             Ok(ExitCode::SUCCESS)
                         }
-                        Err(e) => Ok(fail(&e)),
+                        Err(e) => Ok(fail(&format!("{e:#}"))),
                     }
                 }
                 PolicyAction::Get { scope: s } => {
@@ -119,7 +142,16 @@ pub async fn run(settings: &pvefleet_core::Settings, action: AutoscaleAction) ->
                     let Some(s) = scope(s) else {
                         return Ok(fail("say which: --vmid N, --tag T or --global"));
                     };
-                    if policies::delete(&client, &s).await? {
+                    let deleted = pvefleet_core::db::in_tx(&client, async {
+                        let deleted = policies::delete(&client, &s).await?;
+                        if deleted {
+                            let entry = Entry::new("autoscale.policy.delete", format!("autoscale/{}", s.key()));
+                            audit::record(&**client, &Actor::cli(), &entry).await?;
+                        }
+                        anyhow::Ok(deleted)
+                    })
+                    .await?;
+                    if deleted {
                         println!("deleted {}", s.key());
                         Ok(ExitCode::SUCCESS)
                     } else {

@@ -10,11 +10,8 @@ use serde_json::{Value, json};
 
 use crate::cli::{AuditAction, DlqAction, DlqFilter};
 
-fn actor() -> String {
-    let who = std::env::var("PVEFLEET_OPERATOR")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| "operator".into());
-    format!("cli:{who}")
+fn actor() -> pvefleet_core::audit::Actor {
+    pvefleet_core::audit::Actor::cli()
 }
 
 fn filter(f: DlqFilter) -> Filter {
@@ -304,25 +301,51 @@ pub async fn audit(settings: &pvefleet_core::Settings, action: AuditAction) -> a
     let pool = pvefleet_core::db::connect(&settings.db).await?;
     pvefleet_core::db::migrate(&pool).await?;
     let client = pool.get().await?;
-    let AuditAction::List { limit, json } = action;
-    let row = client
-        .query_one(
-            "SELECT coalesce(json_agg(a ORDER BY a.id DESC), '[]'::json) FROM (
-                 SELECT id, actor, action, target, detail, at FROM audit_log ORDER BY id DESC LIMIT $1) a",
-            &[&limit],
-        )
-        .await?;
-    let rows: Value = row.get(0);
+    let AuditAction::List {
+        actor,
+        owner,
+        action,
+        target,
+        since,
+        until,
+        limit,
+        json,
+    } = action;
+    let f = pvefleet_core::audit::Filter {
+        actor,
+        owner,
+        action,
+        target,
+        since,
+        until,
+    };
+    let rows = match pvefleet_core::audit::list(&**client, &f, limit).await {
+        Ok(rows) => rows,
+        Err(e) if e.code().is_some() => {
+            eprintln!(
+                "error: {}",
+                e.as_db_error()
+                    .map_or_else(|| e.to_string(), |d| d.message().to_string())
+            );
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => return Err(e.into()),
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        println!("{:<32}  {:<24}  {:<26}  target", "at", "actor", "action");
+        println!(
+            "{:<32}  {:<30}  {:<12}  {:<24}  {:<9}  target",
+            "at", "actor", "owner", "action", "outcome"
+        );
         for r in rows.as_array().cloned().unwrap_or_default() {
             println!(
-                "{:<32}  {:<24}  {:<26}  {}",
+                "{:<32}  {:<30}  {:<12}  {:<24}  {:<9}  {}",
                 text(&r, "at"),
                 text(&r, "actor"),
+                text(&r, "owner"),
                 text(&r, "action"),
+                text(&r, "outcome"),
                 text(&r, "target")
             );
         }

@@ -1,14 +1,14 @@
 //! `pvefleet saga list|show|retry-step|resume|abort`: sagas for operators. Changes are audited
-//! with the operator's name (`$PVEFLEET_OPERATOR`, else `$USER`).
+//! with the operator's name (`cli:$PVEFLEET_OPERATOR`, else `cli:$USER`), in `saga_audit`
+//! and in `audit_log`.
 
 use std::process::ExitCode;
 
 use crate::cli::SagaAction;
 
+/// `cli:$PVEFLEET_OPERATOR` (else `cli:$USER`), as in every audit row of the CLI.
 fn actor() -> String {
-    std::env::var("PVEFLEET_OPERATOR")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| "operator".into())
+    pvefleet_core::audit::Actor::cli().name
 }
 
 pub async fn run(settings: &pvefleet_core::Settings, action: SagaAction) -> anyhow::Result<ExitCode> {

@@ -289,13 +289,14 @@ async fn follow(
                 let Ok(Ok(r)) = tokio::time::timeout(POLL_TIMEOUT, poll).await else {
                     continue;
                 };
-                if r.status() == reqwest::StatusCode::NOT_FOUND {
-                    // Not started yet; intake says when no coordinator is running to start it.
-                    let p: Value = tokio::time::timeout(POLL_TIMEOUT, r.json()).await.ok().and_then(Result::ok).unwrap_or(Value::Null);
-                    if let Some(detail) = p["detail"].as_str()
-                        && detail.contains("No service consumes")
-                    {
-                        let line = format!("waiting for the saga to start: {}", detail.split_once(").").map_or(detail, |(_, w)| w).trim());
+                if !r.status().is_success() {
+                    continue;
+                }
+                let v: Value = tokio::time::timeout(POLL_TIMEOUT, r.json()).await.ok().and_then(Result::ok).unwrap_or(Value::Null);
+                // Accepted, not started yet; intake says when no coordinator is running to start it.
+                if v["state"] == "accepted" {
+                    if let Some(why) = v["waiting"].as_str() {
+                        let line = format!("waiting for the saga to start: {why}");
                         if said_nobody != "saga" {
                             say(format!("  ! {line}"));
                             said_nobody = "saga".into();
@@ -305,10 +306,6 @@ async fn follow(
                     }
                     continue;
                 }
-                if !r.status().is_success() {
-                    continue;
-                }
-                let v: Value = tokio::time::timeout(POLL_TIMEOUT, r.json()).await.ok().and_then(Result::ok).unwrap_or(Value::Null);
                 if let Some((line, nobody)) = waiting_on(&v) {
                     bar.set_message(line.clone());
                     // Said once per step, not every tick: no service is taking it.

@@ -28,7 +28,7 @@ pub async fn edit(
     publisher: &Publisher,
     id: Uuid,
     body: &[u8],
-    actor: &str,
+    actor: &super::Actor,
 ) -> Result<String, EditError> {
     let row = client
         .query_opt(
@@ -90,7 +90,7 @@ pub async fn edit(
         client
             .execute(
                 "INSERT INTO dead_letter_replays (dead_letter_id, actor) VALUES ($1, $2)",
-                &[&id, &actor],
+                &[&id, &actor.name],
             )
             .await?;
         audit(

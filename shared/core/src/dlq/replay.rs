@@ -38,7 +38,7 @@ pub async fn replay(
     client: &tokio_postgres::Client,
     publisher: &Publisher,
     f: &Filter,
-    actor: &str,
+    actor: &super::Actor,
     dry_run: bool,
     rate: Option<f64>,
     mut progress: impl FnMut(usize, usize),
@@ -111,7 +111,7 @@ const CHUNK: usize = 250;
 async fn replay_chunk(
     client: &tokio_postgres::Client,
     publisher: &Publisher,
-    actor: &str,
+    actor: &super::Actor,
     batch: &[Row],
 ) -> anyhow::Result<()> {
     let mut messages = Vec::with_capacity(batch.len());
@@ -157,7 +157,7 @@ async fn replay_chunk(
         client
             .execute(
                 "INSERT INTO dead_letter_replays (dead_letter_id, actor) SELECT unnest($1::uuid[]), $2",
-                &[&ids, &actor],
+                &[&ids, &actor.name],
             )
             .await?;
         let target = if ids.len() == 1 {

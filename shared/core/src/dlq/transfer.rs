@@ -43,7 +43,11 @@ pub async fn export(client: &tokio_postgres::Client, f: &Filter) -> anyhow::Resu
 
 /// Stores exported NDJSON lines as parked dead letters here; one already stored (the same
 /// park id) is skipped. Returns (imported, skipped).
-pub async fn import(client: &tokio_postgres::Client, lines: &[String], actor: &str) -> anyhow::Result<(u64, u64)> {
+pub async fn import(
+    client: &tokio_postgres::Client,
+    lines: &[String],
+    actor: &super::Actor,
+) -> anyhow::Result<(u64, u64)> {
     use base64::Engine as _;
     let (mut imported, mut skipped) = (0, 0);
     crate::db::in_tx(client, async {
