@@ -1218,3 +1218,227 @@ async fn health_exits_zero_on_2xx_and_one_naming_why_otherwise() {
         text(&out.2.stderr)
     );
 }
+
+/// A scripted session touching every kind of change, through the API and the CLI, against
+/// `pvefleet dev`: `audit list --json` then holds one row for each, with its actor and owner,
+/// and no secret is anywhere in the audit table.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_change_of_a_session_through_the_api_and_the_cli_is_one_audit_row_and_no_secret_is_in_the_table() {
+    pvefleet_proxmox::client::tls::provider();
+    let vhost = TestVhost::new().unwrap();
+    let db = TestDb::create().await.unwrap();
+    let home = std::env::temp_dir().join(format!("pvefleet-audit-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&home).unwrap();
+    let mut dev = Command::new(env!("CARGO_BIN_EXE_pvefleet"))
+        .args([
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--pvesim-listen",
+            "127.0.0.1:0",
+            "--task-ms",
+            "20",
+        ])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &home)
+        .env("PVEFLEET_BUS__URL", vhost.url())
+        .env("PVEFLEET_DB__URL", db.url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
+    let mut api = None;
+    for _ in 0..20 {
+        let Some(Ok(line)) = lines.next() else { break };
+        if let Some(rest) = line.trim().strip_prefix("intake") {
+            api = rest.split_whitespace().next().map(str::to_string);
+        }
+        if line.contains("Stop with ctrl-c") {
+            break;
+        }
+    }
+    let api = api.expect("dev prints the intake address");
+    let db_url = db.url();
+    // Each command as the night shift, with dev's profile for everything else.
+    let run = |args: Vec<String>| {
+        let (home, db_url) = (home.clone(), db_url.clone());
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new(env!("CARGO_BIN_EXE_pvefleet"))
+                .args(&args)
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .env("HOME", &home)
+                .env("PVEFLEET_DB__URL", &db_url)
+                .env("PVEFLEET_OPERATOR", "night-shift")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}{}",
+                text(&out.stdout),
+                text(&out.stderr)
+            );
+            text(&out.stdout)
+        })
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    // An owner's token, minted at the CLI with every owner scope.
+    let mut create = s(&["token", "create", "--name", "alice-app", "--owner", "alice"]);
+    for scope in pvefleet_policy::scopes::ALL.iter().filter(|s| !s.operator_only) {
+        create.extend(["--scope".to_string(), scope.name.to_string()]);
+    }
+    let alice = run(create).await.unwrap().trim().to_string();
+    // Through the API with alice's token: a WordPress site, its credentials, an interface.
+    let out = run(s(&[
+        "site", "create", "blog", "--wait", "--api", &api, "--token", &alice,
+    ]))
+    .await
+    .unwrap();
+    assert!(out.contains("site blog is active"), "{out}");
+    let sites: serde_json::Value = reqwest::Client::new()
+        .get(format!("{api}/v1/sites"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let site = sites[0]["id"].as_str().unwrap().to_string();
+    let vmid = sites[0]["vmid"].to_string();
+    let creds = run(s(&["site", "credentials", &site, "--api", &api, "--token", &alice]))
+        .await
+        .unwrap();
+    let password = creds
+        .lines()
+        .find_map(|l| l.split_whitespace().skip_while(|w| !w.contains("password")).nth(1))
+        .map(str::to_string);
+    run(s(&[
+        "net", "attach", &vmid, "--bridge", "vmbr0", "--wait", "--api", &api, "--token", &alice,
+    ]))
+    .await
+    .unwrap();
+    // At the CLI: an autoscale policy set and deleted, an lxc-autoscaler import, a token
+    // rotated and one revoked.
+    run(s(&[
+        "autoscale",
+        "policy",
+        "set",
+        "--vmid",
+        &vmid,
+        "--json",
+        r#"{"cpu_up": 70.0}"#,
+    ]))
+    .await
+    .unwrap();
+    run(s(&["autoscale", "policy", "delete", "--vmid", &vmid]))
+        .await
+        .unwrap();
+    let import = home.join("lxc-autoscaler.yaml");
+    std::fs::write(
+        &import,
+        "containers:\n  - vmid: 4242\n    thresholds:\n      cpu_scale_up: 75.0\n",
+    )
+    .unwrap();
+    run(s(&["autoscale", "import", import.to_str().unwrap()]))
+        .await
+        .unwrap();
+    let spare = run(s(&[
+        "token",
+        "create",
+        "--name",
+        "spare",
+        "--owner",
+        "alice",
+        "--scope",
+        "sites:read",
+    ]))
+    .await
+    .unwrap()
+    .trim()
+    .to_string();
+    let list: serde_json::Value = serde_json::from_str(&run(s(&["token", "list", "--json"])).await.unwrap()).unwrap();
+    let spare_id = list.as_array().unwrap().iter().find(|t| t["name"] == "spare").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rotated = run(s(&["token", "rotate", &spare_id]))
+        .await
+        .unwrap()
+        .trim()
+        .to_string();
+    let list: serde_json::Value = serde_json::from_str(&run(s(&["token", "list", "--json"])).await.unwrap()).unwrap();
+    let rotated_id = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "spare" && t["status"] == "active")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    run(s(&["token", "revoke", &rotated_id])).await.unwrap();
+    // The site deleted with alice's token.
+    run(s(&[
+        "site", "delete", &site, "--wait", "--api", &api, "--token", &alice,
+    ]))
+    .await
+    .unwrap();
+    let _ = Command::new("kill").args(["-TERM", &dev.id().to_string()]).status();
+    let _ = dev.wait();
+
+    let rows: serde_json::Value =
+        serde_json::from_str(&run(s(&["audit", "list", "--limit", "1000", "--json"])).await.unwrap()).unwrap();
+    let rows = rows.as_array().unwrap();
+    let by = |action: &str| rows.iter().filter(|r| r["action"] == action).collect::<Vec<_>>();
+    let cli = "cli:night-shift";
+    for (action, actor, owner, n) in [
+        ("token.create", Some(cli), Some("alice"), 2),
+        ("token.rotate", Some(cli), Some("alice"), 1),
+        ("token.revoke", Some(cli), Some("alice"), 1),
+        ("site.create", None, Some("alice"), 1),
+        ("site.credentials.reveal", None, Some("alice"), 1),
+        ("net.attach", None, Some("alice"), 1),
+        ("site.delete", None, Some("alice"), 1),
+        ("autoscale.policy.set", Some(cli), None, 1),
+        ("autoscale.policy.delete", Some(cli), None, 1),
+        ("autoscale.import", Some(cli), None, 1),
+    ] {
+        let got = by(action);
+        assert_eq!(got.len(), n, "{action}: {got:#?}");
+        for r in got {
+            match actor {
+                Some(a) => assert_eq!(r["actor"], a, "{r}"),
+                // The API's rows name alice's token.
+                None => assert!(
+                    r["actor"].as_str().unwrap().contains("(alice-app)") && r["token_id"].is_string(),
+                    "{r}"
+                ),
+            }
+            if let Some(o) = owner {
+                assert_eq!(r["owner"], o, "{r}");
+            }
+            assert!(r["outcome"].is_string() && r["at"].is_string(), "{r}");
+        }
+    }
+    for r in by("site.create").iter().chain(by("net.attach").iter()) {
+        assert!(r["request_id"].is_string(), "an API row names its request: {r}");
+    }
+    // No secret anywhere in the table: not a token, not the credentials.
+    let client = db.client().await.unwrap();
+    let table: String = client
+        .query_one("SELECT coalesce(string_agg(a::text, E'\\n'), '') FROM audit_log a", &[])
+        .await
+        .unwrap()
+        .get(0);
+    for secret in [alice.as_str(), spare.as_str(), rotated.as_str()] {
+        assert!(!table.contains(secret), "a token is in the audit table");
+    }
+    assert!(!table.contains("pvf_"), "a token is in the audit table");
+    let password = password.expect("the credentials name a password");
+    assert!(password.len() >= 16, "{creds}");
+    assert!(!table.contains(&password), "a password is in the audit table");
+    std::fs::remove_dir_all(&home).ok();
+}

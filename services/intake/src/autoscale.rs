@@ -87,13 +87,7 @@ pub(crate) async fn put(
     let v = vmid(&raw)?;
     tenancy::container(&st.pool, &caller, v).await?;
     let scope = Scope::Vmid(v);
-    let keys: Value = serde_json::from_slice(&body).map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-body",
-            format!("The body is not JSON: {e}"),
-        )
-    })?;
+    let keys: Value = crate::problem::parse_body(&body, "policy (a JSON object)")?;
     let client = st.pool.get().await.map_err(db_problem)?;
     pvefleet_core::db::in_tx(&client, async {
         policies::set(&client, &st.settings.autoscaler.policy, &scope, &keys)

@@ -84,13 +84,7 @@ fn selector(body: &[u8]) -> Result<Selector, Problem> {
     if body.is_empty() {
         return Ok(Selector::default());
     }
-    serde_json::from_slice(body).map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-body",
-            format!("The body is not a dead-letter selector: {e}"),
-        )
-    })
+    crate::problem::parse_body(body, "dead-letter selector")
 }
 
 fn failed(e: anyhow::Error) -> Problem {
@@ -110,7 +104,7 @@ pub(crate) async fn list(
     q: Result<Query<Selector>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
     operator(&st, &headers).await?;
-    let Query(q) = q.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid-query", e.body_text()))?;
+    let q = crate::problem::parse_query(q)?;
     let client = st.pool.get().await.map_err(db_problem)?;
     let rows = dlq::list(&client, &q.filter(), q.limit.unwrap_or(200).clamp(1, 10_000))
         .await

@@ -132,12 +132,12 @@ mod tests {
     #[test]
     fn a_nul_or_bad_utf8_in_the_query_names_the_parameter() {
         assert!(check_query("owner=alice&state=active").is_ok());
-        assert_eq!(check_query("owner=a%00b").unwrap_err().field.as_deref(), Some("owner"));
+        assert_eq!(check_query("owner=a%00b").unwrap_err().field.as_deref(), Some("/owner"));
         assert_eq!(
             check_query("x=1&state=%00").unwrap_err().field.as_deref(),
-            Some("state")
+            Some("/state")
         );
-        assert_eq!(check_query("owner=%FF").unwrap_err().field.as_deref(), Some("owner"));
+        assert_eq!(check_query("owner=%FF").unwrap_err().field.as_deref(), Some("/owner"));
         assert!(check_query("owner=100%25").is_ok());
         assert!(check_query("owner=%").is_ok());
     }
@@ -145,11 +145,11 @@ mod tests {
     #[test]
     fn a_nul_in_a_json_body_names_its_path() {
         let body = Bytes::from_static(br#"{"owner":"a\u0000b"}"#);
-        assert_eq!(check_json(&body).unwrap_err().field.as_deref(), Some("owner"));
+        assert_eq!(check_json(&body).unwrap_err().field.as_deref(), Some("/owner"));
         let body = Bytes::from_static(br#"{"interface":{"name":"eth\u00000"}}"#);
-        assert_eq!(check_json(&body).unwrap_err().field.as_deref(), Some("interface.name"));
+        assert_eq!(check_json(&body).unwrap_err().field.as_deref(), Some("/interface/name"));
         let body = Bytes::from_static(br#"{"tags":["a","\u0000"]}"#);
-        assert_eq!(check_json(&body).unwrap_err().field.as_deref(), Some("tags.1"));
+        assert_eq!(check_json(&body).unwrap_err().field.as_deref(), Some("/tags/1"));
         assert!(check_json(&Bytes::from_static(br#"{"owner":"alice"}"#)).is_ok());
     }
 }

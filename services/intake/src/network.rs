@@ -297,8 +297,9 @@ pub(crate) async fn unbind(
     State(st): State<AppState>,
     headers: HeaderMap,
     Path(vnet): Path<String>,
-    Query(q): Query<UnbindQuery>,
+    q: Result<Query<UnbindQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
+    let q = crate::problem::parse_query(q)?;
     let caller = auth::require(&st, &headers, scopes::NETWORK_WRITE).await?;
     spec::check_vnet(&vnet).map_err(|i| refusal(Refusal::Invalid(i)))?;
     let vmid = vmid(&q.vmid)?;

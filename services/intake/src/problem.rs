@@ -39,12 +39,28 @@ impl Problem {
         }
     }
 
-    /// A problem naming the request field at fault.
+    /// A problem naming the request field at fault, as a JSON pointer (RFC 6901): the body's
+    /// `interface.name` is `/interface/name`, `tags.2` is `/tags/2`, a path or query
+    /// parameter `vmid` is `/vmid`, and the whole body (`body`) is the empty pointer.
     pub fn field(status: StatusCode, kind: &str, field: &str, detail: impl Into<String>) -> Self {
         let mut p = Self::new(status, kind, detail);
-        p.field = Some(shorten(field));
+        p.field = Some(shorten(&pointer(field)));
         p
     }
+}
+
+/// A field's path (`interface.name`, `tags.2`, or `body` for the whole) as a JSON pointer.
+pub fn pointer(field: &str) -> String {
+    if field.starts_with('/') {
+        return field.to_string();
+    }
+    if field == "body" || field.is_empty() {
+        return String::new();
+    }
+    field
+        .split('.')
+        .map(|seg| format!("/{}", seg.replace('~', "~0").replace('/', "~1")))
+        .collect()
 }
 
 /// The longest quoted value a detail repeats, in characters; the rest is cut.
@@ -115,6 +131,28 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> R
     })
 }
 
+/// The query string as `T`, or a 400 naming the parameter at fault.
+pub fn parse_query<T: serde::de::DeserializeOwned>(
+    q: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, Problem> {
+    q.map(|axum::extract::Query(v)| v).map_err(|e| {
+        let text = e.body_text();
+        let field = text
+            .split('`')
+            .nth(1)
+            .filter(|_| text.contains("missing field") || text.contains("unknown field"))
+            .or_else(|| {
+                text.split(": ")
+                    .nth(1)
+                    .and_then(|t| t.split(':').next())
+                    .filter(|f| !f.contains(' '))
+            })
+            .unwrap_or("query")
+            .to_string();
+        Problem::field(StatusCode::BAD_REQUEST, "invalid-query", &field, text)
+    })
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -160,10 +198,11 @@ mod tests {
     #[test]
     fn a_bad_body_names_its_member() {
         let field = |b: &str| parse_body::<Req>(b.as_bytes(), "request").unwrap_err().field;
-        assert_eq!(field("{}").as_deref(), Some("name"));
-        assert_eq!(field(r#"{"name":"a","color":1}"#).as_deref(), Some("color"));
-        assert_eq!(field(r#"{"name":"a","size":"big"}"#).as_deref(), Some("size"));
-        assert_eq!(field(r#"{"name":"a","inner":{}}"#).as_deref(), Some("inner.bridge"));
-        assert_eq!(field("not json").as_deref(), Some("body"));
+        assert_eq!(field("{}").as_deref(), Some("/name"));
+        assert_eq!(field(r#"{"name":"a","color":1}"#).as_deref(), Some("/color"));
+        assert_eq!(field(r#"{"name":"a","size":"big"}"#).as_deref(), Some("/size"));
+        assert_eq!(field(r#"{"name":"a","inner":{}}"#).as_deref(), Some("/inner/bridge"));
+        assert_eq!(field("not json").as_deref(), Some(""));
+        assert_eq!(pointer("a/b.c~d"), "/a~1b/c~0d");
     }
 }

@@ -302,8 +302,9 @@ pub(crate) struct ListQuery {
 pub(crate) async fn list_sites(
     State(st): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
+    let q = crate::problem::parse_query(q)?;
     let caller = auth::require(&st, &headers, scopes::SITES_READ).await?;
     let owner = match (&caller.owner, &q.owner) {
         (Some(mine), Some(asked)) if mine != asked => {

@@ -11,6 +11,16 @@ use pvefleet_testkit::{TestDb, TestVhost, eventually, init_tracing, settings};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+/// A problem's `field` (a JSON pointer) as the dotted path the cases name (`/interface/name`
+/// is `interface.name`); not a pointer: `None`.
+fn dotted(v: &Value) -> Option<String> {
+    let p = v.as_str()?;
+    if p.is_empty() {
+        return Some("body".into());
+    }
+    Some(p.strip_prefix('/')?.replace('/', "."))
+}
+
 const TEMPLATE: &str = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst";
 /// 32 bytes, base64.
 const SECRETS_KEY: &str = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
@@ -254,7 +264,7 @@ async fn bad_requests_get_a_problem_naming_the_field() {
             (status, "application/problem+json"),
             "{body}: {problem}"
         );
-        assert_eq!(problem["field"].as_str(), field, "{body}: {problem}");
+        assert_eq!(dotted(&problem["field"]).as_deref(), field, "{body}: {problem}");
         assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()));
     }
     let (status, _, problem, _) = a.post(Some(&a.write), "this is not json", None).await;
@@ -298,7 +308,12 @@ async fn bad_requests_get_a_problem_naming_the_field() {
             None,
         )
         .await;
-    assert_eq!((status, problem["field"].as_str()), (422, Some("owner")), "{problem}");
+    assert_eq!(
+        (status, dotted(&problem["field"]).as_deref()),
+        (422, Some("owner")),
+        "{problem}"
+    );
+    assert_eq!(problem["field"], "/owner", "a JSON pointer");
     let (status, doc) = a.get("/openapi.json").await;
     assert_eq!(status, 200);
     assert!(doc["paths"]["/v1/sites"]["post"].is_object(), "{doc}");
@@ -320,7 +335,7 @@ async fn a_node_that_is_no_pve_node_name_is_a_422_naming_node_and_pve_is_never_a
         let body = json!({ "subdomain": "shop", "plan": "small", "node": node }).to_string();
         let (status, _, problem, ctype) = a.post(Some(&a.write), &body, None).await;
         assert_eq!(
-            (status, problem["field"].as_str(), ctype.as_str()),
+            (status, dotted(&problem["field"]).as_deref(), ctype.as_str()),
             (422, Some("node"), "application/problem+json"),
             "{node}: {problem}"
         );
@@ -338,7 +353,11 @@ async fn a_node_that_is_no_pve_node_name_is_a_422_naming_node_and_pve_is_never_a
     // A well-formed name PVE does not know is asked about once, and refused naming the node.
     let body = json!({ "subdomain": "shop", "plan": "small", "node": "pve9" }).to_string();
     let (status, _, problem, _) = a.post(Some(&a.write), &body, None).await;
-    assert_eq!((status, problem["field"].as_str()), (422, Some("node")), "{problem}");
+    assert_eq!(
+        (status, dotted(&problem["field"]).as_deref()),
+        (422, Some("node")),
+        "{problem}"
+    );
     assert!(
         problem["detail"].as_str().unwrap_or_default().contains("pve9"),
         "{problem}"
@@ -377,7 +396,7 @@ async fn a_nul_or_bad_utf8_anywhere_is_a_400_naming_the_field_never_a_database_e
             (400, "application/problem+json"),
             "{path}: {problem}"
         );
-        assert_eq!(problem["field"], field, "{path}: {problem}");
+        assert_eq!(dotted(&problem["field"]).as_deref(), Some(field), "{path}: {problem}");
     }
     for (body, field) in [
         (r#"{"subdomain":"nul","plan":"small","owner":"a\u0000b"}"#, "owner"),
@@ -390,7 +409,7 @@ async fn a_nul_or_bad_utf8_anywhere_is_a_400_naming_the_field_never_a_database_e
             (400, "application/problem+json"),
             "{body}: {problem}"
         );
-        assert_eq!(problem["field"], field, "{body}: {problem}");
+        assert_eq!(dotted(&problem["field"]).as_deref(), Some(field), "{body}: {problem}");
     }
     // A body over the limit is a problem too, not plain text.
     let huge = format!(
@@ -639,7 +658,7 @@ async fn a_containers_autoscaling_policy_is_put_read_and_deleted_with_the_autosc
         .unwrap();
     assert_eq!(bad.status().as_u16(), 422);
     let problem: Value = bad.json().await.unwrap();
-    assert_eq!(problem["field"], "policy");
+    assert_eq!(problem["field"], "/policy");
     assert!(problem["detail"].as_str().unwrap().contains("max_cpus"), "{problem}");
     let ok = a
         .http
@@ -679,4 +698,135 @@ fn the_binary_answers_help_and_version_and_starts_nothing() {
         pvefleet_testkit::cli::refuses_arguments(env!("CARGO_BIN_EXE_pvefleet-intake")),
         Ok(())
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_bound_to_fail_are_refused_naming_the_field_and_nothing_holds_the_subdomain() {
+    let a = api().await;
+    let huge_template = format!("local:vztmpl/{}.tar.zst", "t".repeat(1_000_000));
+    for (body, field) in [
+        (
+            json!({ "subdomain": "held", "plan": "small", "owner": "o".repeat(300) }),
+            "/owner",
+        ),
+        (json!({ "subdomain": "held", "plan": "small", "node": "pve9" }), "/node"),
+        (
+            json!({ "subdomain": "held", "plan": "small", "template": huge_template }),
+            "/template",
+        ),
+        (json!({ "plan": "small" }), "/subdomain"),
+        (json!({ "subdomain": "held", "cores": "two" }), "/cores"),
+    ] {
+        let (status, _, problem, ctype) = a.post(Some(&a.write), &body.to_string(), None).await;
+        assert!(
+            (status == 422 || status == 400) && ctype == "application/problem+json",
+            "{status} {ctype} {problem}"
+        );
+        assert_eq!(problem["field"], field, "{problem}");
+        // The value at fault is never echoed beyond a short prefix.
+        assert!(problem.to_string().len() < 1_000, "{} bytes", problem.to_string().len());
+    }
+    let c = a.db.client().await.unwrap();
+    let held: i64 = c.query_one("SELECT count(*) FROM sites", &[]).await.unwrap().get(0);
+    assert_eq!(held, 0, "a refused request writes no site");
+    // The subdomain is free: the same request, right, is accepted and provisioned.
+    let (status, _, ok, _) = a
+        .post(
+            Some(&a.write),
+            &json!({ "subdomain": "held", "plan": "small", "app": "none" }).to_string(),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{ok}");
+    let id = ok["id"].as_str().unwrap().to_string();
+    let active = eventually(Duration::from_secs(60), || async {
+        let (_, site) = a.get(&format!("/v1/sites/{id}")).await;
+        (site["state"] == "active").then_some(site)
+    })
+    .await;
+    assert!(active.is_some(), "the site went active");
+
+    // A second DELETE while the first deprovision runs answers with that one's saga, which
+    // GET /v1/sagas/{id} knows.
+    let delete = || async {
+        let r = a
+            .http
+            .delete(format!("{}/v1/sites/{id}", a.base))
+            .bearer_auth(&a.write)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    let (first, one) = delete().await;
+    let (second, two) = delete().await;
+    assert_eq!((first, second), (202, 202), "{one} {two}");
+    assert_eq!(one["saga_id"], two["saga_id"], "{one} {two}");
+    let (status, saga) = a.get(&format!("/v1/sagas/{}", one["saga_id"].as_str().unwrap())).await;
+    assert_eq!(status, 200, "{saga}");
+    let gone = eventually(Duration::from_secs(60), || async {
+        let (_, site) = a.get(&format!("/v1/sites/{id}")).await;
+        (site["state"] == "deleted").then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "the site was deleted once");
+    let deprovisions: i64 = c
+        .query_one(
+            "SELECT count(*) FROM sagas WHERE site_id = $1 AND kind = 'deprovision'",
+            &[&uuid::Uuid::parse_str(&id).unwrap()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(deprovisions, 1);
+
+    // An unknown saga's event stream is a 404 problem, not keep-alives.
+    let r = a
+        .http
+        .get(format!("{}/v1/sagas/{}/events", a.base, uuid::Uuid::now_v7()))
+        .bearer_auth(&a.read)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_routes_methods_and_bad_queries_are_problems_too() {
+    let a = api().await;
+    let send = |m: reqwest::Method, path: &str| {
+        a.http
+            .request(m, format!("{}{path}", a.base))
+            .bearer_auth(&a.admin)
+            .send()
+    };
+    let r = send(reqwest::Method::PUT, "/v1/sites").await.unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    assert_eq!(r.headers()["allow"], "GET, POST");
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let r = send(reqwest::Method::GET, "/v1/nothing-here").await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    // Every answer names its request; a caller's own id is kept.
+    assert!(r.headers().contains_key("x-request-id"));
+    let r = a
+        .http
+        .get(format!("{}/v1/sites", a.base))
+        .bearer_auth(&a.admin)
+        .header("x-request-id", "req-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "req-42");
+    let r = send(reqwest::Method::GET, "/v1/dead-letters?limit=many").await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["field"], "/limit", "{p}");
+    let r = send(reqwest::Method::DELETE, "/v1/vnets/web/bindings").await.unwrap();
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["field"], "/vmid", "{p}");
+    a.stop().await;
 }

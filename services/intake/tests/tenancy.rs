@@ -32,6 +32,10 @@ struct Fleet {
 }
 
 async fn fleet() -> Fleet {
+    fleet_with(|_| {}).await
+}
+
+async fn fleet_with(tune: impl FnOnce(&mut pvefleet_core::Settings)) -> Fleet {
     init_tracing();
     pvefleet_proxmox::client::tls::provider();
     let vhost = TestVhost::new().unwrap();
@@ -47,6 +51,7 @@ async fn fleet() -> Fleet {
     pvefleet_testkit::use_pvesim(&mut s, addr, "f@pve!t", "x");
     s.pve.templates = vec![TEMPLATE.into()];
     s.installer.secrets_key = Some(pvefleet_core::Secret::new(SECRETS_KEY));
+    tune(&mut s);
     let pool = pvefleet_core::db::connect(&s.db).await.unwrap();
     pvefleet_core::db::migrate(&pool).await.unwrap();
     let shutdown = CancellationToken::new();
@@ -594,4 +599,95 @@ async fn every_scope_intake_checks_can_be_minted_and_revoked_or_expired_tokens_g
         "a token in the audit trail: {audit}"
     );
     f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_over_its_rate_and_an_owner_over_its_sagas_in_flight_get_429_with_retry_after() {
+    let f = fleet_with(|s| {
+        s.intake.rate_per_second = 1.0;
+        s.intake.rate_burst = 2;
+        s.intake.max_in_flight_per_owner = 1;
+    })
+    .await;
+    let alice = f
+        .mint("alice", Some("alice"), &["sites:read", "sites:write"])
+        .await
+        .token;
+    let bob = f.mint("bob", Some("bob"), &["sites:read"]).await.token;
+    // One saga in flight for alice: the second create waits its turn.
+    let body = json!({ "subdomain": "one", "plan": "small", "app": "none" });
+    assert_eq!(f.call(&alice, Method::POST, "/v1/sites", Some(&body)).await.0, 202);
+    let body = json!({ "subdomain": "two", "plan": "small", "app": "none" });
+    let r = f
+        .http
+        .post(format!("{}/v1/sites", f.base))
+        .bearer_auth(&alice)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    assert_eq!(r.headers()["retry-after"], "5");
+    let p: Value = r.json().await.unwrap();
+    assert!(p["detail"].as_str().unwrap().contains("in flight"), "{p}");
+    // Two requests at once is alice's burst: the third is over the rate.
+    let r = f
+        .http
+        .get(format!("{}/v1/sites", f.base))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    let wait: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&wait), "{wait}");
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    // bob's token has its own bucket.
+    assert_eq!(f.call(&bob, Method::GET, "/v1/sites", None).await.0, 200);
+    f.stop().await;
+}
+
+/// The OpenAPI document lists every route the router serves, no other, and each operation
+/// documents its problem answers as application/problem+json.
+#[test]
+fn the_openapi_document_lists_every_route_served_with_its_problem_answers() {
+    let doc = serde_json::to_value(pvefleet_intake::openapi_document()).unwrap();
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if !["get", "put", "post", "delete", "patch"].contains(&method.as_str()) {
+                continue;
+            }
+            documented.push((method.to_uppercase(), path.clone()));
+            if path == "/openapi.json" {
+                continue;
+            }
+            for code in ["400", "401", "403", "404", "429", "500", "503"] {
+                let r = &op["responses"][code];
+                assert!(
+                    r["content"]["application/problem+json"].is_object(),
+                    "{method} {path} {code}: {r}"
+                );
+            }
+            for (code, r) in op["responses"].as_object().unwrap() {
+                if code.as_str() >= "400" {
+                    let types: Vec<&String> = r["content"].as_object().unwrap().keys().collect();
+                    assert_eq!(types, ["application/problem+json"], "{method} {path} {code}");
+                }
+            }
+        }
+    }
+    let mut served: Vec<(String, String)> = pvefleet_intake::routes()
+        .into_iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    documented.sort();
+    served.sort();
+    assert_eq!(documented, served);
+    let scopes = doc["components"]["securitySchemes"]["bearer"]["description"]
+        .as_str()
+        .unwrap();
+    for s in pvefleet_policy::scopes::ALL {
+        assert!(scopes.contains(s.name), "{} not in the document", s.name);
+    }
 }

@@ -891,6 +891,23 @@ async fn a_compensation_that_keeps_failing_is_compensation_failed_and_retry_step
     assert_eq!(shown["state"], "failed");
     assert_eq!(shown["audit"][0]["action"], "retry-step");
     assert_eq!(shown["audit"][0]["actor"], "tester");
+    // And in the audit trail, for the site's owner.
+    let row = c
+        .query_one(
+            "SELECT actor, action, target, owner FROM audit_log WHERE action LIKE 'saga.%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, String>(0),
+            row.get::<_, String>(1),
+            row.get::<_, String>(2)
+        ),
+        ("tester".into(), "saga.retry-step".into(), format!("saga/{saga}"))
+    );
+    assert_eq!(row.get::<_, Option<String>>(3).as_deref(), Some(req.owner.as_str()));
     f.send(&SiteDeprovision { site_id: req.site_id }).await;
     let (kind, body) = f.event().await;
     assert_eq!(kind, "site.deprovisioned", "{body}");
@@ -1019,6 +1036,18 @@ async fn an_unanswered_step_is_resent_at_its_deadline_then_suspended_and_resume_
         .await
         .unwrap();
     assert_eq!(step, "container.create");
+    // Recorded as a resume, not a retry-step.
+    let actions: Vec<String> = c
+        .query(
+            "SELECT action FROM audit_log WHERE target = $1",
+            &[&format!("saga/{saga}")],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(actions, ["saga.resume"]);
     let (kind, body) = f.event().await;
     assert_eq!(kind, "site.provisioned", "{body}");
     assert_eq!(f.site(req.site_id).await.0, "active");
