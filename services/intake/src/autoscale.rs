@@ -28,16 +28,7 @@ async fn record(
     audit::record(tx, &caller.actor(), &entry).await.map_err(db_problem)
 }
 
-fn vmid(raw: &str) -> Result<u32, Problem> {
-    raw.parse().map_err(|_| {
-        Problem::field(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            "vmid",
-            format!("'{raw}' is not a vmid."),
-        )
-    })
-}
+use crate::vmid;
 
 /// A container's own autoscaling policy: the stored keys and the policy they make.
 #[utoipa::path(get, path = "/v1/containers/{vmid}/autoscale", params(("vmid" = u32, Path)),
@@ -88,6 +79,19 @@ pub(crate) async fn put(
     tenancy::container(&st.pool, &caller, v).await?;
     let scope = Scope::Vmid(v);
     let keys: Value = crate::problem::parse_body(&body, "policy (a JSON object)")?;
+    // Thresholds are percentages.
+    for k in ["cpu_up", "cpu_down", "mem_up", "mem_down", "emergency_mem"] {
+        if let Some(v) = keys.get(k)
+            && !v.as_f64().is_some_and(|p| (0.0..=100.0).contains(&p))
+        {
+            return Err(Problem::field(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                k,
+                format!("{k} is a percentage, 0 to 100"),
+            ));
+        }
+    }
     let client = st.pool.get().await.map_err(db_problem)?;
     pvefleet_core::db::in_tx(&client, async {
         policies::set(&client, &st.settings.autoscaler.policy, &scope, &keys)

@@ -45,6 +45,35 @@ pub struct Selector {
 }
 
 impl Selector {
+    /// What the store cannot take, refused with the field named: a state it does not have,
+    /// a time that is not RFC 3339, a limit outside 1 to 10000, a rate that is not positive.
+    fn checked(mut self) -> Result<Self, Problem> {
+        crate::problem::one_of("state", self.state.as_deref(), dlq::STATES)?;
+        self.since = crate::problem::timestamp("since", self.since.as_deref())?;
+        self.until = crate::problem::timestamp("until", self.until.as_deref())?;
+        if let Some(l) = self.limit
+            && !(1..=10_000).contains(&l)
+        {
+            return Err(Problem::field(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                "limit",
+                format!("{l} is outside 1 to 10000"),
+            ));
+        }
+        if let Some(r) = self.rate
+            && !(1.0..=100_000.0).contains(&r)
+        {
+            return Err(Problem::field(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                "rate",
+                format!("{r} is not a replay rate (1 to 100000 a second)"),
+            ));
+        }
+        Ok(self)
+    }
+
     fn filter(&self) -> Filter {
         Filter {
             id: self.id,
@@ -84,12 +113,12 @@ fn selector(body: &[u8]) -> Result<Selector, Problem> {
     if body.is_empty() {
         return Ok(Selector::default());
     }
-    crate::problem::parse_body(body, "dead-letter selector")
+    crate::problem::parse_body::<Selector>(body, "dead-letter selector")?.checked()
 }
 
+/// A failed store operation, answered by what the failure means (`db_problem`).
 fn failed(e: anyhow::Error) -> Problem {
-    tracing::error!(error = %e, "A dead-letter operation failed.");
-    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("{e:#}"))
+    crate::db_problem(e)
 }
 
 /// Dead letters, newest first, by the selector's query parameters.
@@ -104,7 +133,7 @@ pub(crate) async fn list(
     q: Result<Query<Selector>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
     operator(&st, &headers).await?;
-    let q = crate::problem::parse_query(q)?;
+    let q = crate::problem::parse_query(q)?.checked()?;
     let client = st.pool.get().await.map_err(db_problem)?;
     let rows = dlq::list(&client, &q.filter(), q.limit.unwrap_or(200).clamp(1, 10_000))
         .await

@@ -10,6 +10,7 @@
 mod auth;
 mod autoscale;
 mod dead_letters;
+mod doc;
 mod fair;
 mod guard;
 mod network;
@@ -133,106 +134,13 @@ impl AppState {
         network::stats,
         openapi
     ),
-    components(schemas(sites::SiteRequest, sites::Accepted, Problem, Whoami)),
-    modifiers(&Common)
+    components(schemas(sites::SiteRequest, sites::Accepted, Problem, Whoami))
 )]
 pub struct ApiDoc;
 
-/// The OpenAPI document intake serves at `/openapi.json`.
-pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
-}
-
-/// What every operation shares, added to the document: the bearer scheme with its scopes, and
-/// the problem answers any route can give (a bad query or body, no or a bad token, a missing
-/// scope, an unknown resource, a body too large, too many requests, an outage), each as
-/// `application/problem+json`.
-struct Common;
-
-impl utoipa::Modify for Common {
-    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
-        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
-        let scopes: Vec<String> = pvefleet_policy::scopes::ALL
-            .iter()
-            .map(|s| format!("`{}`: {}", s.name, s.grants))
-            .collect();
-        let scheme = HttpBuilder::new()
-            .scheme(HttpAuthScheme::Bearer)
-            .description(Some(format!(
-                "A token from `pvefleet token create`. Scopes: {}. An owner's token reaches only its owner's resources.",
-                scopes.join("; ")
-            )))
-            .build();
-        doc.components
-            .get_or_insert_with(Default::default)
-            .add_security_scheme("bearer", SecurityScheme::Http(scheme));
-        let problem = |why: &str| {
-            RefOr::T(
-                ResponseBuilder::new()
-                    .description(why)
-                    .content(
-                        "application/problem+json",
-                        ContentBuilder::new()
-                            .schema(Some(Ref::from_schema_name("Problem")))
-                            .build(),
-                    )
-                    .build(),
-            )
-        };
-        let common = [
-            ("400", "A bad parameter or body"),
-            ("401", "No token, or a bad, revoked or expired one"),
-            ("403", "The token lacks the scope, or the resource is not its owner's"),
-            ("404", "No such resource (or not this token's owner's)"),
-            ("413", "The body is over the size limit"),
-            (
-                "429",
-                "Over the token's request rate or the owner's sagas in flight; see Retry-After",
-            ),
-            ("500", "Intake failed; see its log"),
-            ("503", "The database, the broker or PVE is unavailable"),
-        ];
-        for (path, item) in doc.paths.paths.iter_mut() {
-            let public = path == "/openapi.json";
-            for op in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                if public {
-                    op.security = Some(vec![SecurityRequirement::default()]);
-                    continue;
-                }
-                op.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
-                for (code, why) in common {
-                    op.responses
-                        .responses
-                        .entry(code.to_string())
-                        .or_insert_with(|| problem(why));
-                }
-                // An error's body is a problem, whatever the annotation said.
-                for (code, r) in op.responses.responses.iter_mut() {
-                    if code.as_str() >= "400"
-                        && let RefOr::T(r) = r
-                    {
-                        r.content.clear();
-                        r.content.insert(
-                            "application/problem+json".into(),
-                            ContentBuilder::new()
-                                .schema(Some(Ref::from_schema_name("Problem")))
-                                .build(),
-                        );
-                    }
-                }
-            }
-        }
-    }
+/// The OpenAPI document intake serves at `/openapi.json`, for intake configured with `s`.
+pub fn openapi_document(s: &Settings) -> serde_json::Value {
+    doc::document(s)
 }
 
 type Handlers = axum::routing::MethodRouter<AppState>;
@@ -312,9 +220,18 @@ pub fn router(state: AppState) -> Router {
     router
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "No such resource.") })
         .method_not_allowed_fallback(|method: Method, uri: axum::http::Uri| async move {
-            let allowed: Vec<String> = table()
+            // The route the router chose: a static path before one with parameters.
+            let routes = table();
+            let exact = routes.iter().any(|(_, p, _)| *p == uri.path());
+            let allowed: Vec<String> = routes
                 .iter()
-                .filter(|(_, p, _)| path_matches(p, uri.path()))
+                .filter(|(_, p, _)| {
+                    if exact {
+                        *p == uri.path()
+                    } else {
+                        path_matches(p, uri.path())
+                    }
+                })
                 .map(|(m, _, _)| m.to_string())
                 .collect();
             let mut r = Problem::new(
@@ -405,8 +322,8 @@ pub(crate) struct Whoami {
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", responses((status = 200, body = Object, description = "The OpenAPI document")))]
-pub(crate) async fn openapi() -> Response {
-    axum::Json(ApiDoc::openapi()).into_response()
+pub(crate) async fn openapi(axum::extract::State(st): axum::extract::State<AppState>) -> Response {
+    axum::Json(doc::document(&st.settings)).into_response()
 }
 
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
@@ -481,6 +398,24 @@ impl From<tokio_postgres::Error> for Problem {
     fn from(e: tokio_postgres::Error) -> Self {
         db_problem(e)
     }
+}
+
+/// A vmid in a path or query: 100 to 999999999, as PVE allows.
+pub(crate) fn vmid(raw: &str) -> Result<u32, Problem> {
+    raw.parse::<u32>()
+        .ok()
+        .filter(|v| (100..=999_999_999).contains(v))
+        .ok_or_else(|| {
+            Problem::field(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                "vmid",
+                format!(
+                    "'{}' is not a vmid (100 to 999999999).",
+                    raw.chars().take(20).collect::<String>()
+                ),
+            )
+        })
 }
 
 pub(crate) fn parse_id(id: &str) -> Result<Uuid, Problem> {

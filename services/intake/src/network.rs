@@ -47,16 +47,7 @@ fn pve(st: &AppState) -> Result<&PveClient, Problem> {
     })
 }
 
-fn vmid(raw: &str) -> Result<u32, Problem> {
-    raw.parse::<u32>().ok().filter(|v| *v >= 100).ok_or_else(|| {
-        Problem::field(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            "vmid",
-            format!("'{raw}' is not a vmid (100 to 999999999)."),
-        )
-    })
-}
+use crate::vmid;
 
 fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     let invalid = |e: serde_json::Error| {
@@ -75,7 +66,8 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
             format!("The body is not a valid request: {msg}"),
         )
     };
-    let v: Value = serde_json::from_slice(bytes).map_err(invalid)?;
+    let mut v: Value = serde_json::from_slice(bytes).map_err(invalid)?;
+    crate::problem::whole_numbers(&mut v);
     // An index past what the type holds would otherwise be refused without naming it.
     let index = v
         .get("index")
@@ -299,8 +291,8 @@ pub(crate) async fn unbind(
     Path(vnet): Path<String>,
     q: Result<Query<UnbindQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
-    let q = crate::problem::parse_query(q)?;
     let caller = auth::require(&st, &headers, scopes::NETWORK_WRITE).await?;
+    let q = crate::problem::parse_query(q)?;
     spec::check_vnet(&vnet).map_err(|i| refusal(Refusal::Invalid(i)))?;
     let vmid = vmid(&q.vmid)?;
     tenancy::container(&st.pool, &caller, vmid).await?;

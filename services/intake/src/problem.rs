@@ -106,8 +106,16 @@ pub fn shorten(detail: &str) -> String {
 /// A JSON body as `T`, or a 400 naming the member at fault (`field`): the missing or unknown
 /// one, or the one of the wrong type. `what` names the request (`site request`).
 pub fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Problem> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        Problem::field(
+            StatusCode::BAD_REQUEST,
+            "invalid-body",
+            "body",
+            format!("The body is not a valid {what}: {e}"),
+        )
+    })?;
+    whole_numbers(&mut value);
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.inner().to_string();
         // serde names a missing or unknown member in backquotes; that member is at fault.
@@ -151,6 +159,63 @@ pub fn parse_query<T: serde::de::DeserializeOwned>(
             .to_string();
         Problem::field(StatusCode::BAD_REQUEST, "invalid-query", &field, text)
     })
+}
+
+/// Numbers JSON writes with a fraction of zero (`5.0`) as the integers they are, so a count
+/// sent as `5.0` is taken as `5`, as JSON Schema's `integer` says.
+pub fn whole_numbers(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+            {
+                // Below 2^64 (`u64::MAX as f64` is 2^64 itself).
+                if (0.0..u64::MAX as f64).contains(&f) {
+                    *v = serde_json::Value::from(f as u64);
+                } else if (i64::MIN as f64..0.0).contains(&f) {
+                    *v = serde_json::Value::from(f as i64);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(whole_numbers),
+        serde_json::Value::Object(o) => o.values_mut().for_each(whole_numbers),
+        _ => {}
+    }
+}
+
+/// A timestamp parameter in RFC 3339, as UTC (Postgres takes offsets up to 15:59 only), or a
+/// 400 naming it.
+pub fn timestamp(field: &str, value: Option<&str>) -> Result<Option<String>, Problem> {
+    let Some(v) = value else { return Ok(None) };
+    match chrono::DateTime::parse_from_rfc3339(v) {
+        Ok(t) => Ok(Some(t.with_timezone(&chrono::Utc).to_rfc3339())),
+        Err(_) => Err(Problem::field(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            field,
+            format!(
+                "'{}' is not an RFC 3339 time (2026-12-04T10:00:00Z)",
+                v.chars().take(40).collect::<String>()
+            ),
+        )),
+    }
+}
+
+/// A value that must be one of `allowed`, or a 400 naming the field.
+pub fn one_of(field: &str, value: Option<&str>, allowed: &[&str]) -> Result<(), Problem> {
+    match value {
+        Some(v) if !allowed.contains(&v) => Err(Problem::field(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            field,
+            format!(
+                "'{}' is not one of {}",
+                v.chars().take(40).collect::<String>(),
+                allowed.join(", ")
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 impl IntoResponse for Problem {

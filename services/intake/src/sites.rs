@@ -304,8 +304,12 @@ pub(crate) async fn list_sites(
     headers: HeaderMap,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
-    let q = crate::problem::parse_query(q)?;
     let caller = auth::require(&st, &headers, scopes::SITES_READ).await?;
+    let q = crate::problem::parse_query(q)?;
+    if let Some(o) = &q.owner {
+        site::owner(o).map_err(|i| Problem::field(StatusCode::BAD_REQUEST, "invalid", "owner", i.reason))?;
+    }
+    crate::problem::one_of("state", q.state.as_deref(), site::STATES)?;
     let owner = match (&caller.owner, &q.owner) {
         (Some(mine), Some(asked)) if mine != asked => {
             return Err(Problem::field(

@@ -9,6 +9,9 @@
 //! superseded) is not replayed: that would act for a saga no one is following.
 
 pub use crate::audit::Actor;
+
+/// Every state a dead letter can be in.
+pub const STATES: &[&str] = &["parked", "replayed", "resolved", "archived"];
 use crate::bus::envelope::Properties;
 use serde_json::{Value, json};
 use uuid::Uuid;

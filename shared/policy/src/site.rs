@@ -18,6 +18,17 @@ use crate::{Invalid, names};
 /// The site states that hold a subdomain and count towards an owner's quota.
 pub const LIVE: &str = "state NOT IN ('failed', 'rejected', 'deleted')";
 
+/// Every state a site can be in.
+pub const STATES: &[&str] = &[
+    "requested",
+    "provisioning",
+    "active",
+    "failed",
+    "rejected",
+    "deprovisioning",
+    "deleted",
+];
+
 /// The longest owner name: owners name tokens, quotas and the site's admin e-mail.
 pub const OWNER_MAX: usize = 64;
 
