@@ -7,8 +7,9 @@
 //! or below the down threshold scales down. A step down is taken only when the projected usage
 //! after it stays below the up threshold (hysteresis), and memory never goes below the peak
 //! usage of the window plus the policy's headroom (PVE applies memory changes live, and the
-//! OOM killer would fire). Cores never exceed the host's CPU count. With a `cpulimit`, CPU is
-//! measured against it, and cores are not added while the limit binds.
+//! OOM killer would fire). Cores never exceed the host's CPU count. CPU is measured against the
+//! CPUs the container can really use (`usable_cpus`: its cores, or its `cpulimit` when that is
+//! lower); cores are not added while the limit binds, nor past the limit rounded up.
 //!
 //! Host protection blocks scale-ups on a node over its CPU or memory limit, or whose allocated
 //! memory (the sum of its containers' limits, not only their usage) plus the step would eat
@@ -88,6 +89,13 @@ pub struct Decision {
     pub memory: Change,
 }
 
+/// The CPUs a container can really use: its cores, or its `cpulimit` when one is set (PVE's 0
+/// is none) and lower. The tick and the simulator both measure CPU load against this.
+pub fn usable_cpus(cores: u32, cpulimit: Option<f64>) -> f64 {
+    let cores = f64::from(cores);
+    cpulimit.filter(|l| *l > 0.0).map_or(cores, |l| l.min(cores))
+}
+
 fn pct(part: f64, whole: f64) -> f64 {
     if whole <= 0.0 { 0.0 } else { part / whole * 100.0 }
 }
@@ -101,8 +109,7 @@ pub fn decide(p: &Policy, s: &Safety, c: &Container, n: &Node, cd: Cooldown) -> 
 }
 
 fn decide_cores(p: &Policy, s: &Safety, c: &Container, n: &Node, cd: Cooldown) -> Change {
-    let limit = c.cpulimit.filter(|l| *l > 0.0).unwrap_or(f64::from(c.cores));
-    let usage = pct(c.cpu_cores, limit);
+    let usage = pct(c.cpu_cores, usable_cpus(c.cores, c.cpulimit));
     let binding_cpulimit = c.cpulimit.is_some_and(|l| l > 0.0 && l < f64::from(c.cores));
     if usage >= p.cpu_up {
         if cd.cpu_secs > 0 {
@@ -111,7 +118,9 @@ fn decide_cores(p: &Policy, s: &Safety, c: &Container, n: &Node, cd: Cooldown) -
         if binding_cpulimit {
             return Change::Hold("cpulimit binds: more cores would not help");
         }
-        let cap = p.max_cores.min(n.cpus.max(1));
+        // Cores past the limit (rounded up) add nothing the container may use.
+        let by_limit = c.cpulimit.filter(|l| *l > 0.0).map_or(u32::MAX, |l| l.ceil() as u32);
+        let cap = p.max_cores.min(n.cpus.max(1)).min(by_limit.max(1));
         let to = (c.cores + p.core_step.max(1)).min(cap);
         if to <= c.cores {
             return Change::Hold("cores at their limit");
@@ -135,11 +144,7 @@ fn decide_cores(p: &Policy, s: &Safety, c: &Container, n: &Node, cd: Cooldown) -
             return Change::Hold("cores at their minimum");
         }
         // With fewer cores the same load must stay below the up threshold.
-        let after = c
-            .cpulimit
-            .filter(|l| *l > 0.0)
-            .map_or(f64::from(to), |l| l.min(f64::from(to)));
-        if pct(c.cpu_cores, after) >= p.cpu_up {
+        if pct(c.cpu_cores, usable_cpus(to, c.cpulimit)) >= p.cpu_up {
             return Change::Hold("hysteresis: fewer cores would be overloaded");
         }
         return Change::Scale {
@@ -371,7 +376,7 @@ mod tests {
     }
 
     #[test]
-    fn cpu_is_measured_against_cpulimit() {
+    fn cpu_is_measured_against_the_cpus_the_container_can_use() {
         // 4 cores, cpulimit 1: one busy core is 100% of what it may use, not 25%.
         let mut c = ct(0.0, 50.0);
         c.cores = 4;
@@ -382,14 +387,45 @@ mod tests {
             Change::Hold("cpulimit binds: more cores would not help"),
             "high against the limit, and more cores would not lift it"
         );
-        // cpulimit 4 on 2 cores: 1.8 busy cores is 45% of the limit, not 90% of the cores.
+        // cpulimit 4 on 2 cores: the container can use 2, so 1.8 busy is 90%, and it scales.
         let mut c = ct(0.0, 50.0);
         c.cpulimit = Some(4.0);
         c.cpu_cores = 1.8;
-        assert_eq!(d(&c).cores, Change::Hold("cpu within thresholds"));
-        // No cpulimit (PVE's 0): measured against the cores.
-        c.cpulimit = Some(0.0);
         assert_eq!(d(&c).cores, up(2, 3));
+        // Both cores busy under cpulimit 3 (the samples): up to 3, not "within".
+        c.cpulimit = Some(3.0);
+        c.cpu_cores = 2.0;
+        assert_eq!(d(&c).cores, up(2, 3));
+        // At 3 cores under cpulimit 3, a fourth core would add nothing.
+        c.cores = 3;
+        c.cpu_cores = 3.0;
+        assert_eq!(d(&c).cores, Change::Hold("cores at their limit"));
+        // No cpulimit (PVE's 0): measured against the cores, with no cap from it.
+        c.cpulimit = Some(0.0);
+        assert_eq!(d(&c).cores, up(3, 4));
+    }
+
+    /// 4 cores under cpulimit 3: low load walks it down, full load (all it can use, busy)
+    /// walks it back up to 3, where the limit binds, not to 1 and not to 4.
+    #[test]
+    fn a_container_under_cpulimit_walks_down_and_back_up_to_its_limit() {
+        let mut c = ct(0.0, 50.0);
+        c.cores = 4;
+        c.cpulimit = Some(3.0);
+        let apply = |c: &mut Container, busy: fn(&Container) -> f64| {
+            for _ in 0..20 {
+                c.cpu_cores = busy(c);
+                match d(c).cores {
+                    Change::Scale { to, .. } => c.cores = to as u32,
+                    Change::Hold(_) => return,
+                }
+            }
+            panic!("no end");
+        };
+        apply(&mut c, |_| 0.1);
+        assert_eq!(c.cores, 1, "low load scales down to the minimum");
+        apply(&mut c, |c| usable_cpus(c.cores, c.cpulimit));
+        assert_eq!(c.cores, 3, "full load ends at the limit");
     }
 
     #[test]

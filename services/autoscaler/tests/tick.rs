@@ -409,12 +409,13 @@ async fn cpu_is_measured_against_a_cpulimit_the_cluster_read_does_not_show() {
         .unwrap()
         .node
         .unwrap();
-    // 2 cores, 1.7 busy: 85 % of the cores, but 42 % of a cpulimit of 4.
+    // 2 cores, 1.7 busy: 85 % of the cores, so the cluster read alone would add a core; but
+    // the container may use only 1 CPU (cpulimit 1), and a third core would not lift that.
     r.pve
         .lxc_set_config(
             &node,
             VMID,
-            pvefleet_proxmox::client::Params::new().set("cpulimit", 4),
+            pvefleet_proxmox::client::Params::new().set("cpulimit", 1),
             None,
         )
         .await

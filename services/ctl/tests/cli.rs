@@ -1041,8 +1041,22 @@ async fn autoscale_simulate_replays_decisions_and_policy_and_import_store_polici
     ]))
     .await
     .unwrap();
-    assert_eq!(out.status.code(), Some(1), "an unknown key is refused");
+    assert_eq!(out.status.code(), Some(2), "an unknown key is refused");
     assert!(text(&out.stderr).contains("max_cpus"), "{}", text(&out.stderr));
+    // A policy that cannot work is refused too, naming the key.
+    let out = run(args(&[
+        "autoscale",
+        "policy",
+        "set",
+        "--tag",
+        "web",
+        "--json",
+        r#"{"min_cores": 8, "max_cores": 2}"#,
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2), "min above max is refused");
+    assert!(text(&out.stderr).contains("min_cores"), "{}", text(&out.stderr));
     let out = run(args(&["autoscale", "policy", "get", "--tag", "web"]))
         .await
         .unwrap();

@@ -96,7 +96,17 @@ pub(crate) async fn put(
     pvefleet_core::db::in_tx(&client, async {
         policies::set(&client, &st.settings.autoscaler.policy, &scope, &keys)
             .await
-            .map_err(|e| Problem::field(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "policy", e))?;
+            .map_err(|e| {
+                // The key at fault: named first (`key: why`), or by serde as unknown.
+                let key = e
+                    .split_once(": ")
+                    .map(|(k, _)| k)
+                    .filter(|k| keys.get(*k).is_some() || policies::KEYS.contains(k))
+                    .or_else(|| e.split('`').nth(1).filter(|_| e.starts_with("unknown field")))
+                    .unwrap_or("policy")
+                    .to_string();
+                Problem::field(StatusCode::UNPROCESSABLE_ENTITY, "invalid", &key, e)
+            })?;
         record(&client, &caller, "autoscale.policy.set", v, json!({ "keys": keys })).await
     })
     .await?;

@@ -658,8 +658,19 @@ async fn a_containers_autoscaling_policy_is_put_read_and_deleted_with_the_autosc
         .unwrap();
     assert_eq!(bad.status().as_u16(), 422);
     let problem: Value = bad.json().await.unwrap();
-    assert_eq!(problem["field"], "/policy");
+    assert_eq!(problem["field"], "/max_cpus");
     assert!(problem["detail"].as_str().unwrap().contains("max_cpus"), "{problem}");
+    // A policy that cannot work is refused naming the key, and nothing is stored.
+    for (body, key) in [
+        (r#"{"min_cores": 8, "max_cores": 2}"#, "/min_cores"),
+        (r#"{"cpu_up": 20, "cpu_down": 90}"#, "/cpu_down"),
+        (r#"{"cpu_up": 250}"#, "/cpu_up"),
+    ] {
+        let bad = a.http.put(&url).bearer_auth(&writer).body(body).send().await.unwrap();
+        assert_eq!(bad.status().as_u16(), 422, "{body}");
+        let problem: Value = bad.json().await.unwrap();
+        assert_eq!(problem["field"], key, "{body}: {problem}");
+    }
     let ok = a
         .http
         .put(&url)

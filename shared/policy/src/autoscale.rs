@@ -96,14 +96,103 @@ impl Policies {
     }
 }
 
-/// Stores a policy (keys over the default) for `scope`; checks it decodes first.
+/// Every key a policy may hold.
+pub const KEYS: &[&str] = &[
+    "cpu_up",
+    "cpu_down",
+    "mem_up",
+    "mem_down",
+    "min_cores",
+    "max_cores",
+    "min_memory_mb",
+    "max_memory_mb",
+    "core_step",
+    "memory_step_mb",
+    "cooldown_secs",
+    "evaluation_periods",
+    "memory_headroom_mb",
+    "emergency_mem",
+    "dry_run",
+    "enabled",
+];
+
+/// Checks a policy as it takes effect: thresholds are percentages with each down below its up
+/// and the emergency at or above the memory up; each minimum at or below its maximum; steps
+/// and evaluation periods above zero; at least one core and PVE's 16 MiB. Names the key.
+pub fn check(p: &AutoscalePolicy) -> Result<(), crate::Invalid> {
+    use crate::Invalid;
+    for (key, v) in [
+        ("cpu_up", p.cpu_up),
+        ("cpu_down", p.cpu_down),
+        ("mem_up", p.mem_up),
+        ("mem_down", p.mem_down),
+        ("emergency_mem", p.emergency_mem),
+    ] {
+        if !(v.is_finite() && (0.0..=100.0).contains(&v)) {
+            return Err(Invalid::new(key, format!("{v} is not a percentage (0 to 100)")));
+        }
+    }
+    if p.cpu_down >= p.cpu_up {
+        return Err(Invalid::new(
+            "cpu_down",
+            format!("cpu_down {} must be below cpu_up {}", p.cpu_down, p.cpu_up),
+        ));
+    }
+    if p.mem_down >= p.mem_up {
+        return Err(Invalid::new(
+            "mem_down",
+            format!("mem_down {} must be below mem_up {}", p.mem_down, p.mem_up),
+        ));
+    }
+    if p.emergency_mem < p.mem_up {
+        return Err(Invalid::new(
+            "emergency_mem",
+            format!("emergency_mem {} must be at least mem_up {}", p.emergency_mem, p.mem_up),
+        ));
+    }
+    if p.min_cores < 1 {
+        return Err(Invalid::new("min_cores", "a container has at least 1 core"));
+    }
+    if p.min_cores > p.max_cores {
+        return Err(Invalid::new(
+            "min_cores",
+            format!("min_cores {} is above max_cores {}", p.min_cores, p.max_cores),
+        ));
+    }
+    if p.min_memory_mb < 16 {
+        return Err(Invalid::new("min_memory_mb", "PVE gives a container at least 16 MiB"));
+    }
+    if p.min_memory_mb > p.max_memory_mb {
+        return Err(Invalid::new(
+            "min_memory_mb",
+            format!(
+                "min_memory_mb {} is above max_memory_mb {}",
+                p.min_memory_mb, p.max_memory_mb
+            ),
+        ));
+    }
+    for (key, v) in [
+        ("core_step", u64::from(p.core_step)),
+        ("memory_step_mb", p.memory_step_mb),
+        ("evaluation_periods", p.evaluation_periods as u64),
+    ] {
+        if v == 0 {
+            return Err(Invalid::new(key, format!("{key} must be above 0")));
+        }
+    }
+    Ok(())
+}
+
+/// Stores a policy (keys over the default) for `scope`; checks it decodes and, as it takes
+/// effect over the default, passes `check` first. The error names the key (`key: why`).
 pub async fn set(
     client: &tokio_postgres::Client,
     default: &AutoscalePolicy,
     scope: &Scope,
     policy: &Value,
 ) -> Result<(), String> {
-    overlay(default, policy)?;
+    let effective = overlay(default, policy)?;
+    check(&effective).map_err(|i| i.to_string())?;
     client
         .execute(
             "INSERT INTO autoscale_policies (scope, policy) VALUES ($1, $2)
@@ -135,6 +224,31 @@ pub async fn delete(client: &tokio_postgres::Client, scope: &Scope) -> anyhow::R
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn a_policy_that_cannot_work_is_refused_naming_the_key() {
+        let d = AutoscalePolicy::default();
+        assert!(super::check(&d).is_ok(), "the default passes");
+        for (keys, key) in [
+            (serde_json::json!({ "min_cores": 8, "max_cores": 2 }), "min_cores"),
+            (serde_json::json!({ "cpu_up": 20, "cpu_down": 90 }), "cpu_down"),
+            (serde_json::json!({ "cpu_up": 250 }), "cpu_up"),
+            (
+                serde_json::json!({ "mem_up": 99, "emergency_mem": 90 }),
+                "emergency_mem",
+            ),
+            (serde_json::json!({ "core_step": 0 }), "core_step"),
+            (
+                serde_json::json!({ "min_memory_mb": 4096, "max_memory_mb": 1024 }),
+                "min_memory_mb",
+            ),
+        ] {
+            let p = super::overlay(&d, &keys).unwrap();
+            assert_eq!(super::check(&p).unwrap_err().field, key, "{keys}");
+        }
+    }
+
     use super::*;
 
     #[test]

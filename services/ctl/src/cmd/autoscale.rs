@@ -25,6 +25,13 @@ fn fail(message: &str) -> ExitCode {
     ExitCode::from(1)
 }
 
+/// A policy refused as given (an unknown key, a value out of range, a minimum above its
+/// maximum): exit 2, like any other bad input, naming the key.
+fn refuse(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(2)
+}
+
 /// A policy file: a JSON object of the keys over the default.
 fn read_policy(path: &std::path::Path) -> anyhow::Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
@@ -59,7 +66,7 @@ pub async fn run(settings: &pvefleet_core::Settings, action: AutoscaleAction) ->
                 })
                 .await;
                 if let Err(e) = stored {
-                    return Ok(fail(&format!("{e:#}")));
+                    return Ok(refuse(&format!("{e:#}")));
                 }
             }
             if json {
@@ -118,7 +125,7 @@ pub async fn run(settings: &pvefleet_core::Settings, action: AutoscaleAction) ->
                             println!("stored {}", s.key());
                             Ok(ExitCode::SUCCESS)
                         }
-                        Err(e) => Ok(fail(&format!("{e:#}"))),
+                        Err(e) => Ok(refuse(&format!("{e:#}"))),
                     }
                 }
                 PolicyAction::Get { scope: s } => {
