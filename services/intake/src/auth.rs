@@ -86,10 +86,10 @@ fn expires(d: Option<std::time::Duration>) -> Option<f64> {
     d.map(|d| d.as_secs_f64())
 }
 
-/// Makes a token, audited as `token.create` by `actor` in the same transaction. Its scopes
-/// are checked: known ones, and no operator-only scope on an owner's token; its owner is a
-/// valid owner name.
-pub async fn mint(client: &mut tokio_postgres::Client, t: &NewToken, actor: &Actor) -> anyhow::Result<Minted> {
+/// Checks and stores a new token (its scopes known, no operator-only scope on an owner's
+/// token, a valid owner name, a name), through `client`: the one insert every way of making a
+/// token goes through.
+async fn insert<C: tokio_postgres::GenericClient + Sync>(client: &C, t: &NewToken) -> anyhow::Result<Minted> {
     scopes::grantable(&t.scopes, t.owner.as_deref()).map_err(anyhow::Error::msg)?;
     if let Some(owner) = &t.owner {
         pvefleet_policy::site::owner(owner).map_err(|i| anyhow::anyhow!("--owner: {}", i.reason))?;
@@ -97,27 +97,34 @@ pub async fn mint(client: &mut tokio_postgres::Client, t: &NewToken, actor: &Act
     anyhow::ensure!(!t.name.trim().is_empty(), "a token needs a name");
     let id = Uuid::now_v7();
     let token = secret();
+    client
+        .execute(
+            "INSERT INTO api_tokens (id, name, owner, hash, scopes, expires_at)
+             VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))",
+            &[
+                &id,
+                &t.name,
+                &t.owner,
+                &hash_token(&token),
+                &t.scopes,
+                &expires(t.expires_in),
+            ],
+        )
+        .await?;
+    Ok(Minted { id, token })
+}
+
+/// Makes a token, audited as `token.create` by `actor` in the same transaction.
+pub async fn mint(client: &mut tokio_postgres::Client, t: &NewToken, actor: &Actor) -> anyhow::Result<Minted> {
     let tx = client.transaction().await?;
-    tx.execute(
-        "INSERT INTO api_tokens (id, name, owner, hash, scopes, expires_at)
-         VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))",
-        &[
-            &id,
-            &t.name,
-            &t.owner,
-            &hash_token(&token),
-            &t.scopes,
-            &expires(t.expires_in),
-        ],
-    )
-    .await?;
-    let mut entry = pvefleet_core::audit::Entry::new("token.create", format!("token/{id}")).detail(json!({
+    let minted = insert(&tx, t).await?;
+    let mut entry = pvefleet_core::audit::Entry::new("token.create", format!("token/{}", minted.id)).detail(json!({
         "name": t.name, "scopes": t.scopes, "expires_in_s": expires(t.expires_in),
     }));
     entry.owner = t.owner.clone();
     pvefleet_core::audit::record(&tx, actor, &entry).await?;
     tx.commit().await?;
-    Ok(Minted { id, token })
+    Ok(minted)
 }
 
 /// Creates an operator's token named `name` with `scopes`; returns it (shown once).
@@ -132,15 +139,13 @@ pub async fn create_owned_token(
     owner: Option<&str>,
     scopes: &[String],
 ) -> anyhow::Result<String> {
-    scopes::grantable(scopes, owner).map_err(anyhow::Error::msg)?;
-    let token = secret();
-    client
-        .execute(
-            "INSERT INTO api_tokens (id, name, owner, hash, scopes) VALUES ($1, $2, $3, $4, $5)",
-            &[&Uuid::now_v7(), &name, &owner, &hash_token(&token), &scopes],
-        )
-        .await?;
-    Ok(token)
+    let t = NewToken {
+        name: name.to_string(),
+        owner: owner.map(str::to_string),
+        scopes: scopes.to_vec(),
+        expires_in: None,
+    };
+    Ok(insert(client, &t).await?.token)
 }
 
 /// Tokens (never their secrets), newest first: all, or `owner`'s; revoked ones with `all`.

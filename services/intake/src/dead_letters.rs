@@ -116,11 +116,6 @@ fn selector(body: &[u8]) -> Result<Selector, Problem> {
     crate::problem::parse_body::<Selector>(body, "dead-letter selector")?.checked()
 }
 
-/// A failed store operation, answered by what the failure means (`db_problem`).
-fn failed(e: anyhow::Error) -> Problem {
-    crate::db_problem(e)
-}
-
 /// Dead letters, newest first, by the selector's query parameters.
 #[utoipa::path(get, path = "/v1/dead-letters",
     params(("id" = Option<Uuid>, Query), ("group" = Option<String>, Query), ("queue" = Option<String>, Query),
@@ -137,7 +132,7 @@ pub(crate) async fn list(
     let client = st.pool.get().await.map_err(db_problem)?;
     let rows = dlq::list(&client, &q.filter(), q.limit.unwrap_or(200).clamp(1, 10_000))
         .await
-        .map_err(failed)?;
+        .map_err(db_problem)?;
     Ok(Json(rows).into_response())
 }
 
@@ -146,7 +141,7 @@ pub(crate) async fn list(
 pub(crate) async fn groups(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, Problem> {
     operator(&st, &headers).await?;
     let client = st.pool.get().await.map_err(db_problem)?;
-    Ok(Json(dlq::groups(&client).await.map_err(failed)?).into_response())
+    Ok(Json(dlq::groups(&client).await.map_err(db_problem)?).into_response())
 }
 
 /// One dead letter, with its headers, body and replays.
@@ -160,7 +155,7 @@ pub(crate) async fn show(
     operator(&st, &headers).await?;
     let id = crate::parse_id(&id)?;
     let client = st.pool.get().await.map_err(db_problem)?;
-    match dlq::show(&client, id).await.map_err(failed)? {
+    match dlq::show(&client, id).await.map_err(db_problem)? {
         Some(v) => Ok(Json(v).into_response()),
         None => Err(Problem::new(
             StatusCode::NOT_FOUND,
@@ -191,7 +186,7 @@ pub(crate) async fn replay(
     let client = st.pool.get().await.map_err(db_problem)?;
     let done = dlq::replay(&client, publisher, &f, &caller.actor(), q.dry_run, q.rate, |_, _| {})
         .await
-        .map_err(failed)?;
+        .map_err(db_problem)?;
     Ok(Json(json!({
         "dry_run": q.dry_run,
         "replayed": done.replayed,
@@ -204,7 +199,9 @@ async fn retire(st: AppState, headers: HeaderMap, body: &[u8], purge: bool) -> R
     let caller = operator(&st, &headers).await?;
     let f = selector(body)?.names_some()?;
     let client = st.pool.get().await.map_err(db_problem)?;
-    let n = dlq::retire(&client, &f, &caller.actor(), purge).await.map_err(failed)?;
+    let n = dlq::retire(&client, &f, &caller.actor(), purge)
+        .await
+        .map_err(db_problem)?;
     Ok(Json(json!({ "action": if purge { "purge" } else { "archive" }, "count": n })).into_response())
 }
 
