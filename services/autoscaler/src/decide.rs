@@ -17,6 +17,7 @@
 //! scales up at once, past the cooldown, when the node has room.
 
 pub use pvefleet_core::config::{AutoscalePolicy as Policy, AutoscaleSafety as Safety};
+use pvefleet_policy::autoscale::Effective;
 
 /// A container as the decision sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -100,15 +101,123 @@ fn pct(part: f64, whole: f64) -> f64 {
     if whole <= 0.0 { 0.0 } else { part / whole * 100.0 }
 }
 
-/// Decides both resources of a container.
-pub fn decide(p: &Policy, s: &Safety, c: &Container, n: &Node, cd: Cooldown) -> Decision {
-    Decision {
-        cores: decide_cores(p, s, c, n, cd),
-        memory: decide_memory(p, s, c, n, cd),
+/// What a site was sold: its plan's sizes, or the sizes it asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sold {
+    /// Cores.
+    pub cores: u32,
+    /// Memory, MiB.
+    pub memory_mb: u64,
+    /// Where they come from: `plan small`, or `requested sizes`.
+    pub from: String,
+}
+
+/// A floor or a ceiling, and where it comes from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Limit {
+    /// The value (cores, or MiB).
+    pub value: u64,
+    /// Why: `plan small`, `policy min_cores (vmid:101)`, `node's CPUs`, `cpulimit 3`...
+    pub from: String,
+}
+
+/// How far one resource may go: never below its floor, never above its ceiling.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Range {
+    /// The floor.
+    pub floor: Limit,
+    /// The ceiling.
+    pub ceiling: Limit,
+}
+
+/// The range of both resources of a container.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Bounds {
+    /// Cores.
+    pub cores: Range,
+    /// Memory, MiB. Memory never goes below the window's peak usage plus the headroom either;
+    /// that floor moves with the load and is decided each tick.
+    pub memory: Range,
+}
+
+fn limit(value: u64, from: impl Into<String>) -> Limit {
+    Limit {
+        value,
+        from: from.into(),
     }
 }
 
-fn decide_cores(p: &Policy, s: &Safety, c: &Container, n: &Node, cd: Cooldown) -> Change {
+/// The floors and ceilings of a container: what it was sold is the floor, unless a policy
+/// layer names `min_cores` / `min_memory_mb` on purpose (the built-in default does not); the
+/// ceilings are the policy's maximum, the node's CPUs and the `cpulimit` rounded up, the
+/// lowest of them.
+pub fn bounds(e: &Effective, sold: Option<&Sold>, n: &Node, cpulimit: Option<f64>) -> Bounds {
+    let p = &e.policy;
+    let floor = |key: &str, min: u64, sold: Option<(u64, &str)>| {
+        let layer = e.layer(key);
+        match sold {
+            Some((v, from)) if !layer.explicit() => limit(v, from),
+            _ => limit(min, format!("policy {key} ({layer})")),
+        }
+    };
+    let cores_floor = floor(
+        "min_cores",
+        u64::from(p.min_cores.max(1)),
+        sold.map(|s| (u64::from(s.cores.max(1)), s.from.as_str())),
+    );
+    let memory_floor = floor(
+        "min_memory_mb",
+        p.min_memory_mb,
+        sold.map(|s| (s.memory_mb, s.from.as_str())),
+    );
+    let mut cores_ceiling = limit(
+        u64::from(p.max_cores),
+        format!("policy max_cores ({})", e.layer("max_cores")),
+    );
+    if u64::from(n.cpus.max(1)) < cores_ceiling.value {
+        cores_ceiling = limit(u64::from(n.cpus.max(1)), format!("node's {} CPUs", n.cpus.max(1)));
+    }
+    // Cores past the limit (rounded up) add nothing the container may use.
+    if let Some(l) = cpulimit.filter(|l| *l > 0.0) {
+        let by_limit = (l.ceil() as u64).max(1);
+        if by_limit < cores_ceiling.value {
+            cores_ceiling = limit(by_limit, format!("cpulimit {l}"));
+        }
+    }
+    Bounds {
+        cores: Range {
+            floor: cores_floor,
+            ceiling: cores_ceiling,
+        },
+        memory: Range {
+            floor: memory_floor,
+            ceiling: limit(
+                p.max_memory_mb,
+                format!("policy max_memory_mb ({})", e.layer("max_memory_mb")),
+            ),
+        },
+    }
+}
+
+/// Decides both resources of a container whose policy is `p` alone (no site sold to it).
+pub fn decide(p: &Policy, s: &Safety, c: &Container, n: &Node, cd: Cooldown) -> Decision {
+    let e = Effective {
+        policy: p.clone(),
+        from: Default::default(),
+    };
+    let b = bounds(&e, None, n, c.cpulimit);
+    decide_within(p, s, c, n, cd, &b)
+}
+
+/// Decides both resources of a container within its bounds.
+pub fn decide_within(p: &Policy, s: &Safety, c: &Container, n: &Node, cd: Cooldown, b: &Bounds) -> Decision {
+    Decision {
+        cores: decide_cores(p, s, c, n, cd, &b.cores),
+        memory: decide_memory(p, s, c, n, cd, &b.memory),
+    }
+}
+
+fn decide_cores(p: &Policy, s: &Safety, c: &Container, n: &Node, cd: Cooldown, r: &Range) -> Change {
     let usage = pct(c.cpu_cores, usable_cpus(c.cores, c.cpulimit));
     let binding_cpulimit = c.cpulimit.is_some_and(|l| l > 0.0 && l < f64::from(c.cores));
     if usage >= p.cpu_up {
@@ -118,9 +227,7 @@ fn decide_cores(p: &Policy, s: &Safety, c: &Container, n: &Node, cd: Cooldown) -
         if binding_cpulimit {
             return Change::Hold("cpulimit binds: more cores would not help");
         }
-        // Cores past the limit (rounded up) add nothing the container may use.
-        let by_limit = c.cpulimit.filter(|l| *l > 0.0).map_or(u32::MAX, |l| l.ceil() as u32);
-        let cap = p.max_cores.min(n.cpus.max(1)).min(by_limit.max(1));
+        let cap = u32::try_from(r.ceiling.value).unwrap_or(u32::MAX).max(1);
         let to = (c.cores + p.core_step.max(1)).min(cap);
         if to <= c.cores {
             return Change::Hold("cores at their limit");
@@ -139,7 +246,8 @@ fn decide_cores(p: &Policy, s: &Safety, c: &Container, n: &Node, cd: Cooldown) -
         if cd.cpu_secs > 0 {
             return Change::Hold("cpu cooldown");
         }
-        let to = c.cores.saturating_sub(p.core_step.max(1)).max(p.min_cores.max(1));
+        let floor = u32::try_from(r.floor.value).unwrap_or(u32::MAX).max(1);
+        let to = c.cores.saturating_sub(p.core_step.max(1)).max(floor);
         if to >= c.cores {
             return Change::Hold("cores at their minimum");
         }
@@ -157,7 +265,7 @@ fn decide_cores(p: &Policy, s: &Safety, c: &Container, n: &Node, cd: Cooldown) -
     Change::Hold("cpu within thresholds")
 }
 
-fn decide_memory(p: &Policy, s: &Safety, c: &Container, n: &Node, cd: Cooldown) -> Change {
+fn decide_memory(p: &Policy, s: &Safety, c: &Container, n: &Node, cd: Cooldown, r: &Range) -> Change {
     let usage = pct(c.mem_mb, c.memory_mb as f64);
     let step = p.memory_step_mb.max(1);
     if usage >= p.mem_up {
@@ -165,7 +273,7 @@ fn decide_memory(p: &Policy, s: &Safety, c: &Container, n: &Node, cd: Cooldown) 
         if cd.memory_secs > 0 && !emergency {
             return Change::Hold("memory cooldown");
         }
-        let to = (c.memory_mb + step).min(p.max_memory_mb);
+        let to = (c.memory_mb + step).min(r.ceiling.value);
         if to <= c.memory_mb {
             return Change::Hold("memory at its limit");
         }
@@ -189,10 +297,14 @@ fn decide_memory(p: &Policy, s: &Safety, c: &Container, n: &Node, cd: Cooldown) 
         if cd.memory_secs > 0 {
             return Change::Hold("memory cooldown");
         }
-        let floor = (c.mem_peak_mb.max(c.mem_mb).ceil() as u64 + p.memory_headroom_mb).max(p.min_memory_mb);
-        let to = c.memory_mb.saturating_sub(step).max(floor);
+        let in_use = c.mem_peak_mb.max(c.mem_mb).ceil() as u64 + p.memory_headroom_mb;
+        let to = c.memory_mb.saturating_sub(step).max(r.floor.value).max(in_use);
         if to >= c.memory_mb {
-            return Change::Hold("memory at its floor (usage plus headroom, or the minimum)");
+            return Change::Hold(if r.floor.value >= c.memory_mb {
+                "memory at its floor (sold, or the minimum)"
+            } else {
+                "memory at its floor (usage plus headroom)"
+            });
         }
         if pct(c.mem_mb, to as f64) >= p.mem_up {
             return Change::Hold("hysteresis: less memory would be overloaded");
@@ -350,10 +462,7 @@ mod tests {
         assert_eq!(d(&c).memory, down(3584, 3328));
         // Already at the floor: hold.
         c.memory_mb = 3328;
-        assert_eq!(
-            d(&c).memory,
-            Change::Hold("memory at its floor (usage plus headroom, or the minimum)")
-        );
+        assert_eq!(d(&c).memory, Change::Hold("memory at its floor (usage plus headroom)"));
     }
 
     #[test]

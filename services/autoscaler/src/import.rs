@@ -1,7 +1,12 @@
 //! `pvefleet autoscale import`: an lxc-autoscaler `config.yaml` (the keys its README
-//! documents) as pvefleet policies. Each container becomes a `vmid:<n>` policy; `global` and
-//! `safety` give the global policy and settings for `[autoscaler]`; anything else is reported,
-//! never silently dropped. Credentials are named, never printed.
+//! documents) as pvefleet policies that keep its intent. Each container becomes a `vmid:<n>`
+//! policy holding lxc-autoscaler's own defaults for what the entry leaves out (its memory step
+//! is 256 MiB, pvefleet's 512), except the minimums: those stay with the site's plan unless
+//! the file names them. `global` (`dry_run` or `enable_dry_run`) and
+//! `safety.emergency_scale_down_threshold` give the stored global policy, so a config in dry
+//! run imports as dry run under every container's own policy; the rest of `global` and
+//! `safety` are settings for `[autoscaler]`. Anything else is reported with the reason, never
+//! silently dropped. Credentials are named, never printed.
 
 use serde_json::{Map, Value, json};
 use yaml_rust2::{Yaml, YamlLoader};
@@ -17,6 +22,32 @@ pub struct Imported {
     pub settings: Vec<(String, Value)>,
     /// What has no equivalent, and why.
     pub unmapped: Vec<String>,
+    /// What was kept in another form, and how.
+    pub notes: Vec<String>,
+}
+
+/// lxc-autoscaler's defaults for a container entry's keys, as pvefleet policy keys: what it
+/// would use for a key the entry leaves out. The minimums are left out on purpose (see the
+/// module's documentation).
+pub const LXC_AUTOSCALER_DEFAULTS: &[(&str, f64)] = &[
+    ("cpu_up", 80.0),
+    ("cpu_down", 30.0),
+    ("mem_up", 85.0),
+    ("mem_down", 40.0),
+    ("max_cores", 8.0),
+    ("max_memory_mb", 8192.0),
+    ("core_step", 1.0),
+    ("memory_step_mb", 256.0),
+    ("cooldown_secs", 300.0),
+    ("evaluation_periods", 3.0),
+];
+
+fn default_value(key: &str, v: f64) -> Value {
+    if key.ends_with("_up") || key.ends_with("_down") {
+        json!(v)
+    } else {
+        json!(v as u64)
+    }
 }
 
 fn num(y: &Yaml) -> Option<f64> {
@@ -64,18 +95,23 @@ pub fn import(text: &str) -> Result<Imported, String> {
             "global" => {
                 for (k, v) in entries(value) {
                     match k.as_str() {
-                        "enable_dry_run" => {
-                            global.insert("dry_run".into(), json!(v.as_bool().unwrap_or(false)));
-                        }
+                        // Its README names `enable_dry_run`; the tool itself reads `dry_run`.
+                        "enable_dry_run" | "dry_run" => match v.as_bool() {
+                            Some(b) => {
+                                global.insert("dry_run".into(), json!(b));
+                            }
+                            None => out.unmapped.push(format!("global.{k}: not true or false")),
+                        },
                         "monitoring_interval" => match int(v) {
                             Some(secs) => out
                                 .settings
                                 .push(("autoscaler.interval".into(), json!(format!("{secs}s")))),
                             None => out.unmapped.push(format!("global.{k}: not a number")),
                         },
-                        other => out
-                            .unmapped
-                            .push(format!("global.{other}: no equivalent (logging is [telemetry])")),
+                        "log_level" => out.unmapped.push(format!(
+                            "global.{k}: not a policy: pvefleet's log level is [telemetry] filter (or RUST_LOG)"
+                        )),
+                        other => out.unmapped.push(format!("global.{other}: no equivalent in pvefleet")),
                     }
                 }
             }
@@ -93,11 +129,14 @@ pub fn import(text: &str) -> Result<Imported, String> {
                         "emergency_scale_down_threshold" => {
                             // lxc-autoscaler parses it and never uses it; pvefleet's emergency is
                             // memory at or above it scaling up at once.
-                            if let Some(n) = num(v) {
-                                global.insert("emergency_mem".into(), json!(n));
-                                out.unmapped.push(format!(
-                                    "safety.{k}: taken as the global emergency_mem ({n}): memory at or above it scales up past the cooldown"
-                                ));
+                            match num(v) {
+                                Some(n) => {
+                                    global.insert("emergency_mem".into(), json!(n));
+                                    out.notes.push(format!(
+                                        "safety.{k}: kept as the global emergency_mem ({n}): memory at or above it scales up past the cooldown (lxc-autoscaler reads it and never acts on it)"
+                                    ));
+                                }
+                                None => out.unmapped.push(format!("safety.{k}: not a number")),
                             }
                             continue;
                         }
@@ -116,6 +155,10 @@ pub fn import(text: &str) -> Result<Imported, String> {
                         continue;
                     };
                     let mut p = Map::new();
+                    for (key, v) in LXC_AUTOSCALER_DEFAULTS {
+                        p.insert((*key).into(), default_value(key, *v));
+                    }
+                    let mut named_min = false;
                     for (k, v) in entries(c) {
                         match k.as_str() {
                             "vmid" => {}
@@ -149,6 +192,7 @@ pub fn import(text: &str) -> Result<Imported, String> {
                                     };
                                     match value {
                                         Some(value) if !ours.is_empty() => {
+                                            named_min |= ours.starts_with("min_");
                                             p.insert(ours.into(), value);
                                         }
                                         _ => out.unmapped.push(format!(
@@ -159,6 +203,11 @@ pub fn import(text: &str) -> Result<Imported, String> {
                             }
                             other => out.unmapped.push(format!("containers[{vmid}].{other}: no equivalent")),
                         }
+                    }
+                    if !named_min {
+                        out.notes.push(format!(
+                            "containers[{vmid}]: no minimums in the file: lxc-autoscaler's (1 core, 512 MiB) are not imported, so a site's plan stays its floor"
+                        ));
                     }
                     out.policies.push((Scope::Vmid(vmid), Value::Object(p)));
                 }
@@ -173,6 +222,7 @@ pub fn import(text: &str) -> Result<Imported, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -209,7 +259,8 @@ mod tests {
                 "enabled": true, "cpu_up": 80.0, "cpu_down": 30.0, "mem_up": 85.0, "mem_down": 40.0,
                 "min_cores": 1, "max_cores": 8, "min_memory_mb": 512, "max_memory_mb": 8192,
                 "core_step": 1, "memory_step_mb": 512, "cooldown_secs": 300, "evaluation_periods": 3,
-            })
+            }),
+            "the file's keys, each as given"
         );
         let global = got
             .policies
@@ -233,6 +284,11 @@ mod tests {
         assert!(got.unmapped.iter().any(|u| u.starts_with("proxmox.token_value")));
         assert!(got.unmapped.iter().any(|u| u.starts_with("global.log_level")));
         assert!(
+            got.notes
+                .iter()
+                .any(|u| u.starts_with("safety.emergency_scale_down_threshold"))
+        );
+        assert!(
             !got.unmapped.iter().any(|u| u.contains("ac1e95ab")),
             "a credential's value is never repeated"
         );
@@ -241,6 +297,36 @@ mod tests {
         for (_, p) in &got.policies {
             assert!(crate::policies::overlay(&d, p).is_ok(), "{p}");
         }
+    }
+
+    /// The file: a config in dry run, one emergency threshold, one container with one
+    /// threshold.
+    pub(crate) const DRY_RUN_CONFIG: &str = "global:\n  enable_dry_run: true\nsafety:\n  emergency_scale_down_threshold: 90.0\ncontainers:\n  - vmid: 101\n    thresholds:\n      cpu_scale_up: 75.0\n";
+
+    #[test]
+    fn a_config_in_dry_run_imports_as_dry_run_with_lxc_autoscalers_defaults() {
+        let got = import(DRY_RUN_CONFIG).unwrap();
+        let mut policies = pvefleet_policy::autoscale::Policies::default();
+        for (s, p) in &got.policies {
+            policies = policies.with(s, p.as_object().cloned());
+        }
+        let e = policies
+            .resolve(101, &[], &pvefleet_core::config::AutoscalePolicy::default())
+            .unwrap();
+        assert!(e.policy.dry_run);
+        assert_eq!(e.policy.emergency_mem, 90.0);
+        assert_eq!(e.policy.cpu_up, 75.0);
+        assert_eq!(e.policy.memory_step_mb, 256, "lxc-autoscaler's step, not pvefleet's");
+        assert!(!e.layer("min_memory_mb").explicit(), "the plan stays the floor");
+        // `dry_run`, the name the tool reads, is kept too.
+        let got = import("global:\n  dry_run: true\n").unwrap();
+        assert_eq!(got.policies, vec![(Scope::Global, json!({ "dry_run": true }))]);
+        assert!(got.unmapped.is_empty(), "{:?}", got.unmapped);
+        // An entry with only a vmid gets every default but the minimums.
+        let got = import("containers:\n  - vmid: 7\n").unwrap();
+        let p = &got.policies[0].1;
+        assert_eq!(p["memory_step_mb"], 256);
+        assert!(p.get("min_memory_mb").is_none());
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! The autoscaler: resizes running containers' cores and memory from measured load.
 //!
-//! - `decide`: the decision, a pure function;
+//! - `decide`: the decision, a pure function, with the floors and ceilings it keeps to;
+//! - `engine`: one tick's decision with every input explicit, shared by the tick and the
+//!   simulator;
+//! - `simulate`: `pvefleet autoscale simulate`, a replay of ticks from input lines;
 //! - `window`: sample windows that count each PVE sample once;
 //! - `tick`: one `/cluster/resources` read, a Postgres advisory lock so one replica acts,
 //!   persisted cooldowns, digest-guarded config writes read back, `autoscale_actions` and
@@ -10,7 +13,9 @@
 
 pub mod alerts;
 pub mod decide;
+pub mod engine;
 pub mod import;
+pub mod simulate;
 pub mod tick;
 pub mod window;
 
@@ -41,11 +46,25 @@ impl pvefleet_core::bus::Handler<pvefleet_contracts::messages::AutoscalePolicySe
         };
         let client = self.pool.get().await?;
         match msg.policy {
-            Some(keys) => match policies::set(&client, &self.default, &scope, &serde_json::Value::Object(keys)).await {
-                Ok(()) => Ok(()),
-                Err(e) if e.contains("unknown field") || e.contains("invalid type") => Err(HandlerError::rejected(e)),
-                Err(e) => Err(HandlerError::transient(e)),
-            },
+            // The message carries the whole policy of its scope.
+            Some(keys) => {
+                let stored = pvefleet_core::db::in_tx(&client, async {
+                    policies::set(
+                        &client,
+                        &self.default,
+                        &scope,
+                        &serde_json::Value::Object(keys),
+                        policies::Write::Replace,
+                    )
+                    .await
+                })
+                .await;
+                match stored {
+                    Ok(_) => Ok(()),
+                    Err(policies::WriteError::Invalid(i)) => Err(HandlerError::rejected(i.to_string())),
+                    Err(policies::WriteError::Db(e)) => Err(HandlerError::transient(format!("{e:#}"))),
+                }
+            }
             None => {
                 policies::delete(&client, &scope).await?;
                 Ok(())
@@ -77,7 +96,7 @@ pub async fn run(
     };
     let poke = relay.poker();
     let relay_task = tokio::spawn(relay.run(shutdown.clone()));
-    let scaler = tokio::sync::Mutex::new(tick::Scaler::default());
+    let scaler = tokio::sync::Mutex::new(tick::Scaler::with_plans(settings.saga.plans.clone()));
     let s = &settings.autoscaler;
     let (pve, pool, poke) = (&pve, &pool, &poke);
     pvefleet_core::periodic::Periodic::new("autoscaler_tick", s.interval)

@@ -489,3 +489,227 @@ fn the_binary_answers_help_and_version_and_starts_nothing() {
         Ok(())
     );
 }
+
+/// The node container `vmid` is on.
+async fn node_of(r: &Rig, vmid: u32) -> String {
+    r.pve
+        .resources(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|x| x.vmid == Some(u64::from(vmid)))
+        .unwrap()
+        .node
+        .unwrap()
+}
+
+fn memory(sim: &Sim, vmid: u32) -> u64 {
+    let text = sim.config_text(vmid).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("memory: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A `small` site (1 core, 1024 MiB) under no load: ten minutes of ticks leave it as sold;
+/// its own `min_memory_mb = 512` lets memory go to 512.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_site_under_no_load_keeps_what_it_was_sold_until_its_policy_lowers_the_floor() {
+    let r = rig().await;
+    let node = node_of(&r, VMID).await;
+    r.pve
+        .lxc_set_config(
+            &node,
+            VMID,
+            pvefleet_proxmox::client::Params::new()
+                .set("cores", 1)
+                .set("memory", 1024),
+            None,
+        )
+        .await
+        .unwrap();
+    let c = r.db.client().await.unwrap();
+    c.execute(
+        "INSERT INTO sites (id, subdomain, owner, state, spec, vmid) VALUES (gen_random_uuid(), 'blog', 'alice', 'active', $1, $2)",
+        &[
+            &serde_json::json!({ "subdomain": "blog", "owner": "alice", "plan": "small", "template": "local:vztmpl/t.tar.zst" }),
+            &(VMID as i32),
+        ],
+    )
+    .await
+    .unwrap();
+    let mut scaler = Scaler::with_plans(pvefleet_core::config::SagaSettings::default().plans);
+    // Ten minutes of ticks at the default minute each, each a new idle sample.
+    for minute in 0..10u64 {
+        r.sim.set_load(
+            VMID,
+            Load {
+                cpu: 0.01 + minute as f64 * 0.001,
+                mem: (60 + minute) * MIB,
+                ..Load::default()
+            },
+        );
+        let report = scaler.tick(&r.pve, &r.pool, &r.settings).await.unwrap();
+        assert!(report.actions.is_empty(), "minute {minute}: {report:?}");
+        let (_, verdict) = report.verdicts.iter().find(|(v, _)| *v == VMID).unwrap();
+        let pvefleet_autoscaler::engine::Verdict::Decided { decision, bounds, .. } = verdict else {
+            panic!("minute {minute}: {verdict:?}");
+        };
+        assert_eq!(
+            decision.memory,
+            pvefleet_autoscaler::decide::Change::Hold("memory at its floor (sold, or the minimum)")
+        );
+        assert_eq!(
+            decision.cores,
+            pvefleet_autoscaler::decide::Change::Hold("cores at their minimum")
+        );
+        assert_eq!((bounds.cores.floor.value, bounds.memory.floor.value), (1, 1024));
+        assert_eq!(bounds.memory.floor.from, "plan small");
+    }
+    assert_eq!((cores(&r.sim), memory(&r.sim, VMID)), (1, 1024));
+    // The container's own policy lowers the memory floor on purpose.
+    pvefleet_core::db::in_tx(&c, async {
+        pvefleet_autoscaler::policies::set(
+            &c,
+            &r.settings.policy,
+            &pvefleet_autoscaler::policies::Scope::Vmid(VMID),
+            &serde_json::json!({ "min_memory_mb": 512 }),
+            pvefleet_autoscaler::policies::Write::Merge,
+        )
+        .await
+    })
+    .await
+    .unwrap();
+    r.sim.set_load(
+        VMID,
+        Load {
+            cpu: 0.02,
+            mem: 70 * MIB,
+            ..Load::default()
+        },
+    );
+    let report = scaler.tick(&r.pve, &r.pool, &r.settings).await.unwrap();
+    assert_eq!(report.actions, vec![(VMID, "memory", 1024, 512, "scaled".to_string())]);
+    assert_eq!((cores(&r.sim), memory(&r.sim, VMID)), (1, 512));
+}
+
+/// The lxc-autoscaler file: imported, container 101 is in dry run with the file's
+/// threshold and lxc-autoscaler's step, and a tick records what it would do and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imported_dry_run_config_keeps_its_intent_and_a_tick_writes_nothing() {
+    let r = rig().await;
+    r.sim.populate(101, 1, Load::default());
+    let yaml = "global:\n  enable_dry_run: true\nsafety:\n  emergency_scale_down_threshold: 90.0\ncontainers:\n  - vmid: 101\n    thresholds:\n      cpu_scale_up: 75.0\n";
+    let got = pvefleet_autoscaler::import::import(yaml).unwrap();
+    let c = r.db.client().await.unwrap();
+    pvefleet_core::db::in_tx(&c, async {
+        for (scope, keys) in &got.policies {
+            pvefleet_autoscaler::policies::set(
+                &c,
+                &r.settings.policy,
+                scope,
+                keys,
+                pvefleet_autoscaler::policies::Write::Replace,
+            )
+            .await?;
+        }
+        Ok::<_, pvefleet_autoscaler::policies::WriteError>(())
+    })
+    .await
+    .unwrap();
+    let stored = pvefleet_autoscaler::policies::Policies::load(&c).await.unwrap();
+    let e = stored.resolve(101, &["fleet"], &r.settings.policy).unwrap();
+    assert!(e.policy.dry_run);
+    assert_eq!(e.policy.emergency_mem, 90.0);
+    assert_eq!(e.policy.cpu_up, 75.0);
+    assert_eq!(e.policy.memory_step_mb, 256);
+    // 76 % CPU and 90 % memory: both would scale.
+    r.sim.set_load(
+        101,
+        Load {
+            cpu: 0.76,
+            mem: 1850 * MIB,
+            ..Load::default()
+        },
+    );
+    let before = r.sim.requests().len();
+    // lxc-autoscaler's three evaluation periods: three distinct samples, a second apart.
+    let mut would = Vec::new();
+    let mut scaler = Scaler::default();
+    for _ in 0..5 {
+        let report = scaler.tick(&r.pve, &r.pool, &r.settings).await.unwrap();
+        would.extend(report.actions.into_iter().filter(|a| a.0 == 101));
+        if !would.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let writes: Vec<_> = r.sim.requests()[before..]
+        .iter()
+        .filter(|q| q.method != "GET")
+        .map(|q| format!("{} {}", q.method, q.path))
+        .collect();
+    assert!(writes.is_empty(), "a dry run writes nothing: {writes:?}");
+    assert!(
+        would
+            .iter()
+            .any(|a| a.1 == "memory" && a.3 == 2048 + 256 && a.4 == "would_scale"),
+        "{would:?}"
+    );
+    assert!(would.iter().all(|a| a.4 == "would_scale"), "{would:?}");
+    assert_eq!(cores(&r.sim), 2, "container 700 untouched too");
+    assert!(r.sim.config_text(101).unwrap().contains("memory: 2048"));
+}
+
+/// A running autoscaler (the binary) shows its counters on /metrics after one tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_autoscaler_shows_its_counters_after_one_tick() {
+    let r = rig().await;
+    r.sim.set_load(
+        VMID,
+        Load {
+            cpu: 0.95,
+            mem: 900 * MIB,
+            ..Load::default()
+        },
+    );
+    let vhost = pvefleet_testkit::TestVhost::new().unwrap();
+    let port = pvefleet_testkit::edge::free_port().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pvefleet-autoscaler"))
+        .env("PVEFLEET_DB__URL", r.db.url())
+        .env("PVEFLEET_BUS__URL", vhost.url())
+        .env("PVEFLEET_PVE__URL", &r.pve_url)
+        .env("PVEFLEET_PVE__TOKEN_ID", "a@pve!s")
+        .env("PVEFLEET_PVE__TOKEN_SECRET", "x")
+        .env("PVEFLEET_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("PVEFLEET_AUTOSCALER__INTERVAL", "1s")
+        .env("PVEFLEET_AUTOSCALER__POLICY__EVALUATION_PERIODS", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let body = pvefleet_testkit::eventually(Duration::from_secs(60), || async {
+        let body = http.get(&url).send().await.ok()?.text().await.ok()?;
+        (body.contains("pvefleet_autoscaler_writes_total") && body.contains("pvefleet_autoscaler_decisions_total"))
+            .then_some(body)
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let body = body.expect("the autoscaler's counters within a minute");
+    for name in [
+        "pvefleet_autoscaler_ticks_total{outcome=\"ok\"}",
+        "pvefleet_autoscaler_tick_duration_seconds",
+        "pvefleet_autoscaler_containers_watched",
+        "pvefleet_autoscaler_decisions_total{",
+        "pvefleet_autoscaler_writes_total{resource=\"cpu\",outcome=\"scaled\"}",
+        "pvefleet_autoscaler_alerts_total{",
+    ] {
+        assert!(body.contains(name), "{name} in:\n{body}");
+    }
+    assert_eq!(cores(&r.sim), 3);
+}

@@ -1057,13 +1057,57 @@ async fn autoscale_simulate_replays_decisions_and_policy_and_import_store_polici
     .unwrap();
     assert_eq!(out.status.code(), Some(2), "min above max is refused");
     assert!(text(&out.stderr).contains("min_cores"), "{}", text(&out.stderr));
-    let out = run(args(&["autoscale", "policy", "get", "--tag", "web"]))
+    for (keys, key) in [
+        (r#"{"cpu_up": 20, "cpu_down": 90}"#, "cpu_down"),
+        (r#"{"cpu_up": 250}"#, "cpu_up"),
+    ] {
+        let out = run(args(&["autoscale", "policy", "set", "--tag", "web", "--json", keys]))
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{keys} is refused");
+        assert!(text(&out.stderr).contains(key), "{keys}: {}", text(&out.stderr));
+    }
+    // `set` merges: a second key joins the first; `unset` removes one.
+    let out = run(args(&[
+        "autoscale",
+        "policy",
+        "set",
+        "--tag",
+        "web",
+        "--json",
+        r#"{"cooldown_secs": 90}"#,
+    ]))
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(args(&["autoscale", "policy", "get", "--tag", "web", "--json"]))
         .await
         .unwrap();
     let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
+        got["stored"],
+        serde_json::json!({ "max_cores": 4, "cooldown_secs": 90 })
+    );
+    assert_eq!(
         (got["policy"]["max_cores"].as_u64(), got["policy"]["cpu_up"].as_f64()),
         (Some(4), Some(80.0))
+    );
+    assert_eq!(got["from"]["max_cores"], "tag:web");
+    assert_eq!(got["from"]["cpu_up"], "default");
+    let out = run(args(&["autoscale", "policy", "unset", "--tag", "web", "cooldown_secs"]))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(args(&["autoscale", "policy", "get", "--tag", "web"]))
+        .await
+        .unwrap();
+    let shown = text(&out.stdout);
+    assert!(shown.contains(r#"tag:web: stored {"max_cores":4}"#), "{shown}");
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("cooldown_secs") && l.ends_with("default")),
+        "{shown}"
     );
     // Import of an lxc-autoscaler config: policies stored, the rest reported.
     let yaml = dir.join("config.yaml");

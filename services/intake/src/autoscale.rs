@@ -1,7 +1,9 @@
-//! `/v1/containers/{vmid}/autoscale`: a container's autoscaling policy. `GET` (scope
-//! `autoscale:read`) answers the stored keys and the policy they make; `PUT` (scope
-//! `autoscale:write`) stores a JSON object of keys over the default, refusing unknown ones;
-//! `DELETE` removes it, so the container falls back to its tags', the global or the default.
+//! `/v1/containers/{vmid}/autoscale`: a container's own autoscaling policy. `GET` (scope
+//! `autoscale:read`) answers the stored keys, the policy they make over the stored global and
+//! the config, and the layer each key came from; `PUT` (scope `autoscale:write`) replaces the
+//! container's keys, refused (422, naming the key) when a key is unknown or of the wrong type
+//! or the policy it makes would not work; `DELETE` removes it, so the container falls back to
+//! its tags', the global or the default.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -45,22 +47,29 @@ pub(crate) async fn get(
     tenancy::container(&st.pool, &caller, v).await?;
     let scope = Scope::Vmid(v);
     let client = st.pool.get().await.map_err(db_problem)?;
-    let stored = policies::list(&client)
-        .await
-        .map_err(db_problem)?
-        .into_iter()
-        .find(|(k, _)| *k == scope.key())
-        .map(|(_, p)| p);
-    let Some(stored) = stored else {
+    let all = policies::Policies::load(&client).await.map_err(db_problem)?;
+    let Some(stored) = all.stored(&scope).cloned() else {
         return Err(Problem::new(
             StatusCode::NOT_FOUND,
             "not-found",
             format!("Container {raw} has no policy of its own."),
         ));
     };
-    let effective = policies::overlay(&st.settings.autoscaler.policy, &stored)
-        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "stored", e))?;
-    Ok(Json(json!({ "scope": scope.key(), "stored": stored, "policy": effective })).into_response())
+    // Its own keys over the stored global and the config; tag policies apply too when PVE
+    // shows the container with tags (`pvefleet autoscale policy get` reads them).
+    let layers = all.layers(v, &[]);
+    let effective = policies::layered(&st.settings.autoscaler.policy, &layers)
+        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "stored", e.to_string()))?;
+    let refused = policies::check(&effective.policy).err().map(|i| i.to_string());
+    let from: serde_json::Map<String, Value> = effective
+        .from
+        .iter()
+        .map(|(k, l)| (k.clone(), json!(l.to_string())))
+        .collect();
+    Ok(Json(json!({
+        "scope": scope.key(), "stored": stored, "policy": effective.policy, "from": from, "refused": refused,
+    }))
+    .into_response())
 }
 
 /// Set a container's autoscaling policy: a JSON object of policy keys.
@@ -94,19 +103,20 @@ pub(crate) async fn put(
     }
     let client = st.pool.get().await.map_err(db_problem)?;
     pvefleet_core::db::in_tx(&client, async {
-        policies::set(&client, &st.settings.autoscaler.policy, &scope, &keys)
-            .await
-            .map_err(|e| {
-                // The key at fault: named first (`key: why`), or by serde as unknown.
-                let key = e
-                    .split_once(": ")
-                    .map(|(k, _)| k)
-                    .filter(|k| keys.get(*k).is_some() || policies::KEYS.contains(k))
-                    .or_else(|| e.split('`').nth(1).filter(|_| e.starts_with("unknown field")))
-                    .unwrap_or("policy")
-                    .to_string();
-                Problem::field(StatusCode::UNPROCESSABLE_ENTITY, "invalid", &key, e)
-            })?;
+        policies::set(
+            &client,
+            &st.settings.autoscaler.policy,
+            &scope,
+            &keys,
+            policies::Write::Replace,
+        )
+        .await
+        .map_err(|e| match e {
+            policies::WriteError::Invalid(i) => {
+                Problem::field(StatusCode::UNPROCESSABLE_ENTITY, "invalid", &i.field, i.to_string())
+            }
+            policies::WriteError::Db(e) => db_problem(e),
+        })?;
         record(&client, &caller, "autoscale.policy.set", v, json!({ "keys": keys })).await
     })
     .await?;

@@ -78,6 +78,13 @@ impl Scaler {
             } else {
                 tracing::warn!(vmid, node, resource, from, to, outcome = %outcome, "Not scaled this tick.");
             }
+            let label = outcome.split(':').next().unwrap_or("failed").to_string();
+            metrics::counter!("pvefleet_autoscaler_writes_total", "resource" => resource, "outcome" => label.clone())
+                .increment(1);
+            if label != "scaled" && label != "would_scale" {
+                metrics::counter!("pvefleet_autoscaler_refusals_total", "resource" => resource, "reason" => label)
+                    .increment(1);
+            }
             report.actions.push((vmid, resource, *from, *to, outcome));
         }
         Ok(())
@@ -139,7 +146,10 @@ pub async fn write(
                     Err(format!("failed: {key} reads back as {now:?}, not {to}"))
                 };
             }
-            Err(e) if e.message.contains("file changed by other user") => continue,
+            Err(e) if e.message.contains("file changed by other user") => {
+                metrics::counter!("pvefleet_autoscaler_write_conflicts_total", "key" => key.to_string()).increment(1);
+                continue;
+            }
             Err(e) if e.reason == Reason::Locked => return Err("locked: retried next tick".into()),
             Err(e) => return Err(format!("failed: {e}")),
         }

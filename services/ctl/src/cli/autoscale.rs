@@ -11,20 +11,26 @@ pub enum AutoscaleAction {
         #[command(subcommand)]
         action: PolicyAction,
     },
-    /// Per container: usage, limits, the last action and the cooldown left.
+    /// Per container: usage, floors and ceilings (and where each comes from), the last action
+    /// and the cooldown left.
     Status {
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// Replays the decision over recorded samples: one JSON line per tick.
+    /// Replays ticks through the tick's own decision code: one JSON line per container per
+    /// tick. The input format is in the README (autoscaler: the simulator).
     Simulate {
-        /// The policy: a JSON object of the keys over the default.
+        /// Policy keys over every other layer for the whole replay (a JSON object file).
         #[arg(long)]
-        policy: std::path::PathBuf,
-        /// Samples, JSON lines: `{"t": 0, "cores": 2, "memory_mb": 2048, "cpu_cores": 1.7, "mem_mb": 900}`.
+        policy: Option<std::path::PathBuf>,
+        /// Input, JSON lines: `{"t": 0, "vmid": 101, "cores": 2, "memory_mb": 2048, "cpu_cores": 1.7, "mem_mb": 900}`
+        /// and the node, status, lock, tags, plan, cooldown, config changes and policy changes.
         #[arg(long)]
         samples: std::path::PathBuf,
+        /// Layer the stored policies from the configured database (global, tags, containers).
+        #[arg(long)]
+        stored: bool,
     },
     /// Creates policies from an lxc-autoscaler `config.yaml`, reporting what it cannot map.
     Import {
@@ -56,20 +62,34 @@ pub struct PolicyScope {
 /// `pvefleet autoscale policy ...`
 #[derive(Debug, Subcommand)]
 pub enum PolicyAction {
-    /// Stores a policy (a JSON object of the keys to change, from a file or inline).
+    /// Changes keys of a scope's policy: the keys given over those stored (`null` removes one).
+    /// Refused, naming the key, when the policy it makes would not work.
     Set {
         /// Which.
         #[command(flatten)]
         scope: PolicyScope,
-        /// The keys, as JSON: `{"max_cores": 4}`.
+        /// The keys to change, as JSON: `{"max_cores": 4}`.
         #[arg(long)]
         json: String,
     },
-    /// A scope's stored keys, and the policy they make.
+    /// Removes keys from a scope's policy (the layers below give them again).
+    Unset {
+        /// Which.
+        #[command(flatten)]
+        scope: PolicyScope,
+        /// The keys.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// A scope's stored keys, and the effective value of every key with the layer it came from
+    /// (for a container, with its tags as PVE shows them).
     Get {
         /// Which.
         #[command(flatten)]
         scope: PolicyScope,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Deletes a scope's policy.
     Delete {

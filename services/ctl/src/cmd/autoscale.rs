@@ -3,10 +3,7 @@
 use pvefleet_core::audit::{self, Actor, Entry};
 use std::process::ExitCode;
 
-use pvefleet_autoscaler::decide::{self, Change, Container, Cooldown, Node};
 use pvefleet_autoscaler::policies::{self, Scope};
-use pvefleet_autoscaler::window::{Sample, Window};
-use pvefleet_core::config::AutoscalePolicy;
 use serde_json::{Value, json};
 
 use crate::cli::{AutoscaleAction, PolicyAction, PolicyScope};
@@ -38,116 +35,85 @@ fn read_policy(path: &std::path::Path) -> anyhow::Result<Value> {
     serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", path.display()))
 }
 
+/// What a policy write answers: refused as given (exit 2, naming the key), or failed.
+fn write_outcome(e: anyhow::Error) -> ExitCode {
+    match e.downcast_ref::<policies::WriteError>() {
+        Some(policies::WriteError::Invalid(i)) => refuse(&i.to_string()),
+        _ => fail(&format!("{e:#}")),
+    }
+}
+
+const WHICH: &str = "say which: --vmid N, --tag T or --global";
+
 pub async fn run(settings: &pvefleet_core::Settings, action: AutoscaleAction) -> anyhow::Result<ExitCode> {
     let default = &settings.autoscaler.policy;
     match action {
-        AutoscaleAction::Simulate { policy, samples } => simulate(default, &policy, &samples),
-        AutoscaleAction::Import { file, dry_run, json } => {
-            let text =
-                std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-            let got = match pvefleet_autoscaler::import::import(&text) {
-                Ok(g) => g,
-                Err(e) => return Ok(fail(&format!("{}: {e}", file.display()))),
-            };
-            if !dry_run {
-                // All of the file or none of it, with one audit row.
-                let client = connect(settings).await?;
-                let stored = pvefleet_core::db::in_tx(&client, async {
-                    for (s, p) in &got.policies {
-                        if let Err(e) = policies::set(&client, default, s, p).await {
-                            anyhow::bail!("{}: {e}", s.key());
-                        }
-                    }
-                    let scopes: Vec<String> = got.policies.iter().map(|(s, _)| s.key()).collect();
-                    let entry = Entry::new("autoscale.import", format!("autoscale/{}", file.display()))
-                        .detail(json!({ "scopes": scopes }));
-                    audit::record(&**client, &Actor::cli(), &entry).await?;
-                    anyhow::Ok(())
-                })
-                .await;
-                if let Err(e) = stored {
-                    return Ok(refuse(&format!("{e:#}")));
-                }
-            }
-            if json {
-                println!(
-                    "{}",
-                    json!({
-                        "dry_run": dry_run,
-                        "policies": got.policies.iter().map(|(s, p)| json!({ "scope": s.key(), "policy": p })).collect::<Vec<_>>(),
-                        "settings": got.settings.iter().map(|(k, v)| json!({ "key": k, "value": v })).collect::<Vec<_>>(),
-                        "unmapped": got.unmapped,
-                    })
-                );
-            } else {
-                let verb = if dry_run { "would store" } else { "stored" };
-                for (s, p) in &got.policies {
-                    println!("{verb} {}: {p}", s.key());
-                }
-                if !got.settings.is_empty() {
-                    println!("\nput these in pvefleet's config ([autoscaler]):");
-                    for (k, v) in &got.settings {
-                        println!("  {k} = {v}");
-                    }
-                }
-                if !got.unmapped.is_empty() {
-                    println!("\nnot mapped:");
-                    for u in &got.unmapped {
-                        println!("  {u}");
-                    }
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        AutoscaleAction::Simulate {
+            policy,
+            samples,
+            stored,
+        } => simulate(settings, policy.as_deref(), &samples, stored).await,
+        AutoscaleAction::Import { file, dry_run, json } => import(settings, &file, dry_run, json).await,
         AutoscaleAction::Policy { action } => {
             let client = connect(settings).await?;
             match action {
                 PolicyAction::Set { scope: s, json } => {
                     let Some(s) = scope(s) else {
-                        return Ok(fail("say which: --vmid N, --tag T or --global"));
+                        return Ok(fail(WHICH));
                     };
                     let value: Value = match serde_json::from_str(&json) {
                         Ok(v) => v,
-                        Err(e) => return Ok(fail(&format!("--json is not JSON: {e}"))),
+                        Err(e) => return Ok(refuse(&format!("--json is not JSON: {e}"))),
                     };
                     let stored = pvefleet_core::db::in_tx(&client, async {
-                        policies::set(&client, default, &s, &value)
-                            .await
-                            .map_err(anyhow::Error::msg)?;
+                        let stored = policies::set(&client, default, &s, &value, policies::Write::Merge).await?;
                         let entry = Entry::new("autoscale.policy.set", format!("autoscale/{}", s.key()))
                             .detail(json!({ "keys": value }));
                         audit::record(&**client, &Actor::cli(), &entry).await?;
-                        anyhow::Ok(())
+                        anyhow::Ok(stored)
                     })
                     .await;
                     match stored {
-                        Ok(()) => {
-                            println!("stored {}", s.key());
+                        Ok(keys) => {
+                            println!("stored {}: {}", s.key(), Value::Object(keys));
                             Ok(ExitCode::SUCCESS)
                         }
-                        Err(e) => Ok(refuse(&format!("{e:#}"))),
+                        Err(e) => Ok(write_outcome(e)),
                     }
                 }
-                PolicyAction::Get { scope: s } => {
+                PolicyAction::Unset { scope: s, keys } => {
                     let Some(s) = scope(s) else {
-                        return Ok(fail("say which: --vmid N, --tag T or --global"));
+                        return Ok(fail(WHICH));
                     };
-                    let stored = policies::list(&client).await?.into_iter().find(|(k, _)| *k == s.key());
-                    let Some((_, stored)) = stored else {
-                        return Ok(fail(&format!("no policy for {}", s.key())));
+                    let stored = pvefleet_core::db::in_tx(&client, async {
+                        let stored = policies::unset(&client, default, &s, &keys).await?;
+                        let entry = Entry::new("autoscale.policy.unset", format!("autoscale/{}", s.key()))
+                            .detail(json!({ "keys": keys }));
+                        audit::record(&**client, &Actor::cli(), &entry).await?;
+                        anyhow::Ok(stored)
+                    })
+                    .await;
+                    match stored {
+                        Ok(left) if left.is_empty() => {
+                            println!("{}: no keys left; the policy is removed", s.key());
+                            Ok(ExitCode::SUCCESS)
+                        }
+                        Ok(left) => {
+                            println!("stored {}: {}", s.key(), Value::Object(left));
+                            Ok(ExitCode::SUCCESS)
+                        }
+                        Err(e) => Ok(write_outcome(e)),
+                    }
+                }
+                PolicyAction::Get { scope: s, json } => {
+                    let Some(s) = scope(s) else {
+                        return Ok(fail(WHICH));
                     };
-                    let effective = policies::overlay(default, &stored).map_err(|e| anyhow::anyhow!(e))?;
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(
-                            &json!({ "scope": s.key(), "stored": stored, "policy": effective })
-                        )?
-                    );
-                    Ok(ExitCode::SUCCESS)
+                    get(settings, &client, &s, json).await
                 }
                 PolicyAction::Delete { scope: s } => {
                     let Some(s) = scope(s) else {
-                        return Ok(fail("say which: --vmid N, --tag T or --global"));
+                        return Ok(fail(WHICH));
                     };
                     let deleted = pvefleet_core::db::in_tx(&client, async {
                         let deleted = policies::delete(&client, &s).await?;
@@ -186,100 +152,299 @@ pub async fn run(settings: &pvefleet_core::Settings, action: AutoscaleAction) ->
     }
 }
 
+/// The tags PVE shows on container `vmid`, or why they cannot be read.
+async fn tags_of(settings: &pvefleet_core::Settings, vmid: u32) -> Result<Vec<String>, String> {
+    let pve = pvefleet_core::pve::client(&settings.pve).map_err(|e| format!("{e:#}"))?;
+    let rows = pve
+        .resources(Some(pvefleet_proxmox::client::api::ResourceType::Vm))
+        .await
+        .map_err(|e| e.to_string())?;
+    let r = rows
+        .iter()
+        .find(|r| r.kind == "lxc" && r.vmid == Some(u64::from(vmid)))
+        .ok_or_else(|| format!("PVE shows no container {vmid}"))?;
+    Ok(r.tag_list().into_iter().map(str::to_string).collect())
+}
+
+/// `policy get`: the stored keys and every key's effective value with its layer.
+async fn get(
+    settings: &pvefleet_core::Settings,
+    client: &tokio_postgres::Client,
+    s: &Scope,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let default = &settings.autoscaler.policy;
+    let all = policies::Policies::load(client).await?;
+    let stored = all.stored(s).cloned();
+    let (tags, note) = match s {
+        Scope::Vmid(v) => match tags_of(settings, *v).await {
+            Ok(t) => (t, None),
+            Err(e) => (
+                Vec::new(),
+                Some(format!("tags unknown ({e}): tag policies not applied")),
+            ),
+        },
+        _ => (Vec::new(), None),
+    };
+    if stored.is_none() && !matches!(s, Scope::Vmid(_)) {
+        return Ok(fail(&format!("no policy for {}", s.key())));
+    }
+    let tag_refs: Vec<&str> = tags.iter().map(String::as_str).collect();
+    let layers = match s {
+        Scope::Vmid(v) => all.layers(*v, &tag_refs),
+        other => {
+            let mut l = Vec::new();
+            if let Some(g) = all.stored(&Scope::Global) {
+                l.push((policies::Layer::Stored(Scope::Global), g));
+            }
+            if *other != Scope::Global
+                && let Some(k) = all.stored(other)
+            {
+                l.push((policies::Layer::Stored(other.clone()), k));
+            }
+            l
+        }
+    };
+    let effective = match policies::layered(default, &layers) {
+        Ok(e) => e,
+        Err(e) => return Ok(fail(&format!("the stored layers do not decode: {e}"))),
+    };
+    let refused = policies::check(&effective.policy).err().map(|i| {
+        format!(
+            "this policy does not work, the autoscaler skips it: {i} (from {})",
+            effective.layer(&i.field)
+        )
+    });
+    if json {
+        let from: serde_json::Map<String, Value> = effective
+            .from
+            .iter()
+            .map(|(k, l)| (k.clone(), json!(l.to_string())))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "scope": s.key(), "stored": stored, "tags": tags,
+                "policy": effective.policy, "from": from, "note": note, "refused": refused,
+            }))?
+        );
+    } else {
+        println!(
+            "{}: stored {}",
+            s.key(),
+            stored.map_or("nothing".into(), |k| Value::Object(k).to_string())
+        );
+        if matches!(s, Scope::Vmid(_)) {
+            println!(
+                "tags: {}",
+                if tags.is_empty() {
+                    "none".into()
+                } else {
+                    tags.join(", ")
+                }
+            );
+        }
+        println!("\n{:<20}  {:>8}  from", "key", "value");
+        let values = serde_json::to_value(&effective.policy)?;
+        for (k, l) in &effective.from {
+            println!("{k:<20}  {:>8}  {l}", values[k].to_string());
+        }
+        for n in note.iter().chain(refused.iter()) {
+            println!("\n{n}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `import`: the file's policies (each scope it names replaced whole, all or none, one audit
+/// row), the settings for the config file, what is not mapped and why, and the effective policy
+/// of every container it names.
+async fn import(
+    settings: &pvefleet_core::Settings,
+    file: &std::path::Path,
+    dry_run: bool,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let default = &settings.autoscaler.policy;
+    let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let got = match pvefleet_autoscaler::import::import(&text) {
+        Ok(g) => g,
+        Err(e) => return Ok(refuse(&format!("{}: {e}", file.display()))),
+    };
+    // Every policy on its own first, so a bad file names its key before anything is stored.
+    for (s, p) in &got.policies {
+        if let Err(i) = policies::check_keys(p) {
+            return Ok(refuse(&format!("{}: {}: {i}", file.display(), s.key())));
+        }
+    }
+    // The stored policies the file's go over: from the database, or none when a dry run
+    // cannot reach it (said so).
+    let mut note = None;
+    let client = if dry_run {
+        match connect(settings).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                note = Some(format!(
+                    "stored policies not read ({e:#}): effective over the config alone"
+                ));
+                None
+            }
+        }
+    } else {
+        Some(connect(settings).await?)
+    };
+    let mut layered = match &client {
+        Some(c) => policies::Policies::load(c).await?,
+        None => policies::Policies::default(),
+    };
+    for (s, p) in &got.policies {
+        layered = layered.with(s, p.as_object().cloned());
+    }
+    let mut effective = Vec::new();
+    for (s, _) in &got.policies {
+        let Scope::Vmid(vmid) = s else { continue };
+        match layered.resolve(*vmid, &[], default) {
+            Ok(e) => effective.push((*vmid, e)),
+            Err(i) => return Ok(refuse(&format!("{}: {}: {i}", file.display(), s.key()))),
+        }
+    }
+    if !dry_run && let Some(client) = &client {
+        let stored = pvefleet_core::db::in_tx(client, async {
+            for (s, p) in &got.policies {
+                policies::set(client, default, s, p, policies::Write::Replace).await?;
+            }
+            let scopes: Vec<String> = got.policies.iter().map(|(s, _)| s.key()).collect();
+            let entry = Entry::new("autoscale.import", format!("autoscale/{}", file.display()))
+                .detail(json!({ "scopes": scopes }));
+            audit::record(&***client, &Actor::cli(), &entry).await?;
+            anyhow::Ok(())
+        })
+        .await;
+        if let Err(e) = stored {
+            return Ok(write_outcome(e));
+        }
+    }
+    if as_json {
+        println!(
+            "{}",
+            json!({
+                "dry_run": dry_run,
+                "policies": got.policies.iter().map(|(s, p)| json!({ "scope": s.key(), "policy": p })).collect::<Vec<_>>(),
+                "effective": effective.iter().map(|(v, e)| json!({ "vmid": v, "policy": e.to_json() })).collect::<Vec<_>>(),
+                "settings": got.settings.iter().map(|(k, v)| json!({ "key": k, "value": v })).collect::<Vec<_>>(),
+                "unmapped": got.unmapped,
+                "notes": got.notes,
+                "note": note,
+            })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let verb = if dry_run { "would store" } else { "stored" };
+    for (s, p) in &got.policies {
+        println!("{verb} {}: {p}", s.key());
+    }
+    for (vmid, e) in &effective {
+        println!("\ncontainer {vmid}, effective (tag policies apply too when it has tags):");
+        let values = serde_json::to_value(&e.policy)?;
+        for (k, l) in &e.from {
+            println!("  {k:<20}  {:>8}  {l}", values[k].to_string());
+        }
+    }
+    if !got.settings.is_empty() {
+        println!("\nput these in pvefleet's config file:");
+        for (k, v) in &got.settings {
+            println!("  {k} = {v}");
+        }
+    }
+    for (title, list) in [("kept in another form", &got.notes), ("not mapped", &got.unmapped)] {
+        if !list.is_empty() {
+            println!("\n{title}:");
+            for u in list {
+                println!("  {u}");
+            }
+        }
+    }
+    if let Some(n) = note {
+        println!("\n{n}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn connect(settings: &pvefleet_core::Settings) -> anyhow::Result<deadpool_postgres::Object> {
     let pool = pvefleet_core::db::connect(&settings.db).await?;
     pvefleet_core::db::migrate(&pool).await?;
     Ok(pool.get().await?)
 }
 
-/// One JSON line per sample: the decision, applied to the simulated container.
-fn simulate(
-    default: &AutoscalePolicy,
-    policy: &std::path::Path,
+/// `simulate`: the replay, one JSON line per container per tick.
+async fn simulate(
+    settings: &pvefleet_core::Settings,
+    policy: Option<&std::path::Path>,
     samples: &std::path::Path,
+    stored: bool,
 ) -> anyhow::Result<ExitCode> {
-    let p = match read_policy(policy).and_then(|v| policies::overlay(default, &v).map_err(|e| anyhow::anyhow!(e))) {
-        Ok(p) => p,
-        Err(e) => return Ok(fail(&format!("{e:#}"))),
+    let mut layers = if stored {
+        let client = connect(settings).await?;
+        policies::Policies::load(&client).await?
+    } else {
+        policies::Policies::default()
     };
+    if let Some(path) = policy {
+        let keys = match read_policy(path) {
+            Ok(v) => match policies::check_keys(&v) {
+                Ok(k) => k,
+                Err(i) => return Ok(refuse(&format!("{}: {i}", path.display()))),
+            },
+            Err(e) => return Ok(refuse(&format!("{e:#}"))),
+        };
+        layers = layers.on_top("--policy", keys);
+    }
     let text =
         std::fs::read_to_string(samples).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", samples.display()))?;
-    let safety = pvefleet_core::config::AutoscaleSafety::default();
-    let node = Node {
-        cpus: 64,
-        cpu_pct: 10.0,
-        memory_mb: 1 << 20,
-        memory_used_mb: 0,
-        memory_allocated_mb: 0,
-    };
-    let mut window = Window::new(p.evaluation_periods);
-    let (mut cores, mut memory): (Option<u32>, Option<u64>) = (None, None);
-    let (mut cpu_until, mut mem_until) = (0u64, 0u64);
-    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let s: Value = match serde_json::from_str(line) {
-            Ok(v) => v,
-            Err(e) => return Ok(fail(&format!("{}:{}: not JSON: {e}", samples.display(), n + 1))),
-        };
-        let t = s["t"].as_u64().unwrap_or(n as u64);
-        let c = cores.get_or_insert(s["cores"].as_u64().unwrap_or(2) as u32);
-        let m = memory.get_or_insert(s["memory_mb"].as_u64().unwrap_or(2048));
-        window.push(Sample {
-            key: t,
-            cpu_cores: s["cpu_cores"].as_f64().unwrap_or(0.0),
-            mem_mb: s["mem_mb"].as_f64().unwrap_or(0.0),
-        });
-        let Some(avg) = window.averages() else {
-            println!("{}", json!({ "t": t, "decision": "collecting samples" }));
-            continue;
-        };
-        let container = Container {
-            cores: *c,
-            cpulimit: s["cpulimit"].as_f64(),
-            memory_mb: *m,
-            cpu_cores: avg.cpu_cores,
-            mem_mb: avg.mem_mb,
-            mem_peak_mb: avg.mem_peak_mb,
-        };
-        let cd = Cooldown {
-            cpu_secs: cpu_until.saturating_sub(t),
-            memory_secs: mem_until.saturating_sub(t),
-        };
-        let d = decide::decide(&p, &safety, &container, &node, cd);
-        let show = |ch: &Change| match ch {
-            Change::Scale {
-                from, to, emergency, ..
-            } => json!({ "from": from, "to": to, "emergency": emergency }),
-            Change::Hold(why) => json!({ "hold": why }),
-        };
-        println!(
-            "{}",
-            json!({ "t": t, "cores": show(&d.cores), "memory": show(&d.memory) })
-        );
-        if let Change::Scale { to, .. } = d.cores {
-            *c = to as u32;
-            cpu_until = t + p.cooldown_secs;
+    let mut replay = pvefleet_autoscaler::simulate::Replay::new(&settings.autoscaler, &settings.saga.plans, layers);
+    match replay.run(&text) {
+        Ok(lines) => {
+            for l in lines {
+                println!("{l}");
+            }
+            Ok(ExitCode::SUCCESS)
         }
-        if let Change::Scale { to, .. } = d.memory {
-            *m = to;
-            mem_until = t + p.cooldown_secs;
-        }
+        Err(e) => Ok(refuse(&format!("{}: {e}", samples.display()))),
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 async fn status(settings: &pvefleet_core::Settings, json: bool) -> anyhow::Result<ExitCode> {
+    use pvefleet_autoscaler::tick;
     let client = connect(settings).await?;
     let pve = pvefleet_core::pve::client(&settings.pve)?;
-    let rows = pve
-        .resources(Some(pvefleet_proxmox::client::api::ResourceType::Vm))
-        .await?;
-    let all = policies::Policies::load(&client, &settings.autoscaler.policy).await?;
+    let rows = pve.resources(None).await?;
+    let nodes = tick::nodes(&rows);
+    let all = policies::Policies::load(&client).await?;
+    let sold = tick::sold_by_vmid(&client, &settings.saga.plans).await?;
     let mut out = Vec::new();
     for r in rows.iter().filter(|r| r.kind == "lxc") {
         let Some(vmid) = r.vmid.and_then(|v| u32::try_from(v).ok()) else {
             continue;
         };
-        let p = all.resolve(vmid, &r.tag_list(), &settings.autoscaler.policy);
+        let tags = r.tag_list();
+        let (effective, refused) = match all.resolve(vmid, &tags, &settings.autoscaler.policy) {
+            Ok(e) => (Some(e), None),
+            Err(i) => (
+                policies::layered(&settings.autoscaler.policy, &all.layers(vmid, &tags)).ok(),
+                Some(i.to_string()),
+            ),
+        };
+        let Some(e) = effective else { continue };
+        let node = r.node.as_deref().and_then(|n| nodes.get(n));
+        // The cluster read does not show `cpulimit`: the config does.
+        let cpulimit = match r.node.as_deref() {
+            Some(n) => pve.lxc_config(n, vmid, false).await.ok().and_then(|c| {
+                let v = c.get("cpulimit")?;
+                v.as_f64().or_else(|| v.as_str()?.parse().ok()).filter(|l| *l > 0.0)
+            }),
+            None => None,
+        };
+        let bounds = node.map(|n| pvefleet_autoscaler::decide::bounds(&e, sold.get(&vmid), n, cpulimit));
         let last = client
             .query_opt(
                 "SELECT resource, from_value, to_value, outcome, at::text FROM autoscale_actions WHERE vmid = $1 ORDER BY id DESC LIMIT 1",
@@ -309,36 +474,69 @@ async fn status(settings: &pvefleet_core::Settings, json: bool) -> anyhow::Resul
             "vmid": vmid, "node": r.node, "status": r.status,
             "cpu_pct": (r.cpu.unwrap_or(0.0) * 1000.0).round() / 10.0,
             "mem_pct": r.maxmem.filter(|m| *m > 0).map(|m| (r.mem.unwrap_or(0) as f64 / m as f64 * 1000.0).round() / 10.0),
-            "cores": r.maxcpu, "memory_mb": r.maxmem.map(|m| m >> 20),
-            "limits": { "cores": [p.min_cores, p.max_cores], "memory_mb": [p.min_memory_mb, p.max_memory_mb] },
-            "enabled": p.enabled, "dry_run": p.dry_run,
+            "cores": r.maxcpu, "memory_mb": r.maxmem.map(|m| m >> 20), "cpulimit": cpulimit,
+            "bounds": bounds, "sold": sold.get(&vmid).map(|s| s.from.clone()),
+            "enabled": e.policy.enabled, "dry_run": e.policy.dry_run,
+            "dry_run_from": e.layer("dry_run").to_string(),
+            "refused": refused,
             "last_action": last, "cooldown": cooldowns,
         }));
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&out)?);
-    } else {
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:>6}  {:<8}  {:>6}  {:>6}  {:>5}  {:>9}  {:<9}  {:<13}  {:<18}  last action",
+        "vmid", "node", "cpu%", "mem%", "cores", "memory", "cores", "memory MiB", "cooldown"
+    );
+    let range = |c: &Value, r: &str| {
+        let b = &c["bounds"][r];
+        if b.is_null() {
+            "-".to_string()
+        } else {
+            format!("{}-{}", b["floor"]["value"], b["ceiling"]["value"])
+        }
+    };
+    for c in &out {
         println!(
-            "{:>6}  {:<8}  {:>6}  {:>6}  {:>5}  {:>9}  {:<14}  {:<18}  last action",
-            "vmid", "node", "cpu%", "mem%", "cores", "memory", "cores min-max", "cooldown"
+            "{:>6}  {:<8}  {:>6}  {:>6}  {:>5}  {:>9}  {:<9}  {:<13}  {:<18}  {}",
+            // A JSON value ignores widths: each as a string first.
+            c["vmid"].to_string(),
+            c["node"].as_str().unwrap_or("-"),
+            c["cpu_pct"].to_string(),
+            c["mem_pct"].to_string(),
+            c["cores"].to_string(),
+            c["memory_mb"].to_string(),
+            range(c, "cores"),
+            range(c, "memory"),
+            c["cooldown"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default(),
+            c["last_action"].as_str().unwrap_or("-")
         );
-        for c in &out {
+        // Where each floor and ceiling comes from, and anything that stops scaling.
+        let b = &c["bounds"];
+        if !b.is_null() {
             println!(
-                "{:>6}  {:<8}  {:>6}  {:>6}  {:>5}  {:>9}  {:<14}  {:<18}  {}",
-                // A JSON value ignores widths: each as a string first.
-                c["vmid"].to_string(),
-                c["node"].as_str().unwrap_or("-"),
-                c["cpu_pct"].to_string(),
-                c["mem_pct"].to_string(),
-                c["cores"].to_string(),
-                c["memory_mb"].to_string(),
-                format!("{}-{}", c["limits"]["cores"][0], c["limits"]["cores"][1]),
-                c["cooldown"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", "))
-                    .unwrap_or_default(),
-                c["last_action"].as_str().unwrap_or("-")
+                "{:>6}  cores floor {} ({}), ceiling {} ({}); memory floor {} ({}), ceiling {} ({})",
+                "",
+                b["cores"]["floor"]["value"],
+                b["cores"]["floor"]["from"].as_str().unwrap_or("-"),
+                b["cores"]["ceiling"]["value"],
+                b["cores"]["ceiling"]["from"].as_str().unwrap_or("-"),
+                b["memory"]["floor"]["value"],
+                b["memory"]["floor"]["from"].as_str().unwrap_or("-"),
+                b["memory"]["ceiling"]["value"],
+                b["memory"]["ceiling"]["from"].as_str().unwrap_or("-"),
             );
+        }
+        if c["dry_run"] == true {
+            println!("{:>6}  dry run ({})", "", c["dry_run_from"].as_str().unwrap_or("-"));
+        }
+        if let Some(r) = c["refused"].as_str() {
+            println!("{:>6}  skipped: its policy does not work: {r}", "");
         }
     }
     Ok(ExitCode::SUCCESS)
