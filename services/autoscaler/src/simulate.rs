@@ -621,6 +621,25 @@ mod tests {
         assert_eq!(of(&out, 240, 100)["config"], json!({ "cores": 1, "memory_mb": 1536 }));
     }
 
+    /// The README's example, verbatim, answers what the README says it does.
+    #[test]
+    fn the_readmes_example_replays_as_documented() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+        let section = readme.split("#### The simulator").nth(1).unwrap();
+        let example = section.split("```").nth(1).unwrap();
+        let mut s = settings();
+        s.safety.max_concurrent = 1;
+        let out = replay(&s, Policies::default(), example);
+        assert_eq!(
+            of(&out, 0, 101)["cores"]["hold"],
+            "host protection: node cpu",
+            "{out:?}"
+        );
+        assert_eq!(of(&out, 0, 102)["skipped"], "locked (backup)");
+        assert_eq!(of(&out, 60, 101)["config"]["cores"], 3);
+        assert_eq!(of(&out, 60, 102)["outcome"], "waiting");
+    }
+
     #[test]
     fn bad_lines_are_named() {
         let s = settings();

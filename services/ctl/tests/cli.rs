@@ -1126,6 +1126,29 @@ async fn autoscale_simulate_replays_decisions_and_policy_and_import_store_polici
         "a credential is never printed"
     );
     assert_eq!(report["unmapped"].as_array().unwrap().len(), 2, "{report}");
+    // The file was in dry run: container 101 is too, under its own policy, with the file's
+    // keys and lxc-autoscaler's step for the rest.
+    let effective = &report["effective"][0];
+    assert_eq!(effective["vmid"], 101);
+    assert_eq!(
+        effective["policy"]["dry_run"],
+        serde_json::json!({ "value": true, "from": "global" })
+    );
+    assert_eq!(effective["policy"]["max_cores"]["value"], 6);
+    assert_eq!(effective["policy"]["memory_step_mb"]["value"], 256);
+    let out = run(args(&["autoscale", "policy", "get", "--vmid", "101", "--json"]))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["policy"]["dry_run"], true, "{got}");
+    assert_eq!(got["from"]["dry_run"], "global");
+    assert_eq!(got["policy"]["cooldown_secs"], 600);
+    assert_eq!(got["from"]["cooldown_secs"], "vmid:101");
+    assert!(
+        got["note"].as_str().unwrap_or_default().contains("tags unknown"),
+        "no PVE here: said so, {got}"
+    );
     let out = run(args(&["autoscale", "policy", "list", "--json"])).await.unwrap();
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let scopes: Vec<&str> = list
@@ -1140,6 +1163,111 @@ async fn autoscale_simulate_replays_decisions_and_policy_and_import_store_polici
         .unwrap();
     assert!(out.status.success());
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `autoscale status` shows each container's floor and ceiling and where each comes from: a
+/// `small` site's plan, the policy's maximum, its `cpulimit`.
+#[tokio::test(flavor = "multi_thread")]
+async fn autoscale_status_shows_floors_and_ceilings_with_their_sources() {
+    let db = TestDb::create().await.unwrap();
+    let (sim, addr) = pvefleet_pvesim::Sim::spawn(pvefleet_pvesim::SimConfig {
+        token: Some(("a@pve!s".into(), "x".into())),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    sim.populate(700, 2, pvefleet_pvesim::Load::default());
+    let url = format!("http://{addr}");
+    let pve = pvefleet_core::pve::client(&pvefleet_core::config::PveSettings {
+        url: url.clone(),
+        token_id: Some("a@pve!s".into()),
+        token_secret: Some(pvefleet_core::Secret::new("x")),
+        ..Default::default()
+    })
+    .unwrap();
+    let node = pve
+        .resources(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.vmid == Some(700))
+        .and_then(|r| r.node)
+        .unwrap();
+    pve.lxc_set_config(
+        &node,
+        700,
+        pvefleet_proxmox::client::Params::new()
+            .set("cores", 1)
+            .set("memory", 1024)
+            .set("cpulimit", 3),
+        None,
+    )
+    .await
+    .unwrap();
+    let c = db.client().await.unwrap();
+    pvefleet_core::db::migrate(
+        &pvefleet_core::db::connect(&pvefleet_core::config::DbSettings {
+            url: pvefleet_core::Secret::new(db.url()),
+            ..Default::default()
+        })
+        .await
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    c.execute(
+        "INSERT INTO sites (id, subdomain, owner, state, spec, vmid) VALUES (gen_random_uuid(), 'blog', 'alice', 'active', $1, 700)",
+        &[&serde_json::json!({ "subdomain": "blog", "owner": "alice", "plan": "small", "template": "t" })],
+    )
+    .await
+    .unwrap();
+    let db_url = db.url();
+    let run = |args: Vec<&'static str>| {
+        let (url, db_url) = (url.clone(), db_url.clone());
+        tokio::task::spawn_blocking(move || {
+            pvefleet(
+                &[
+                    ("PVEFLEET_PVE__URL", url.as_str()),
+                    ("PVEFLEET_PVE__TOKEN_ID", "a@pve!s"),
+                    ("PVEFLEET_PVE__TOKEN_SECRET", "x"),
+                    ("PVEFLEET_DB__URL", db_url.as_str()),
+                ],
+                &args,
+            )
+        })
+    };
+    let out = run(vec!["autoscale", "status", "--json"]).await.unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let site = all.as_array().unwrap().iter().find(|c| c["vmid"] == 700).unwrap();
+    assert_eq!(
+        site["bounds"]["cores"]["floor"],
+        serde_json::json!({ "value": 1, "from": "plan small" })
+    );
+    assert_eq!(
+        site["bounds"]["memory"]["floor"],
+        serde_json::json!({ "value": 1024, "from": "plan small" })
+    );
+    assert_eq!(
+        site["bounds"]["cores"]["ceiling"],
+        serde_json::json!({ "value": 3, "from": "cpulimit 3" })
+    );
+    assert_eq!(
+        site["bounds"]["memory"]["ceiling"],
+        serde_json::json!({ "value": 8192, "from": "policy max_memory_mb (default)" })
+    );
+    // Not a site: the policy's minimums.
+    let other = all.as_array().unwrap().iter().find(|c| c["vmid"] == 701).unwrap();
+    assert_eq!(
+        other["bounds"]["memory"]["floor"]["from"],
+        "policy min_memory_mb (default)"
+    );
+    let out = run(vec!["autoscale", "status"]).await.unwrap();
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("cores floor 1 (plan small), ceiling 3 (cpulimit 3)"),
+        "{shown}"
+    );
 }
 
 #[test]
