@@ -9,10 +9,12 @@
 //! the decision (`decide::decide_within`). Then `plan` picks which act under
 //! `safety.max_concurrent`.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 
 use pvefleet_core::config::AutoscalerSettings;
-use pvefleet_policy::autoscale::{Effective, Policies};
+use pvefleet_policy::Invalid;
+use pvefleet_policy::autoscale::{Effective, Policies, effective};
 
 use crate::decide::{self, Bounds, Container, Cooldown, Decision, Node, Sold, Wanted};
 use crate::window::{Sample, Window};
@@ -79,6 +81,8 @@ impl Verdict {
 
 /// What the tick knows of the world besides the containers.
 pub struct World<'a> {
+    /// Policies resolved this tick, by the layers that made them: most containers share theirs.
+    resolved: RefCell<HashMap<String, Result<Effective, Invalid>>>,
     /// Online nodes by name.
     pub nodes: &'a HashMap<String, Node>,
     /// Cooldowns left, by vmid.
@@ -87,6 +91,36 @@ pub struct World<'a> {
     pub policies: &'a Policies,
     /// `[autoscaler]`: the configured policy, safety and the opt-out tag.
     pub settings: &'a AutoscalerSettings,
+}
+
+impl<'a> World<'a> {
+    /// The world of one tick.
+    pub fn new(
+        nodes: &'a HashMap<String, Node>,
+        cooldowns: &'a HashMap<u32, Cooldown>,
+        policies: &'a Policies,
+        settings: &'a AutoscalerSettings,
+    ) -> Self {
+        Self {
+            resolved: RefCell::default(),
+            nodes,
+            cooldowns,
+            policies,
+            settings,
+        }
+    }
+
+    /// The effective policy of container `vmid` with `tags`, resolved once per set of layers.
+    fn policy(&self, vmid: u32, tags: &[&str]) -> Result<Effective, Invalid> {
+        let layers = self.policies.layers(vmid, tags);
+        let key: String = layers.iter().map(|(l, _)| format!("{l}\n")).collect();
+        if let Some(done) = self.resolved.borrow().get(&key) {
+            return done.clone();
+        }
+        let done = effective(&self.settings.policy, &layers);
+        self.resolved.borrow_mut().insert(key, done.clone());
+        done
+    }
 }
 
 /// The sample windows kept between ticks.
@@ -110,7 +144,7 @@ impl Engine {
             return Verdict::Skipped(format!("opt-out tag {}", s.opt_out_tag));
         }
         let tags: Vec<&str> = c.tags.iter().map(String::as_str).collect();
-        let policy = match w.policies.resolve(c.vmid, &tags, &s.policy) {
+        let policy = match w.policy(c.vmid, &tags) {
             Ok(p) => p,
             Err(e) => return Verdict::Skipped(format!("policy refused: {e}")),
         };

@@ -375,12 +375,7 @@ impl<'a> Replay<'a> {
                 )
             })
             .collect();
-        let world = World {
-            nodes: &nodes,
-            cooldowns: &cooldowns,
-            policies: &self.policies,
-            settings: self.settings,
-        };
+        let world = World::new(&nodes, &cooldowns, &self.policies, self.settings);
         let mut verdicts = Vec::new();
         for vmid in &seen {
             let Some(c) = self.cts.get(vmid) else { continue };

@@ -240,12 +240,7 @@ impl Scaler {
         }
         let policies = Policies::load(&client).await?;
         let sold = sold_by_vmid(&client, &self.plans).await?;
-        let world = World {
-            nodes: &nodes,
-            cooldowns: &cooldowns,
-            policies: &policies,
-            settings: s,
-        };
+        let world = World::new(&nodes, &cooldowns, &policies, s);
         let deciding = std::time::Instant::now();
         let mut seen: Vec<Observed> = Vec::new();
         let mut verdicts: Vec<(u32, Verdict)> = Vec::new();
