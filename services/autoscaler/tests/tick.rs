@@ -168,16 +168,7 @@ async fn a_digest_conflict_is_retried_and_never_overwrites_the_other_writers_cha
         },
     );
     // Another writer changes the config; then PVE refuses our first write as a conflict.
-    let node = r
-        .pve
-        .resources(None)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|x| x.vmid == Some(u64::from(VMID)))
-        .unwrap()
-        .node
-        .unwrap();
+    let node = node_of(&r, VMID).await;
     r.pve
         .lxc_set_config(
             &node,
@@ -246,16 +237,7 @@ async fn while_another_replica_holds_the_lock_a_tick_does_nothing_and_cooldowns_
     assert!(report.actions.iter().all(|a| a.1 != "cpu"), "{report:?}");
     assert_eq!(cores(&r.sim), 3);
     // Opted out by tag: never scaled.
-    let node = r
-        .pve
-        .resources(None)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|x| x.vmid == Some(u64::from(VMID)))
-        .unwrap()
-        .node
-        .unwrap();
+    let node = node_of(&r, VMID).await;
     r.pve
         .lxc_set_config(
             &node,
@@ -399,16 +381,7 @@ async fn autoscale_policy_set_messages_store_and_delete_policies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cpu_is_measured_against_a_cpulimit_the_cluster_read_does_not_show() {
     let r = rig().await;
-    let node = r
-        .pve
-        .resources(None)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|x| x.vmid == Some(u64::from(VMID)))
-        .unwrap()
-        .node
-        .unwrap();
+    let node = node_of(&r, VMID).await;
     // 2 cores, 1.7 busy: 85 % of the cores, so the cluster read alone would add a core; but
     // the container may use only 1 CPU (cpulimit 1), and a third core would not lift that.
     r.pve

@@ -268,6 +268,12 @@ impl Policies {
     /// The policy `scope` makes on its own layers: the global over the config; a tag's or a
     /// container's over the global (tags a container may also carry are not known here).
     pub fn resolve_scope(&self, scope: &Scope, config: &AutoscalePolicy) -> Result<Effective, Invalid> {
+        effective(config, &self.scope_layers(scope))
+    }
+
+    /// The stored layers of `scope` on its own, lowest first: the global, then the scope's
+    /// own when it is a tag or a container.
+    pub fn scope_layers(&self, scope: &Scope) -> Vec<(Layer, &Map<String, Value>)> {
         let mut layers = Vec::new();
         if let Some(g) = self.stored(&Scope::Global) {
             layers.push((Layer::Stored(Scope::Global), g));
@@ -277,7 +283,7 @@ impl Policies {
         {
             layers.push((Layer::Stored(scope.clone()), keys));
         }
-        effective(config, &layers)
+        layers
     }
 
     /// Checks every stored scope as it takes effect; the first fault names the scope and key.

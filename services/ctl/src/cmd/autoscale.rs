@@ -192,18 +192,7 @@ async fn get(
     let tag_refs: Vec<&str> = tags.iter().map(String::as_str).collect();
     let layers = match s {
         Scope::Vmid(v) => all.layers(*v, &tag_refs),
-        other => {
-            let mut l = Vec::new();
-            if let Some(g) = all.stored(&Scope::Global) {
-                l.push((policies::Layer::Stored(Scope::Global), g));
-            }
-            if *other != Scope::Global
-                && let Some(k) = all.stored(other)
-            {
-                l.push((policies::Layer::Stored(other.clone()), k));
-            }
-            l
-        }
+        other => all.scope_layers(other),
     };
     let effective = match policies::layered(default, &layers) {
         Ok(e) => e,
