@@ -85,6 +85,7 @@ mod autoscale;
 mod container;
 mod dns;
 mod ha;
+mod notify;
 mod parked;
 mod site;
 
@@ -93,6 +94,7 @@ pub use autoscale::*;
 pub use container::*;
 pub use dns::*;
 pub use ha::*;
+pub use notify::*;
 pub use parked::*;
 pub use site::*;
 

@@ -126,7 +126,7 @@ const fn plain_command<M: Message>() -> MessageInfo {
 
 /// Every message type, in a stable order.
 pub fn registry() -> &'static [MessageInfo] {
-    static REGISTRY: [MessageInfo; 59] = [
+    static REGISTRY: [MessageInfo; 62] = [
         plain_command::<SiteProvision>(),
         plain_command::<SiteDeprovision>(),
         event::<SiteProvisioned>(),
@@ -169,6 +169,9 @@ pub fn registry() -> &'static [MessageInfo] {
         event::<MessageParked>(),
         event::<ContainerScaled>(),
         event::<ResourceAlert>(),
+        event::<SagaSuspended>(),
+        event::<SagaCompensationFailed>(),
+        plain_command::<NotifyDeliver>(),
         plain_command::<AutoscalePolicySet>(),
         command::<NetAttach>(),
         command::<NetUpdate>(),

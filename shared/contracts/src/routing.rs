@@ -97,6 +97,19 @@ pub fn fleet_bindings() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)
         ),
         ("autoscaler", vec![(COMMANDS_EXCHANGE, AutoscalePolicySet::TYPE)]),
         (
+            "notifier",
+            vec![
+                (EVENTS_EXCHANGE, SiteProvisioned::TYPE),
+                (EVENTS_EXCHANGE, SiteProvisionFailed::TYPE),
+                (EVENTS_EXCHANGE, SiteDeprovisioned::TYPE),
+                (EVENTS_EXCHANGE, SagaSuspended::TYPE),
+                (EVENTS_EXCHANGE, SagaCompensationFailed::TYPE),
+                (EVENTS_EXCHANGE, MessageParked::TYPE),
+                (EVENTS_EXCHANGE, ResourceAlert::TYPE),
+                (COMMANDS_EXCHANGE, NotifyDeliver::TYPE),
+            ],
+        ),
+        (
             "edge",
             vec![
                 (COMMANDS_EXCHANGE, DnsUpsert::TYPE),

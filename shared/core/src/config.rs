@@ -15,6 +15,7 @@ mod installer;
 mod intake;
 mod load;
 mod nethotplug;
+mod notifier;
 mod process;
 mod provisioner;
 mod pve;
@@ -29,6 +30,7 @@ pub use installer::*;
 pub use intake::*;
 pub use load::*;
 pub use nethotplug::*;
+pub use notifier::*;
 pub use process::*;
 pub use provisioner::*;
 pub use pve::*;
@@ -73,4 +75,6 @@ pub struct Settings {
     pub autoscaler: AutoscalerSettings,
     /// Network hotplug and SDN VNet binding.
     pub nethotplug: NethotplugSettings,
+    /// The notifier: channels, operators, routes.
+    pub notifier: NotifierSettings,
 }

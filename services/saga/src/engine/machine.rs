@@ -4,7 +4,8 @@
 //! machine behind one object per kind, so the coordinator can hold every kind in one map.
 
 use async_trait::async_trait;
-use pvefleet_contracts::StepError;
+use pvefleet_contracts::messages::{SagaCompensationFailed, SagaSuspended};
+use pvefleet_contracts::{SiteId, StepError};
 use pvefleet_core::bus::{Handled, HandlerError};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -208,6 +209,38 @@ impl<K: SagaKind> Machine<K> {
         store::stop(x.db, saga.id, state, &detail).await.map_err(db)?;
         saga.state = state;
         self.kind.stopped(x, &saga, state, &detail).await?;
+        // Someone must look: the notifier tells the operators (and the site's owner's record
+        // says whose it is).
+        let (kind, site_id) = (self.kind.kind().as_str().to_string(), saga.site_id.map(SiteId));
+        let (step, cause) = (command.to_string(), error.clone());
+        match state {
+            State::CompensationFailed => {
+                x.send(
+                    saga.id,
+                    &SagaCompensationFailed {
+                        saga_id: saga.id,
+                        kind,
+                        site_id,
+                        step,
+                        error: cause,
+                    },
+                )
+                .await?
+            }
+            _ => {
+                x.send(
+                    saga.id,
+                    &SagaSuspended {
+                        saga_id: saga.id,
+                        kind,
+                        site_id,
+                        step,
+                        error: cause,
+                    },
+                )
+                .await?
+            }
+        }
         tracing::error!(saga = %saga.id, step = command, error = %error.message, state = state.as_str(), "The saga gave up; an operator must look.");
         Ok(state)
     }
