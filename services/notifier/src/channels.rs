@@ -116,6 +116,8 @@ impl Channels {
             Some(p) => Some(read_secret(p, "the owner webhook key")?),
             None => None,
         };
+        // reqwest is built without a default TLS provider: ring, as the PVE client uses.
+        let _ = rustls::crypto::CryptoProvider::install_default(rustls::crypto::ring::default_provider());
         let http = reqwest::Client::builder()
             .timeout(s.smtp.timeout.max(Duration::from_secs(5)))
             .build()?;
