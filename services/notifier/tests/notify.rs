@@ -84,9 +84,12 @@ impl Drop for Smtp {
 
 /// A webhook receiver: answers 500 to the first `fail_first` requests, then 200; records each
 /// request's headers and body.
+/// One request a receiver saw: its headers and body.
+type Seen = (HashMap<String, String>, Vec<u8>);
+
 #[derive(Clone, Default)]
 struct Receiver {
-    seen: Arc<Mutex<Vec<(HashMap<String, String>, Vec<u8>)>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
     fail_first: Arc<Mutex<usize>>,
 }
 
