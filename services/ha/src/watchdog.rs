@@ -187,6 +187,7 @@ impl Ha {
             state: "raised".into(),
             value: f64::from(me.settings.watchdog_max_restarts),
             threshold: f64::from(me.settings.watchdog_max_restarts),
+            node: Some(node.to_string()),
         };
         let origin = pvefleet_core::bus::outgoing::Origin {
             app_id: Some("ha".into()),

@@ -219,6 +219,9 @@ pub fn alert(e: &ResourceAlert) -> Notice {
     let (what, id) = e.subject.split_once('/').unwrap_or(("subject", e.subject.as_str()));
     let key = if what == "lxc" { "vmid" } else { what };
     labels.insert(key.into(), json!(id));
+    if let Some(node) = &e.node {
+        labels.insert("node".into(), json!(node));
+    }
     labels.insert("kind".into(), json!(e.kind));
     labels.insert(
         "severity".into(),
@@ -266,6 +269,7 @@ mod tests {
         assert_eq!(n.severity, Severity::Warning);
         let labels = n.alert.as_ref().map(|a| a.labels.clone()).unwrap_or_default();
         assert_eq!(labels["vmid"], "123");
+        assert_eq!(labels["node"], "pve1");
         assert_eq!(labels["kind"], "memory");
         assert_eq!(n.dedupe_key.as_deref(), Some("lxc/123 memory"));
         e.state = "cleared".into();

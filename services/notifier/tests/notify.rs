@@ -381,3 +381,125 @@ async fn with_the_smtp_server_down_a_mail_waits_and_goes_when_it_is_back_and_ale
     task.await.unwrap().unwrap();
     let _ = std::fs::remove_dir_all(&r.dir);
 }
+
+/// A real Alertmanager (Debian's `prometheus-alertmanager`) on a loopback port.
+struct Alertmanager {
+    url: String,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Alertmanager {
+    fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("pvefleet-am-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("am.yml"),
+            "route:\n  receiver: nobody\n  group_wait: 1s\nreceivers:\n  - name: nobody\n",
+        )
+        .unwrap();
+        let port = pvefleet_testkit::edge::free_port().unwrap();
+        let child = Command::new("prometheus-alertmanager")
+            .arg(format!("--config.file={}", dir.join("am.yml").display()))
+            .arg(format!("--storage.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus-alertmanager (apt-get install prometheus-alertmanager; scripts/test does)");
+        Self {
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+            dir,
+        }
+    }
+
+    /// The alerts it holds with `alertname`; `None` when it does not answer.
+    async fn alerts(&self) -> Option<Vec<serde_json::Value>> {
+        let r = reqwest::get(format!(
+            "{}/api/v2/alerts?filter=alertname%3D%22PvefleetResourceAlert%22",
+            self.url
+        ))
+        .await
+        .ok()?;
+        r.json::<Vec<serde_json::Value>>().await.ok()
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alertmanager_receives_a_raised_alert_with_its_labels_and_then_its_resolution() {
+    let _ = rustls::crypto::CryptoProvider::install_default(rustls::crypto::ring::default_provider());
+    let am = Alertmanager::start();
+    let ready = eventually(Duration::from_secs(20), || async {
+        reqwest::get(format!("{}/-/ready", am.url))
+            .await
+            .ok()
+            .filter(|r| r.status().is_success())
+    })
+    .await;
+    assert!(ready.is_some(), "alertmanager is ready");
+    let mut r = rig(0).await;
+    r.settings.notifier.operator.alertmanager_url = am.url.clone();
+    let (shutdown, task) = r.start();
+    let mut alert = ResourceAlert {
+        subject: "lxc/101".into(),
+        kind: "memory".into(),
+        state: "raised".into(),
+        value: 91.5,
+        threshold: 85.0,
+        node: Some("pve2".into()),
+    };
+    pvefleet_testkit::broker::send(&r.publisher, &alert).await.unwrap();
+    let firing = eventually(Duration::from_secs(20), || async {
+        am.alerts()
+            .await?
+            .into_iter()
+            .find(|a| a["status"]["state"] == "active")
+    })
+    .await
+    .expect("the alert reaches alertmanager");
+    assert_eq!(firing["labels"]["vmid"], "101");
+    assert_eq!(firing["labels"]["node"], "pve2");
+    assert_eq!(firing["labels"]["kind"], "memory");
+    assert_eq!(firing["labels"]["severity"], "warning");
+    assert!(
+        firing["annotations"]["summary"].as_str().unwrap().contains("lxc/101 memory raised"),
+        "{firing}"
+    );
+    alert.state = "cleared".into();
+    alert.value = 60.0;
+    pvefleet_testkit::broker::send(&r.publisher, &alert).await.unwrap();
+    let c = r.db.client().await.unwrap();
+    let sent = eventually(Duration::from_secs(20), || async {
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM notifications WHERE channel = 'alertmanager' AND state = 'sent'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (n == 2).then_some(())
+    })
+    .await;
+    assert!(sent.is_some(), "the raise and the clearing are both delivered");
+    // Resolved: Alertmanager no longer lists it as active.
+    let resolved = eventually(Duration::from_secs(20), || async {
+        let all = am.alerts().await?;
+        all.iter().all(|a| a["status"]["state"] != "active").then_some(all)
+    })
+    .await;
+    assert!(resolved.is_some(), "the alert is resolved");
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&r.dir);
+}

@@ -89,6 +89,7 @@ pub(super) async fn alerts(
                 state: state.to_string(),
                 value: (value * 10.0).round() / 10.0,
                 threshold: *threshold,
+                node: rows.iter().find(|r| r.id == *subject).and_then(|r| r.node.clone()),
             };
             super::emit(client, &event).await?;
             anyhow::Ok(())

@@ -54,6 +54,9 @@ pub struct ResourceAlert {
     pub value: f64,
     /// The threshold, %.
     pub threshold: f64,
+    /// The node: the container's, or the node itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 event!(
     ResourceAlert,
@@ -65,6 +68,7 @@ event!(
         state: "raised".into(),
         value: 91.5,
         threshold: 85.0,
+        node: Some("pve1".into()),
     }
 );
 
