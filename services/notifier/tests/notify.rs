@@ -472,7 +472,10 @@ async fn alertmanager_receives_a_raised_alert_with_its_labels_and_then_its_resol
     assert_eq!(firing["labels"]["kind"], "memory");
     assert_eq!(firing["labels"]["severity"], "warning");
     assert!(
-        firing["annotations"]["summary"].as_str().unwrap().contains("lxc/101 memory raised"),
+        firing["annotations"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("lxc/101 memory raised"),
         "{firing}"
     );
     alert.state = "cleared".into();
@@ -501,5 +504,78 @@ async fn alertmanager_receives_a_raised_alert_with_its_labels_and_then_its_resol
     assert!(resolved.is_some(), "the alert is resolved");
     shutdown.cancel();
     task.await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&r.dir);
+}
+
+/// The notifier as a process, killed with SIGKILL while it sends a batch, then started again:
+/// every delivery ends sent or failed (in doubt), and no mail arrives twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_sent_twice_after_a_sigkill_mid_batch() {
+    let r = rig(0).await;
+    let config = r.dir.join("pvefleet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[notifier]\noperator.email = [\"ops@example.org\"]\n[notifier.smtp]\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"none\"\nfrom = \"pvefleet <fleet@example.org>\"\n",
+            r.smtp.port
+        ),
+    )
+    .unwrap();
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_pvefleet-notifier"))
+            .env("PVEFLEET_CONFIG", &config)
+            .env("PVEFLEET_DB__URL", r.db.url())
+            .env("PVEFLEET_BUS__URL", r.settings.bus.url.expose())
+            // The test vhost's topology, as the rig declared it.
+            .env("PVEFLEET_BUS__RETRY_TIERS", "[\"300ms\", \"600ms\", \"900ms\"]")
+            .env(
+                "PVEFLEET_BUS__DELIVERY_LIMIT",
+                r.settings.bus.delivery_limit.to_string(),
+            )
+            .env("PVEFLEET_BUS__MAX_ATTEMPTS", r.settings.bus.max_attempts.to_string())
+            .env("PVEFLEET_HTTP__LISTEN", "127.0.0.1:0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn();
+    const N: u128 = 40;
+    for i in 0..N {
+        pvefleet_testkit::broker::send(&r.publisher, &parked(100 + i))
+            .await
+            .unwrap();
+    }
+    // Killed once some mails are out, and before all are.
+    let some = eventually(Duration::from_secs(30), || async {
+        (r.smtp.mails().len() >= 3).then_some(())
+    })
+    .await;
+    assert!(some.is_some(), "the notifier sends");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let at_kill = r.smtp.mails().len();
+    let mut child = spawn();
+    let states = r.settled(N as usize).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mails = r.smtp.mails();
+    let ids: Vec<&str> = mails
+        .iter()
+        .filter_map(|m| m.lines().find(|l| l.starts_with("Message-ID:")))
+        .collect();
+    let mut unique = ids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(ids.len(), mails.len(), "every mail has its Message-ID");
+    assert_eq!(unique.len(), ids.len(), "no mail twice ({at_kill} out at the kill)");
+    let sent = states.iter().filter(|(_, _, s)| s == "sent").count();
+    let in_doubt = states.iter().filter(|(_, _, s)| s == "failed").count();
+    assert_eq!(sent + in_doubt, N as usize, "{states:?}");
+    assert!(
+        mails.len() >= sent && mails.len() <= sent + in_doubt,
+        "{} mails, {sent} sent, {in_doubt} in doubt",
+        mails.len()
+    );
     let _ = std::fs::remove_dir_all(&r.dir);
 }
