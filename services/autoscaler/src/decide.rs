@@ -18,6 +18,7 @@
 
 pub use pvefleet_core::config::{AutoscalePolicy as Policy, AutoscaleSafety as Safety};
 use pvefleet_policy::autoscale::Effective;
+use std::sync::Arc;
 
 /// A container as the decision sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -109,7 +110,7 @@ pub struct Sold {
     /// Memory, MiB.
     pub memory_mb: u64,
     /// Where they come from: `plan small`, or `requested sizes`.
-    pub from: String,
+    pub from: Arc<str>,
 }
 
 /// A floor or a ceiling, and where it comes from.
@@ -118,7 +119,8 @@ pub struct Limit {
     /// The value (cores, or MiB).
     pub value: u64,
     /// Why: `plan small`, `policy min_cores (vmid:101)`, `node's CPUs`, `cpulimit 3`...
-    pub from: String,
+    /// (shared: most containers have the same sources).
+    pub from: Arc<str>,
 }
 
 /// How far one resource may go: never below its floor, never above its ceiling.
@@ -140,10 +142,38 @@ pub struct Bounds {
     pub memory: Range,
 }
 
-fn limit(value: u64, from: impl Into<String>) -> Limit {
+fn limit(value: u64, from: impl Into<Arc<str>>) -> Limit {
     Limit {
         value,
         from: from.into(),
+    }
+}
+
+/// An effective policy's own floors and ceilings with their sources, and whether a layer named
+/// each minimum on purpose: the same for every container of that policy, so made once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyLimits {
+    min_cores: Limit,
+    min_cores_explicit: bool,
+    min_memory: Limit,
+    min_memory_explicit: bool,
+    max_cores: Limit,
+    max_memory: Limit,
+}
+
+impl PolicyLimits {
+    /// Those of `e`.
+    pub fn of(e: &Effective) -> Self {
+        let p = &e.policy;
+        let own = |key: &str, value: u64| limit(value, format!("policy {key} ({})", e.layer(key)));
+        Self {
+            min_cores: own("min_cores", u64::from(p.min_cores.max(1))),
+            min_cores_explicit: e.layer("min_cores").explicit(),
+            min_memory: own("min_memory_mb", p.min_memory_mb),
+            min_memory_explicit: e.layer("min_memory_mb").explicit(),
+            max_cores: own("max_cores", u64::from(p.max_cores)),
+            max_memory: own("max_memory_mb", p.max_memory_mb),
+        }
     }
 }
 
@@ -152,36 +182,28 @@ fn limit(value: u64, from: impl Into<String>) -> Limit {
 /// ceilings are the policy's maximum, the node's CPUs and the `cpulimit` rounded up, the
 /// lowest of them.
 pub fn bounds(e: &Effective, sold: Option<&Sold>, n: &Node, cpulimit: Option<f64>) -> Bounds {
-    let p = &e.policy;
-    let floor = |key: &str, min: u64, sold: Option<(u64, &str)>| {
-        let layer = e.layer(key);
-        match sold {
-            Some((v, from)) if !layer.explicit() => limit(v, from),
-            _ => limit(min, format!("policy {key} ({layer})")),
-        }
+    bounds_with(&PolicyLimits::of(e), sold, n, cpulimit)
+}
+
+/// `bounds`, with the policy's own limits made already.
+pub fn bounds_with(l: &PolicyLimits, sold: Option<&Sold>, n: &Node, cpulimit: Option<f64>) -> Bounds {
+    let cores_floor = match sold {
+        Some(s) if !l.min_cores_explicit => limit(u64::from(s.cores.max(1)), s.from.clone()),
+        _ => l.min_cores.clone(),
     };
-    let cores_floor = floor(
-        "min_cores",
-        u64::from(p.min_cores.max(1)),
-        sold.map(|s| (u64::from(s.cores.max(1)), s.from.as_str())),
-    );
-    let memory_floor = floor(
-        "min_memory_mb",
-        p.min_memory_mb,
-        sold.map(|s| (s.memory_mb, s.from.as_str())),
-    );
-    let mut cores_ceiling = limit(
-        u64::from(p.max_cores),
-        format!("policy max_cores ({})", e.layer("max_cores")),
-    );
+    let memory_floor = match sold {
+        Some(s) if !l.min_memory_explicit => limit(s.memory_mb, s.from.clone()),
+        _ => l.min_memory.clone(),
+    };
+    let mut cores_ceiling = l.max_cores.clone();
     if u64::from(n.cpus.max(1)) < cores_ceiling.value {
         cores_ceiling = limit(u64::from(n.cpus.max(1)), format!("node's {} CPUs", n.cpus.max(1)));
     }
     // Cores past the limit (rounded up) add nothing the container may use.
-    if let Some(l) = cpulimit.filter(|l| *l > 0.0) {
-        let by_limit = (l.ceil() as u64).max(1);
+    if let Some(c) = cpulimit.filter(|c| *c > 0.0) {
+        let by_limit = (c.ceil() as u64).max(1);
         if by_limit < cores_ceiling.value {
-            cores_ceiling = limit(by_limit, format!("cpulimit {l}"));
+            cores_ceiling = limit(by_limit, format!("cpulimit {c}"));
         }
     }
     Bounds {
@@ -191,10 +213,7 @@ pub fn bounds(e: &Effective, sold: Option<&Sold>, n: &Node, cpulimit: Option<f64
         },
         memory: Range {
             floor: memory_floor,
-            ceiling: limit(
-                p.max_memory_mb,
-                format!("policy max_memory_mb ({})", e.layer("max_memory_mb")),
-            ),
+            ceiling: l.max_memory.clone(),
         },
     }
 }

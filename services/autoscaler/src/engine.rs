@@ -11,12 +11,13 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use pvefleet_core::config::AutoscalerSettings;
 use pvefleet_policy::Invalid;
 use pvefleet_policy::autoscale::{Effective, Policies, effective};
 
-use crate::decide::{self, Bounds, Container, Cooldown, Decision, Node, Sold, Wanted};
+use crate::decide::{self, Bounds, Container, Cooldown, Decision, Node, PolicyLimits, Sold, Wanted};
 use crate::window::{Sample, Window};
 
 /// One container as the tick sees it.
@@ -55,8 +56,8 @@ pub enum Verdict {
     Collecting,
     /// Decided.
     Decided {
-        /// The policy, with the layer of every key.
-        policy: Effective,
+        /// The policy, with the layer of every key (shared by the containers of the same layers).
+        policy: Arc<Effective>,
         /// Its floors and ceilings.
         bounds: Bounds,
         /// The averaged load decided on.
@@ -79,10 +80,14 @@ impl Verdict {
     }
 }
 
+/// A policy resolved, with its own limits; or why it was refused.
+type Resolved = Result<(Arc<Effective>, Arc<PolicyLimits>), Invalid>;
+
 /// What the tick knows of the world besides the containers.
 pub struct World<'a> {
-    /// Policies resolved this tick, by the layers that made them: most containers share theirs.
-    resolved: RefCell<HashMap<String, Result<Effective, Invalid>>>,
+    /// Policies resolved this tick, by the layers that made them (their addresses in
+    /// `policies`, which this tick holds unchanged): most containers share theirs.
+    resolved: RefCell<HashMap<Vec<usize>, Resolved>>,
     /// Online nodes by name.
     pub nodes: &'a HashMap<String, Node>,
     /// Cooldowns left, by vmid.
@@ -111,13 +116,19 @@ impl<'a> World<'a> {
     }
 
     /// The effective policy of container `vmid` with `tags`, resolved once per set of layers.
-    fn policy(&self, vmid: u32, tags: &[&str]) -> Result<Effective, Invalid> {
+    fn policy(&self, vmid: u32, tags: &[&str]) -> Resolved {
         let layers = self.policies.layers(vmid, tags);
-        let key: String = layers.iter().map(|(l, _)| format!("{l}\n")).collect();
+        let key: Vec<usize> = layers
+            .iter()
+            .map(|(_, keys)| std::ptr::from_ref(*keys) as usize)
+            .collect();
         if let Some(done) = self.resolved.borrow().get(&key) {
             return done.clone();
         }
-        let done = effective(&self.settings.policy, &layers);
+        let done = effective(&self.settings.policy, &layers).map(|e| {
+            let limits = Arc::new(PolicyLimits::of(&e));
+            (Arc::new(e), limits)
+        });
         self.resolved.borrow_mut().insert(key, done.clone());
         done
     }
@@ -144,7 +155,7 @@ impl Engine {
             return Verdict::Skipped(format!("opt-out tag {}", s.opt_out_tag));
         }
         let tags: Vec<&str> = c.tags.iter().map(String::as_str).collect();
-        let policy = match w.policy(c.vmid, &tags) {
+        let (policy, limits) = match w.policy(c.vmid, &tags) {
             Ok(p) => p,
             Err(e) => return Verdict::Skipped(format!("policy refused: {e}")),
         };
@@ -173,7 +184,7 @@ impl Engine {
             mem_peak_mb: avg.mem_peak_mb,
         };
         let cooldown = w.cooldowns.get(&c.vmid).copied().unwrap_or_default();
-        let bounds = decide::bounds(&policy, c.sold.as_ref(), node, c.cpulimit);
+        let bounds = decide::bounds_with(&limits, c.sold.as_ref(), node, c.cpulimit);
         let decision = decide::decide_within(p, &s.safety, &container, node, cooldown, &bounds);
         Verdict::Decided {
             policy,

@@ -221,7 +221,7 @@ impl<'a> Replay<'a> {
                 .map(|p| Sold {
                     cores: p.cores,
                     memory_mb: u64::from(p.memory_mb),
-                    from: format!("plan {name}"),
+                    from: format!("plan {name}").into(),
                 })
                 .ok_or_else(|| {
                     format!(

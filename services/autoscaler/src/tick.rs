@@ -94,7 +94,7 @@ pub fn sold(spec: &serde_json::Value, plans: &BTreeMap<String, Plan>) -> Option<
     Some(Sold {
         cores: u32::try_from(cores).unwrap_or(u32::MAX),
         memory_mb,
-        from,
+        from: from.into(),
     })
 }
 
@@ -103,6 +103,7 @@ pub async fn sold_by_vmid(
     client: &tokio_postgres::Client,
     plans: &BTreeMap<String, Plan>,
 ) -> anyhow::Result<HashMap<u32, Sold>> {
+    let mut sources: HashMap<std::sync::Arc<str>, std::sync::Arc<str>> = HashMap::new();
     Ok(client
         .query(
             "SELECT vmid, spec FROM sites WHERE vmid IS NOT NULL AND state NOT IN ('failed', 'rejected', 'deleted')",
@@ -112,7 +113,10 @@ pub async fn sold_by_vmid(
         .iter()
         .filter_map(|r| {
             let vmid = u32::try_from(r.get::<_, i32>(0)).ok()?;
-            Some((vmid, sold(&r.get(1), plans)?))
+            let mut s = sold(&r.get(1), plans)?;
+            // Sites of one plan share its source text.
+            s.from = sources.entry(s.from.clone()).or_insert_with(|| s.from.clone()).clone();
+            Some((vmid, s))
         })
         .collect())
 }
@@ -242,8 +246,9 @@ impl Scaler {
         let sold = sold_by_vmid(&client, &self.plans).await?;
         let world = World::new(&nodes, &cooldowns, &policies, s);
         let deciding = std::time::Instant::now();
-        let mut seen: Vec<Observed> = Vec::new();
-        let mut verdicts: Vec<(u32, Verdict)> = Vec::new();
+        let guests = rows.iter().filter(|r| r.kind == "lxc").count();
+        let mut seen: Vec<Observed> = Vec::with_capacity(guests);
+        let mut verdicts: Vec<(u32, Verdict)> = Vec::with_capacity(guests);
         for r in rows.iter().filter(|r| r.kind == "lxc") {
             let Some(o) = observed(r, r.vmid.and_then(|v| u32::try_from(v).ok()).and_then(|v| sold.get(&v))) else {
                 continue;

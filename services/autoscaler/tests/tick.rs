@@ -539,7 +539,7 @@ async fn a_small_site_under_no_load_keeps_what_it_was_sold_until_its_policy_lowe
             pvefleet_autoscaler::decide::Change::Hold("cores at their minimum")
         );
         assert_eq!((bounds.cores.floor.value, bounds.memory.floor.value), (1, 1024));
-        assert_eq!(bounds.memory.floor.from, "plan small");
+        assert_eq!(&*bounds.memory.floor.from, "plan small");
     }
     assert_eq!((cores(&r.sim), memory(&r.sim, VMID)), (1, 1024));
     // The container's own policy lowers the memory floor on purpose.

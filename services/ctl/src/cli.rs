@@ -10,6 +10,7 @@ mod bus;
 mod config;
 mod dlq;
 mod net;
+mod notify;
 mod pve;
 mod saga;
 mod sim;
@@ -23,6 +24,7 @@ pub use bus::*;
 pub use config::*;
 pub use dlq::*;
 pub use net::*;
+pub use notify::*;
 pub use pve::*;
 pub use saga::*;
 pub use sim::*;
@@ -83,7 +85,7 @@ pub enum Command {
         #[arg(long, default_value_t = 300)]
         task_ms: u64,
         /// Services not to run (comma-separated), to run your own build of one beside dev.
-        #[arg(long, value_delimiter = ',', value_parser = ["saga", "provisioner", "ha", "edge", "installer", "autoscaler", "nethotplug"])]
+        #[arg(long, value_delimiter = ',', value_parser = ["saga", "provisioner", "ha", "edge", "installer", "autoscaler", "nethotplug", "notifier"])]
         without: Vec<String>,
     },
     /// Container network interfaces, through the intake API.
@@ -121,6 +123,13 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         action: AutoscaleAction,
+    },
+    /// Notifications: deliveries by e-mail, webhooks, ntfy and Alertmanager; a test notice;
+    /// owners' contacts.
+    Notify {
+        /// What to do.
+        #[command(subcommand)]
+        action: NotifyAction,
     },
     /// The audit log of operator actions.
     Audit {

@@ -1360,10 +1360,20 @@ fn init_secrets_makes_each_missing_secret_in_its_format_and_keeps_what_is_there(
             .len(),
         64
     );
+    let owner_key = std::fs::read_to_string(dir.join("owner-webhook-key")).unwrap();
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(owner_key.trim())
+            .unwrap()
+            .len(),
+        32,
+        "the owner webhook key is 32 bytes in base64"
+    );
+    assert_eq!(std::fs::read_to_string(dir.join("smtp-password")).unwrap(), "");
     assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
     // A second run keeps every file.
     let out = pvefleet(&[], &["init-secrets", dir.to_str().unwrap(), "--demo"]);
-    assert!(text(&out.stdout).matches("kept").count() == 3, "{}", text(&out.stdout));
+    assert!(text(&out.stdout).matches("kept").count() == 5, "{}", text(&out.stdout));
     assert_eq!(std::fs::read_to_string(dir.join("installer-secrets-key")).unwrap(), key);
     // A malformed key that is there is named, with the command that makes one.
     std::fs::write(dir.join("installer-secrets-key"), "REPLACE-ME\n").unwrap();
@@ -1627,4 +1637,193 @@ async fn every_change_of_a_session_through_the_api_and_the_cli_is_one_audit_row_
     assert!(password.len() >= 16, "{creds}");
     assert!(!table.contains(&password), "a password is in the audit table");
     std::fs::remove_dir_all(&home).ok();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notify_commands_queue_a_test_notice_resend_it_and_set_an_owners_contacts_with_its_signing_secret() {
+    let db = TestDb::create().await.unwrap();
+    let url = db.url();
+    let dir = std::env::temp_dir().join(format!("pvefleet-notify-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("owner-webhook-key");
+    std::fs::write(&key_file, "owner-key-for-the-test\n").unwrap();
+    let key_path = key_file.to_str().unwrap().to_string();
+    let run = |env: Vec<(&'static str, String)>, args: Vec<String>| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut all: Vec<(&str, &str)> = vec![("PVEFLEET_DB__URL", url.as_str())];
+            all.extend(env.iter().map(|(k, v)| (*k, v.as_str())));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            pvefleet(&all, &args)
+        })
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let ops = (
+        "PVEFLEET_NOTIFIER__OPERATOR__EMAIL",
+        r#"["ops@example.org"]"#.to_string(),
+    );
+    let smtp = ("PVEFLEET_NOTIFIER__SMTP__HOST", "127.0.0.1".to_string());
+
+    // No operator channel: a test notice has nowhere to go, and says so.
+    let out = run(vec![], args(&["notify", "test"])).await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("no route sends notify.test"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // With one, it is queued: a pending delivery and its notify.deliver in the outbox.
+    let out = run(
+        vec![ops.clone(), smtp.clone()],
+        args(&["notify", "test", "--message", "hello"]),
+    )
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = text(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("queued ").map(str::to_string))
+        .expect("a queued delivery");
+    let out = run(vec![], args(&["notify", "list", "--json"])).await.unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(
+        (
+            list[0]["id"].as_str(),
+            list[0]["event_type"].as_str(),
+            list[0]["channel"].as_str(),
+            list[0]["target"].as_str(),
+            list[0]["state"].as_str()
+        ),
+        (
+            Some(id.as_str()),
+            Some("notify.test"),
+            Some("email"),
+            Some("ops@example.org"),
+            Some("pending")
+        )
+    );
+    let c = db.client().await.unwrap();
+    let queued: i64 = c
+        .query_one("SELECT count(*) FROM outbox WHERE message_type = 'notify.deliver'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(queued, 1);
+
+    // Failed for good, then sent again: pending, one more command, audited.
+    c.execute(
+        "UPDATE notifications SET state = 'failed', last_error = 'no SMTP server' WHERE id = $1::text::uuid",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    let out = run(vec![], args(&["notify", "resend", &id])).await.unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(vec![], args(&["notify", "show", &id])).await.unwrap();
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (shown["state"].as_str(), shown["last_error"].as_str()),
+        (Some("pending"), None),
+        "{shown}"
+    );
+    let queued: i64 = c
+        .query_one("SELECT count(*) FROM outbox WHERE message_type = 'notify.deliver'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(queued, 2);
+    let actions: Vec<(String, String)> = c
+        .query("SELECT action, outcome FROM audit_log ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let pairs: Vec<(&str, &str)> = actions.iter().map(|(a, o)| (a.as_str(), o.as_str())).collect();
+    assert_eq!(
+        pairs,
+        [
+            ("notify.test", "no-route"),
+            ("notify.test", "accepted"),
+            ("notify.resend", "accepted")
+        ]
+    );
+
+    // Bad arguments are named, exit 2; an unknown delivery is exit 1.
+    let out = run(vec![], args(&["notify", "list", "--state", "lost"])).await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--state lost"), "{}", text(&out.stderr));
+    let out = run(
+        vec![],
+        args(&["notify", "show", "01900000-0000-7000-8000-000000000000"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let out = run(
+        vec![],
+        args(&["notify", "owner", "set", "alice", "--email", "not an address"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--email"), "{}", text(&out.stderr));
+    let out = run(
+        vec![],
+        args(&["notify", "owner", "set", "alice", "--webhook", "ftp://x.example/"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--webhook"), "{}", text(&out.stderr));
+
+    // An owner's contacts, with the signing secret derived from the configured key.
+    let keyed = ("PVEFLEET_NOTIFIER__OWNER_WEBHOOK_KEY_FILE", key_path.clone());
+    let out = run(
+        vec![keyed.clone()],
+        args(&[
+            "notify",
+            "owner",
+            "set",
+            "alice",
+            "--email",
+            "alice@example.org",
+            "--webhook",
+            "https://hooks.example.org/alice",
+        ]),
+    )
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let secret = pvefleet_notifier::channels::owner_secret("owner-key-for-the-test", "alice");
+    assert!(text(&out.stdout).contains(&secret), "{}", text(&out.stdout));
+    let out = run(vec![keyed], args(&["notify", "owner", "show", "alice", "--json"]))
+        .await
+        .unwrap();
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            shown["email"].as_str(),
+            shown["webhook_url"].as_str(),
+            shown["webhook_secret"].as_str()
+        ),
+        (
+            Some("alice@example.org"),
+            Some("https://hooks.example.org/alice"),
+            Some(secret.as_str())
+        )
+    );
+    // The secret is shown, never stored or audited.
+    let leaked: i64 = c
+        .query_one(
+            "SELECT count(*) FROM audit_log WHERE detail::text LIKE '%' || $1 || '%'",
+            &[&secret],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leaked, 0);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -46,6 +46,7 @@ fn path_param(name: &str) -> Value {
         "vmid" => param(name, "path", true, vmid(), "The container's vmid (100 to 999999999)."),
         "name" => param(name, "path", true, text(INTERFACE), "The interface: net0 to net31."),
         "vnet" => param(name, "path", true, text(SDN_ID), "The VNet."),
+        "owner" => param(name, "path", true, text(OWNER), "The owner."),
         _ => param(name, "path", true, uuid(), "The id."),
     }
 }
@@ -108,6 +109,43 @@ fn query_params(method: &str, path: &str) -> Vec<Value> {
                 false,
                 json!({ "type": "integer", "minimum": 1, "maximum": 10_000 }),
                 "At most this many (default 200).",
+            ),
+        ],
+        ("get", "/v1/notifications") => vec![
+            param(
+                "state",
+                "query",
+                false,
+                json!({ "type": "string", "enum": pvefleet_notifier::store::STATES }),
+                "Only deliveries in this state.",
+            ),
+            param(
+                "owner",
+                "query",
+                false,
+                text(OWNER),
+                "Only this owner's (an owner's token: its own).",
+            ),
+            param(
+                "event_type",
+                "query",
+                false,
+                text(NO_NUL),
+                "Only of this event type (`site.provisioned`, `resource.alert`...).",
+            ),
+            param(
+                "before",
+                "query",
+                false,
+                uuid(),
+                "Older than this delivery (the next page).",
+            ),
+            param(
+                "limit",
+                "query",
+                false,
+                json!({ "type": "integer", "minimum": 1, "maximum": 1000 }),
+                "At most this many (default 100).",
             ),
         ],
         ("delete", "/v1/vnets/{vnet}/bindings") => vec![
@@ -236,6 +274,27 @@ fn policy() -> Value {
     })
 }
 
+/// An owner's contacts: each an address or URL, an empty string to clear it, or absent (as it
+/// is). Whether an address's domain is one `lettre` takes is checked by intake (422).
+fn contacts() -> Value {
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "email": { "oneOf": [
+                { "type": "string", "maxLength": 0 },
+                { "type": "string", "format": "email", "maxLength": 254 },
+                { "type": "null" }
+            ] },
+            "webhook_url": { "oneOf": [
+                { "type": "string", "maxLength": 0 },
+                { "type": "string", "format": "uri", "pattern": "^https?://[^/?#\\s]+", "maxLength": 2048 },
+                { "type": "null" }
+            ] }
+        }
+    })
+}
+
 /// The request body of an operation, if it takes one.
 fn request_body(method: &str, path: &str, s: &Settings) -> Option<Value> {
     let schema = match (method, path) {
@@ -259,6 +318,19 @@ fn request_body(method: &str, path: &str, s: &Settings) -> Option<Value> {
             }
         }),
         ("put", "/v1/containers/{vmid}/autoscale") => policy(),
+        ("put", "/v1/owners/{owner}/contacts") => contacts(),
+        ("post", "/v1/notifications/test") => json!({
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {
+                "message": {
+                    "oneOf": [
+                        { "type": "string", "maxLength": pvefleet_notifier::ops::TEST_MESSAGE_MAX, "pattern": NO_NUL },
+                        { "type": "null" }
+                    ]
+                }
+            }
+        }),
         ("post", "/v1/dead-letters/replay" | "/v1/dead-letters/archive" | "/v1/dead-letters/purge") => selector(),
         _ => return None,
     };

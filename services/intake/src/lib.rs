@@ -14,6 +14,7 @@ mod doc;
 mod fair;
 mod guard;
 mod network;
+mod notifications;
 mod problem;
 mod sagas;
 mod sites;
@@ -91,6 +92,13 @@ impl AppState {
         }
     }
 
+    /// Wakes the outbox relay: a command was just written to the outbox.
+    pub(crate) fn poke_relay(&self) {
+        if let Some(p) = &self.poke {
+            p.notify_one();
+        }
+    }
+
     /// With a publisher for dead-letter replays.
     pub fn with_publisher(mut self, publisher: pvefleet_core::bus::Publisher) -> Self {
         self.publisher = Some(publisher);
@@ -119,6 +127,12 @@ impl AppState {
         dead_letters::replay,
         dead_letters::archive,
         dead_letters::purge,
+        notifications::list,
+        notifications::show,
+        notifications::resend,
+        notifications::test,
+        notifications::get_contacts,
+        notifications::put_contacts,
         autoscale::get,
         autoscale::put,
         autoscale::delete,
@@ -165,6 +179,24 @@ fn table() -> Vec<(Method, &'static str, Handlers)> {
         (Method::POST, "/v1/dead-letters/archive", post(dead_letters::archive)),
         (Method::POST, "/v1/dead-letters/purge", post(dead_letters::purge)),
         (Method::GET, "/v1/dead-letters/{id}", get(dead_letters::show)),
+        (Method::GET, "/v1/notifications", get(notifications::list)),
+        (Method::POST, "/v1/notifications/test", post(notifications::test)),
+        (Method::GET, "/v1/notifications/{id}", get(notifications::show)),
+        (
+            Method::POST,
+            "/v1/notifications/{id}/resend",
+            post(notifications::resend),
+        ),
+        (
+            Method::GET,
+            "/v1/owners/{owner}/contacts",
+            get(notifications::get_contacts),
+        ),
+        (
+            Method::PUT,
+            "/v1/owners/{owner}/contacts",
+            put(notifications::put_contacts),
+        ),
         (Method::GET, "/v1/containers/{vmid}/autoscale", get(autoscale::get)),
         (Method::PUT, "/v1/containers/{vmid}/autoscale", put(autoscale::put)),
         (

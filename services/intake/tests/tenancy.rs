@@ -51,6 +51,9 @@ async fn fleet_with(tune: impl FnOnce(&mut pvefleet_core::Settings)) -> Fleet {
     pvefleet_testkit::use_pvesim(&mut s, addr, "f@pve!t", "x");
     s.pve.templates = vec![TEMPLATE.into()];
     s.installer.secrets_key = Some(pvefleet_core::Secret::new(SECRETS_KEY));
+    // An operator channel, so a test notice has somewhere to go (no notifier sends it here).
+    s.notifier.operator.email = vec!["ops@example.org".into()];
+    s.notifier.smtp.host = "127.0.0.1".into();
     tune(&mut s);
     let pool = pvefleet_core::db::connect(&s.db).await.unwrap();
     pvefleet_core::db::migrate(&pool).await.unwrap();
@@ -142,6 +145,8 @@ async fn one_owners_token_reaches_nothing_of_another_owners_on_any_route_and_an_
         "network:write",
         "autoscale:read",
         "autoscale:write",
+        "notifications:read",
+        "notifications:write",
     ];
     let alice = f.mint("alice-ci", Some("alice"), &owner_scopes).await.token;
     let bob = f.mint("bob-ci", Some("bob"), &owner_scopes).await.token;
@@ -186,6 +191,16 @@ async fn one_owners_token_reaches_nothing_of_another_owners_on_any_route_and_an_
          VALUES ($1, 'm1', 3, 'container.start', '{}'::jsonb, '{}'::bytea, 'pvefleet.commands', 'container.start',
              'pvefleet.provisioner', 'retries-exhausted', 'PVE is down', 'container.start/retries-exhausted/x')",
         &[&letter],
+    )
+    .await
+    .unwrap();
+    // A delivery of alice's: the mail telling her the site is ready.
+    let notice = Uuid::now_v7();
+    c.execute(
+        "INSERT INTO notifications (id, event_id, event_type, severity, audience, owner, channel, target, subject, payload, state)
+         VALUES ($1, 'e1', 'site.provisioned', 'info', 'owner', 'alice', 'email', 'alice@example.org',
+             'Your site alpha is ready', '{}'::jsonb, 'failed')",
+        &[&notice],
     )
     .await
     .unwrap();
@@ -277,6 +292,48 @@ async fn one_owners_token_reaches_nothing_of_another_owners_on_any_route_and_an_
         "/v1/dead-letters/purge",
         "/v1/dead-letters/purge".into(),
         Some(json!({ "id": nobody })),
+        Denied,
+    );
+    case(
+        Method::GET,
+        "/v1/notifications",
+        "/v1/notifications".into(),
+        None,
+        OwnOnly,
+    );
+    case(
+        Method::GET,
+        "/v1/notifications/{id}",
+        format!("/v1/notifications/{notice}"),
+        None,
+        Denied,
+    );
+    case(
+        Method::POST,
+        "/v1/notifications/{id}/resend",
+        format!("/v1/notifications/{notice}/resend"),
+        None,
+        Denied,
+    );
+    case(
+        Method::POST,
+        "/v1/notifications/test",
+        "/v1/notifications/test".into(),
+        Some(json!({ "message": "tenancy" })),
+        Denied,
+    );
+    case(
+        Method::GET,
+        "/v1/owners/{owner}/contacts",
+        "/v1/owners/alice/contacts".into(),
+        None,
+        Denied,
+    );
+    case(
+        Method::PUT,
+        "/v1/owners/{owner}/contacts",
+        "/v1/owners/alice/contacts".into(),
+        Some(json!({ "email": "alice@example.org" })),
         Denied,
     );
     let ct = format!("/v1/containers/{CT}");
@@ -457,6 +514,41 @@ async fn one_owners_token_reaches_nothing_of_another_owners_on_any_route_and_an_
     );
     let (status, s) = f.call(&alice, Method::GET, &format!("/v1/sites/{site}"), None).await;
     assert_eq!((status, s["state"].as_str()), (200, Some("active")), "{s}");
+    // bob neither resent alice's delivery nor set her contacts; alice sees and resends hers.
+    let (status, d) = f
+        .call(&alice, Method::GET, &format!("/v1/notifications/{notice}"), None)
+        .await;
+    assert_eq!((status, d["state"].as_str()), (200, Some("failed")), "{d}");
+    let (status, contacts) = f.call(&alice, Method::GET, "/v1/owners/alice/contacts", None).await;
+    assert_eq!((status, contacts["email"].as_str()), (200, None), "{contacts}");
+    let (status, list) = f.call(&alice, Method::GET, "/v1/notifications", None).await;
+    assert_eq!(
+        (status, list.as_array().map(Vec::len), list[0]["id"].as_str()),
+        (200, Some(1), Some(notice.to_string().as_str())),
+        "{list}"
+    );
+    let (status, r) = f
+        .call(
+            &alice,
+            Method::POST,
+            &format!("/v1/notifications/{notice}/resend"),
+            None,
+        )
+        .await;
+    assert_eq!((status, r["state"].as_str()), (202, Some("pending")), "{r}");
+    let (status, p) = f
+        .call(
+            &alice,
+            Method::PUT,
+            "/v1/owners/alice/contacts",
+            Some(&json!({ "email": "not an address" })),
+        )
+        .await;
+    assert_eq!((status, p["field"].as_str()), (422, Some("/email")), "{p}");
+    let (status, p) = f
+        .call(&alice, Method::POST, "/v1/notifications/test", Some(&json!({})))
+        .await;
+    assert_eq!(status, 403, "a test notice is for operators: {p}");
 
     // The operator reaches everything.
     for (m, p) in &routes {
@@ -476,10 +568,18 @@ async fn every_scope_intake_checks_can_be_minted_and_revoked_or_expired_tokens_g
     let f = fleet().await;
     // Every scope intake names is one the policy crate lists, and each can be minted (the
     // operator-only ones on an operator's token).
-    let src: String = ["sites", "sagas", "network", "autoscale", "dead_letters", "lib"]
-        .iter()
-        .map(|m| std::fs::read_to_string(format!("{}/src/{m}.rs", env!("CARGO_MANIFEST_DIR"))).unwrap())
-        .collect();
+    let src: String = [
+        "sites",
+        "sagas",
+        "network",
+        "autoscale",
+        "dead_letters",
+        "notifications",
+        "lib",
+    ]
+    .iter()
+    .map(|m| std::fs::read_to_string(format!("{}/src/{m}.rs", env!("CARGO_MANIFEST_DIR"))).unwrap())
+    .collect();
     for scope in pvefleet_policy::scopes::ALL {
         let konst = scope.name.replace(':', "_").to_uppercase();
         assert!(

@@ -36,7 +36,7 @@ impl std::fmt::Display for SendError {
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
-fn read_secret(path: &Path, what: &str) -> anyhow::Result<String> {
+pub fn read_secret(path: &Path, what: &str) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read {what} from {}: {e}", path.display()))?;
     let text = text.trim().to_string();

@@ -18,6 +18,7 @@
 
 pub mod channels;
 pub mod notice;
+pub mod ops;
 pub mod render;
 pub mod route;
 pub mod store;
@@ -30,7 +31,7 @@ use pvefleet_contracts::messages::{
     MessageParked, NotifyDeliver, ResourceAlert, SagaCompensationFailed, SagaSuspended, SiteDeprovisioned,
     SiteProvisionFailed, SiteProvisioned,
 };
-use pvefleet_core::bus::outgoing::{Origin, Outgoing};
+use pvefleet_core::bus::outgoing::Origin;
 use pvefleet_core::bus::{Context, Handled, Handler, HandlerError, Router};
 use pvefleet_core::config::Settings;
 use serde_json::{Value, json};
@@ -96,48 +97,11 @@ impl Notifier {
         notice: &Notice,
         origin: &Origin,
     ) -> Result<usize, HandlerError> {
-        let s = &self.inner.settings.notifier;
-        let contacts = match &notice.owner {
-            Some(o) => store::contacts(db, o).await.map_err(db_error)?,
-            None => None,
-        };
-        let targets = route::targets(s, notice, contacts.as_ref());
-        if targets.is_empty() {
-            tracing::debug!(event = notice.event_type, "No route sends this notice anywhere.");
-            return Ok(0);
+        match ops::queue(db, &self.inner.settings.notifier, event_id, notice, origin).await {
+            Ok(ids) => Ok(ids.len()),
+            Err(ops::OpsError::Db(e)) => Err(db_error(e)),
+            Err(e) => Err(HandlerError::transient(e.to_string())),
         }
-        let rendered = render::render(
-            s.templates_dir.as_deref(),
-            &notice.event_type,
-            &notice.vars,
-            &s.console_url,
-        )
-        .map_err(HandlerError::transient)?;
-        let payload = json!({
-            "vars": notice.vars,
-            "alert": notice.alert.as_ref().map(|a| json!({ "labels": a.labels, "resolved": a.resolved })),
-            "owner_webhook_url": contacts.as_ref().and_then(|c| c.webhook_url.clone()),
-        });
-        let ids = store::record(
-            db,
-            event_id,
-            notice,
-            &rendered.subject,
-            &payload,
-            &targets,
-            s.alert_resend_interval,
-        )
-        .await
-        .map_err(db_error)?;
-        for id in &ids {
-            let out = Outgoing::message(&NotifyDeliver { notification_id: *id }, origin)
-                .map_err(|e| HandlerError::transient(format!("{e:#}")))?;
-            pvefleet_core::db::outbox::enqueue(db, &out)
-                .await
-                .map_err(|e| HandlerError::transient(format!("{e:#}")))?;
-        }
-        metrics::counter!("pvefleet_notifier_notices_total", "event" => notice.event_type.clone()).increment(1);
-        Ok(ids.len())
     }
 
     async fn event(&self, ctx: &Context<'_>, notice: Notice) -> Handled {

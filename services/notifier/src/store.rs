@@ -12,6 +12,9 @@ use uuid::Uuid;
 use crate::notice::Notice;
 use crate::route::{OwnerContacts, Target};
 
+/// Every state a delivery can be in.
+pub const STATES: &[&str] = &["pending", "sending", "retrying", "sent", "failed", "suppressed"];
+
 /// One delivery row.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Delivery {
@@ -180,9 +183,9 @@ pub async fn settle(
 }
 
 /// One delivery.
-pub async fn get(db: &tokio_postgres::Client, id: Uuid) -> Result<Option<Delivery>, tokio_postgres::Error> {
+pub async fn get(db: &dyn Sql, id: Uuid) -> Result<Option<Delivery>, tokio_postgres::Error> {
     Ok(db
-        .query_opt(&format!("SELECT {COLUMNS} FROM notifications WHERE id = $1"), &[&id])
+        .opt(&format!("SELECT {COLUMNS} FROM notifications WHERE id = $1"), &[&id])
         .await?
         .as_ref()
         .map(row))
@@ -204,9 +207,9 @@ pub struct Filter {
 }
 
 /// Deliveries, newest first.
-pub async fn list(db: &tokio_postgres::Client, f: &Filter) -> Result<Vec<Delivery>, tokio_postgres::Error> {
+pub async fn list(db: &dyn Sql, f: &Filter) -> Result<Vec<Delivery>, tokio_postgres::Error> {
     Ok(db
-        .query(
+        .rows(
             &format!(
                 "SELECT {COLUMNS} FROM notifications
                  WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR owner = $2)
@@ -222,9 +225,9 @@ pub async fn list(db: &tokio_postgres::Client, f: &Filter) -> Result<Vec<Deliver
 }
 
 /// Makes a delivery go again: any state but `sending` becomes `pending`. Answers whether it did.
-pub async fn reset(db: &tokio_postgres::Client, id: Uuid) -> Result<bool, tokio_postgres::Error> {
+pub async fn reset(db: &dyn Sql, id: Uuid) -> Result<bool, tokio_postgres::Error> {
     Ok(db
-        .execute(
+        .exec(
             "UPDATE notifications SET state = 'pending', last_error = NULL, updated_at = now()
              WHERE id = $1 AND state <> 'sending'",
             &[&id],
@@ -249,13 +252,13 @@ pub async fn contacts(db: &dyn Sql, owner: &str) -> Result<Option<OwnerContacts>
 
 /// Sets an owner's contacts (a `None` leaves that one as it is, an empty string clears it).
 pub async fn set_contacts(
-    db: &tokio_postgres::Client,
+    db: &dyn Sql,
     owner: &str,
     email: Option<&str>,
     webhook_url: Option<&str>,
 ) -> Result<OwnerContacts, tokio_postgres::Error> {
     let r = db
-        .query_one(
+        .one(
             "INSERT INTO owner_contacts (owner, email, webhook_url) VALUES ($1, NULLIF($2, ''), NULLIF($3, ''))
              ON CONFLICT (owner) DO UPDATE SET
                  email = CASE WHEN $2::text IS NULL THEN owner_contacts.email ELSE NULLIF($2, '') END,

@@ -1,4 +1,4 @@
-//! The notifier against real servers: an SMTP server (aiosmtpd, from PyPI, delivering to a
+//! The notifier against real servers: an SMTP server (aiosmtpd, Debian's python3-aiosmtpd, delivering to a
 //! maildir the test reads), a webhook receiver that checks Standard Webhooks signatures itself,
 //! the real broker and Postgres (own vhost and database).
 
@@ -36,14 +36,20 @@ impl Smtp {
     }
 
     fn up(&mut self) {
-        let child = Command::new("python3")
+        // Debian's python3, where its python3-aiosmtpd is (another may come first on the PATH).
+        let python = if std::path::Path::new("/usr/bin/python3").exists() {
+            "/usr/bin/python3"
+        } else {
+            "python3"
+        };
+        let child = Command::new(python)
             .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{}", self.port)])
             .args(["-c", "aiosmtpd.handlers.Mailbox"])
             .arg(&self.maildir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("aiosmtpd (pip install aiosmtpd; scripts/test does)");
+            .expect("aiosmtpd (apt-get install python3-aiosmtpd; scripts/test does)");
         self.child = Some(child);
         // Listening?
         for _ in 0..100 {

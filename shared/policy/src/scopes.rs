@@ -19,6 +19,10 @@ pub const NETWORK_WRITE: &str = "network:write";
 pub const AUTOSCALE_READ: &str = "autoscale:read";
 /// Set and remove containers' autoscaling policies.
 pub const AUTOSCALE_WRITE: &str = "autoscale:write";
+/// Read deliveries of notices and owners' contacts.
+pub const NOTIFICATIONS_READ: &str = "notifications:read";
+/// Resend deliveries, set owners' contacts, send a test notice (operators).
+pub const NOTIFICATIONS_WRITE: &str = "notifications:write";
 /// The dead-letter store: list, show, replay, archive, purge. Operators only.
 pub const DLQ_ADMIN: &str = "dlq:admin";
 /// Every scope. Operators only.
@@ -70,6 +74,16 @@ pub const ALL: &[Scope] = &[
     Scope {
         name: AUTOSCALE_WRITE,
         grants: "set and remove containers' autoscaling policies",
+        operator_only: false,
+    },
+    Scope {
+        name: NOTIFICATIONS_READ,
+        grants: "read deliveries of notices and owners' contacts",
+        operator_only: false,
+    },
+    Scope {
+        name: NOTIFICATIONS_WRITE,
+        grants: "resend deliveries and set owners' contacts (a test notice: operators)",
         operator_only: false,
     },
     Scope {

@@ -1,7 +1,7 @@
 //! `pvefleet dev`: the whole fleet in one process for a laptop or a homelab trial. pvesim
 //! (3 nodes) stands in for Proxmox; migrations and topology are applied; intake, the saga
 //! coordinator, the provisioner, the ha service, edge, the installer (through pvesim's
-//! simulated `pct exec`), the autoscaler and nethotplug run against the local RabbitMQ and
+//! simulated `pct exec`), the autoscaler, nethotplug and the notifier run against the local RabbitMQ and
 //! Postgres (the database is created when missing). The profile it writes
 //! (`~/.pvefleet/dev.toml`, mode 0600) tells every other command where intake and pvesim are.
 
@@ -123,6 +123,7 @@ pub async fn run(
         "installer",
         "autoscaler",
         "nethotplug",
+        "notifier",
     ]
     .into_iter()
     .filter(|n| run(n))
@@ -179,6 +180,12 @@ pub async fn run(
         tasks.spawn({
             let (s, pool, sd) = (s.clone(), pool.clone(), shutdown.clone());
             async move { pvefleet_nethotplug::run(&s, pool, None, sd).await }
+        });
+    }
+    if run("notifier") {
+        tasks.spawn({
+            let (s, pool, sd) = (s.clone(), pool.clone(), shutdown.clone());
+            async move { pvefleet_notifier::run(&s, pool, None, sd).await }
         });
     }
     let mut failed = false;

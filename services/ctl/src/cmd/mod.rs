@@ -7,6 +7,7 @@ mod dev;
 mod dlq;
 mod migrate;
 mod net;
+mod notify;
 mod pve;
 mod pve_check;
 mod saga;
@@ -71,6 +72,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Saga { action } => saga::run(&settings, action).await,
         Command::Dlq { action } => dlq::run(&settings, action).await,
         Command::Audit { action } => dlq::audit(&settings, action).await,
+        Command::Notify { action } => notify::run(&settings, action).await,
         Command::Autoscale { action } => autoscale::run(&settings, action).await,
         Command::Dev {
             listen,

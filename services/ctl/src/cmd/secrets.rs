@@ -64,6 +64,16 @@ pub fn init(dir: &Path, demo: bool) -> anyhow::Result<ExitCode> {
         &format!("{}\n", hex(&random32()?)),
         "PowerDNS's api-key, read when DNS_PROVIDER=powerdns",
     )?;
+    write_new(
+        &dir.join("owner-webhook-key"),
+        &format!("{}\n", b64(random32()?)),
+        "derives each owner's webhook signing secret (the notifier)",
+    )?;
+    write_new(
+        &dir.join("smtp-password"),
+        "",
+        "empty: the SMTP password, read when SMTP_USERNAME is set",
+    )?;
     let pve = dir.join("pve-token-secret");
     if demo {
         write_new(

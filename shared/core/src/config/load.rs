@@ -59,9 +59,12 @@ impl Settings {
             Some(f) => fig = fig.merge(Toml::file_exact(f)),
             None => fig = fig.merge(Toml::file("pvefleet.toml")),
         }
+        // `X_FILE` reads setting `x` from a file, unless `x_file` is itself a setting (a path
+        // the service reads, such as `notifier.smtp.password_file`): then it is that setting.
+        let indirect = |k: &str| k.ends_with("_FILE") && k != CONFIG_FILE_ENV && !names_setting(&env_key(k));
         let plain: Vec<(String, String)> = env
             .iter()
-            .filter(|(k, _)| k != CONFIG_FILE_ENV && !k.ends_with("_FILE"))
+            .filter(|(k, _)| k != CONFIG_FILE_ENV && !indirect(k))
             .cloned()
             .collect();
         for (var, value) in plain {
@@ -71,7 +74,7 @@ impl Settings {
                 .unwrap_or_else(|_| figment::value::Value::from(value.clone()));
             fig = fig.merge(Serialized::global(&env_key(&var), parsed));
         }
-        for (var, path) in env.iter().filter(|(k, _)| k.ends_with("_FILE") && k != CONFIG_FILE_ENV) {
+        for (var, path) in env.iter().filter(|(k, _)| indirect(k)) {
             let content = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
                 var: var.clone(),
                 path: PathBuf::from(path),
@@ -88,6 +91,14 @@ impl Settings {
     pub fn to_redacted_toml(&self) -> String {
         toml_string(self)
     }
+}
+
+/// Whether `key` (`notifier.smtp.password_file`) is a setting: a member of the defaults.
+fn names_setting(key: &str) -> bool {
+    let Ok(defaults) = serde_json::to_value(Settings::default()) else {
+        return false;
+    };
+    key.split('.').try_fold(&defaults, |v, part| v.get(part)).is_some()
 }
 
 /// Each fault of `err` in the words of what the user wrote: the variable, or the file and key.
@@ -372,5 +383,35 @@ mod tests {
         assert!(!shown.contains("s3cr3t"), "{shown}");
         assert!(shown.contains("[db]"), "{shown}");
         assert!(!format!("{s:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn a_variable_naming_a_setting_that_ends_in_file_is_that_setting_not_a_file_to_read() {
+        // `notifier.smtp.password_file` is a path the notifier reads itself; the variable that
+        // sets it is not read as a file here (the file need not exist where the CLI runs).
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("PVEFLEET_NOTIFIER__SMTP__PASSWORD_FILE", "/run/secrets/smtp_password"),
+                (
+                    "PVEFLEET_NOTIFIER__OWNER_WEBHOOK_KEY_FILE",
+                    "/run/secrets/owner_webhook_key",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.notifier.smtp.password_file.as_deref(),
+            Some(std::path::Path::new("/run/secrets/smtp_password"))
+        );
+        assert_eq!(
+            s.notifier.owner_webhook_key_file.as_deref(),
+            Some(std::path::Path::new("/run/secrets/owner_webhook_key"))
+        );
+        // Any other `_FILE` still reads its setting from the file, naming it when it cannot.
+        let err = Settings::load_from(None, env(&[("PVEFLEET_PVE__TOKEN_SECRET_FILE", "/nonexistent/secret")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PVEFLEET_PVE__TOKEN_SECRET_FILE"), "{err}");
     }
 }
