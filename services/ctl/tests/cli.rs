@@ -1373,7 +1373,7 @@ fn init_secrets_makes_each_missing_secret_in_its_format_and_keeps_what_is_there(
     assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
     // A second run keeps every file.
     let out = pvefleet(&[], &["init-secrets", dir.to_str().unwrap(), "--demo"]);
-    assert!(text(&out.stdout).matches("kept").count() == 5, "{}", text(&out.stdout));
+    assert!(text(&out.stdout).matches("kept").count() == 6, "{}", text(&out.stdout));
     assert_eq!(std::fs::read_to_string(dir.join("installer-secrets-key")).unwrap(), key);
     // A malformed key that is there is named, with the command that makes one.
     std::fs::write(dir.join("installer-secrets-key"), "REPLACE-ME\n").unwrap();

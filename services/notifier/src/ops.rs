@@ -52,6 +52,9 @@ pub async fn queue(
         None => None,
     };
     let targets = route::targets(s, notice, contacts.as_ref());
+    let routed = if targets.is_empty() { "false" } else { "true" };
+    metrics::counter!("pvefleet_notifier_notices_total", "event" => notice.event_type.clone(), "routed" => routed)
+        .increment(1);
     if targets.is_empty() {
         tracing::debug!(event = notice.event_type, "No route sends this notice anywhere.");
         return Ok(Vec::new());
@@ -81,7 +84,6 @@ pub async fn queue(
     for id in &ids {
         deliver(db, *id, origin).await?;
     }
-    metrics::counter!("pvefleet_notifier_notices_total", "event" => notice.event_type.clone()).increment(1);
     Ok(ids)
 }
 

@@ -291,7 +291,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     use pvefleet_core::bus::runner::{WorkerDeps, WorkerSpec, run_worker};
-    let gauge = tokio::spawn(parked_gauge(pool.clone(), shutdown.clone()));
+    let gauge = tokio::spawn(fleet_gauges(
+        pool.clone(),
+        bus.clone(),
+        Topology::fleet(&bus),
+        shutdown.clone(),
+    ));
     let publisher = pvefleet_core::bus::Publisher::new(&bus, "dead-letter-keeper", Some(topology.clone()));
     let spec = WorkerSpec {
         name: "dead-letter-keeper".into(),
@@ -319,17 +324,69 @@ pub async fn run(
     let _ = gauge.await;
 }
 
-/// Keeps `pvefleet_dead_letters_parked` at the number of parked dead letters, every 15 s.
-async fn parked_gauge(pool: deadpool_postgres::Pool, shutdown: CancellationToken) {
-    let pool = &pool;
-    pvefleet_core::periodic::Periodic::new("parked_gauge", std::time::Duration::from_secs(15))
+/// The non-terminal saga states an operator watches.
+const WATCHED_STATES: &[&str] = &["running", "compensating", "suspended", "compensation_failed"];
+
+/// Every 15 s, the fleet's gauges for alerting: `pvefleet_dead_letters_parked` (parked dead
+/// letters), `pvefleet_sagas{kind, state}` (sagas in each non-terminal state, 0 when none) and,
+/// per work queue, `pvefleet_queue_messages{queue}` and `pvefleet_queue_consumers{queue}` (a
+/// work queue with no consumer is work nobody takes). One replica of the saga coordinator
+/// suffices; several set the same values.
+async fn fleet_gauges(
+    pool: deadpool_postgres::Pool,
+    bus: BusSettings,
+    topology: Topology,
+    shutdown: CancellationToken,
+) {
+    let (pool, bus, topology) = (&pool, &bus, &topology);
+    let probe: tokio::sync::Mutex<Option<pvefleet_core::bus::probe::Probe>> = tokio::sync::Mutex::new(None);
+    let probe = &probe;
+    pvefleet_core::periodic::Periodic::new("fleet_gauges", std::time::Duration::from_secs(15))
         .at_once()
-        .run(shutdown, || async {
+        .run(shutdown, || async move {
             let client = pool.get().await?;
             let row = client
                 .query_one("SELECT count(*) FROM dead_letters WHERE state = 'parked'", &[])
                 .await?;
             metrics::gauge!("pvefleet_dead_letters_parked").set(row.get::<_, i64>(0) as f64);
+            let mut counts: std::collections::BTreeMap<(String, String), i64> = std::collections::BTreeMap::new();
+            for kind in crate::engine::Kind::ALL {
+                for state in WATCHED_STATES {
+                    counts.insert((kind.as_str().to_string(), (*state).to_string()), 0);
+                }
+            }
+            for r in client
+                .query(
+                    "SELECT kind, state, count(*) FROM sagas WHERE state = ANY($1) GROUP BY kind, state",
+                    &[&WATCHED_STATES],
+                )
+                .await?
+            {
+                counts.insert((r.get(0), r.get(1)), r.get(2));
+            }
+            for ((kind, state), n) in counts {
+                metrics::gauge!("pvefleet_sagas", "kind" => kind, "state" => state).set(n as f64);
+            }
+            let mut held = probe.lock().await;
+            if held.is_none() {
+                *held = Some(pvefleet_core::bus::probe::Probe::connect_with(bus).await?);
+            }
+            let Some(p) = held.as_ref() else { return anyhow::Ok(()) };
+            for q in &topology.work_queues {
+                match p.queue_info(&q.name).await {
+                    Ok(Some((messages, consumers))) => {
+                        metrics::gauge!("pvefleet_queue_messages", "queue" => q.name.clone()).set(f64::from(messages));
+                        metrics::gauge!("pvefleet_queue_consumers", "queue" => q.name.clone())
+                            .set(f64::from(consumers));
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        // The connection may be gone: a new one next time.
+                        *held = None;
+                        return Err(e);
+                    }
+                }
+            }
             anyhow::Ok(())
         })
         .await

@@ -75,7 +75,9 @@ async fn readyz(State(r): State<Readiness>) -> impl IntoResponse {
     }
 }
 
-async fn metrics() -> impl IntoResponse {
+async fn metrics(State(r): State<Readiness>) -> impl IntoResponse {
+    // A service that answers but is not ready (`up` is 1, `pvefleet_ready` 0) takes no work.
+    metrics::gauge!("pvefleet_ready").set(if r.failing().is_empty() { 1.0 } else { 0.0 });
     let body = crate::telemetry::prometheus().map(|h| h.render()).unwrap_or_default();
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }

@@ -70,6 +70,11 @@ pub fn init(dir: &Path, demo: bool) -> anyhow::Result<ExitCode> {
         "derives each owner's webhook signing secret (the notifier)",
     )?;
     write_new(
+        &dir.join("grafana-admin-password"),
+        &format!("{}\n", hex(&random32()?[..16])),
+        "Grafana's admin password (the monitoring profile)",
+    )?;
+    write_new(
         &dir.join("smtp-password"),
         "",
         "empty: the SMTP password, read when SMTP_USERNAME is set",

@@ -222,8 +222,27 @@ impl PveClient {
                 BTreeMap::new(),
             ));
         }
+        let started = Instant::now();
+        let result = self.send(&method, path, params).await;
+        // What an operator alerts on: PVE answering, refusing, failing, or not reached at all.
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => match e.status {
+                None => "unreachable",
+                Some(s) if s >= 500 => "server_error",
+                Some(_) => "client_error",
+            },
+        };
+        metrics::counter!("pvefleet_pve_requests_total", "method" => method.as_str().to_string(), "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("pvefleet_pve_request_seconds", "method" => method.as_str().to_string())
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn send(&self, method: &Method, path: &str, params: Params) -> Result<Value, PveError> {
         let url = format!("{}{}", self.base, path);
-        let body_in_query = method == Method::GET || method == Method::DELETE;
+        let body_in_query = *method == Method::GET || *method == Method::DELETE;
         let mut req = self.http.request(method.clone(), &url);
         req = if body_in_query {
             req.query(&params.0)
@@ -237,7 +256,7 @@ impl PveClient {
             Auth::Password { .. } => {
                 let (ticket, csrf) = self.ticket(path).await?;
                 req = req.header("Cookie", format!("PVEAuthCookie={ticket}"));
-                if !body_in_query || method == Method::DELETE {
+                if !body_in_query || *method == Method::DELETE {
                     req = req.header("CSRFPreventionToken", csrf);
                 }
             }
