@@ -278,6 +278,26 @@ async fn prometheus_scrapes_pvefleet_dev_and_every_dashboard_panel_returns_serie
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     assert!(empty.is_empty(), "panels with no series: {empty:#?}");
+    let sent = query(
+        &http,
+        &prom,
+        "sum(pvefleet_notifier_deliveries_total{channel=\"ntfy\", outcome=\"sent\"})",
+    )
+    .await;
+    assert_eq!(
+        sent["data"]["result"][0]["value"][1], "1",
+        "the test notice sent once: {sent}"
+    );
+    let retried = query(
+        &http,
+        &prom,
+        "sum(pvefleet_notifier_deliveries_total{channel=\"ntfy\", outcome=\"retried\"})",
+    )
+    .await;
+    assert_eq!(
+        retried["data"]["result"][0]["value"][1], "1",
+        "after one retry: {retried}"
+    );
     assert!(
         ntfy_seen.load(Ordering::SeqCst) >= 2,
         "ntfy saw the refused try and the sent one"

@@ -89,6 +89,8 @@ pub(crate) async fn list(
     let filter = store::Filter {
         state: q.state,
         owner,
+        // An owner's token sees what went to its owner, never the operators' copies.
+        audience: caller.owner.as_ref().map(|_| "owner".to_string()),
         event_type: q.event_type,
         before: q.before,
         limit: q.limit.unwrap_or(100),
@@ -109,7 +111,10 @@ pub(crate) async fn show(
     let id = parse_id(&raw)?;
     let client = st.pool.get().await.map_err(db_problem)?;
     match store::get(&client, id).await.map_err(db_problem)? {
-        Some(d) if caller.owner.is_none() || d.owner.as_deref().is_some_and(|o| caller.sees(o)) => {
+        Some(d)
+            if caller.owner.is_none()
+                || (d.audience == "owner" && d.owner.as_deref().is_some_and(|o| caller.sees(o))) =>
+        {
             Ok(Json(d).into_response())
         }
         _ => Err(no_delivery(id)),
@@ -117,7 +122,7 @@ pub(crate) async fn show(
 }
 
 /// Send a delivery again (a failed one, one in doubt, or one already sent): it becomes pending
-/// and the notifier sends it. 409 while a notifier is sending it.
+/// and the notifier sends it. 409 while it is pending, retrying or being sent.
 #[utoipa::path(post, path = "/v1/notifications/{id}/resend", responses((status = 202, body = Object), (status = 409, body = Problem)))]
 pub(crate) async fn resend(
     State(st): State<AppState>,
@@ -135,10 +140,12 @@ pub(crate) async fn resend(
             st.poke_relay();
             Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "state": "pending" }))).into_response())
         }
-        Resend::Sending => Err(Problem::new(
+        Resend::Unsettled(state) => Err(Problem::new(
             StatusCode::CONFLICT,
             "conflict",
-            format!("Delivery {id} is being sent now; ask again once it settles."),
+            format!(
+                "Delivery {id} is {state}: it is on its way already; resend it once it settles (sent, failed or suppressed)."
+            ),
         )),
         Resend::Missing => Err(no_delivery(id)),
     }
@@ -241,6 +248,19 @@ pub(crate) async fn put_contacts(
     let caller = auth::require(&st, &headers, scopes::NOTIFICATIONS_WRITE).await?;
     let owner = owner_path(&caller, &raw)?;
     let req: ContactsRequest = crate::problem::parse_body(&body, "contacts object")?;
+    // An owner's webhook goes out to the internet, not into the stack's own network.
+    if caller.owner.is_some()
+        && let Some(url) = req.webhook_url.as_deref().filter(|u| ops::internal_url(u))
+    {
+        return Err(Problem::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "webhook_url",
+            format!(
+                "'{url}' is an address of this network (loopback, private or link-local); an owner's webhook must be reachable on the internet"
+            ),
+        ));
+    }
     let key = owner_key(&st)?;
     let mut client = st.pool.get().await.map_err(db_problem)?;
     let c = ops::set_contacts(

@@ -204,6 +204,16 @@ async fn one_owners_token_reaches_nothing_of_another_owners_on_any_route_and_an_
     )
     .await
     .unwrap();
+    // The operators' copy of a notice about alice's site: not hers to see.
+    let ops_copy = Uuid::now_v7();
+    c.execute(
+        "INSERT INTO notifications (id, event_id, event_type, severity, audience, owner, channel, target, subject, payload, state)
+         VALUES ($1, 'e2', 'saga.suspended', 'warning', 'operator', 'alice', 'email', 'ops@example.org',
+             'saga suspended', '{}'::jsonb, 'failed')",
+        &[&ops_copy],
+    )
+    .await
+    .unwrap();
     // alice's own token works on her container: an interface attached (an operation) and a
     // policy set.
     let (status, attached) = f
@@ -536,6 +546,37 @@ async fn one_owners_token_reaches_nothing_of_another_owners_on_any_route_and_an_
         )
         .await;
     assert_eq!((status, r["state"].as_str()), (202, Some("pending")), "{r}");
+    // Pending: on its way already, not queued twice.
+    let (status, r) = f
+        .call(
+            &alice,
+            Method::POST,
+            &format!("/v1/notifications/{notice}/resend"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{r}");
+    // The operators' copy is neither listed (above: one), shown nor resent to her.
+    for (m, path) in [
+        (Method::GET, format!("/v1/notifications/{ops_copy}")),
+        (Method::POST, format!("/v1/notifications/{ops_copy}/resend")),
+    ] {
+        let (status, body) = f.call(&alice, m, &path, None).await;
+        assert_eq!(status, 404, "{path}: {body}");
+    }
+    // An owner's webhook cannot point into the stack's own network.
+    let (status, p) = f
+        .call(
+            &alice,
+            Method::PUT,
+            "/v1/owners/alice/contacts",
+            Some(&json!({ "webhook_url": "http://127.0.0.1:5672/" })),
+        )
+        .await;
+    assert_eq!((status, p["field"].as_str()), (422, Some("/webhook_url")), "{p}");
+    c.execute("UPDATE notifications SET state = 'failed' WHERE id = $1", &[&notice])
+        .await
+        .unwrap();
     let (status, p) = f
         .call(
             &alice,

@@ -190,7 +190,18 @@ impl Notifier {
         match d.channel.as_str() {
             "email" => c.email(&id, &d.target, &rendered).await,
             "webhook" => {
-                let owner_url = d.payload["owner_webhook_url"].as_str();
+                // An owner's webhook goes where its contacts say now (a resend follows a change).
+                let current = match d.target.strip_prefix("owner:") {
+                    Some(owner) => match self.inner.pool.get().await {
+                        Ok(db) => store::contacts(&db, owner)
+                            .await
+                            .map_err(|e| SendError::Transient(format!("reading the owner's contacts: {e}")))?
+                            .and_then(|c| c.webhook_url),
+                        Err(e) => return Err(SendError::Transient(format!("reading the owner's contacts: {e}"))),
+                    },
+                    None => None,
+                };
+                let owner_url = current.as_deref().or(d.payload["owner_webhook_url"].as_str());
                 let Some((url, secret)) = c.webhook_target(&d.target, owner_url) else {
                     return Err(SendError::Permanent(format!("no webhook endpoint '{}'", d.target)));
                 };
@@ -333,6 +344,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let notifier = Notifier::new(settings, pool.clone())?;
+    // Every channel's outcomes exist from the start at 0, so the first failure is an increase
+    // an alert sees.
+    for channel in route::CHANNELS {
+        for outcome in ["sent", "retried", "failed", "in_doubt"] {
+            metrics::counter!("pvefleet_notifier_deliveries_total", "channel" => *channel, "outcome" => outcome)
+                .increment(0);
+        }
+    }
     let worker = pvefleet_core::bus::Worker::fleet("notifier", settings).ready(ready);
     let relay =
         pvefleet_core::db::outbox::OutboxRelay::new(pool.clone(), worker.publisher().clone(), settings.outbox.clone());

@@ -52,10 +52,9 @@ pub async fn queue(
         None => None,
     };
     let targets = route::targets(s, notice, contacts.as_ref());
-    let routed = if targets.is_empty() { "false" } else { "true" };
-    metrics::counter!("pvefleet_notifier_notices_total", "event" => notice.event_type.clone(), "routed" => routed)
-        .increment(1);
     if targets.is_empty() {
+        metrics::counter!("pvefleet_notifier_notices_total", "event" => notice.event_type.clone(), "routed" => "false")
+            .increment(1);
         tracing::debug!(event = notice.event_type, "No route sends this notice anywhere.");
         return Ok(Vec::new());
     }
@@ -83,6 +82,10 @@ pub async fn queue(
     .await?;
     for id in &ids {
         deliver(db, *id, origin).await?;
+    }
+    if !ids.is_empty() {
+        metrics::counter!("pvefleet_notifier_notices_total", "event" => notice.event_type.clone(), "routed" => "true")
+            .increment(1);
     }
     Ok(ids)
 }
@@ -143,14 +146,15 @@ pub async fn test(
 pub enum Resend {
     /// Made pending and queued again.
     Queued,
-    /// A notifier is sending it now; wait for it to settle.
-    Sending,
+    /// Not settled yet (`pending`, `retrying` or `sending`: its command is queued, waiting or
+    /// being sent), in this state; ask again once it settles.
+    Unsettled(String),
     /// No such delivery (or not the caller's owner's).
     Missing,
 }
 
-/// Sends a delivery again, whatever its state but `sending`: it becomes `pending` and a
-/// `notify.deliver` is queued. `owner`: only when the delivery is this owner's.
+/// Sends a settled delivery again (`sent`, `failed` or `suppressed`): it becomes `pending` and
+/// a `notify.deliver` is queued. `owner`: only a delivery that went to this owner itself.
 pub async fn resend(
     client: &mut tokio_postgres::Client,
     id: Uuid,
@@ -161,11 +165,11 @@ pub async fn resend(
     let Some(d) = store::get(&tx, id).await? else {
         return Ok(Resend::Missing);
     };
-    if owner.is_some_and(|o| d.owner.as_deref() != Some(o)) {
+    if owner.is_some_and(|o| d.owner.as_deref() != Some(o) || d.audience != "owner") {
         return Ok(Resend::Missing);
     }
     if !store::reset(&tx, id).await? {
-        return Ok(Resend::Sending);
+        return Ok(Resend::Unsettled(d.state));
     }
     deliver(&tx, id, &origin("pvefleet-cli")).await?;
     let mut entry = Entry::new("notify.resend", format!("notification/{id}"))
@@ -201,6 +205,34 @@ pub fn check_url(url: &str) -> Result<(), String> {
         return Err("longer than 2048 characters".into());
     }
     Ok(())
+}
+
+/// Whether `url` points at this network rather than the internet: `localhost`, or an address
+/// that is loopback, private, link-local, unique-local or unspecified. An owner may not send
+/// the notifier's webhooks there (the notifier would be a way into the stack's own network);
+/// an operator may.
+pub fn internal_url(url: &str) -> bool {
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    match parsed.host() {
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
+        Some(url::Host::Ipv4(ip)) => {
+            ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified() || ip.is_broadcast()
+        }
+        Some(url::Host::Ipv6(ip)) => {
+            let unique_local = (ip.segments()[0] & 0xfe00) == 0xfc00;
+            let link_local = (ip.segments()[0] & 0xffc0) == 0xfe80;
+            let mapped_internal = ip
+                .to_ipv4_mapped()
+                .is_some_and(|v4| v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified());
+            ip.is_loopback() || ip.is_unspecified() || unique_local || link_local || mapped_internal
+        }
+        None => false,
+    }
 }
 
 /// An owner's contacts and, when a webhook is set and an owner webhook key is configured, the
@@ -295,6 +327,26 @@ mod tests {
         assert!(check_url("ftp://example.org/").is_err());
         assert!(check_url("not a url").is_err());
         assert!(check_url("file:///etc/passwd").is_err());
+        for inside in [
+            "http://127.0.0.1:5672/",
+            "http://localhost/x",
+            "http://10.1.2.3/",
+            "http://192.168.1.10/",
+            "http://169.254.169.254/latest",
+            "http://[::1]/",
+            "http://[fd00::1]/",
+            "http://[::ffff:10.0.0.1]/",
+            "http://0.0.0.0/",
+        ] {
+            assert!(internal_url(inside), "{inside}");
+        }
+        for outside in [
+            "https://hooks.example.org/x",
+            "http://93.184.216.34/",
+            "http://[2606:4700::1111]/",
+        ] {
+            assert!(!internal_url(outside), "{outside}");
+        }
     }
 
     #[test]

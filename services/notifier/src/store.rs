@@ -198,6 +198,9 @@ pub struct Filter {
     pub state: Option<String>,
     /// One owner's.
     pub owner: Option<String>,
+    /// One audience's (`owner`: what went to owners themselves; an owner's token sees only
+    /// these, never the operators' copies of its owner's notices).
+    pub audience: Option<String>,
     /// One event type.
     pub event_type: Option<String>,
     /// Older than this id (the page before), newest first.
@@ -214,9 +217,17 @@ pub async fn list(db: &dyn Sql, f: &Filter) -> Result<Vec<Delivery>, tokio_postg
                 "SELECT {COLUMNS} FROM notifications
                  WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR owner = $2)
                    AND ($3::text IS NULL OR event_type = $3) AND ($4::uuid IS NULL OR id < $4)
+                   AND ($6::text IS NULL OR audience = $6)
                  ORDER BY id DESC LIMIT $5"
             ),
-            &[&f.state, &f.owner, &f.event_type, &f.before, &f.limit.clamp(1, 1000)],
+            &[
+                &f.state,
+                &f.owner,
+                &f.event_type,
+                &f.before,
+                &f.limit.clamp(1, 1000),
+                &f.audience,
+            ],
         )
         .await?
         .iter()
@@ -224,13 +235,17 @@ pub async fn list(db: &dyn Sql, f: &Filter) -> Result<Vec<Delivery>, tokio_postg
         .collect())
 }
 
-/// Makes a delivery go again: any state but `sending` becomes `pending`. Answers whether it did.
+/// The states a delivery can be sent again from: settled ones. A `pending` or `retrying` one
+/// has its command queued or waiting already, and a `sending` one is in a notifier's hands.
+pub const RESENDABLE: &[&str] = &["sent", "failed", "suppressed"];
+
+/// Makes a settled delivery go again: it becomes `pending`. Answers whether it did.
 pub async fn reset(db: &dyn Sql, id: Uuid) -> Result<bool, tokio_postgres::Error> {
     Ok(db
         .exec(
             "UPDATE notifications SET state = 'pending', last_error = NULL, updated_at = now()
-             WHERE id = $1 AND state <> 'sending'",
-            &[&id],
+             WHERE id = $1 AND state = ANY($2)",
+            &[&id, &RESENDABLE],
         )
         .await?
         == 1)

@@ -42,6 +42,7 @@ pub async fn run(settings: &pvefleet_core::Settings, action: NotifyAction) -> an
             let filter = store::Filter {
                 state,
                 owner,
+                audience: None,
                 event_type,
                 before: None,
                 limit,
@@ -104,8 +105,10 @@ pub async fn run(settings: &pvefleet_core::Settings, action: NotifyAction) -> an
                 println!("queued {id} again");
                 Ok(ExitCode::SUCCESS)
             }
-            Resend::Sending => {
-                eprintln!("error: {id} is being sent now; wait for it to settle (pvefleet notify show {id})");
+            Resend::Unsettled(state) => {
+                eprintln!(
+                    "error: {id} is {state}: it is on its way already; resend it once it settles (pvefleet notify show {id})"
+                );
                 Ok(ExitCode::from(1))
             }
             Resend::Missing => {
