@@ -18,7 +18,10 @@ const CLOSED_STDOUT: u8 = 141;
 async fn main() -> std::process::ExitCode {
     quiet_on_closed_stdout();
     let cli = cli::Cli::parse();
-    match cmd::run(cli).await {
+    let result = cmd::run(cli).await;
+    // The spans of the command (of `pvefleet dev`, its services'), exported before it ends.
+    tokio::task::block_in_place(pvefleet_core::telemetry::shutdown);
+    match result {
         Ok(code) => code,
         Err(e) if closed_stdout(&e) => std::process::ExitCode::from(CLOSED_STDOUT),
         Err(e) => {

@@ -99,12 +99,12 @@ async fn accept<M: Message>(
     ops::create(&*tx, op, kind, vmid, vnet, &request, Some(&caller.name))
         .await
         .map_err(db_problem)?;
-    crate::enqueue(&tx, cmd, op).await?;
     let target = match (vmid, vnet) {
         (Some(v), _) => format!("lxc/{v}"),
         (None, Some(n)) => format!("vnet/{n}"),
         (None, None) => "network".to_string(),
     };
+    crate::enqueue(&tx, cmd, op, &target).await?;
     let mut entry = audit::Entry::new(kind, target)
         .outcome("accepted")
         .detail(json!({ "operation_id": op, "request": request }));

@@ -224,7 +224,7 @@ pub(crate) async fn create_site(
             db_problem(e)
         }
     })?;
-    enqueue(&tx, &cmd, saga).await?;
+    enqueue(&tx, &cmd, saga, &format!("{site_id} {}", cmd.subdomain)).await?;
     accept_saga(&tx, saga, "provision", site_id.as_uuid(), &cmd.owner).await?;
     let entry = audit::Entry::new("site.create", format!("site/{site_id}"))
         .owner(cmd.owner.clone())
@@ -250,10 +250,20 @@ pub(crate) async fn enqueue<M: Message>(
     tx: &deadpool_postgres::Transaction<'_>,
     msg: &M,
     saga: Uuid,
+    subject: &str,
 ) -> Result<(), Problem> {
+    // The root of the saga's trace: every span of every service it reaches descends from it.
+    let root = tracing::info_span!(
+        "intake",
+        service = "intake",
+        message_type = M::TYPE,
+        saga_id = %saga,
+        site = subject,
+    );
     let origin = Origin {
         correlation_id: Some(saga),
         app_id: Some("intake".into()),
+        trace: pvefleet_core::telemetry::adopt(&root, None),
         ..Origin::default()
     };
     let out = Outgoing::message(msg, &origin).map_err(db_problem)?;
@@ -473,7 +483,7 @@ pub(crate) async fn delete_site(
     }
     crate::fair::in_flight(&tx, &owner, st.settings.intake.max_in_flight_per_owner).await?;
     let saga = Uuid::now_v7();
-    enqueue(&tx, &SiteDeprovision { site_id: SiteId(id) }, saga).await?;
+    enqueue(&tx, &SiteDeprovision { site_id: SiteId(id) }, saga, &id.to_string()).await?;
     accept_saga(&tx, saga, "deprovision", id, &owner).await?;
     let entry = audit::Entry::new("site.delete", format!("site/{id}"))
         .owner(owner)

@@ -110,10 +110,13 @@ impl Service {
         if let Some(arg) = std::env::args().nth(1) {
             return self.answer(&arg);
         }
-        tokio::runtime::Builder::new_multi_thread()
+        let result = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
-            .block_on(self.start(run))
+            .block_on(self.start(run));
+        // The spans of the last work, exported before the process ends.
+        crate::telemetry::shutdown();
+        result
     }
 
     /// A service takes no arguments: `--help` and `--version` are answered, anything else is
@@ -145,7 +148,7 @@ impl Service {
         Fut: Future<Output = anyhow::Result<()>>,
     {
         let settings = Settings::load(None)?;
-        crate::telemetry::init(&settings.telemetry);
+        crate::telemetry::init_named(&settings.telemetry, &format!("pvefleet-{}", self.name));
         let shutdown = crate::shutdown::on_signal();
         let db = match self.db {
             Db::None => None,

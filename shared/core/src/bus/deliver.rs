@@ -53,6 +53,7 @@ impl Meta {
             .and_then(|c| uuid::Uuid::parse_str(c.as_str()).ok());
         let span = tracing::info_span!(
             "message",
+            service = %shared.spec.name,
             queue = %shared.spec.queue,
             message_type = %mtype,
             message_id = %message_id,
@@ -62,6 +63,9 @@ impl Meta {
             trace_id = %trace.trace_id_hex(),
             parent_span_id = parent.map(|p| format!("{:016x}", p.span_id)).unwrap_or_default(),
         );
+        // Exported, the span is the sender's child and its own id is the parent of what the
+        // handler sends.
+        let trace = crate::telemetry::adopt(&span, parent).unwrap_or(trace);
         Self {
             attempt,
             mtype,

@@ -52,7 +52,11 @@ impl Outgoing {
     }
 
     fn envelope(mtype: &str, version: u32, kind: Kind, body: Vec<u8>, origin: &Origin) -> Self {
-        let trace = origin.trace.map(|t| t.child()).unwrap_or_else(TraceContext::new_root);
+        // Exported, the origin's span is the parent as it is; else a child id stands for it.
+        let trace = origin
+            .trace
+            .map(|t| if crate::telemetry::exporting() { t } else { t.child() })
+            .unwrap_or_else(TraceContext::new_root);
         let mut props = Properties {
             message_id: Some(MessageId::new().to_string()),
             kind: Some(mtype.to_string()),

@@ -25,6 +25,9 @@ pub struct TelemetrySettings {
     pub format: LogFormat,
     /// An `EnvFilter` directive; `RUST_LOG` overrides it.
     pub filter: String,
+    /// Where spans go, over OTLP/HTTP (protobuf): the collector's traces URL, such as
+    /// `http://otel-collector:4318/v1/traces`. Empty: no spans are exported.
+    pub otlp_endpoint: String,
 }
 
 impl Default for TelemetrySettings {
@@ -32,6 +35,7 @@ impl Default for TelemetrySettings {
         Self {
             format: LogFormat::Pretty,
             filter: "info".into(),
+            otlp_endpoint: String::new(),
         }
     }
 }
