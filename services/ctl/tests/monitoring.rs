@@ -305,31 +305,46 @@ async fn prometheus_scrapes_pvefleet_dev_and_every_dashboard_panel_returns_serie
     let parked = query(&http, &prom, "max(pvefleet_dead_letters_parked)").await;
     assert_eq!(parked["data"]["result"][0]["value"][1], "1", "{parked}");
 
-    // Every alert rule loaded and evaluated against the fleet's own series without error.
-    let rules: Value = http
-        .get(format!("{prom}/api/v1/rules"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let all: Vec<&Value> = rules["data"]["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|g| g["rules"].as_array().unwrap().iter())
-        .collect();
-    assert!(all.len() >= 9, "{rules}");
-    for r in &all {
-        assert_eq!(r["health"], "ok", "{r}");
-        // The message parked a moment ago is the one alert that fires.
-        let expected = if r["name"] == "PvefleetParkedRising" {
-            "firing"
-        } else {
-            "inactive"
-        };
-        assert_eq!(r["state"], expected, "{r}");
+    // Every alert rule loaded and evaluates against the fleet's own series without error; once
+    // the keeper's gauges have seen the workers consuming (every 15 s; one taken before they
+    // started shows queues without consumers, which the rule's 5 minutes absorb), only the
+    // message parked a moment ago makes an alert fire.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rules: Value = http
+            .get(format!("{prom}/api/v1/rules"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let all: Vec<Value> = rules["data"]["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["rules"].as_array().unwrap().iter().cloned())
+            .collect();
+        assert!(all.len() >= 9, "{rules}");
+        for r in &all {
+            assert_eq!(r["health"], "ok", "{r}");
+        }
+        let wrong: Vec<&Value> = all
+            .iter()
+            .filter(|r| {
+                let expected = if r["name"] == "PvefleetParkedRising" {
+                    "firing"
+                } else {
+                    "inactive"
+                };
+                r["state"] != expected
+            })
+            .collect();
+        if wrong.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rules not as expected: {wrong:#?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     drop(dev);
     let _ = std::fs::remove_dir_all(&home);

@@ -40,6 +40,20 @@ fn no_delivery(id: Uuid) -> Problem {
     Problem::new(StatusCode::NOT_FOUND, "not-found", format!("No delivery {id}."))
 }
 
+/// A body that must be one JSON object (serde would take an array for a struct, by position).
+fn object_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Problem> {
+    let value: serde_json::Value = crate::problem::parse_body(body, what)?;
+    if !value.is_object() {
+        return Err(Problem::field(
+            StatusCode::BAD_REQUEST,
+            "invalid-body",
+            "body",
+            format!("The body is not a valid {what}: not a JSON object"),
+        ));
+    }
+    crate::problem::parse_body(body, what)
+}
+
 fn parse_id(raw: &str) -> Result<Uuid, Problem> {
     Uuid::parse_str(raw).map_err(|_| {
         Problem::field(
@@ -52,7 +66,7 @@ fn parse_id(raw: &str) -> Result<Uuid, Problem> {
 }
 
 /// Deliveries, newest first: each with its event, channel, target, state, tries and last error.
-#[utoipa::path(get, path = "/v1/notifications", responses((status = 200, body = Object)))]
+#[utoipa::path(get, path = "/v1/notifications", responses((status = 200, description = "The deliveries, an array")))]
 pub(crate) async fn list(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -170,7 +184,7 @@ pub(crate) async fn test(
     let req: TestRequest = if body.is_empty() {
         TestRequest::default()
     } else {
-        crate::problem::parse_body(&body, "test notice")?
+        object_body(&body, "test notice")?
     };
     let message = req.message.unwrap_or_else(|| "the channels work".into());
     let mut client = st.pool.get().await.map_err(db_problem)?;
@@ -247,7 +261,7 @@ pub(crate) async fn put_contacts(
 ) -> Result<Response, Problem> {
     let caller = auth::require(&st, &headers, scopes::NOTIFICATIONS_WRITE).await?;
     let owner = owner_path(&caller, &raw)?;
-    let req: ContactsRequest = crate::problem::parse_body(&body, "contacts object")?;
+    let req: ContactsRequest = object_body(&body, "contacts object")?;
     // An owner's webhook goes out to the internet, not into the stack's own network.
     if caller.owner.is_some()
         && let Some(url) = req.webhook_url.as_deref().filter(|u| ops::internal_url(u))

@@ -564,6 +564,16 @@ async fn one_owners_token_reaches_nothing_of_another_owners_on_any_route_and_an_
         let (status, body) = f.call(&alice, m, &path, None).await;
         assert_eq!(status, 404, "{path}: {body}");
     }
+    // A body must be an object: an array is not taken by position.
+    let (status, p) = f
+        .call(
+            &alice,
+            Method::PUT,
+            "/v1/owners/alice/contacts",
+            Some(&json!([null, null])),
+        )
+        .await;
+    assert_eq!(status, 400, "{p}");
     // An owner's webhook cannot point into the stack's own network.
     let (status, p) = f
         .call(
