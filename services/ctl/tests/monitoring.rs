@@ -8,23 +8,22 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use pvefleet_testkit::{TestDb, TestVhost};
 use serde_json::Value;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+mod common;
+
+use common::{Dev, text};
 
 /// The alert names of a rules file, and the alert names a promtool test file tests.
 fn names(path: &Path, key: &str) -> Vec<String> {
@@ -111,46 +110,14 @@ async fn query(http: &reqwest::Client, prom: &str, expr: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_scrapes_pvefleet_dev_and_every_dashboard_panel_returns_series() {
-    let vhost = TestVhost::new().unwrap();
-    let db = TestDb::create().await.unwrap();
-    let home = std::env::temp_dir().join(format!("pvefleet-monitoring-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&home).unwrap();
     let (ntfy, ntfy_seen) = ntfy_receiver();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pvefleet"))
-        .args([
-            "dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--pvesim-listen",
-            "127.0.0.1:0",
-            "--task-ms",
-            "20",
-        ])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", &home)
-        .env("PVEFLEET_BUS__URL", vhost.url())
-        .env("PVEFLEET_DB__URL", db.url())
-        .env("PVEFLEET_NOTIFIER__OPERATOR__NTFY__URL", &ntfy)
-        .env("PVEFLEET_AUTOSCALER__INTERVAL", "1s")
-        .env("PVEFLEET_AUTOSCALER__POLICY__EVALUATION_PERIODS", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let dev = Killed(child);
-    let mut api = None;
-    for _ in 0..20 {
-        let Some(Ok(line)) = lines.next() else { break };
-        if let Some(rest) = line.trim().strip_prefix("intake") {
-            api = rest.split_whitespace().next().map(str::to_string);
-        }
-        if line.contains("Stop with ctrl-c") {
-            break;
-        }
-    }
-    let api = api.expect("dev prints the intake address");
+    let dev = Dev::start(&[
+        ("PVEFLEET_NOTIFIER__OPERATOR__NTFY__URL", &ntfy),
+        ("PVEFLEET_AUTOSCALER__INTERVAL", "1s"),
+        ("PVEFLEET_AUTOSCALER__POLICY__EVALUATION_PERIODS", "1"),
+    ])
+    .await;
+    let (api, home) = (dev.api.clone(), dev.home.clone());
     let target = api.trim_start_matches("http://").to_string();
 
     // Prometheus, scraping dev every second, with the shipped rules.
@@ -187,35 +154,19 @@ async fn prometheus_scrapes_pvefleet_dev_and_every_dashboard_panel_returns_serie
     }
 
     // A few sagas, a parked message, a test notice (its first try refused, then sent).
-    // The CLI with the fleet's configuration (the operator channels), as an operator has it.
-    let cli = |args: Vec<String>| {
-        let (home, ntfy) = (home.clone(), ntfy.clone());
-        tokio::task::spawn_blocking(move || {
-            Command::new(env!("CARGO_BIN_EXE_pvefleet"))
-                .args(&args)
-                .env_clear()
-                .env("PATH", std::env::var("PATH").unwrap_or_default())
-                .env("HOME", &home)
-                .env("PVEFLEET_NOTIFIER__OPERATOR__NTFY__URL", &ntfy)
-                .output()
-                .unwrap()
-        })
-    };
-    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+    // The CLI runs with dev's settings (the operator channels), as an operator's has them.
     for name in ["one", "two"] {
-        let out = cli(args(&[
-            "site", "create", name, "--app", "none", "--wait", "--api", &api,
-        ]))
-        .await
-        .unwrap();
+        let out = dev
+            .cli(&["site", "create", name, "--app", "none", "--wait", "--api", &api])
+            .await;
         assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
     }
     let bogus = format!("{{\"notification_id\":\"{}\"}}", uuid::Uuid::now_v7());
-    let out = cli(args(&["bus", "publish", "--type", "notify.deliver", "--json", &bogus]))
-        .await
-        .unwrap();
+    let out = dev
+        .cli(&["bus", "publish", "--type", "notify.deliver", "--json", &bogus])
+        .await;
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
-    let out = cli(args(&["notify", "test", "--message", "monitoring"])).await.unwrap();
+    let out = dev.cli(&["notify", "test", "--message", "monitoring"]).await;
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
 
     // Every panel's expression returns a series once the fleet has done that, and what the
@@ -347,5 +298,4 @@ async fn prometheus_scrapes_pvefleet_dev_and_every_dashboard_panel_returns_serie
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     drop(dev);
-    let _ = std::fs::remove_dir_all(&home);
 }

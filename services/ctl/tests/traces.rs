@@ -9,7 +9,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,11 +16,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message as _;
-use pvefleet_testkit::{TestDb, TestVhost};
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+mod common;
+
+use common::{Dev, text};
 
 /// An OTLP/HTTP receiver: every span of every `POST /v1/traces` it was sent, decoded.
 fn receiver() -> (String, Arc<Mutex<Vec<Span>>>) {
@@ -85,62 +83,16 @@ fn attr(s: &Span, key: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_provisioning_saga_is_one_trace_across_intake_saga_provisioner_and_ha() {
-    let vhost = TestVhost::new().unwrap();
-    let db = TestDb::create().await.unwrap();
-    let home = std::env::temp_dir().join(format!("pvefleet-traces-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&home).unwrap();
     let (endpoint, spans) = receiver();
-    let mut dev = Command::new(env!("CARGO_BIN_EXE_pvefleet"))
-        .args([
-            "dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--pvesim-listen",
-            "127.0.0.1:0",
-            "--task-ms",
-            "20",
+    let mut dev = Dev::start(&[("PVEFLEET_TELEMETRY__OTLP_ENDPOINT", &endpoint)]).await;
+    let api = dev.api.clone();
+    let out = dev
+        .cli(&[
+            "site", "create", "shop", "--ha", "--app", "none", "--wait", "--api", &api,
         ])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", &home)
-        .env("PVEFLEET_BUS__URL", vhost.url())
-        .env("PVEFLEET_DB__URL", db.url())
-        .env("PVEFLEET_TELEMETRY__OTLP_ENDPOINT", &endpoint)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
-    let mut api = None;
-    for _ in 0..20 {
-        let Some(Ok(line)) = lines.next() else { break };
-        if let Some(rest) = line.trim().strip_prefix("intake") {
-            api = rest.split_whitespace().next().map(str::to_string);
-        }
-        if line.contains("Stop with ctrl-c") {
-            break;
-        }
-    }
-    let api = api.expect("dev prints the intake address");
-    let out = {
-        let (api, home) = (api.clone(), home.clone());
-        tokio::task::spawn_blocking(move || {
-            Command::new(env!("CARGO_BIN_EXE_pvefleet"))
-                .args([
-                    "site", "create", "shop", "--ha", "--app", "none", "--wait", "--api", &api,
-                ])
-                .env_clear()
-                .env("PATH", std::env::var("PATH").unwrap_or_default())
-                .env("HOME", &home)
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap()
-    };
+        .await;
     // Stopped, dev exports what it has not yet.
-    let _ = Command::new("kill").args(["-TERM", &dev.id().to_string()]).status();
-    let _ = tokio::task::spawn_blocking(move || dev.wait()).await;
+    dev.stop().await;
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
 
     // The saga's root: intake's span, naming the saga and the site.
@@ -215,5 +167,4 @@ async fn one_provisioning_saga_is_one_trace_across_intake_saga_provisioner_and_h
         .map(|s| s.trace_id.as_slice())
         .collect();
     assert_eq!(traces.len(), 1, "one saga, one trace");
-    let _ = std::fs::remove_dir_all(&home);
 }

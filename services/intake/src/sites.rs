@@ -320,18 +320,7 @@ pub(crate) async fn list_sites(
         site::owner(o).map_err(|i| Problem::field(StatusCode::BAD_REQUEST, "invalid", "owner", i.reason))?;
     }
     crate::problem::one_of("state", q.state.as_deref(), site::STATES)?;
-    let owner = match (&caller.owner, &q.owner) {
-        (Some(mine), Some(asked)) if mine != asked => {
-            return Err(Problem::field(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "owner",
-                format!("This token sees the sites of owner '{mine}' only."),
-            ));
-        }
-        (Some(mine), _) => Some(mine.clone()),
-        (None, asked) => asked.clone(),
-    };
+    let owner = crate::tenancy::list_owner(&caller, q.owner.as_ref(), "sites")?;
     let client = st.pool.get().await.map_err(db_problem)?;
     let row = client
         .query_one(

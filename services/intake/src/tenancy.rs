@@ -9,6 +9,21 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::{Problem, db_problem};
 
+/// Whose resources a listing shows: an owner's token its own owner's (asking for another's is
+/// 403, naming `what`), an operator's token the owner it asks for, or all.
+pub(crate) fn list_owner(caller: &Caller, asked: Option<&String>, what: &str) -> Result<Option<String>, Problem> {
+    match (&caller.owner, asked) {
+        (Some(mine), Some(asked)) if mine != asked => Err(Problem::field(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "owner",
+            format!("This token sees the {what} of owner '{mine}' only."),
+        )),
+        (Some(mine), _) => Ok(Some(mine.clone())),
+        (None, asked) => Ok(asked.cloned()),
+    }
+}
+
 /// The owner of the live site on container `vmid`, if one is.
 pub(crate) async fn vmid_owner<C: tokio_postgres::GenericClient + Sync>(
     client: &C,
