@@ -17,8 +17,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = {"pve9": "subset.json", "pve8": "subset-pve8.json"}
 FULL = {"pve9": "apidoc.js", "pve8": "apidoc-pve8.js"}
 # Endpoints outside the subset that pvesim also answers, read from the full schema:
-# `pvefleet pve check` reads the caller's privileges; nethotplug checks a bridge exists.
-EXTRA = [("GET", "/access/permissions"), ("GET", "/nodes/{node}/network")]
+# `pvefleet pve check` reads the caller's privileges; nethotplug checks a bridge exists; the
+# backups (issue 20) use vzdump, backup content, pruning and cluster backup jobs.
+EXTRA = [
+    ("GET", "/access/permissions"),
+    ("GET", "/nodes/{node}/network"),
+    ("POST", "/nodes/{node}/vzdump"),
+    ("GET", "/nodes/{node}/vzdump/extractconfig"),
+    ("GET", "/nodes/{node}/storage/{storage}/content/{volume}"),
+    ("PUT", "/nodes/{node}/storage/{storage}/content/{volume}"),
+    ("DELETE", "/nodes/{node}/storage/{storage}/content/{volume}"),
+    ("GET", "/nodes/{node}/storage/{storage}/prunebackups"),
+    ("DELETE", "/nodes/{node}/storage/{storage}/prunebackups"),
+    ("GET", "/cluster/backup"),
+    ("POST", "/cluster/backup"),
+    ("GET", "/cluster/backup/{id}"),
+    ("PUT", "/cluster/backup/{id}"),
+    ("DELETE", "/cluster/backup/{id}"),
+]
 OUT = os.path.join(ROOT, "shared", "pvesim", "data", "pve-rules.json")
 KEEP = ["type", "optional", "enum", "pattern", "minimum", "maximum", "minLength", "maxLength"]
 INDEX_LIMITS = {"net": 32, "mp": 256, "unused": 256, "dev": 256}

@@ -163,7 +163,7 @@ impl SimState {
         self.reachable(node)?;
         self.require(&format!("/storage/{storage}"), "Datastore.Audit")?;
         let content = get(params, "content");
-        let rows: Vec<Value> = match storage {
+        let mut rows: Vec<Value> = match storage {
             "local" => self
                 .config
                 .templates
@@ -172,6 +172,7 @@ impl SimState {
                 .filter(|_| content.is_none_or(|c| c == "vztmpl"))
                 .map(|t| json!({ "volid": t, "content": "vztmpl", "format": "tzst", "size": 123_456_789u64, "ctime": 1_700_000_000u64 }))
                 .collect(),
+            "backup" => Vec::new(),
             "local-lvm" => self
                 .containers
                 .iter()
@@ -182,6 +183,9 @@ impl SimState {
                 .collect(),
             other => return Err(ApiError::new(500, format!("storage '{other}' does not exist"))),
         };
+        if matches!(storage, "local" | "backup") && content.is_none_or(|c| c == "backup") {
+            rows.extend(self.backup_content(node, storage, get(params, "vmid")));
+        }
         Ok(Value::Array(rows))
     }
 

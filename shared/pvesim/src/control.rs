@@ -22,6 +22,7 @@ impl Sim {
         s.task_errors.clear();
         s.sdn_failing.clear();
         s.exec_faults.clear();
+        s.full_storages.clear();
     }
 
     /// Makes about `rate` of all API calls fail the ways PVE fails transiently, until the
@@ -127,5 +128,40 @@ impl Sim {
             }
         }
         s.touch();
+    }
+
+    /// Moves the simulated clock on, running the backup jobs due meanwhile (`/_sim/clock`).
+    pub fn advance_clock(&self, secs: u64) {
+        self.lock().advance_clock(secs);
+    }
+
+    /// Marks a backup corrupt: restoring it or reading its config fails. False when unknown.
+    pub fn corrupt_backup(&self, volid: &str) -> bool {
+        let mut s = self.lock();
+        s.backups
+            .iter_mut()
+            .find(|b| b.volid == volid)
+            .map(|b| b.corrupt = true)
+            .is_some()
+    }
+
+    /// Makes backups to a storage fail for lack of space, or stop failing.
+    pub fn set_storage_full(&self, storage: &str, full: bool) {
+        let mut s = self.lock();
+        if full {
+            s.full_storages.insert(storage.to_string());
+        } else {
+            s.full_storages.remove(storage);
+        }
+    }
+
+    /// Every backup volume.
+    pub fn backups(&self) -> Vec<crate::BackupVolume> {
+        self.lock().backups.clone()
+    }
+
+    /// The simulated time, seconds since the epoch.
+    pub fn now(&self) -> i64 {
+        self.lock().now_epoch()
     }
 }

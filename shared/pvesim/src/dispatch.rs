@@ -207,6 +207,10 @@ fn route(
             s.task_log(node, upid, params)?
         }
         ("GET", ["nodes", node, "storage", storage, "content"]) => s.storage_content(node, storage, params)?,
+        (_, ["nodes", node, "storage", storage, rest @ ..]) => s.storage_route(m, node, storage, rest, params)?,
+        ("POST", ["nodes", node, "vzdump"]) => s.vzdump(node, params)?,
+        ("GET", ["nodes", node, "vzdump", "extractconfig"]) => s.extract_config(node, params)?,
+        (_, ["cluster", "backup", rest @ ..]) => s.backup_jobs(m, rest, params)?,
         ("GET", ["nodes", node, "sdn", rest @ ..]) => sdn::node_route(&mut s, node, rest)?,
         ("GET", ["nodes", node, "network"]) => s.node_network(node, params)?,
         (_, ["nodes", node, "lxc", rest @ ..]) => lxc::route(&mut s, m, node, rest, params)?,

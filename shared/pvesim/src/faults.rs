@@ -10,6 +10,12 @@
 //!   guests are `unknown` in `/cluster/resources`, and calls proxied to it answer 595.
 //! - `POST /_sim/load` `{"vmid": 101, "cpu": 0.9, "mem": 1073741824}`: a container's measured
 //!   load, as `/cluster/resources` reports it.
+//! - `POST /_sim/clock` `{"advance_secs": 86400}`: the simulated clock moves on, and every
+//!   cluster backup job due in that time runs at its time (backups, then their pruning).
+//! - `POST /_sim/storage/full` `{"storage": "local", "full": true}`: backups to it fail for
+//!   lack of space until cleared.
+//! - `POST /_sim/backups/corrupt` `{"volid": "local:backup/…"}`: restoring that backup, or
+//!   reading its config, fails as a damaged archive does.
 //! - `POST /_sim/populate` `{"first": 1000, "count": 10000, "cpu": 0.1}`: running containers in
 //!   bulk, for load profiles and benchmarks.
 
@@ -50,6 +56,10 @@ pub struct Fault {
 
 fn one() -> u32 {
     1
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// What a matched fault does.
@@ -184,6 +194,7 @@ pub(crate) fn control(sim: &Sim, method: &Method, path: &str, body: &[u8]) -> Re
             s.task_errors.clear();
             s.sdn_failing.clear();
             s.exec_faults.clear();
+            s.full_storages.clear();
             ok(serde_json::Value::Null)
         }
         ("POST", "/load") => {
@@ -199,6 +210,59 @@ pub(crate) fn control(sim: &Sim, method: &Method, path: &str, body: &[u8]) -> Re
                     ok(serde_json::Value::Null)
                 }
                 Err(e) => ApiError::new(400, format!("bad load: {e}")).into_response(),
+            }
+        }
+        ("POST", "/clock") => {
+            #[derive(Deserialize)]
+            struct Clock {
+                advance_secs: u64,
+            }
+            match serde_json::from_slice::<Clock>(body) {
+                Ok(c) if c.advance_secs <= 10 * 366 * 86_400 => {
+                    sim.lock().advance_clock(c.advance_secs);
+                    ok(serde_json::json!({ "now": sim.lock().now_epoch() }))
+                }
+                Ok(_) => ApiError::new(400, "clock: advance at most ten years at once").into_response(),
+                Err(e) => ApiError::new(400, format!("bad clock: {e}")).into_response(),
+            }
+        }
+        ("POST", "/storage/full") => {
+            #[derive(Deserialize)]
+            struct Full {
+                storage: String,
+                #[serde(default = "yes")]
+                full: bool,
+            }
+            match serde_json::from_slice::<Full>(body) {
+                Ok(f) => {
+                    let mut s = sim.lock();
+                    if f.full {
+                        s.full_storages.insert(f.storage);
+                    } else {
+                        s.full_storages.remove(&f.storage);
+                    }
+                    ok(serde_json::Value::Null)
+                }
+                Err(e) => ApiError::new(400, format!("bad storage fault: {e}")).into_response(),
+            }
+        }
+        ("POST", "/backups/corrupt") => {
+            #[derive(Deserialize)]
+            struct Corrupt {
+                volid: String,
+            }
+            match serde_json::from_slice::<Corrupt>(body) {
+                Ok(c) => {
+                    let mut s = sim.lock();
+                    match s.backups.iter_mut().find(|b| b.volid == c.volid) {
+                        Some(b) => {
+                            b.corrupt = true;
+                            ok(serde_json::Value::Null)
+                        }
+                        None => ApiError::new(404, format!("no backup '{}'", c.volid)).into_response(),
+                    }
+                }
+                Err(e) => ApiError::new(400, format!("bad corrupt fault: {e}")).into_response(),
             }
         }
         ("POST", "/populate") => {

@@ -11,6 +11,7 @@
 //! test and demo transport.
 
 mod api;
+mod backup;
 mod cluster;
 mod control;
 mod dispatch;
@@ -29,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 
 pub(crate) use api::{ApiError, GZIP_OVER, gzip, ok, param};
+pub use backup::BackupVolume;
 pub use exec::{ExecFault, ExecOutput, ExecRecord};
 pub use faults::Fault;
 pub use state::{ALL_PRIVILEGES, Load, Recorded, SimConfig, SimState};

@@ -13,10 +13,12 @@ mod create;
 mod disk;
 mod lifecycle;
 mod network;
+mod restore;
 mod snapshots;
 
 pub(crate) use config::apply_pending;
 pub(crate) use disk::set_disk_size;
+pub(crate) use restore::{Restored, finish_restore};
 pub(crate) use snapshots::{delete_snapshot, rollback, take_snapshot};
 
 /// Options a running container takes at once (`$LXC_FASTPLUG_OPTIONS` and the cgroup ones).

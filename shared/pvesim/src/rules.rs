@@ -76,12 +76,13 @@ fn compiled() -> Option<&'static Compiled> {
     .as_ref()
 }
 
-fn matches(template: &str, path: &str) -> bool {
+/// Whether decoded path segments fit a schema path; a segment may hold an encoded `/` (a
+/// backup's volume id), so the segments are compared, not the joined path.
+fn matches(template: &str, p: &[&str]) -> bool {
     let t: Vec<&str> = template.trim_matches('/').split('/').collect();
-    let p: Vec<&str> = path.trim_matches('/').split('/').collect();
     t.len() == p.len()
         && t.iter()
-            .zip(&p)
+            .zip(p)
             .all(|(a, b)| (a.starts_with('{') && a.ends_with('}')) || a == b)
 }
 
@@ -90,7 +91,10 @@ pub(crate) fn check(pve8: bool, method: &str, segments: &[&str], params: &[(Stri
     let Some(c) = compiled() else { return Ok(()) };
     let path = format!("/{}", segments.join("/"));
     let endpoints = if pve8 { &c.rules.pve8 } else { &c.rules.pve9 };
-    let Some(ep) = endpoints.iter().find(|e| e.method == method && matches(&e.path, &path)) else {
+    let Some(ep) = endpoints
+        .iter()
+        .find(|e| e.method == method && matches(&e.path, segments))
+    else {
         return Err(ApiError::new(501, format!("Method '{method} {path}' not implemented")));
     };
     let placeholders: Vec<String> = ep
@@ -184,7 +188,10 @@ fn check_value(c: &Compiled, r: &Param, v: &str) -> Result<(), String> {
 
 /// Property strings the fleet writes are checked with the codec, option by option.
 fn check_format(r: &Param, name: &str, v: &str) -> Result<(), String> {
-    use pvefleet_proxmox::codec::{features::Features, mount::MountPoint, net::NetConfig};
+    use pvefleet_proxmox::codec::{features::Features, mount::MountPoint, net::NetConfig, prune::PruneBackups};
+    if r.format.as_deref() == Some("prune-backups") {
+        return PruneBackups::parse(name, v).map(drop).map_err(|e| e.to_string());
+    }
     if r.format.as_deref() != Some("property-string") {
         return Ok(());
     }
@@ -221,8 +228,8 @@ mod tests {
     #[test]
     fn the_embedded_rules_load_and_cover_both_versions() {
         let c = compiled().expect("rules parse");
-        assert_eq!(c.rules.pve9.len(), 66);
-        assert_eq!(c.rules.pve8.len(), 60);
+        assert_eq!(c.rules.pve9.len(), 78);
+        assert_eq!(c.rules.pve8.len(), 72);
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub const ALL_PRIVILEGES: &[&str] = &[
     "Sys.Modify",
     "VM.Allocate",
     "VM.Audit",
+    "VM.Backup",
     "VM.Config.CPU",
     "VM.Config.Disk",
     "VM.Config.HWType",
@@ -230,6 +231,16 @@ pub struct SimState {
     /// Bumped on every change, so cached reads know when to render again.
     pub(crate) generation: u64,
     pub(crate) resources_cache: HashMap<String, Cached>,
+    /// Backup volumes in every storage.
+    pub backups: Vec<crate::backup::BackupVolume>,
+    /// Cluster backup jobs by id, their values as set.
+    pub backup_jobs: BTreeMap<String, Map<String, Value>>,
+    /// Storages whose writes fail for lack of space (`/_sim/storage/full`).
+    pub full_storages: BTreeSet<String>,
+    /// The storages' own `prune-backups` (PVE's default keeps everything).
+    pub storage_prune: pvefleet_proxmox::codec::prune::PruneBackups,
+    /// Seconds the simulated clock is ahead of the real one (`/_sim/clock`).
+    pub clock_offset: u64,
 }
 
 impl SimState {
@@ -268,6 +279,14 @@ impl SimState {
             rng: 0x5eed,
             generation: 0,
             resources_cache: HashMap::new(),
+            backups: Vec::new(),
+            backup_jobs: BTreeMap::new(),
+            full_storages: BTreeSet::new(),
+            storage_prune: pvefleet_proxmox::codec::prune::PruneBackups {
+                keep_all: Some(true),
+                ..Default::default()
+            },
+            clock_offset: 0,
         }
     }
 

@@ -28,6 +28,14 @@ pub enum Effect {
     Migrate(u32, String),
     /// Apply pending SDN changes.
     ApplySdn,
+    /// Write the backups of a vzdump run taken at this time, then prune.
+    Backup(crate::backup::Dump, i64),
+    /// Clear this lock from each container still holding it.
+    UnlockAll(Vec<u32>, String),
+    /// Remove a backup volume.
+    RemoveBackup(String),
+    /// Replace a container with what a restore made of an archive.
+    Restore(Box<crate::lxc::Restored>),
 }
 
 /// One task.
@@ -168,6 +176,7 @@ impl SimState {
                 self.installed.remove(&vmid);
                 if purge {
                     crate::ha::purge(self, &format!("ct:{vmid}"));
+                    crate::backup::purge_from_jobs(self, vmid);
                 }
             }
             Effect::Snapshot(vmid, name, description) => {
@@ -199,6 +208,18 @@ impl SimState {
                 }
             }
             Effect::ApplySdn => crate::sdn::apply(self),
+            Effect::Backup(dump, at) => self.finish_dump(&dump, at),
+            Effect::UnlockAll(vmids, lock) => {
+                for vmid in vmids {
+                    if let Some(ct) = self.containers.get_mut(&vmid)
+                        && ct.config.main().get("lock") == Some(lock.as_str())
+                    {
+                        ct.config.main_mut().remove("lock");
+                    }
+                }
+            }
+            Effect::RemoveBackup(volid) => self.backups.retain(|b| b.volid != volid),
+            Effect::Restore(r) => crate::lxc::finish_restore(self, *r),
         }
     }
 
@@ -264,6 +285,6 @@ impl SimState {
 
     /// A moment as seconds since the epoch, on the simulator's clock.
     pub(crate) fn epoch(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.started).as_secs() + 1_700_000_000
+        at.saturating_duration_since(self.started).as_secs() + 1_700_000_000 + self.clock_offset
     }
 }

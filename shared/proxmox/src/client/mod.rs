@@ -6,6 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod api;
+pub mod backup;
 pub mod error;
 pub mod ha;
 pub mod lenient;

@@ -7,4 +7,5 @@ pub mod features;
 pub mod mount;
 pub mod net;
 pub mod propstring;
+pub mod prune;
 mod validate;

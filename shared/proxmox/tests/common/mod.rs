@@ -215,5 +215,62 @@ pub async fn tour(c: &PveClient, pve8: bool) {
     c.lxc_shutdown(&node, vmid, Some(30), true).await.unwrap();
     c.lxc_start(&node, vmid).await.unwrap();
     c.lxc_stop(&node, vmid).await.unwrap();
+    backups(c, &node, vmid).await;
     c.lxc_destroy(&node, vmid, true, false).await.unwrap();
+}
+
+/// The backup calls: a vzdump run, its volume listed, annotated, previewed for pruning, its
+/// config read, restored over the stopped container, a job made, changed, listed and
+/// removed, and the volume deleted.
+async fn backups(c: &PveClient, node: &str, vmid: u32) {
+    use pvefleet_proxmox::codec::prune::PruneBackups;
+    let keep = PruneBackups::daily(7);
+    c.vzdump(
+        node,
+        Params::new()
+            .set("vmid", vmid)
+            .set("storage", "local")
+            .set("mode", "snapshot")
+            .set("compress", "zstd")
+            .set("notes-template", "{{guestname}} on {{node}}")
+            .set("prune-backups", keep.write()),
+    )
+    .await
+    .unwrap();
+    let items = c.backups(node, "local", Some(vmid)).await.unwrap();
+    let volid = items.first().expect("the backup is listed").volid.clone();
+    c.backup_annotate(node, &volid, Some("tour"), Some(false))
+        .await
+        .unwrap();
+    c.prune_preview(node, "local", Some(vmid), Some(&keep)).await.unwrap();
+    c.prune(node, "local", Some(vmid), Some(&keep)).await.unwrap();
+    c.backup_config(node, &volid).await.unwrap();
+    c.lxc_restore(
+        node,
+        vmid,
+        &volid,
+        true,
+        true,
+        Params::new().set("storage", "local-lvm"),
+    )
+    .await
+    .unwrap();
+    c.backup_job_create(
+        Params::new()
+            .set("id", "pvefleet-tour")
+            .set("schedule", "02:30")
+            .set("vmid", vmid)
+            .set("storage", "local")
+            .set("mode", "snapshot")
+            .set("prune-backups", keep.write())
+            .set("comment", "tour"),
+    )
+    .await
+    .unwrap();
+    c.backup_job_update("pvefleet-tour", Params::new().set("schedule", "03:00"))
+        .await
+        .unwrap();
+    c.backup_jobs().await.unwrap();
+    c.backup_job_delete("pvefleet-tour").await.unwrap();
+    c.backup_delete(node, &volid).await.unwrap();
 }

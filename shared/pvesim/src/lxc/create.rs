@@ -10,6 +10,9 @@ use crate::{ApiError, param as get};
 
 impl SimState {
     pub(super) fn create(&mut self, node: &str, params: &[(String, String)]) -> Result<Value, ApiError> {
+        if get(params, "restore") == Some("1") {
+            return self.restore(node, params);
+        }
         let vmid: u32 = get(params, "vmid").and_then(|v| v.parse().ok()).unwrap_or(0);
         let template = get(params, "ostemplate").unwrap_or_default();
         self.require(&format!("/vms/{vmid}"), "VM.Allocate")?;
