@@ -82,6 +82,7 @@ trait MaybeVmid {
 
 mod app;
 mod autoscale;
+mod backup;
 mod container;
 mod dns;
 mod ha;
@@ -91,6 +92,7 @@ mod site;
 
 pub use app::*;
 pub use autoscale::*;
+pub use backup::*;
 pub use container::*;
 pub use dns::*;
 pub use ha::*;

@@ -126,7 +126,7 @@ const fn plain_command<M: Message>() -> MessageInfo {
 
 /// Every message type, in a stable order.
 pub fn registry() -> &'static [MessageInfo] {
-    static REGISTRY: [MessageInfo; 62] = [
+    static REGISTRY: [MessageInfo; 65] = [
         plain_command::<SiteProvision>(),
         plain_command::<SiteDeprovision>(),
         event::<SiteProvisioned>(),
@@ -173,6 +173,9 @@ pub fn registry() -> &'static [MessageInfo] {
         event::<SagaCompensationFailed>(),
         plain_command::<NotifyDeliver>(),
         plain_command::<AutoscalePolicySet>(),
+        command::<BackupCreate>(),
+        event::<BackupCreated>(),
+        event::<BackupCreateFailed>(),
         command::<NetAttach>(),
         command::<NetUpdate>(),
         command::<NetDetach>(),

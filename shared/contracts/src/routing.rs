@@ -64,6 +64,7 @@ pub fn fleet_bindings() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)
                 (EVENTS_EXCHANGE, "dns.*"),
                 (EVENTS_EXCHANGE, "proxy.*"),
                 (EVENTS_EXCHANGE, "ha.*"),
+                (EVENTS_EXCHANGE, "backup.*"),
                 (EVENTS_EXCHANGE, "message.parked"),
                 (COMMANDS_EXCHANGE, VnetProvision::TYPE),
                 (EVENTS_EXCHANGE, VnetEnsured::TYPE),
@@ -96,6 +97,7 @@ pub fn fleet_bindings() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)
             ],
         ),
         ("autoscaler", vec![(COMMANDS_EXCHANGE, AutoscalePolicySet::TYPE)]),
+        ("backup", vec![(COMMANDS_EXCHANGE, BackupCreate::TYPE)]),
         (
             "notifier",
             vec![

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 mod autoscaler;
+mod backup;
 mod bus;
 mod db;
 mod edge;
@@ -22,6 +23,7 @@ mod pve;
 mod saga;
 
 pub use autoscaler::*;
+pub use backup::*;
 pub use bus::*;
 pub use db::*;
 pub use edge::*;
@@ -77,4 +79,6 @@ pub struct Settings {
     pub nethotplug: NethotplugSettings,
     /// The notifier: channels, operators, routes.
     pub notifier: NotifierSettings,
+    /// Backups: the default policy, job sync, retention of the fleet's own backups.
+    pub backup: BackupSettings,
 }

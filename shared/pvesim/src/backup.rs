@@ -205,6 +205,19 @@ impl SimState {
             for n in names {
                 archive.remove_snapshot(&n);
             }
+            // vzdump names archives by the second; a guest's runs never share one (each
+            // takes a while, under the node's vzdump lock), so a later one is a second later.
+            let mut ctime = ctime;
+            let volid_at = |t: i64| {
+                format!(
+                    "{}:backup/{}",
+                    dump.storage,
+                    prune::archive_name(vmid, t, extension(&dump.compress))
+                )
+            };
+            while self.backups.iter().any(|b| b.volid == volid_at(ctime)) {
+                ctime += 1;
+            }
             let name = prune::archive_name(vmid, ctime, extension(&dump.compress));
             let guestname = ct.config.main().get("hostname").unwrap_or_default().to_string();
             let notes = dump
@@ -231,7 +244,6 @@ impl SimState {
                 installed: self.installed.contains(&vmid),
                 corrupt: false,
             };
-            self.backups.retain(|b| b.volid != volume.volid);
             self.backups.push(volume);
             if let Some(p) = &dump.prune {
                 self.prune_group(&dump.node, &dump.storage, vmid, p, true);

@@ -14,6 +14,9 @@ pub struct Plan {
     pub memory_mb: u32,
     /// Root disk, GiB.
     pub disk_gb: u32,
+    /// The backup policy of its sites, when a site names none (else `backup.default_policy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_policy: Option<String>,
 }
 
 /// The saga coordinator's settings: where leases come from, what a site is made of, and which
@@ -69,6 +72,9 @@ pub struct SagaSettings {
     /// used vmid leases another.
     #[serde(with = "humantime_serde")]
     pub lease_sync_interval: Duration,
+    /// Take a backup of a site's container before the deprovisioning destroys it (kept
+    /// `backup.final_retention`); a failed final backup stops the removal for an operator.
+    pub final_backup: bool,
 }
 
 impl SagaSettings {
@@ -86,6 +92,7 @@ impl Default for SagaSettings {
             cores,
             memory_mb,
             disk_gb,
+            backup_policy: None,
         };
         Self {
             vmid_first: 10_000,
@@ -119,6 +126,7 @@ impl Default for SagaSettings {
             step_resends: 2,
             deadline_scan_interval: Duration::from_secs(5),
             lease_sync_interval: Duration::from_secs(60),
+            final_backup: true,
         }
     }
 }

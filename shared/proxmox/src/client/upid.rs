@@ -13,6 +13,8 @@ pub struct Upid {
     pub id: String,
     /// Who started it.
     pub user: String,
+    /// When it started, seconds since the epoch (0 when unreadable).
+    pub starttime: u64,
     raw: String,
 }
 
@@ -29,6 +31,7 @@ impl Upid {
             kind: parts[4].into(),
             id: parts[5].into(),
             user: parts[6].into(),
+            starttime: u64::from_str_radix(parts[3], 16).unwrap_or(0),
             raw: text.into(),
         })
     }
@@ -58,6 +61,7 @@ mod tests {
             ("pve2", "vzcreate", "101")
         );
         assert_eq!(u.user, "root@pam!fleet");
+        assert_eq!(u.starttime, 0x65F0_A1B2);
         assert!(Upid::parse("not a upid").is_none());
         assert!(Upid::parse("UPID:pve2:1").is_none());
     }

@@ -1,0 +1,139 @@
+//! The backup service (issue 20): keeps PVE's cluster backup jobs in step with the fleet's
+//! backup policies, so PVE backs sites up on schedule even while the fleet is down; takes the
+//! fleet's own backups (`backup.create`: on demand, final, before a restore) and follows each
+//! task to its end; and keeps the fleet's record of every backup in step with the storages
+//! (new backups recorded, pruned ones marked, final backups removed when their retention
+//! ends), each change audited.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pvefleet_core::config::{BackupSettings, SagaSettings};
+use pvefleet_core::db::Sql;
+use pvefleet_proxmox::client::PveClient;
+use tokio_util::sync::CancellationToken;
+
+pub mod create;
+pub mod inventory;
+pub mod jobs;
+pub mod ops;
+pub mod policy;
+
+/// The advisory lock class of the sync's leadership: one replica syncs at a time.
+const LEADER_CLASS: i32 = 0x0bac_0001;
+
+/// The service's handlers, sharing one PVE client.
+#[derive(Clone)]
+pub struct Backup {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pve: PveClient,
+    pool: deadpool_postgres::Pool,
+    settings: BackupSettings,
+    saga: SagaSettings,
+    lock_timeout: Duration,
+}
+
+impl Backup {
+    /// Handlers using `pve` (whose task timeout should be `backup.task_timeout`).
+    pub fn new(pve: PveClient, pool: deadpool_postgres::Pool, settings: &pvefleet_core::Settings) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                pve,
+                pool,
+                settings: settings.backup.clone(),
+                saga: settings.saga.clone(),
+                lock_timeout: settings.pve.task_timeout,
+            }),
+        }
+    }
+
+    /// The router for the service's queue.
+    pub fn router(&self) -> pvefleet_core::bus::Router {
+        pvefleet_core::bus::Router::new().command::<pvefleet_contracts::messages::BackupCreate, _>(self.clone())
+    }
+}
+
+/// What one sync pass did: the jobs, then the records.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SyncOutcome {
+    /// Whether this process held the lead (another replica may be syncing).
+    pub leader: bool,
+    /// The jobs.
+    pub jobs: jobs::SyncReport,
+    /// The records.
+    pub inventory: inventory::InventoryReport,
+}
+
+/// One sync: the jobs in step with the policies, then the records with the storages. Only
+/// one process syncs at a time (a Postgres advisory lock); the others answer `leader: false`.
+pub async fn sync_once(
+    pve: &PveClient,
+    pool: &deadpool_postgres::Pool,
+    settings: &BackupSettings,
+    saga: &SagaSettings,
+) -> anyhow::Result<SyncOutcome> {
+    let db = pool.get().await?;
+    let leader: bool = db
+        .query_one("SELECT pg_try_advisory_lock($1, 0)", &[&LEADER_CLASS])
+        .await?
+        .get(0);
+    if !leader {
+        return Ok(SyncOutcome::default());
+    }
+    let outcome = async {
+        let policies = policy::all(&**db).await?;
+        let sites = policy::covered_sites(&**db as &dyn Sql, saga, &settings.default_policy).await?;
+        let jobs = jobs::sync(pve, &db, &policies, &sites).await?;
+        let inventory = inventory::scan(pve, &db).await?;
+        anyhow::Ok(SyncOutcome {
+            leader: true,
+            jobs,
+            inventory,
+        })
+    }
+    .await;
+    db.execute("SELECT pg_advisory_unlock($1, 0)", &[&LEADER_CLASS]).await?;
+    outcome
+}
+
+/// The PVE client of the backup service: tasks may run `backup.task_timeout`.
+pub fn client(settings: &pvefleet_core::Settings) -> anyhow::Result<PveClient> {
+    let mut pve = settings.pve.clone();
+    pve.task_timeout = settings.backup.task_timeout;
+    pvefleet_core::pve::client(&pve)
+}
+
+/// Runs the service until `shutdown`: consumes `pvefleet.backup`, relays its outbox, and
+/// syncs every `backup.sync_interval`.
+pub async fn run(
+    settings: &pvefleet_core::Settings,
+    pool: deadpool_postgres::Pool,
+    ready: Option<pvefleet_core::http::ReadyFlag>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let pve = client(settings)?;
+    let service = Backup::new(pve.clone(), pool.clone(), settings);
+    let worker = pvefleet_core::bus::Worker::fleet("backup", settings).ready(ready);
+    let relay =
+        pvefleet_core::db::outbox::OutboxRelay::new(pool.clone(), worker.publisher().clone(), settings.outbox.clone());
+    let relay_task = tokio::spawn(relay.run(shutdown.clone()));
+    let worker_task = tokio::spawn(worker.run(service.router(), shutdown.clone()));
+    let (b, saga) = (&settings.backup, &settings.saga);
+    let (pve, pool) = (&pve, &pool);
+    pvefleet_core::periodic::Periodic::new("backup_sync", b.sync_interval)
+        .at_once()
+        .run(shutdown.clone(), || async {
+            let out = sync_once(pve, pool, b, saga).await?;
+            if out.jobs.changed() || out.inventory != inventory::InventoryReport::default() {
+                tracing::info!(jobs = ?out.jobs, inventory = ?out.inventory, "Backups synced.");
+            }
+            anyhow::Ok(())
+        })
+        .await;
+    let _ = relay_task.await;
+    worker_task.await??;
+    Ok(())
+}

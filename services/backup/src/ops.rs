@@ -1,0 +1,282 @@
+//! What `pvefleet backup` and `pvefleet site backup(s)` do, and intake's backup routes: set,
+//! list and delete policies; ask for a backup of a site; list a site's backups. Each change
+//! is one transaction with its audit row; a backup request also writes its `backup.create`
+//! command into the outbox in that transaction.
+
+use pvefleet_contracts::ids::{SiteId, Vmid};
+use pvefleet_contracts::messages::{BackupCreate, BackupKind};
+use pvefleet_core::audit::{self, Actor, Entry};
+use pvefleet_core::bus::Outgoing;
+use pvefleet_core::bus::outgoing::Origin;
+use serde::Serialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::policy::{self, Invalid, Policy};
+
+/// Why an operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    /// A field is wrong.
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// No such thing.
+    #[error("{0}")]
+    NotFound(String),
+    /// Not now: the thing is in a state that does not allow it.
+    #[error("{0}")]
+    Conflict(String),
+    /// The database.
+    #[error(transparent)]
+    Db(#[from] tokio_postgres::Error),
+    /// Writing the command.
+    #[error(transparent)]
+    Outbox(#[from] pvefleet_core::db::outbox::OutboxError),
+    /// Encoding the command.
+    #[error(transparent)]
+    Encode(#[from] serde_json::Error),
+}
+
+/// Creates or replaces a policy.
+pub async fn set_policy(db: &mut tokio_postgres::Client, actor: &Actor, p: &Policy) -> Result<bool, OpsError> {
+    p.check()?;
+    let tx = db.transaction().await?;
+    let existed = tx
+        .query_opt("SELECT 1 FROM backup_policies WHERE name = $1 FOR UPDATE", &[&p.name])
+        .await?
+        .is_some();
+    tx.execute(
+        "INSERT INTO backup_policies (name, schedule, storage, mode, compress, retention, enabled)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (name) DO UPDATE SET schedule = $2, storage = $3, mode = $4, compress = $5,
+             retention = $6, enabled = $7, updated_at = now()",
+        &[
+            &p.name,
+            &p.schedule,
+            &p.storage,
+            &p.mode,
+            &p.compress,
+            &p.retention,
+            &p.enabled,
+        ],
+    )
+    .await?;
+    audit::record(
+        &tx,
+        actor,
+        &Entry::new(
+            if existed {
+                "backup.policy.update"
+            } else {
+                "backup.policy.create"
+            },
+            p.name.clone(),
+        )
+        .detail(json!(p)),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(!existed)
+}
+
+/// Deletes a policy; its sites fall back to their plan's policy or the default. The default
+/// policy itself cannot go while it is the default.
+pub async fn delete_policy(
+    db: &mut tokio_postgres::Client,
+    actor: &Actor,
+    name: &str,
+    default: &str,
+) -> Result<(), OpsError> {
+    if name == default {
+        return Err(OpsError::Conflict(format!(
+            "'{name}' is backup.default_policy: name another default first"
+        )));
+    }
+    let tx = db.transaction().await?;
+    let n = tx
+        .execute("DELETE FROM backup_policies WHERE name = $1", &[&name])
+        .await?;
+    if n == 0 {
+        return Err(OpsError::NotFound(format!("No backup policy '{name}'.")));
+    }
+    audit::record(&tx, actor, &Entry::new("backup.policy.delete", name.to_string())).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Sets the policy a site follows (`None`: its plan's, else the default).
+pub async fn set_site_policy(
+    db: &mut tokio_postgres::Client,
+    actor: &Actor,
+    site: Uuid,
+    name: Option<&str>,
+) -> Result<(), OpsError> {
+    let tx = db.transaction().await?;
+    if let Some(n) = name
+        && policy::get(&tx, n).await?.is_none()
+    {
+        return Err(OpsError::NotFound(format!("No backup policy '{n}'.")));
+    }
+    let row = tx
+        .query_opt(
+            "UPDATE sites SET backup_policy = $2, updated_at = now() WHERE id = $1 RETURNING owner",
+            &[&site, &name],
+        )
+        .await?
+        .ok_or_else(|| OpsError::NotFound(format!("No site {site}.")))?;
+    let owner: String = row.get(0);
+    audit::record(
+        &tx,
+        actor,
+        &Entry::new("site.backup_policy", site.to_string())
+            .owner(owner)
+            .detail(json!({ "policy": name })),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A site's backup, as listed.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BackupRow {
+    /// The record.
+    pub id: Uuid,
+    /// The site.
+    pub site_id: Option<Uuid>,
+    /// The container.
+    pub vmid: u32,
+    /// `scheduled`, `on_demand`, `final`, `pre_restore`.
+    pub kind: String,
+    /// `requested`, `running`, `ok`, `failed`, `pruned`, `deleted`.
+    pub state: String,
+    /// The volume, once written.
+    pub volid: Option<String>,
+    /// The node that wrote it.
+    pub node: Option<String>,
+    /// The storage.
+    pub storage: String,
+    /// Bytes.
+    pub size: Option<i64>,
+    /// When it was taken.
+    pub taken_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Protected from pruning.
+    pub protected: bool,
+    /// Kept until then (final backups).
+    pub keep_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// The last verification: `ok` or `failed`; none when never verified.
+    pub verify_state: Option<String>,
+    /// When it was verified.
+    pub verified_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Why it failed, when it did.
+    pub error: Option<serde_json::Value>,
+    /// Who asked for it, for the fleet's own backups.
+    pub requested_by: Option<String>,
+    /// Recorded at.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+const ROW: &str = "id, site_id, vmid, kind, state, volid, node, storage, size, taken_at, protected, keep_until,
+    verify_state, verified_at, error, requested_by, created_at";
+
+fn row(r: &tokio_postgres::Row) -> BackupRow {
+    BackupRow {
+        id: r.get(0),
+        site_id: r.get(1),
+        vmid: r.get::<_, i32>(2) as u32,
+        kind: r.get(3),
+        state: r.get(4),
+        volid: r.get(5),
+        node: r.get(6),
+        storage: r.get(7),
+        size: r.get(8),
+        taken_at: r.get(9),
+        protected: r.get(10),
+        keep_until: r.get(11),
+        verify_state: r.get(12),
+        verified_at: r.get(13),
+        error: r.get(14),
+        requested_by: r.get(15),
+        created_at: r.get(16),
+    }
+}
+
+/// A site's backups, newest first (at most `limit`).
+pub async fn list(db: &dyn pvefleet_core::db::Sql, site: Uuid, limit: i64) -> Result<Vec<BackupRow>, OpsError> {
+    let rows = db
+        .rows(
+            &format!(
+                "SELECT {ROW} FROM backups WHERE site_id = $1
+                 ORDER BY COALESCE(taken_at, created_at) DESC, created_at DESC LIMIT $2"
+            ),
+            &[&site, &limit],
+        )
+        .await?;
+    Ok(rows.iter().map(row).collect())
+}
+
+/// One backup.
+pub async fn get(db: &dyn pvefleet_core::db::Sql, id: Uuid) -> Result<Option<BackupRow>, OpsError> {
+    Ok(db
+        .opt(&format!("SELECT {ROW} FROM backups WHERE id = $1"), &[&id])
+        .await?
+        .as_ref()
+        .map(row))
+}
+
+/// Asks for a backup of an active site now: records it (`requested`) and writes its
+/// `backup.create` into the outbox, with the audit row, in one transaction.
+pub async fn request(
+    db: &mut tokio_postgres::Client,
+    actor: &Actor,
+    site: Uuid,
+    kind: BackupKind,
+) -> Result<Uuid, OpsError> {
+    let tx = db.transaction().await?;
+    let found = tx
+        .query_opt(
+            "SELECT state, vmid, node, owner FROM sites WHERE id = $1 FOR UPDATE",
+            &[&site],
+        )
+        .await?
+        .ok_or_else(|| OpsError::NotFound(format!("No site {site}.")))?;
+    let (state, vmid, node, owner): (String, Option<i32>, Option<String>, String) =
+        (found.get(0), found.get(1), found.get(2), found.get(3));
+    let Some(vmid) = vmid.filter(|_| state == "active") else {
+        return Err(OpsError::Conflict(format!(
+            "Site {site} is {state}: only an active site with a container can be backed up."
+        )));
+    };
+    let id = Uuid::now_v7();
+    // The storage ('' until then) is the site's policy's, resolved by the backup service.
+    tx.execute(
+        "INSERT INTO backups (id, site_id, vmid, node, storage, kind, state, requested_by)
+         VALUES ($1, $2, $3, $4, '', $5, 'requested', $6)",
+        &[&id, &site, &vmid, &node, &kind.as_str(), &actor.name],
+    )
+    .await?;
+    let cmd = BackupCreate {
+        site_id: SiteId(site),
+        vmid: Vmid(vmid as u32),
+        backup_id: id,
+        kind,
+        storage: None,
+        node,
+    };
+    let origin = Origin {
+        correlation_id: Some(id),
+        app_id: Some("backup".into()),
+        ..Origin::default()
+    };
+    pvefleet_core::db::outbox::enqueue(&tx, &Outgoing::message(&cmd, &origin)?).await?;
+    audit::record(
+        &tx,
+        actor,
+        &Entry::new("backup.request", site.to_string())
+            .owner(owner)
+            .detail(json!({ "backup_id": id, "vmid": vmid, "kind": kind.as_str() })),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(id)
+}

@@ -1,0 +1,411 @@
+//! The backup service against pvesim, the real Postgres (own database) and the real RabbitMQ
+//! (own vhost): policies kept in step with PVE's backup jobs as sites come and go, a job an
+//! operator made by hand left alone; the records kept in step with what the jobs write and
+//! prune on the simulated clock; on-demand and final backups through `backup.create`, their
+//! faults, and a final backup removed when its retention ends.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use pvefleet_backup::ops;
+use pvefleet_backup::policy::Policy;
+use pvefleet_contracts::messages::BackupKind;
+use pvefleet_core::audit::Actor;
+use pvefleet_proxmox::client::{Params, PveClient};
+use pvefleet_pvesim::{Sim, SimConfig};
+use pvefleet_testkit::{TestDb, TestVhost};
+use uuid::Uuid;
+
+const TOKEN: (&str, &str) = ("fleet@pve!backup", "s3cret");
+const DAY: u64 = 86_400;
+
+struct Rig {
+    sim: Sim,
+    pve: PveClient,
+    pool: deadpool_postgres::Pool,
+    settings: pvefleet_core::Settings,
+    _db: TestDb,
+    vhost: TestVhost,
+}
+
+async fn rig() -> Rig {
+    pvefleet_testkit::init_tracing();
+    let (sim, addr) = Sim::spawn(SimConfig {
+        token: Some((TOKEN.0.into(), TOKEN.1.into())),
+        record_requests: true,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let db = TestDb::create().await.unwrap();
+    let vhost = TestVhost::new().unwrap();
+    let mut settings = pvefleet_testkit::settings(&vhost, Some(&db));
+    pvefleet_testkit::use_pvesim(&mut settings, addr, TOKEN.0, TOKEN.1);
+    settings.pve.task_timeout = Duration::from_secs(10);
+    settings.backup.sync_interval = Duration::from_secs(3600);
+    let pool = pvefleet_core::db::connect(&settings.db).await.unwrap();
+    pvefleet_core::db::migrate(&pool).await.unwrap();
+    let pve = pvefleet_backup::client(&settings).unwrap();
+    Rig {
+        sim,
+        pve,
+        pool,
+        settings,
+        _db: db,
+        vhost,
+    }
+}
+
+impl Rig {
+    /// A container in pvesim and an active site holding it.
+    async fn site(&self, vmid: u32, node: &str, name: &str) -> Uuid {
+        let params = Params::new()
+            .set("vmid", vmid)
+            .set("ostemplate", "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst")
+            .set("hostname", name)
+            .set("rootfs", "local-lvm:8");
+        self.pve.lxc_create(node, params).await.unwrap();
+        let id = Uuid::now_v7();
+        let db = self.pool.get().await.unwrap();
+        db.execute(
+            "INSERT INTO sites (id, subdomain, owner, state, spec, vmid, node) VALUES ($1, $2, 'alice', 'active', '{}', $3, $4)",
+            &[&id, &name, &(vmid as i32), &node],
+        )
+        .await
+        .unwrap();
+        id
+    }
+
+    async fn sync(&self) -> pvefleet_backup::SyncOutcome {
+        pvefleet_backup::sync_once(&self.pve, &self.pool, &self.settings.backup, &self.settings.saga)
+            .await
+            .unwrap()
+    }
+
+    async fn jobs(&self) -> Vec<pvefleet_proxmox::client::backup::BackupJob> {
+        self.pve.backup_jobs().await.unwrap()
+    }
+
+    async fn audit(&self, action: &str) -> i64 {
+        let db = self.pool.get().await.unwrap();
+        db.query_one("SELECT count(*) FROM audit_log WHERE action = $1", &[&action])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        let db = self.pool.get().await.unwrap();
+        db.query_one(sql, &[]).await.unwrap().get(0)
+    }
+}
+
+fn weekly() -> Policy {
+    Policy {
+        name: "weekly".into(),
+        schedule: "sun 03:00".into(),
+        storage: "backup".into(),
+        mode: "snapshot".into(),
+        compress: "zstd".into(),
+        retention: "keep-weekly=4".into(),
+        enabled: true,
+    }
+}
+
+#[tokio::test]
+async fn policies_become_pve_backup_jobs_that_follow_the_sites_and_leave_hand_made_jobs_alone() {
+    let r = rig().await;
+    // An operator's own job, made by hand in PVE.
+    r.pve
+        .backup_job_create(
+            Params::new()
+                .set("id", "backup-by-hand")
+                .set("schedule", "sun 01:00")
+                .set("all", 1)
+                .set("storage", "local"),
+        )
+        .await
+        .unwrap();
+    let a = r.site(10001, "pve1", "alpha").await;
+    r.site(10002, "pve2", "beta").await;
+    let out = r.sync().await;
+    assert!(out.leader);
+    assert_eq!(out.jobs.created, vec!["pvefleet-daily"]);
+    let jobs = r.jobs().await;
+    let daily = jobs
+        .iter()
+        .find(|j| j.id == "pvefleet-daily")
+        .expect("the default policy's job");
+    assert_eq!(daily.vmids(), vec![10001, 10002]);
+    assert_eq!(daily.schedule.as_deref(), Some("02:00"));
+    assert_eq!(daily.storage.as_deref(), Some("local"));
+    assert_eq!(daily.prune_backups.as_ref().and_then(|p| p.keep_daily), Some(7));
+    // Nothing changes when nothing did: no writes to PVE's jobs.
+    let writes = |sim: &Sim| {
+        sim.requests()
+            .iter()
+            .filter(|q| q.path.starts_with("/cluster/backup") && q.method != "GET")
+            .count()
+    };
+    let before = writes(&r.sim);
+    let again = r.sync().await;
+    assert!(!again.jobs.changed(), "{:?}", again.jobs);
+    assert_eq!(writes(&r.sim), before);
+    // A new site joins the job; a deleted one leaves it.
+    r.site(10003, "pve1", "gamma").await;
+    assert_eq!(r.sync().await.jobs.updated, vec!["pvefleet-daily"]);
+    let db = r.pool.get().await.unwrap();
+    db.execute("UPDATE sites SET state = 'deleted' WHERE id = $1", &[&a])
+        .await
+        .unwrap();
+    r.sync().await;
+    let daily = r.jobs().await.into_iter().find(|j| j.id == "pvefleet-daily").unwrap();
+    assert_eq!(daily.vmids(), vec![10002, 10003]);
+    // A second policy, followed by one site: its own job; deleting the policy removes it and
+    // the site goes back to the default's job.
+    let actor = Actor::cli();
+    let mut client = tokio_postgres::connect(r.settings.db.url.expose(), tokio_postgres::NoTls)
+        .await
+        .map(|(c, conn)| {
+            tokio::spawn(conn);
+            c
+        })
+        .unwrap();
+    assert!(ops::set_policy(&mut client, &actor, &weekly()).await.unwrap());
+    let beta: Uuid = db
+        .query_one("SELECT id FROM sites WHERE vmid = 10002", &[])
+        .await
+        .unwrap()
+        .get(0);
+    ops::set_site_policy(&mut client, &actor, beta, Some("weekly"))
+        .await
+        .unwrap();
+    let out = r.sync().await;
+    assert_eq!(out.jobs.created, vec!["pvefleet-weekly"]);
+    let jobs = r.jobs().await;
+    let weekly_job = jobs.iter().find(|j| j.id == "pvefleet-weekly").unwrap();
+    assert_eq!(weekly_job.vmids(), vec![10002]);
+    assert_eq!(weekly_job.storage.as_deref(), Some("backup"));
+    assert_eq!(
+        jobs.iter().find(|j| j.id == "pvefleet-daily").unwrap().vmids(),
+        vec![10003]
+    );
+    ops::delete_policy(&mut client, &actor, "weekly", "daily")
+        .await
+        .unwrap();
+    let out = r.sync().await;
+    assert_eq!(out.jobs.removed, vec!["pvefleet-weekly"]);
+    let jobs = r.jobs().await;
+    assert!(jobs.iter().all(|j| j.id != "pvefleet-weekly"));
+    assert_eq!(
+        jobs.iter().find(|j| j.id == "pvefleet-daily").unwrap().vmids(),
+        vec![10002, 10003]
+    );
+    // The default policy cannot be deleted while it is the default.
+    assert!(matches!(
+        ops::delete_policy(&mut client, &actor, "daily", "daily").await,
+        Err(ops::OpsError::Conflict(_))
+    ));
+    // A bad policy is refused naming the field.
+    let mut bad = weekly();
+    bad.retention = "keep-all=1".into();
+    match ops::set_policy(&mut client, &actor, &bad).await {
+        Err(ops::OpsError::Invalid(i)) => assert_eq!(i.field, "retention"),
+        other => panic!("{other:?}"),
+    }
+    // The hand-made job was never touched.
+    let hand = r.jobs().await.into_iter().find(|j| j.id == "backup-by-hand").unwrap();
+    assert_eq!(hand.schedule.as_deref(), Some("sun 01:00"));
+    assert!(
+        r.sim
+            .requests()
+            .iter()
+            .all(|q| !(q.path == "/cluster/backup/backup-by-hand" && q.method != "GET"))
+    );
+    // With no site left on the default policy, its job goes too.
+    db.execute("UPDATE sites SET state = 'deleted'", &[]).await.unwrap();
+    assert_eq!(r.sync().await.jobs.removed, vec!["pvefleet-daily"]);
+    assert_eq!(r.audit("backup.job.create").await, 2);
+    assert_eq!(r.audit("backup.job.update").await, 4);
+    assert_eq!(r.audit("backup.job.delete").await, 2);
+    assert_eq!(r.audit("backup.policy.create").await, 1);
+    assert_eq!(r.audit("backup.policy.delete").await, 1);
+}
+
+#[tokio::test]
+async fn the_records_follow_what_the_jobs_write_and_prune_on_the_simulated_clock() {
+    let r = rig().await;
+    r.site(10001, "pve1", "alpha").await;
+    r.site(10002, "pve2", "beta").await;
+    r.sync().await;
+    for _ in 0..10 {
+        r.sim.advance_clock(DAY);
+        r.sync().await;
+    }
+    // Ten backups each were written and recorded; keep-daily=7 pruned three each.
+    assert_eq!(
+        r.count("SELECT count(*) FROM backups WHERE kind = 'scheduled'").await,
+        20
+    );
+    assert_eq!(r.count("SELECT count(*) FROM backups WHERE state = 'ok'").await, 14);
+    assert_eq!(r.count("SELECT count(*) FROM backups WHERE state = 'pruned'").await, 6);
+    assert_eq!(r.audit("backup.recorded").await, 20);
+    assert_eq!(r.audit("backup.pruned").await, 6);
+    // What the records call kept is what the storage holds.
+    let in_storage = r.pve.backups("pve1", "local", Some(10001)).await.unwrap().len()
+        + r.pve.backups("pve2", "local", Some(10002)).await.unwrap().len();
+    assert_eq!(in_storage, 14);
+    // A node that cannot be read does not make its backups look pruned.
+    r.sim.set_node_down("pve2", true);
+    r.sync().await;
+    assert_eq!(r.count("SELECT count(*) FROM backups WHERE state = 'pruned'").await, 6);
+}
+
+async fn wait_state(r: &Rig, id: Uuid, want: &[&str]) -> ops::BackupRow {
+    let db = r.pool.get().await.unwrap();
+    let found = pvefleet_testkit::eventually(Duration::from_secs(20), || async {
+        ops::get(&**db, id)
+            .await
+            .unwrap()
+            .filter(|b| want.contains(&b.state.as_str()))
+    })
+    .await;
+    match found {
+        Some(b) => b,
+        None => {
+            let rows = db
+                .query(
+                    "SELECT id::text, kind, state, coalesce(volid, '-') FROM backups ORDER BY created_at",
+                    &[],
+                )
+                .await
+                .unwrap();
+            let table: Vec<String> = rows
+                .iter()
+                .map(|x| {
+                    format!(
+                        "{} {} {} {}",
+                        x.get::<_, String>(0),
+                        x.get::<_, String>(1),
+                        x.get::<_, String>(2),
+                        x.get::<_, String>(3)
+                    )
+                })
+                .collect();
+            panic!("backup {id} never reached {want:?}:\n{}", table.join("\n"))
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_demand_and_final_backups_run_through_the_worker_and_their_failures_are_recorded() {
+    let r = rig().await;
+    let site = r.site(10001, "pve1", "alpha").await;
+    let probe = r.vhost.probe().await.unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let settings: &'static pvefleet_core::Settings = Box::leak(Box::new(r.settings.clone()));
+    let service = tokio::spawn(pvefleet_backup::run(settings, r.pool.clone(), None, shutdown.clone()));
+    let _publisher = pvefleet_testkit::broker::fleet_publisher(&r.settings).await.unwrap();
+    let events = pvefleet_testkit::broker::event_queue(&probe, &["backup.*"])
+        .await
+        .unwrap();
+    let mut client = tokio_postgres::connect(r.settings.db.url.expose(), tokio_postgres::NoTls)
+        .await
+        .map(|(c, conn)| {
+            tokio::spawn(conn);
+            c
+        })
+        .unwrap();
+    let actor = Actor::cli();
+    let id = ops::request(&mut client, &actor, site, BackupKind::OnDemand)
+        .await
+        .unwrap();
+    let b = wait_state(&r, id, &["ok", "failed"]).await;
+    assert_eq!(b.state, "ok", "{b:?}");
+    let volid = b.volid.clone().unwrap();
+    assert!(volid.starts_with("local:backup/vzdump-lxc-10001-"), "{volid}");
+    assert_eq!(b.storage, "local");
+    assert!(!b.protected && b.keep_until.is_none() && b.size.unwrap() > 0);
+    let (kind, body) = pvefleet_testkit::broker::next_json(&probe, &events, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("backup.created");
+    assert_eq!(kind, "backup.created");
+    assert_eq!(body["volid"], volid.as_str());
+    // The notes say what took it.
+    let item = &r.pve.backups("pve1", "local", Some(10001)).await.unwrap()[0];
+    assert_eq!(item.notes.as_deref(), Some("alpha (10001), pvefleet on_demand"));
+    // A final backup is protected and kept for the retention.
+    let fin = ops::request(&mut client, &actor, site, BackupKind::Final)
+        .await
+        .unwrap();
+    let f = wait_state(&r, fin, &["ok", "failed"]).await;
+    assert_eq!(f.state, "ok", "{f:?}");
+    assert!(f.protected);
+    let left = f.keep_until.unwrap() - chrono::Utc::now();
+    assert!(
+        left > chrono::Duration::days(29) && left <= chrono::Duration::days(30),
+        "{left}"
+    );
+    // A full storage fails it, recorded with PVE's words, and says so on the bus.
+    r.sim.set_storage_full("local", true);
+    let full = ops::request(&mut client, &actor, site, BackupKind::OnDemand)
+        .await
+        .unwrap();
+    let failed = wait_state(&r, full, &["failed"]).await;
+    assert!(
+        failed.error.unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("No space left on device"),
+    );
+    let mut saw_failure = false;
+    while let Some((kind, body)) = pvefleet_testkit::broker::next_json(&probe, &events, Duration::from_secs(10))
+        .await
+        .unwrap()
+    {
+        if kind == "backup.create_failed" {
+            assert!(
+                body["error"]["message"].as_str().unwrap().contains("No space"),
+                "{body}"
+            );
+            saw_failure = true;
+            break;
+        }
+    }
+    assert!(saw_failure, "backup.create_failed was emitted");
+    r.sim.clear_faults();
+    // When its retention ends, the final backup is unprotected and removed by the next sync.
+    let db = r.pool.get().await.unwrap();
+    db.execute(
+        "UPDATE backups SET keep_until = now() - interval '1 minute' WHERE id = $1",
+        &[&fin],
+    )
+    .await
+    .unwrap();
+    let out = r.sync().await;
+    assert_eq!(out.inventory.expired, 1);
+    assert_eq!(wait_state(&r, fin, &["deleted"]).await.state, "deleted");
+    let left: Vec<String> = r
+        .pve
+        .backups("pve1", "local", Some(10001))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.volid)
+        .collect();
+    assert_eq!(left, vec![volid], "only the on-demand backup is left");
+    // A site without a container cannot be backed up.
+    db.execute("UPDATE sites SET state = 'deleted' WHERE id = $1", &[&site])
+        .await
+        .unwrap();
+    assert!(matches!(
+        ops::request(&mut client, &actor, site, BackupKind::OnDemand).await,
+        Err(ops::OpsError::Conflict(_))
+    ));
+    assert_eq!(r.audit("backup.request").await, 3);
+    assert_eq!(r.audit("backup.create").await, 3);
+    shutdown.cancel();
+    let _ = service.await;
+}

@@ -1,0 +1,38 @@
+//! Backup settings (`[backup]`): the default policy, how PVE's backup jobs are kept in step,
+//! and how long the backups the fleet takes itself are kept.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How the backup service keeps sites backed up (policies themselves live in the database,
+/// `pvefleet backup policy`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupSettings {
+    /// The policy of a site whose request and plan name none (`daily`: the guardrails' daily
+    /// backups kept seven days).
+    pub default_policy: String,
+    /// How often PVE's cluster backup jobs are brought in step with the policies and the
+    /// sites, and the storages' backups read into the fleet's records (new ones, pruned ones).
+    #[serde(with = "humantime_serde")]
+    pub sync_interval: Duration,
+    /// How long a final backup, taken before a site's container is destroyed, is kept
+    /// (protected from pruning meanwhile); `0s` keeps it until an operator removes it.
+    #[serde(with = "humantime_serde")]
+    pub final_retention: Duration,
+    /// How long one vzdump or restore task may run before it counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub task_timeout: Duration,
+}
+
+impl Default for BackupSettings {
+    fn default() -> Self {
+        Self {
+            default_policy: "daily".into(),
+            sync_interval: Duration::from_secs(60),
+            final_retention: Duration::from_secs(30 * 86_400),
+            task_timeout: Duration::from_secs(2 * 3600),
+        }
+    }
+}
