@@ -33,8 +33,8 @@ impl Backup {
             .ok_or_else(|| HandlerError::fail("container.missing", format!("container {vmid} does not exist")))
     }
 
-    /// The storage a site's backups go to: its policy's.
-    async fn storage_of(&self, site: uuid::Uuid) -> Result<String, HandlerError> {
+    /// The policy a site's backups follow (its storage, mode and compression).
+    async fn policy_of(&self, site: uuid::Uuid) -> Result<policy::Policy, HandlerError> {
         let me = &self.inner;
         let db = me.pool.get().await.map_err(HandlerError::retry)?;
         let row = db
@@ -44,7 +44,7 @@ impl Backup {
         let (own, plan): (Option<String>, Option<String>) = row.map(|r| (r.get(0), r.get(1))).unwrap_or_default();
         let name = policy::resolve(own.as_deref(), plan.as_deref(), &me.saga, &me.settings.default_policy);
         let found = policy::get(&**db, &name).await.map_err(HandlerError::retry)?;
-        found.map(|p| p.storage).ok_or_else(|| {
+        found.ok_or_else(|| {
             HandlerError::fail(
                 "backup.policy_missing",
                 format!("backup policy '{name}' does not exist"),
@@ -59,12 +59,14 @@ impl Handler<BackupCreate> for Backup {
         let me = &self.inner;
         let vmid = cmd.vmid.0;
         let site = cmd.site_id.as_uuid();
+        // Held throughout, so a second delivery reads what the first did before acting.
+        let _lock = VmidLock::acquire(&me.pool, vmid, me.lock_timeout)
+            .await
+            .map_err(|e| HandlerError::from(e.context(format!("cannot lock vmid {vmid}"))))?;
         let db = me.pool.get().await.map_err(HandlerError::retry)?;
         // Claim the record (or find it from an earlier delivery).
-        let resolved = match &cmd.storage {
-            Some(s) => s.clone(),
-            None => self.storage_of(site).await?,
-        };
+        let policy = self.policy_of(site).await?;
+        let resolved = cmd.storage.clone().unwrap_or_else(|| policy.storage.clone());
         db.execute(
             "INSERT INTO backups (id, site_id, vmid, storage, kind, state)
              VALUES ($1, $2, $3, $4, $5, 'requested') ON CONFLICT (id) DO NOTHING",
@@ -113,9 +115,6 @@ impl Handler<BackupCreate> for Backup {
                 })
                 .await;
         }
-        let _lock = VmidLock::acquire(&me.pool, vmid, me.lock_timeout)
-            .await
-            .map_err(|e| HandlerError::from(e.context(format!("cannot lock vmid {vmid}"))))?;
         let node = self.node_of(vmid, cmd.node.as_deref().or(node.as_deref())).await?;
         let upid = match upid.filter(|_| state == "running") {
             // An earlier delivery started it: follow that task, do not start another.
@@ -125,8 +124,8 @@ impl Handler<BackupCreate> for Backup {
                 let params = Params::new()
                     .set("vmid", vmid)
                     .set("storage", &storage)
-                    .set("mode", "snapshot")
-                    .set("compress", "zstd")
+                    .set("mode", &policy.mode)
+                    .set("compress", &policy.compress)
                     .set("remove", 0)
                     .set(
                         "notes-template",

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 mod autoscale;
+mod backup;
 mod bench;
 mod bus;
 mod config;
@@ -19,6 +20,7 @@ mod token;
 mod topology;
 
 pub use autoscale::*;
+pub use backup::*;
 pub use bench::*;
 pub use bus::*;
 pub use config::*;
@@ -85,7 +87,7 @@ pub enum Command {
         #[arg(long, default_value_t = 300)]
         task_ms: u64,
         /// Services not to run (comma-separated), to run your own build of one beside dev.
-        #[arg(long, value_delimiter = ',', value_parser = ["saga", "provisioner", "ha", "edge", "installer", "autoscaler", "nethotplug", "notifier"])]
+        #[arg(long, value_delimiter = ',', value_parser = ["saga", "provisioner", "ha", "edge", "installer", "autoscaler", "nethotplug", "notifier", "backup"])]
         without: Vec<String>,
     },
     /// Container network interfaces, through the intake API.
@@ -123,6 +125,12 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         action: AutoscaleAction,
+    },
+    /// Backups: policies (each one PVE backup job), the policy a site follows, a sync now.
+    Backup {
+        /// What to do.
+        #[command(subcommand)]
+        action: BackupAction,
     },
     /// Notifications: deliveries by e-mail, webhooks, ntfy and Alertmanager; a test notice;
     /// owners' contacts.

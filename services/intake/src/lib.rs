@@ -9,6 +9,7 @@
 
 mod auth;
 mod autoscale;
+mod backups;
 mod dead_letters;
 mod doc;
 mod fair;
@@ -119,6 +120,8 @@ impl AppState {
         sites::get_site,
         sites::site_credentials,
         sites::delete_site,
+        backups::list,
+        backups::create,
         sagas::get_saga,
         sagas::saga_events,
         dead_letters::list,
@@ -171,6 +174,8 @@ fn table() -> Vec<(Method, &'static str, Handlers)> {
         (Method::GET, "/v1/sites/{id}", get(sites::get_site)),
         (Method::DELETE, "/v1/sites/{id}", delete(sites::delete_site)),
         (Method::GET, "/v1/sites/{id}/credentials", get(sites::site_credentials)),
+        (Method::GET, "/v1/sites/{id}/backups", get(backups::list)),
+        (Method::POST, "/v1/sites/{id}/backups", post(backups::create)),
         (Method::GET, "/v1/sagas/{id}", get(sagas::get_saga)),
         (Method::GET, "/v1/sagas/{id}/events", get(sagas::saga_events)),
         (Method::GET, "/v1/dead-letters", get(dead_letters::list)),

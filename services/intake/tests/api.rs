@@ -55,6 +55,9 @@ async fn api() -> Api {
     s.pve.token_id = Some("f@pve!i".into());
     s.pve.token_secret = Some(pvefleet_core::Secret::new("x"));
     s.pve.templates = vec![TEMPLATE.into()];
+    // No backup service here (these tests count every PVE read intake causes); the saga and
+    // CLI tests run the final backup with it.
+    s.saga.final_backup = false;
     s.saga.max_sites_per_owner = 3;
     s.installer.secrets_key = Some(pvefleet_core::Secret::new(SECRETS_KEY));
     let pool = pvefleet_core::db::connect(&s.db).await.unwrap();

@@ -260,6 +260,20 @@ async fn one_owners_token_reaches_nothing_of_another_owners_on_any_route_and_an_
         None,
         Denied,
     );
+    case(
+        Method::GET,
+        "/v1/sites/{id}/backups",
+        format!("/v1/sites/{site}/backups"),
+        None,
+        Denied,
+    );
+    case(
+        Method::POST,
+        "/v1/sites/{id}/backups",
+        format!("/v1/sites/{site}/backups"),
+        None,
+        Denied,
+    );
     case(Method::GET, "/v1/sagas/{id}", format!("/v1/sagas/{saga}"), None, Denied);
     case(
         Method::GET,
@@ -515,6 +529,23 @@ async fn one_owners_token_reaches_nothing_of_another_owners_on_any_route_and_an_
         )
         .await;
     assert_eq!(status, 404, "alice cannot see bob's saga");
+    // bob asked for no backup of alice's site; alice can, and sees it.
+    let (status, list) = f
+        .call(&alice, Method::GET, &format!("/v1/sites/{site}/backups"), None)
+        .await;
+    assert_eq!((status, list.as_array().map(Vec::len)), (200, Some(0)), "{list}");
+    let (status, asked) = f
+        .call(&alice, Method::POST, &format!("/v1/sites/{site}/backups"), None)
+        .await;
+    assert_eq!((status, asked["state"].as_str()), (202, Some("requested")), "{asked}");
+    let (_, list) = f
+        .call(&alice, Method::GET, &format!("/v1/sites/{site}/backups"), None)
+        .await;
+    assert_eq!(list[0]["id"], asked["backup_id"], "{list}");
+    assert_eq!(
+        (list[0]["kind"].as_str(), list[0]["state"].as_str()),
+        (Some("on_demand"), Some("requested"))
+    );
     // The policy, the interface and the site are untouched by bob.
     let (status, policy) = f.call(&alice, Method::GET, &format!("{ct}/autoscale"), None).await;
     assert_eq!(
@@ -621,6 +652,7 @@ async fn every_scope_intake_checks_can_be_minted_and_revoked_or_expired_tokens_g
     // operator-only ones on an operator's token).
     let src: String = [
         "sites",
+        "backups",
         "sagas",
         "network",
         "autoscale",

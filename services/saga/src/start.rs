@@ -71,6 +71,7 @@ impl Handler<SiteProvision> for Coordinator {
             ip,
             node: None,
             vmids_taken: Vec::new(),
+            final_backup: false,
         };
         me.provision.start(&x, saga, Some(site), data, &[]).await.map(drop)
     }
@@ -109,6 +110,7 @@ impl Handler<SiteDeprovision> for Coordinator {
             ip: row.get::<_, Option<String>>(3).unwrap_or_default(),
             node: row.get(4),
             vmids_taken: Vec::new(),
+            final_backup: state == "active",
         };
         x.db.exec(
             "UPDATE sites SET state = 'deprovisioning', updated_at = now() WHERE id = $1",
@@ -250,6 +252,7 @@ fn unstarted(me: &Inner, req: SiteProvision) -> Value {
         ip: String::new(),
         node: None,
         vmids_taken: Vec::new(),
+        final_backup: false,
     };
     let plan = me
         .provision

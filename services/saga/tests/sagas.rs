@@ -81,6 +81,11 @@ async fn fleet_without_provisioner(tune: impl FnOnce(&mut Settings)) -> Fleet {
         let (s, pool, sd) = (s.clone(), pool.clone(), shutdown.clone());
         async move { pvefleet_ha::run(&s, Some(pool), None, sd).await }
     }));
+    // The backup service takes the deprovisioning's final backup.
+    tasks.push(tokio::spawn({
+        let (s, pool, sd) = (s.clone(), pool.clone(), shutdown.clone());
+        async move { pvefleet_backup::run(&s, pool, None, sd).await }
+    }));
     tasks.push(tokio::spawn({
         let (s, sd) = (s.clone(), shutdown.clone());
         async move { pvefleet_edge::run(&s, None, sd).await }
@@ -231,6 +236,50 @@ async fn a_site_is_provisioned_step_by_step_then_deprovisioned_leaving_nothing()
     assert!(f.pve.ha_resources().await.unwrap().is_empty());
     assert!(f.pve.ha_rules().await.unwrap().is_empty());
     assert_eq!(f.leases(req.site_id).await, 0);
+    // What the removal leaves behind: the final backup, taken first, protected and recorded.
+    let finals: Vec<_> = f.sim.backups().into_iter().filter(|b| b.vmid == vmid).collect();
+    assert_eq!(finals.len(), 1, "{finals:?}");
+    assert!(
+        finals[0].protected && finals[0].config.contains("hostname: blog"),
+        "{finals:?}"
+    );
+    let db = f.pool.get().await.unwrap();
+    let row = db
+        .query_one(
+            "SELECT kind, state, volid, protected, keep_until IS NOT NULL FROM backups WHERE site_id = $1",
+            &[&req.site_id.as_uuid()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, String>(0),
+            row.get::<_, String>(1),
+            row.get::<_, String>(2),
+            row.get::<_, bool>(3),
+            row.get::<_, bool>(4)
+        ),
+        ("final".into(), "ok".into(), finals[0].volid.clone(), true, true)
+    );
+    let removal: uuid::Uuid = db
+        .query_one(
+            "SELECT id FROM sagas WHERE site_id = $1 AND kind = 'deprovision'",
+            &[&req.site_id.as_uuid()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let steps: Vec<String> = f
+        .timeline(removal)
+        .await
+        .into_iter()
+        .map(|(n, p, s)| format!("{n}/{p}/{s}"))
+        .collect();
+    assert_eq!(
+        steps.first().map(String::as_str),
+        Some("backup.create/forward/done"),
+        "{steps:?}"
+    );
     f.stop().await;
 }
 

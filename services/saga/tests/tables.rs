@@ -1,5 +1,5 @@
 //! Every saga kind's table, step by step, against the whole fleet (saga, provisioner,
-//! installer through a real sshd, edge with a real PowerDNS and Caddy, ha, nethotplug) on
+//! installer through a real sshd, edge with a real PowerDNS and Caddy, ha, nethotplug, backup) on
 //! pvesim. The cases are read from the tables: a permanent failure at each forward step, and
 //! every command of every run delivered twice. A step added to a table gets its cases here
 //! without this file changing; a kind added to `Kind::ALL` does not compile here until it has
@@ -192,6 +192,11 @@ impl Rig {
         spawn(
             &mut tasks,
             Box::new(move || Box::pin(async move { pvefleet_nethotplug::run(&ss, p, None, sd).await })),
+        );
+        let (ss, p, sd) = (s.clone(), pool.clone(), shutdown.clone());
+        spawn(
+            &mut tasks,
+            Box::new(move || Box::pin(async move { pvefleet_backup::run(&ss, p, None, sd).await })),
         );
 
         // The refusing worker, on the runner like any other; nothing is bound to it yet.

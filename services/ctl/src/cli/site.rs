@@ -76,6 +76,32 @@ pub enum SiteAction {
         #[command(flatten)]
         target: SiteTarget,
     },
+    /// Back a site up now (to its backup policy's storage); with --wait, until the backup is
+    /// written or has failed.
+    Backup {
+        /// The site id.
+        id: String,
+        /// Wait for the backup's end.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up waiting after this long, with exit 124 (the work goes on).
+        #[arg(long, default_value = "2h", value_parser = humantime::parse_duration)]
+        deadline: std::time::Duration,
+        /// The API.
+        #[command(flatten)]
+        target: SiteTarget,
+    },
+    /// A site's backups, newest first: kind, state, volume, size, when taken, verification.
+    Backups {
+        /// The site id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// The API.
+        #[command(flatten)]
+        target: SiteTarget,
+    },
     /// Deprovision a site.
     Delete {
         /// The site id.

@@ -1,7 +1,7 @@
 //! `pvefleet dev`: the whole fleet in one process for a laptop or a homelab trial. pvesim
 //! (3 nodes) stands in for Proxmox; migrations and topology are applied; intake, the saga
 //! coordinator, the provisioner, the ha service, edge, the installer (through pvesim's
-//! simulated `pct exec`), the autoscaler, nethotplug and the notifier run against the local RabbitMQ and
+//! simulated `pct exec`), the autoscaler, nethotplug, the notifier and the backup service run against the local RabbitMQ and
 //! Postgres (the database is created when missing). The profile it writes
 //! (`~/.pvefleet/dev.toml`, mode 0600) tells every other command where intake and pvesim are.
 
@@ -124,6 +124,7 @@ pub async fn run(
         "autoscaler",
         "nethotplug",
         "notifier",
+        "backup",
     ]
     .into_iter()
     .filter(|n| run(n))
@@ -186,6 +187,12 @@ pub async fn run(
         tasks.spawn({
             let (s, pool, sd) = (s.clone(), pool.clone(), shutdown.clone());
             async move { pvefleet_notifier::run(&s, pool, None, sd).await }
+        });
+    }
+    if run("backup") {
+        tasks.spawn({
+            let (s, pool, sd) = (s.clone(), pool.clone(), shutdown.clone());
+            async move { pvefleet_backup::run(&s, pool, None, sd).await }
         });
     }
     let mut failed = false;

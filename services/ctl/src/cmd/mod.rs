@@ -1,6 +1,7 @@
 //! Subcommand implementations.
 
 mod autoscale;
+mod backup;
 mod bus;
 mod config;
 mod dev;
@@ -73,6 +74,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dlq { action } => dlq::run(&settings, action).await,
         Command::Audit { action } => dlq::audit(&settings, action).await,
         Command::Notify { action } => notify::run(&settings, action).await,
+        Command::Backup { action } => backup::run(&settings, action).await,
         Command::Autoscale { action } => autoscale::run(&settings, action).await,
         Command::Dev {
             listen,

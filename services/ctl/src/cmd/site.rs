@@ -164,6 +164,52 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
             eprintln!("(this reveal is recorded in the audit log)");
             Ok(ExitCode::SUCCESS)
         }
+        SiteAction::Backup {
+            id,
+            wait,
+            deadline,
+            target,
+        } => backup(&id, wait, deadline, &target).await,
+        SiteAction::Backups { id, json, target } => {
+            let token = token(&target)?;
+            let resp = http()?
+                .get(format!("{}/v1/sites/{id}/backups", target.url()))
+                .bearer_auth(&token)
+                .timeout(REQUEST_TIMEOUT)
+                .send()
+                .await
+                .map_err(|e| unreachable_intake(&target.url(), &e))?;
+            if !resp.status().is_success() {
+                return Ok(problem(resp).await);
+            }
+            let rows: Value = resp.json().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<36}  {:<11}  {:<9}  {:<20}  {:>10}  {:<8}  volume",
+                "backup", "kind", "state", "taken", "MiB", "verified"
+            );
+            for b in rows.as_array().into_iter().flatten() {
+                let t = |k: &str| b[k].as_str().unwrap_or("-").to_string();
+                let taken = b["taken_at"]
+                    .as_str()
+                    .map_or("-".to_string(), |t| t.chars().take(19).collect());
+                let mib = b["size"].as_i64().map_or("-".to_string(), |s| (s >> 20).to_string());
+                println!(
+                    "{:<36}  {:<11}  {:<9}  {:<20}  {:>10}  {:<8}  {}",
+                    t("id"),
+                    t("kind"),
+                    t("state"),
+                    taken,
+                    mib,
+                    t("verify_state"),
+                    t("volid")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         SiteAction::Delete {
             id,
             wait,
@@ -190,6 +236,72 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
             }
             follow(&c, &target.url(), &token, &id, &saga, deadline).await
         }
+    }
+}
+
+/// `pvefleet site backup ID [--wait]`: asks intake for a backup; with --wait, polls the site's
+/// backups until this one is written (exit 0, its volume printed) or failed (exit 1, why).
+async fn backup(id: &str, wait: bool, deadline: Duration, target: &SiteTarget) -> anyhow::Result<ExitCode> {
+    let token = token(target)?;
+    let c = http()?;
+    let url = format!("{}/v1/sites/{id}/backups", target.url());
+    let resp = c
+        .post(&url)
+        .bearer_auth(&token)
+        .timeout(REQUEST_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| unreachable_intake(&target.url(), &e))?;
+    if !resp.status().is_success() {
+        return Ok(problem(resp).await);
+    }
+    let accepted: Value = resp.json().await?;
+    let backup = accepted["backup_id"].as_str().unwrap_or_default().to_string();
+    println!("backup {backup} of site {id} requested");
+    if !wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let until = std::time::Instant::now() + deadline;
+    let mut last = String::new();
+    loop {
+        let resp = c.get(&url).bearer_auth(&token).timeout(POLL_TIMEOUT).send().await;
+        if let Ok(r) = resp
+            && r.status().is_success()
+            && let Ok(rows) = r.json::<Value>().await
+            && let Some(b) = rows
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|b| b["id"] == backup.as_str())
+        {
+            let state = b["state"].as_str().unwrap_or_default().to_string();
+            if state != last {
+                eprintln!("  {state}");
+                last = state.clone();
+            }
+            match state.as_str() {
+                "ok" => {
+                    println!("backup {backup}: {}", b["volid"].as_str().unwrap_or_default());
+                    return Ok(ExitCode::SUCCESS);
+                }
+                "failed" => {
+                    eprintln!(
+                        "error: backup {backup} failed: {}",
+                        b["error"]["message"].as_str().unwrap_or("no reason recorded")
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+                _ => {}
+            }
+        }
+        if std::time::Instant::now() >= until {
+            eprintln!(
+                "still waiting after {}; the backup goes on",
+                humantime::format_duration(deadline)
+            );
+            return Ok(ExitCode::from(DEADLINE_EXIT));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

@@ -1,11 +1,14 @@
-//! The deprovisioning saga: `ha.disable` (when HA) → `proxy.delete` → `dns.delete` (not for
+//! The deprovisioning saga: `backup.create` (a final backup of an active site's container,
+//! when `saga.final_backup`) → `ha.disable` (when HA) → `proxy.delete` → `dns.delete` (not for
 //! provider `none`) → `container.destroy` (when a container was made) → release the leases →
 //! `site.deprovisioned`. It recovers forward: a failed step is sent again, then the saga stops
 //! for an operator, since going back would bring back what the user asked to remove.
 
 use async_trait::async_trait;
 use pvefleet_contracts::StepError;
-use pvefleet_contracts::messages::{ContainerDestroyed, DnsDeleted, HaDisabled, ProxyDeleted, SiteDeprovisioned};
+use pvefleet_contracts::messages::{
+    BackupCreated, ContainerDestroyed, DnsDeleted, HaDisabled, ProxyDeleted, SiteDeprovisioned,
+};
 use pvefleet_core::bus::Handled;
 use serde_json::Value;
 
@@ -22,9 +25,16 @@ const FORWARD: Undo = Undo::Nothing("a removal recovers forward: it is sent agai
 impl Deprovision {
     /// The kind, with its table.
     pub fn new() -> Self {
-        use pvefleet_contracts::messages::{ContainerDestroy, DnsDelete, HaDisable, ProxyDelete};
+        use pvefleet_contracts::messages::{BackupCreate, ContainerDestroy, DnsDelete, HaDisable, ProxyDelete};
         let table = Table {
             forward: vec![
+                // First, while the site still serves: a failed backup stops the removal for
+                // an operator (retry, or abort the removal) before anything is taken away.
+                StepDef::new::<BackupCreate, BackupCreated>("final_backup", site::final_backup)
+                    .when(site::backs_up)
+                    .undo(Undo::Nothing(
+                        "a backup taken is kept: it is what the removal leaves behind",
+                    )),
                 StepDef::new::<HaDisable, HaDisabled>("ha_disable", site::ha_disable)
                     .when(site::ha)
                     .undo(FORWARD),

@@ -3,8 +3,8 @@
 
 use pvefleet_contracts::Vmid;
 use pvefleet_contracts::messages::{
-    AppInstall, ContainerCreate, ContainerDestroy, ContainerSnapshot, ContainerStart, DnsDelete, DnsUpsert, HaDisable,
-    HaEnable, NetSpec, ProxyDelete, ProxyUpsert, RecordType, SiteProvision,
+    AppInstall, BackupCreate, BackupKind, ContainerCreate, ContainerDestroy, ContainerSnapshot, ContainerStart,
+    DnsDelete, DnsUpsert, HaDisable, HaEnable, NetSpec, ProxyDelete, ProxyUpsert, RecordType, SiteProvision,
 };
 use pvefleet_core::config::SagaSettings;
 use serde::{Deserialize, Serialize};
@@ -24,6 +24,10 @@ pub struct SiteSaga {
     /// vmids given up because PVE already used them for something not ours.
     #[serde(default)]
     pub vmids_taken: Vec<u32>,
+    /// A deprovisioning of an active site: its container is backed up before it goes
+    /// (`saga.final_backup`). A site that never became active has nothing worth keeping.
+    #[serde(default)]
+    pub final_backup: bool,
 }
 
 impl SiteSaga {
@@ -165,5 +169,26 @@ pub fn destroy(d: &SiteSaga, _: &SagaSettings) -> ContainerDestroy {
         site_id: d.site.site_id,
         vmid: Vmid(d.vmid),
         purge: true,
+    }
+}
+
+/// The final backup's record id: the site's own, so a re-sent step names the same backup.
+pub fn final_backup_id(site: &pvefleet_contracts::SiteId) -> uuid::Uuid {
+    uuid::Uuid::from_u128(site.as_uuid().as_u128() ^ 0x0000_0000_0000_0000_00f1_0a1b_acc0_0000)
+}
+
+/// Whether the deprovisioning backs the container up first.
+pub fn backs_up(d: &SiteSaga, s: &SagaSettings) -> bool {
+    s.final_backup && d.final_backup && d.vmid != 0
+}
+
+pub fn final_backup(d: &SiteSaga, _: &SagaSettings) -> BackupCreate {
+    BackupCreate {
+        site_id: d.site.site_id,
+        vmid: Vmid(d.vmid),
+        backup_id: final_backup_id(&d.site.site_id),
+        kind: BackupKind::Final,
+        storage: None,
+        node: d.node.clone(),
     }
 }

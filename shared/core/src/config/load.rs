@@ -292,6 +292,9 @@ mod tests {
         assert_eq!(s.edge.caddy_server, "edge");
         let plans: Vec<&String> = s.saga.plans.keys().collect();
         assert_eq!(plans, ["medium", "small"], "the file's plans replace the defaults");
+        assert_eq!(s.saga.plans["medium"].backup_policy.as_deref(), Some("daily"));
+        assert_eq!(s.backup.final_retention, Duration::from_secs(30 * 86_400));
+        assert!(s.saga.final_backup);
     }
 
     #[test]

@@ -1,0 +1,93 @@
+//! `/v1/sites/{id}/backups`: a site's backups (those PVE's jobs took, and the fleet's own:
+//! on demand, final, before a restore), with their state and verification; and a backup on
+//! demand, carried out by the backup service. An owner's token reaches its own sites' only
+//! (another owner's are 404, as if they did not exist). The same operations as
+//! `pvefleet site backup(s)`, each request written to `audit_log` with the token.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use pvefleet_backup::ops::{self, OpsError};
+use pvefleet_contracts::messages::BackupKind;
+use pvefleet_policy::scopes;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::problem::Problem;
+use crate::{AppState, auth, db_problem};
+
+fn parse_id(raw: &str) -> Result<Uuid, Problem> {
+    Uuid::parse_str(raw).map_err(|_| {
+        Problem::field(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "id",
+            format!("'{raw}' is not a UUID"),
+        )
+    })
+}
+
+fn no_site(id: Uuid) -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "not-found", format!("No site {id}."))
+}
+
+fn ops_problem(e: OpsError) -> Problem {
+    match e {
+        OpsError::NotFound(m) => Problem::new(StatusCode::NOT_FOUND, "not-found", m),
+        OpsError::Conflict(m) => Problem::new(StatusCode::CONFLICT, "conflict", m),
+        OpsError::Invalid(i) => Problem::field(StatusCode::UNPROCESSABLE_ENTITY, "invalid", i.field, i.why),
+        OpsError::Db(e) => db_problem(e),
+        other => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", other.to_string()),
+    }
+}
+
+/// The site's owner, when the caller may see the site.
+async fn visible(st: &AppState, caller: &auth::Caller, id: Uuid) -> Result<(), Problem> {
+    let client = st.pool.get().await.map_err(db_problem)?;
+    let row = client
+        .query_opt("SELECT owner FROM sites WHERE id = $1", &[&id])
+        .await
+        .map_err(db_problem)?;
+    match row.map(|r| r.get::<_, String>(0)) {
+        Some(owner) if caller.sees(&owner) => Ok(()),
+        _ => Err(no_site(id)),
+    }
+}
+
+/// A site's backups, newest first (at most 500): kind, state, volume, size, when taken, until
+/// when kept, and the last verification.
+#[utoipa::path(get, path = "/v1/sites/{id}/backups", responses((status = 200, description = "The backups, an array"), (status = 404, body = Problem)))]
+pub(crate) async fn list(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, Problem> {
+    let caller = auth::require(&st, &headers, scopes::SITES_READ).await?;
+    let id = parse_id(&raw)?;
+    visible(&st, &caller, id).await?;
+    let client = st.pool.get().await.map_err(db_problem)?;
+    let rows = ops::list(&**client, id, 500).await.map_err(ops_problem)?;
+    Ok(axum::Json(rows).into_response())
+}
+
+/// Back an active site up now, to its policy's storage; the backup service takes it and
+/// follows the task. Answers 202 with the backup's id; its state shows in the list.
+#[utoipa::path(post, path = "/v1/sites/{id}/backups", responses((status = 202, body = Object), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub(crate) async fn create(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, Problem> {
+    let caller = auth::require(&st, &headers, scopes::SITES_WRITE).await?;
+    let id = parse_id(&raw)?;
+    visible(&st, &caller, id).await?;
+    let mut client = st.pool.get().await.map_err(db_problem)?;
+    let backup = ops::request(&mut client, &caller.actor(), id, BackupKind::OnDemand)
+        .await
+        .map_err(ops_problem)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({ "backup_id": backup, "site_id": id, "state": "requested" })),
+    )
+        .into_response())
+}
