@@ -167,6 +167,8 @@ impl Handler<BackupCreate> for Backup {
             )
             .await
             .map_err(HandlerError::retry)?;
+            metrics::counter!("pvefleet_backups_total", "kind" => cmd.kind.as_str(), "outcome" => "failed")
+                .increment(1);
             return Err(HandlerError::fail("backup.failed", e.message));
         }
         // The new volume: the newest of this guest's backups written since the task began.

@@ -185,5 +185,8 @@ pub async fn scan(pve: &PveClient, db: &tokio_postgres::Client) -> anyhow::Resul
         .await?;
         report.expired += 1;
     }
+    metrics::counter!("pvefleet_backups_recorded_total").increment(report.recorded as u64);
+    metrics::counter!("pvefleet_backups_pruned_total").increment(report.pruned as u64);
+    metrics::counter!("pvefleet_backups_expired_total").increment(report.expired as u64);
     Ok(report)
 }

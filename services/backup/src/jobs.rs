@@ -164,5 +164,12 @@ pub async fn sync(
         .await?;
         report.created.push(id.clone());
     }
+    for (action, n) in [
+        ("create", report.created.len()),
+        ("update", report.updated.len()),
+        ("delete", report.removed.len()),
+    ] {
+        metrics::counter!("pvefleet_backup_job_changes_total", "action" => action).increment(n as u64);
+    }
     Ok(report)
 }
