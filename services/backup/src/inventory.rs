@@ -25,6 +25,14 @@ pub struct InventoryReport {
     pub expired: usize,
 }
 
+/// A site that held a vmid, and when (seconds since the epoch).
+struct Holder {
+    site: Uuid,
+    owner: String,
+    from: i64,
+    until: Option<i64>,
+}
+
 /// Reads every storage the policies and records name, on every online node, and brings
 /// `backups` in step.
 pub async fn scan(pve: &PveClient, db: &tokio_postgres::Client) -> anyhow::Result<InventoryReport> {
@@ -38,17 +46,27 @@ pub async fn scan(pve: &PveClient, db: &tokio_postgres::Client) -> anyhow::Resul
         .iter()
         .map(|r| r.get(0))
         .collect();
-    // vmid → (site, owner) for every site that has had a container: the live one first.
-    let owners: BTreeMap<u32, (Uuid, String)> = db
+    // Every site that has had a container, with its lifetime: a backup belongs to the site
+    // that held the vmid when it was taken (vmids are leased again after a site goes).
+    let mut owners: BTreeMap<u32, Vec<Holder>> = BTreeMap::new();
+    for r in db
         .query(
-            "SELECT DISTINCT ON (vmid) vmid, id, owner FROM sites WHERE vmid IS NOT NULL
-             ORDER BY vmid, (state = 'deleted'), updated_at DESC",
+            "SELECT vmid, id, owner, extract(epoch FROM created_at)::bigint,
+                    CASE WHEN state = 'deleted' THEN extract(epoch FROM updated_at)::bigint END
+             FROM sites WHERE vmid IS NOT NULL",
             &[],
         )
         .await?
-        .iter()
-        .map(|r| (r.get::<_, i32>(0) as u32, (r.get(1), r.get(2))))
-        .collect();
+    {
+        owners.entry(r.get::<_, i32>(0) as u32).or_default().push(Holder {
+            site: r.get(1),
+            owner: r.get(2),
+            from: r.get(3),
+            until: r.get(4),
+        });
+    }
+    // Anything marked pruned must have been recorded before the storages were read.
+    let scan_started: chrono::DateTime<chrono::Utc> = db.query_one("SELECT now()", &[]).await?.get(0);
     let nodes: Vec<String> = pve
         .nodes()
         .await?
@@ -88,9 +106,18 @@ pub async fn scan(pve: &PveClient, db: &tokio_postgres::Client) -> anyhow::Resul
         let Some(vmid) = item.vmid.map(|v| v as u32) else {
             continue;
         };
-        let Some((site, owner)) = owners.get(&vmid) else {
+        // Containers only (a VM's backups share the vmid space), named by vzdump's scheme.
+        if !volid.contains("vzdump-lxc-") || item.subtype.as_deref().is_some_and(|t| t != "lxc") {
+            continue;
+        }
+        let ctime = item.ctime.unwrap_or(0) as i64;
+        let Some(holder) = owners.get(&vmid).and_then(|hs| {
+            hs.iter()
+                .find(|h| h.from - 60 <= ctime && h.until.is_none_or(|u| ctime <= u + 60))
+        }) else {
             continue;
         };
+        let (site, owner) = (&holder.site, &holder.owner);
         let taken = item.ctime.and_then(|t| chrono::DateTime::from_timestamp(t as i64, 0));
         let id = Uuid::now_v7();
         let inserted = db
@@ -126,8 +153,9 @@ pub async fn scan(pve: &PveClient, db: &tokio_postgres::Client) -> anyhow::Resul
     let rows = db
         .query(
             "SELECT b.id, b.volid, b.node, b.storage, b.site_id, s.owner FROM backups b
-             LEFT JOIN sites s ON s.id = b.site_id WHERE b.state = 'ok' AND b.volid IS NOT NULL",
-            &[],
+             LEFT JOIN sites s ON s.id = b.site_id
+             WHERE b.state = 'ok' AND b.volid IS NOT NULL AND b.updated_at < $1",
+            &[&scan_started],
         )
         .await?;
     for r in rows {
@@ -142,11 +170,15 @@ pub async fn scan(pve: &PveClient, db: &tokio_postgres::Client) -> anyhow::Resul
         if !was_listed || seen.contains_key(&volid) {
             continue;
         }
-        db.execute(
-            "UPDATE backups SET state = 'pruned', updated_at = now() WHERE id = $1 AND state = 'ok'",
-            &[&id],
-        )
-        .await?;
+        let changed = db
+            .execute(
+                "UPDATE backups SET state = 'pruned', updated_at = now() WHERE id = $1 AND state = 'ok' AND updated_at < $2",
+                &[&id, &scan_started],
+            )
+            .await?;
+        if changed == 0 {
+            continue;
+        }
         let mut entry = Entry::new("backup.pruned", site.map(|s| s.to_string()).unwrap_or_default())
             .detail(json!({ "backup_id": id, "volid": volid }));
         if let Some(o) = owner {
@@ -169,8 +201,16 @@ pub async fn scan(pve: &PveClient, db: &tokio_postgres::Client) -> anyhow::Resul
         let (Some(volid), Some(node)) = (volid, node) else {
             continue;
         };
-        pve.backup_annotate(&node, &volid, None, Some(false)).await?;
-        pve.backup_delete(&node, &volid).await?;
+        // One that cannot be removed now (its node is down) is tried again at the next sync.
+        if let Err(e) = pve.backup_annotate(&node, &volid, None, Some(false)).await {
+            tracing::warn!(volid, node, error = %e, "A final backup past its retention could not be unprotected; trying again later.");
+            continue;
+        }
+        if let Err(e) = pve.backup_delete(&node, &volid).await {
+            tracing::warn!(volid, node, error = %e, "A final backup past its retention could not be removed; trying again later.");
+            let _ = pve.backup_annotate(&node, &volid, None, Some(true)).await;
+            continue;
+        }
         db.execute(
             "UPDATE backups SET state = 'deleted', protected = false, updated_at = now() WHERE id = $1",
             &[&id],

@@ -26,6 +26,8 @@ pub struct SyncReport {
     pub removed: Vec<String>,
     /// Jobs already as they should be.
     pub unchanged: Vec<String>,
+    /// Jobs PVE refused to create, change or remove, with its words (tried again next sync).
+    pub failed: Vec<(String, String)>,
 }
 
 impl SyncReport {
@@ -55,12 +57,17 @@ fn desired(p: &Policy, vmids: &[u32]) -> Vec<(&'static str, String)> {
         ("prune-backups", p.keep().write()),
         ("enabled", "1".into()),
         ("comment", comment(p)),
-        (
-            "notes-template",
-            "{{guestname}} ({{vmid}}), pvefleet policy ".to_string() + &p.name,
-        ),
+        ("notes-template", notes(p)),
     ]
 }
+
+fn notes(p: &Policy) -> String {
+    "{{guestname}} ({{vmid}}), pvefleet policy ".to_string() + &p.name
+}
+
+/// Keys of a job that choose guests or nodes some other way: an operator's addition to a
+/// managed job, removed so that the job backs up exactly the policy's sites.
+const FOREIGN: &[&str] = &["all", "exclude", "pool", "node"];
 
 /// Whether an existing job already holds what `want` says.
 fn matches(job: &BackupJob, p: &Policy, vmids: &[u32]) -> bool {
@@ -74,6 +81,8 @@ fn matches(job: &BackupJob, p: &Policy, vmids: &[u32]) -> bool {
         && job.prune_backups.as_ref() == Some(&p.keep())
         && job.enabled != Some(false)
         && job.comment.as_deref() == Some(comment(p).as_str())
+        && job.notes_template.as_deref() == Some(notes(p).as_str())
+        && FOREIGN.iter().all(|k| !job.other.contains_key(*k))
 }
 
 fn params(items: Vec<(&'static str, String)>) -> Params {
@@ -126,7 +135,10 @@ pub async fn sync(
     for job in jobs.iter().filter(|j| j.id.starts_with(JOB_PREFIX)) {
         match wanted.get(&job.id) {
             None => {
-                pve.backup_job_delete(&job.id).await?;
+                if let Err(e) = pve.backup_job_delete(&job.id).await {
+                    report.failed.push((job.id.clone(), e.to_string()));
+                    continue;
+                }
                 audit::record(
                     db,
                     &actor,
@@ -136,7 +148,15 @@ pub async fn sync(
                 report.removed.push(job.id.clone());
             }
             Some((p, vmids)) if !matches(job, p, vmids) => {
-                pve.backup_job_update(&job.id, params(desired(p, vmids))).await?;
+                let foreign: Vec<&str> = FOREIGN.iter().copied().filter(|k| job.other.contains_key(*k)).collect();
+                let mut update = params(desired(p, vmids));
+                if !foreign.is_empty() {
+                    update = update.set("delete", foreign.join(","));
+                }
+                if let Err(e) = pve.backup_job_update(&job.id, update).await {
+                    report.failed.push((job.id.clone(), e.to_string()));
+                    continue;
+                }
                 audit::record(
                     db,
                     &actor,
@@ -155,7 +175,10 @@ pub async fn sync(
         }
         let mut items = desired(p, vmids);
         items.push(("id", id.clone()));
-        pve.backup_job_create(params(items)).await?;
+        if let Err(e) = pve.backup_job_create(params(items)).await {
+            report.failed.push((id.clone(), e.to_string()));
+            continue;
+        }
         audit::record(
             db,
             &actor,
@@ -163,6 +186,13 @@ pub async fn sync(
         )
         .await?;
         report.created.push(id.clone());
+    }
+    for (id, why) in &report.failed {
+        tracing::warn!(
+            job = id,
+            error = why,
+            "PVE refused a change to a backup job; trying again at the next sync."
+        );
     }
     for (action, n) in [
         ("create", report.created.len()),

@@ -75,7 +75,9 @@ pub async fn sync_once(
     settings: &BackupSettings,
     saga: &SagaSettings,
 ) -> anyhow::Result<SyncOutcome> {
-    let db = pool.get().await?;
+    // A connection of its own, closed when dropped: the session lock goes with it even if this
+    // pass is cancelled half-way, instead of staying on a pooled connection.
+    let db = deadpool_postgres::Object::take(pool.get().await?);
     let leader: bool = db
         .query_one("SELECT pg_try_advisory_lock($1, 0)", &[&LEADER_CLASS])
         .await?
@@ -83,20 +85,17 @@ pub async fn sync_once(
     if !leader {
         return Ok(SyncOutcome::default());
     }
-    let outcome = async {
-        let policies = policy::all(&**db).await?;
-        let sites = policy::covered_sites(&**db as &dyn Sql, saga, &settings.default_policy).await?;
-        let jobs = jobs::sync(pve, &db, &policies, &sites).await?;
-        let inventory = inventory::scan(pve, &db).await?;
-        anyhow::Ok(SyncOutcome {
-            leader: true,
-            jobs,
-            inventory,
-        })
-    }
-    .await;
-    db.execute("SELECT pg_advisory_unlock($1, 0)", &[&LEADER_CLASS]).await?;
-    outcome
+    let policies = policy::all(&*db).await?;
+    let sites = policy::covered_sites(&*db as &dyn Sql, saga, &settings.default_policy).await?;
+    // The jobs and the records are independent: one failing does not stop the other.
+    let jobs = jobs::sync(pve, &db, &policies, &sites).await;
+    let inventory = inventory::scan(pve, &db).await;
+    let _ = db.execute("SELECT pg_advisory_unlock($1, 0)", &[&LEADER_CLASS]).await;
+    Ok(SyncOutcome {
+        leader: true,
+        jobs: jobs?,
+        inventory: inventory?,
+    })
 }
 
 /// The PVE client of the backup service: tasks may run `backup.task_timeout`.

@@ -80,16 +80,26 @@ pub async fn set_policy(db: &mut tokio_postgres::Client, actor: &Actor, p: &Poli
 }
 
 /// Deletes a policy; its sites fall back to their plan's policy or the default. The default
-/// policy itself cannot go while it is the default.
+/// policy, and one a plan names, cannot go while they are named.
 pub async fn delete_policy(
     db: &mut tokio_postgres::Client,
     actor: &Actor,
     name: &str,
     default: &str,
+    saga: &pvefleet_core::config::SagaSettings,
 ) -> Result<(), OpsError> {
     if name == default {
         return Err(OpsError::Conflict(format!(
             "'{name}' is backup.default_policy: name another default first"
+        )));
+    }
+    if let Some((plan, _)) = saga
+        .plans
+        .iter()
+        .find(|(_, p)| p.backup_policy.as_deref() == Some(name))
+    {
+        return Err(OpsError::Conflict(format!(
+            "plan '{plan}' names '{name}' as its backup policy: change the plan first"
         )));
     }
     let tx = db.transaction().await?;
@@ -247,6 +257,20 @@ pub async fn request(
             "Site {site} is {state}: only an active site with a container can be backed up."
         )));
     };
+    // One on-demand backup of a site at a time: another is refused until it has ended.
+    if kind == BackupKind::OnDemand
+        && let Some(busy) = tx
+            .query_opt(
+                "SELECT id FROM backups WHERE site_id = $1 AND kind = 'on_demand' AND state IN ('requested', 'running')",
+                &[&site],
+            )
+            .await?
+    {
+        let busy: Uuid = busy.get(0);
+        return Err(OpsError::Conflict(format!(
+            "Backup {busy} of site {site} has not ended yet: wait for it before asking for another."
+        )));
+    }
     let id = Uuid::now_v7();
     // The storage ('' until then) is the site's policy's, resolved by the backup service.
     tx.execute(

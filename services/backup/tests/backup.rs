@@ -152,6 +152,18 @@ async fn policies_become_pve_backup_jobs_that_follow_the_sites_and_leave_hand_ma
     let again = r.sync().await;
     assert!(!again.jobs.changed(), "{:?}", again.jobs);
     assert_eq!(writes(&r.sim), before);
+    // An operator's hand in a managed job: it is put back as the policy says.
+    r.pve
+        .backup_job_update(
+            "pvefleet-daily",
+            Params::new().set("node", "pve1").set("schedule", "05:00"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.sync().await.jobs.updated, vec!["pvefleet-daily"]);
+    let daily = r.jobs().await.into_iter().find(|j| j.id == "pvefleet-daily").unwrap();
+    assert_eq!(daily.schedule.as_deref(), Some("02:00"));
+    assert!(!daily.other.contains_key("node"), "{daily:?}");
     // A new site joins the job; a deleted one leaves it.
     r.site(10003, "pve1", "gamma").await;
     assert_eq!(r.sync().await.jobs.updated, vec!["pvefleet-daily"]);
@@ -191,7 +203,7 @@ async fn policies_become_pve_backup_jobs_that_follow_the_sites_and_leave_hand_ma
         jobs.iter().find(|j| j.id == "pvefleet-daily").unwrap().vmids(),
         vec![10003]
     );
-    ops::delete_policy(&mut client, &actor, "weekly", "daily")
+    ops::delete_policy(&mut client, &actor, "weekly", "daily", &r.settings.saga)
         .await
         .unwrap();
     let out = r.sync().await;
@@ -202,9 +214,20 @@ async fn policies_become_pve_backup_jobs_that_follow_the_sites_and_leave_hand_ma
         jobs.iter().find(|j| j.id == "pvefleet-daily").unwrap().vmids(),
         vec![10002, 10003]
     );
+    // Neither can a policy a plan names.
+    let mut named = r.settings.saga.clone();
+    named.plans.get_mut("small").unwrap().backup_policy = Some("weekly".into());
+    ops::set_policy(&mut client, &actor, &weekly()).await.unwrap();
+    assert!(matches!(
+        ops::delete_policy(&mut client, &actor, "weekly", "daily", &named).await,
+        Err(ops::OpsError::Conflict(_))
+    ));
+    ops::delete_policy(&mut client, &actor, "weekly", "daily", &r.settings.saga)
+        .await
+        .unwrap();
     // The default policy cannot be deleted while it is the default.
     assert!(matches!(
-        ops::delete_policy(&mut client, &actor, "daily", "daily").await,
+        ops::delete_policy(&mut client, &actor, "daily", "daily", &r.settings.saga).await,
         Err(ops::OpsError::Conflict(_))
     ));
     // A bad policy is refused naming the field.
@@ -227,10 +250,10 @@ async fn policies_become_pve_backup_jobs_that_follow_the_sites_and_leave_hand_ma
     db.execute("UPDATE sites SET state = 'deleted'", &[]).await.unwrap();
     assert_eq!(r.sync().await.jobs.removed, vec!["pvefleet-daily"]);
     assert_eq!(r.audit("backup.job.create").await, 2);
-    assert_eq!(r.audit("backup.job.update").await, 4);
+    assert_eq!(r.audit("backup.job.update").await, 5);
     assert_eq!(r.audit("backup.job.delete").await, 2);
-    assert_eq!(r.audit("backup.policy.create").await, 1);
-    assert_eq!(r.audit("backup.policy.delete").await, 1);
+    assert_eq!(r.audit("backup.policy.create").await, 2);
+    assert_eq!(r.audit("backup.policy.delete").await, 2);
 }
 
 #[tokio::test]
@@ -256,6 +279,21 @@ async fn the_records_follow_what_the_jobs_write_and_prune_on_the_simulated_clock
     let in_storage = r.pve.backups("pve1", "local", Some(10001)).await.unwrap().len()
         + r.pve.backups("pve2", "local", Some(10002)).await.unwrap().len();
     assert_eq!(in_storage, 14);
+    // A backup from before a site held its vmid is not that site's.
+    let later = r.site(10004, "pve1", "delta").await;
+    let db = r.pool.get().await.unwrap();
+    db.execute(
+        "UPDATE sites SET created_at = now() + interval '30 days' WHERE id = $1",
+        &[&later],
+    )
+    .await
+    .unwrap();
+    r.pve
+        .vzdump("pve1", Params::new().set("vmid", 10004).set("storage", "local"))
+        .await
+        .unwrap();
+    r.sync().await;
+    assert_eq!(r.count("SELECT count(*) FROM backups WHERE vmid = 10004").await, 0);
     // A node that cannot be read does not make its backups look pruned.
     r.sim.set_node_down("pve2", true);
     r.sync().await;
@@ -336,6 +374,21 @@ async fn on_demand_and_final_backups_run_through_the_worker_and_their_failures_a
     // The notes say what took it.
     let item = &r.pve.backups("pve1", "local", Some(10001)).await.unwrap()[0];
     assert_eq!(item.notes.as_deref(), Some("alpha (10001), pvefleet on_demand"));
+    // One on-demand backup at a time: another while one is pending is refused.
+    let db = r.pool.get().await.unwrap();
+    db.execute(
+        "INSERT INTO backups (id, site_id, vmid, storage, kind, state) VALUES ($1, $2, 10001, '', 'on_demand', 'requested')",
+        &[&Uuid::now_v7(), &site],
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        ops::request(&mut client, &actor, site, BackupKind::OnDemand).await,
+        Err(ops::OpsError::Conflict(_))
+    ));
+    db.execute("DELETE FROM backups WHERE state = 'requested'", &[])
+        .await
+        .unwrap();
     // A final backup is protected and kept for the retention.
     let fin = ops::request(&mut client, &actor, site, BackupKind::Final)
         .await

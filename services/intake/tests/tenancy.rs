@@ -546,6 +546,15 @@ async fn one_owners_token_reaches_nothing_of_another_owners_on_any_route_and_an_
         (list[0]["kind"].as_str(), list[0]["state"].as_str()),
         (Some("on_demand"), Some("requested"))
     );
+    // One at a time: another while it has not ended is a 409 (no backup service runs here, so
+    // the test ends it as the service would).
+    let (status, p) = f
+        .call(&alice, Method::POST, &format!("/v1/sites/{site}/backups"), None)
+        .await;
+    assert_eq!(status, 409, "{p}");
+    c.execute("UPDATE backups SET state = 'ok' WHERE site_id = $1", &[&site])
+        .await
+        .unwrap();
     // The policy, the interface and the site are untouched by bob.
     let (status, policy) = f.call(&alice, Method::GET, &format!("{ct}/autoscale"), None).await;
     assert_eq!(

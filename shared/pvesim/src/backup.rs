@@ -135,12 +135,13 @@ impl SimState {
             }
             None => None,
         };
+        // `remove` (default 1) prunes with the call's retention, else the storage's.
         let remove = get(params, "remove") != Some("0");
         let dump = Dump {
             node: node.to_string(),
             vmids: vmids.clone(),
             storage: storage.clone(),
-            prune: if remove { prune } else { None },
+            prune: remove.then(|| prune.unwrap_or_else(|| self.storage_prune.clone())),
             notes_template: get(params, "notes-template").map(str::to_string),
             protected: get(params, "protected") == Some("1"),
             compress: get(params, "compress").unwrap_or("zstd").to_string(),
@@ -253,9 +254,13 @@ impl SimState {
 
     /// Marks a guest's backups on a storage; removes those marked `remove` when `apply`.
     fn prune_group(&mut self, node: &str, storage: &str, vmid: u32, p: &PruneBackups, apply: bool) -> Vec<Value> {
-        let group: Vec<usize> = (0..self.backups.len())
+        let all: Vec<usize> = (0..self.backups.len())
             .filter(|&i| self.backups[i].vmid == vmid && self.backup_visible(&self.backups[i], node, storage))
             .collect();
+        // Archives not named by vzdump's scheme are `renamed`: never counted, never removed.
+        let (group, renamed): (Vec<usize>, Vec<usize>) = all
+            .into_iter()
+            .partition(|&i| prune::parse_archive_name(&self.backups[i].volid).is_some());
         let candidates: Vec<Candidate> = group
             .iter()
             .map(|&i| Candidate {
@@ -266,13 +271,12 @@ impl SimState {
         let marks = p.mark(&candidates);
         let mut rows = Vec::new();
         let mut doomed = Vec::new();
-        for (&i, mark) in group.iter().zip(&marks) {
+        let marked = group
+            .iter()
+            .zip(marks)
+            .chain(renamed.iter().map(|i| (i, Mark::Renamed)));
+        for (&i, mark) in marked {
             let b = &self.backups[i];
-            let mark = if prune::parse_archive_name(&b.volid).is_none() {
-                Mark::Renamed
-            } else {
-                *mark
-            };
             rows.push(
                 json!({ "volid": b.volid, "ctime": b.ctime, "mark": mark.as_str(), "type": "lxc", "vmid": b.vmid }),
             );
@@ -585,17 +589,19 @@ impl SimState {
             }
         }
         let storage = text("storage").unwrap_or_else(|| "local".into());
-        let prune = job
-            .get("prune-backups")
-            .and_then(Value::as_str)
-            .and_then(|p| PruneBackups::parse("prune-backups", p).ok())
-            .filter(|_| text("remove").as_deref() != Some("0"));
+        let remove = text("remove").as_deref() != Some("0");
+        let prune = remove.then(|| {
+            job.get("prune-backups")
+                .and_then(Value::as_str)
+                .and_then(|p| PruneBackups::parse("prune-backups", p).ok())
+                .unwrap_or_else(|| self.storage_prune.clone())
+        });
         for (node, vmids) in by_node {
             let dump = Dump {
                 node: node.clone(),
                 vmids,
                 storage: storage.clone(),
-                prune: prune.clone().or_else(|| Some(self.storage_prune.clone())),
+                prune: prune.clone(),
                 notes_template: text("notes-template"),
                 protected: text("protected").as_deref() == Some("1"),
                 compress: text("compress").unwrap_or_else(|| "zstd".into()),
@@ -675,6 +681,20 @@ pub(crate) fn next_run(schedule: &str, after: i64) -> Option<i64> {
     let (days, time) = match s.as_str() {
         "hourly" => (None, "*:00".to_string()),
         "daily" | "midnight" => (None, "00:00".into()),
+        "yearly" | "annually" => {
+            let first = base
+                .date_naive()
+                .with_month(1)?
+                .with_day(1)?
+                .and_hms_opt(0, 0, 0)?
+                .and_utc();
+            let next = if first.timestamp() > after {
+                first
+            } else {
+                first + chrono::Months::new(12)
+            };
+            return Some(next.timestamp());
+        }
         "weekly" => (Some(vec![0u32]), "00:00".into()),
         "monthly" => {
             let first = base.date_naive().with_day(1)?.and_hms_opt(0, 0, 0)?.and_utc();
@@ -791,6 +811,7 @@ mod tests {
         assert_eq!(at("mon..fri 01:00"), "2026-12-08T01:00:00+00:00");
         assert_eq!(at("weekly"), "2026-12-14T00:00:00+00:00");
         assert_eq!(at("monthly"), "2027-01-01T00:00:00+00:00");
+        assert_eq!(at("yearly"), "2027-01-01T00:00:00+00:00");
         assert_eq!(next_run("every full moon", NOW), None);
     }
 }

@@ -225,6 +225,8 @@ pub struct SimState {
     /// Issued tickets and their CSRF tokens.
     pub(crate) tickets: HashMap<String, String>,
     pub(crate) started: Instant,
+    /// The wall clock when it started, seconds since the epoch: the simulated clock's origin.
+    pub(crate) epoch_base: u64,
     pub(crate) seq: u64,
     /// The fault dice's state.
     pub(crate) rng: u64,
@@ -275,6 +277,9 @@ impl SimState {
             installed: BTreeSet::new(),
             tickets: HashMap::new(),
             started: Instant::now(),
+            epoch_base: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1_700_000_000, |d| d.as_secs()),
             seq: 0,
             rng: 0x5eed,
             generation: 0,

@@ -180,8 +180,9 @@ impl SimState {
                 }
             }
             Effect::Snapshot(vmid, name, description) => {
+                let now = self.epoch(Instant::now());
                 if let Some(ct) = self.containers.get_mut(&vmid) {
-                    crate::lxc::take_snapshot(ct, &name, description.as_deref(), self.started.elapsed().as_secs());
+                    crate::lxc::take_snapshot(ct, &name, description.as_deref(), now);
                 }
             }
             Effect::DeleteSnapshot(vmid, name) => {
@@ -285,6 +286,6 @@ impl SimState {
 
     /// A moment as seconds since the epoch, on the simulator's clock.
     pub(crate) fn epoch(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.started).as_secs() + 1_700_000_000 + self.clock_offset
+        at.saturating_duration_since(self.started).as_secs() + self.epoch_base + self.clock_offset
     }
 }

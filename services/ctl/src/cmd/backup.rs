@@ -107,7 +107,15 @@ pub async fn run(settings: &pvefleet_core::Settings, action: BackupAction) -> an
         }
         BackupAction::Policy {
             action: BackupPolicyAction::Delete { name },
-        } => match ops::delete_policy(&mut client, &actor, &name, &settings.backup.default_policy).await {
+        } => match ops::delete_policy(
+            &mut client,
+            &actor,
+            &name,
+            &settings.backup.default_policy,
+            &settings.saga,
+        )
+        .await
+        {
             Ok(()) => {
                 println!("policy {name} deleted");
                 Ok(ExitCode::SUCCESS)

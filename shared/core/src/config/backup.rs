@@ -21,7 +21,9 @@ pub struct BackupSettings {
     /// (protected from pruning meanwhile); `0s` keeps it until an operator removes it.
     #[serde(with = "humantime_serde")]
     pub final_retention: Duration,
-    /// How long one vzdump or restore task may run before it counts as failed.
+    /// How long one delivery of `backup.create` follows its vzdump task. Under RabbitMQ's
+    /// `consumer_timeout` (30 min): a longer backup is followed on by the next delivery (the
+    /// task's UPID is recorded), up to `bus.max_attempts` deliveries.
     #[serde(with = "humantime_serde")]
     pub task_timeout: Duration,
 }
@@ -32,7 +34,7 @@ impl Default for BackupSettings {
             default_policy: "daily".into(),
             sync_interval: Duration::from_secs(60),
             final_retention: Duration::from_secs(30 * 86_400),
-            task_timeout: Duration::from_secs(2 * 3600),
+            task_timeout: Duration::from_secs(25 * 60),
         }
     }
 }

@@ -117,10 +117,17 @@ impl Default for SagaSettings {
             compensation_attempts: 5,
             max_sites_per_owner: 20,
             step_timeout: Duration::from_secs(15 * 60),
-            step_timeouts: [(
-                "app_install".to_string(),
-                humantime_serde::Serde::from(Duration::from_secs(45 * 60)),
-            )]
+            step_timeouts: [
+                (
+                    "app_install".to_string(),
+                    humantime_serde::Serde::from(Duration::from_secs(45 * 60)),
+                ),
+                // A final backup is followed across deliveries (backup.task_timeout each).
+                (
+                    "backup_create".to_string(),
+                    humantime_serde::Serde::from(Duration::from_secs(3 * 3600)),
+                ),
+            ]
             .into_iter()
             .collect(),
             step_resends: 2,

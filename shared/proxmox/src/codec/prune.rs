@@ -5,8 +5,9 @@
 //! yearly. Each option keeps the newest backup of each of its first N periods (an hour, a
 //! day, an ISO week, a month, a year) that no earlier option already kept a backup of;
 //! older backups of a period already kept are removed. Protected backups are neither removed
-//! nor counted. With `keep-all=1`, or no option above 0, everything is kept. Periods are
-//! read in UTC, the zone pvesim and the fleet's nodes run in.
+//! nor counted. With `keep-all=1`, or no option above 0, everything is kept. PVE reads the
+//! periods (and names the archives) in the node's local time; this reads them in UTC, as
+//! pvesim runs, so on a node in another zone a period boundary falls at its UTC hour.
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::{Deserialize, Serialize};
@@ -98,8 +99,8 @@ const KEYS: [&str; 7] = [
 ];
 
 impl PruneBackups {
-    /// Keeps the newest `n` backups of each of the last `days` days (the guardrails' daily
-    /// backups with a week's retention is `daily(7)`).
+    /// Keeps the newest backup of each of the last `days` days that have one (the guardrails'
+    /// daily backups with a week's retention is `daily(7)`).
     pub fn daily(days: u32) -> Self {
         Self {
             keep_daily: Some(days),

@@ -134,6 +134,7 @@ impl SimState {
 
 /// Copies the current config into a snapshot section; the current config names it as parent.
 pub(crate) fn take_snapshot(ct: &mut Ct, name: &str, description: Option<&str>, clock: u64) {
+    // `clock`: seconds since the epoch on the simulator's clock.
     let mut lines: Vec<Line> = description
         .into_iter()
         .flat_map(str::lines)
@@ -149,7 +150,7 @@ pub(crate) fn take_snapshot(ct: &mut Ct, name: &str, description: Option<&str>, 
     );
     let mut snap = Section::new(SectionKind::Snapshot(name.to_string()));
     snap.lines = lines;
-    snap.set("snaptime", &(clock + 1_700_000_000).to_string());
+    snap.set("snaptime", &clock.to_string());
     ct.config.put_snapshot(name, snap.lines);
     ct.config.main_mut().remove("lock");
     ct.config.main_mut().set("parent", name);
