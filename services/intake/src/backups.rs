@@ -14,22 +14,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::problem::Problem;
-use crate::{AppState, auth, db_problem};
-
-fn parse_id(raw: &str) -> Result<Uuid, Problem> {
-    Uuid::parse_str(raw).map_err(|_| {
-        Problem::field(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            "id",
-            format!("'{raw}' is not a UUID"),
-        )
-    })
-}
-
-fn no_site(id: Uuid) -> Problem {
-    Problem::new(StatusCode::NOT_FOUND, "not-found", format!("No site {id}."))
-}
+use crate::sites::no_site;
+use crate::{AppState, auth, db_problem, parse_id};
 
 fn ops_problem(e: OpsError) -> Problem {
     match e {

@@ -16,7 +16,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::problem::Problem;
-use crate::{AppState, auth, db_problem};
+use crate::{AppState, auth, db_problem, parse_id};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,17 +52,6 @@ fn object_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Resul
         ));
     }
     crate::problem::parse_body(body, what)
-}
-
-fn parse_id(raw: &str) -> Result<Uuid, Problem> {
-    Uuid::parse_str(raw).map_err(|_| {
-        Problem::field(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            "id",
-            format!("'{raw}' is not a UUID"),
-        )
-    })
 }
 
 /// Deliveries, newest first: each with its event, channel, target, state, tries and last error.

@@ -486,7 +486,7 @@ pub(crate) async fn delete_site(
     Ok(accepted(id, saga, "deprovisioning"))
 }
 
-fn no_site(id: Uuid) -> Problem {
+pub(crate) fn no_site(id: Uuid) -> Problem {
     Problem::new(StatusCode::NOT_FOUND, "not-found", format!("No site {id}."))
 }
 

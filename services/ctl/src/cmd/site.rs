@@ -61,6 +61,23 @@ pub(crate) async fn problem(resp: reqwest::Response) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// `GET PATH` on intake with the target's token: the JSON answer, or the exit code of the
+/// problem it printed.
+async fn get_json(target: &SiteTarget, path: &str) -> anyhow::Result<Result<Value, ExitCode>> {
+    let token = token(target)?;
+    let resp = http()?
+        .get(format!("{}{path}", target.url()))
+        .bearer_auth(&token)
+        .timeout(REQUEST_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| unreachable_intake(&target.url(), &e))?;
+    if !resp.status().is_success() {
+        return Ok(Err(problem(resp).await));
+    }
+    Ok(Ok(resp.json().await?))
+}
+
 pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
     match action {
         SiteAction::Create {
@@ -98,18 +115,10 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
             follow(&c, &target.url(), &token, &id, &saga, deadline).await
         }
         SiteAction::List { target } => {
-            let token = token(&target)?;
-            let resp = http()?
-                .get(format!("{}/v1/sites", target.url()))
-                .bearer_auth(&token)
-                .timeout(REQUEST_TIMEOUT)
-                .send()
-                .await
-                .map_err(|e| unreachable_intake(&target.url(), &e))?;
-            if !resp.status().is_success() {
-                return Ok(problem(resp).await);
-            }
-            let sites: Value = resp.json().await?;
+            let sites = match get_json(&target, "/v1/sites").await? {
+                Ok(v) => v,
+                Err(code) => return Ok(code),
+            };
             println!(
                 "{:<36}  {:<20}  {:<14}  {:<6}  {:<16}  node",
                 "site", "subdomain", "state", "vmid", "ip"
@@ -129,34 +138,18 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         SiteAction::Show { id, target } => {
-            let token = token(&target)?;
-            let resp = http()?
-                .get(format!("{}/v1/sites/{id}", target.url()))
-                .bearer_auth(&token)
-                .timeout(REQUEST_TIMEOUT)
-                .send()
-                .await
-                .map_err(|e| unreachable_intake(&target.url(), &e))?;
-            if !resp.status().is_success() {
-                return Ok(problem(resp).await);
-            }
-            let site: Value = resp.json().await?;
+            let site = match get_json(&target, &format!("/v1/sites/{id}")).await? {
+                Ok(v) => v,
+                Err(code) => return Ok(code),
+            };
             println!("{}", serde_json::to_string_pretty(&site)?);
             Ok(ExitCode::SUCCESS)
         }
         SiteAction::Credentials { id, target } => {
-            let token = token(&target)?;
-            let resp = http()?
-                .get(format!("{}/v1/sites/{id}/credentials", target.url()))
-                .bearer_auth(&token)
-                .timeout(REQUEST_TIMEOUT)
-                .send()
-                .await
-                .map_err(|e| unreachable_intake(&target.url(), &e))?;
-            if !resp.status().is_success() {
-                return Ok(problem(resp).await);
-            }
-            let c: Value = resp.json().await?;
+            let c = match get_json(&target, &format!("/v1/sites/{id}/credentials")).await? {
+                Ok(v) => v,
+                Err(code) => return Ok(code),
+            };
             println!("site            {}", c["site_id"].as_str().unwrap_or_default());
             println!("admin user      {}", c["admin_user"].as_str().unwrap_or_default());
             println!("admin password  {}", c["admin_password"].as_str().unwrap_or_default());
@@ -171,18 +164,10 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
             target,
         } => backup(&id, wait, deadline, &target).await,
         SiteAction::Backups { id, json, target } => {
-            let token = token(&target)?;
-            let resp = http()?
-                .get(format!("{}/v1/sites/{id}/backups", target.url()))
-                .bearer_auth(&token)
-                .timeout(REQUEST_TIMEOUT)
-                .send()
-                .await
-                .map_err(|e| unreachable_intake(&target.url(), &e))?;
-            if !resp.status().is_success() {
-                return Ok(problem(resp).await);
-            }
-            let rows: Value = resp.json().await?;
+            let rows = match get_json(&target, &format!("/v1/sites/{id}/backups")).await? {
+                Ok(v) => v,
+                Err(code) => return Ok(code),
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
                 return Ok(ExitCode::SUCCESS);
