@@ -18,6 +18,7 @@ pub mod inventory;
 pub mod jobs;
 pub mod ops;
 pub mod policy;
+pub mod restore;
 
 /// The advisory lock class of the sync's leadership: one replica syncs at a time.
 const LEADER_CLASS: i32 = 0x0bac_0001;
@@ -52,7 +53,9 @@ impl Backup {
 
     /// The router for the service's queue.
     pub fn router(&self) -> pvefleet_core::bus::Router {
-        pvefleet_core::bus::Router::new().command::<pvefleet_contracts::messages::BackupCreate, _>(self.clone())
+        pvefleet_core::bus::Router::new()
+            .command::<pvefleet_contracts::messages::BackupCreate, _>(self.clone())
+            .command::<pvefleet_contracts::messages::BackupRestore, _>(self.clone())
     }
 }
 

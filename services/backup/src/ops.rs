@@ -4,7 +4,7 @@
 //! command into the outbox in that transaction.
 
 use pvefleet_contracts::ids::{SiteId, Vmid};
-use pvefleet_contracts::messages::{BackupCreate, BackupKind};
+use pvefleet_contracts::messages::{BackupCreate, BackupKind, SiteRestore};
 use pvefleet_core::audit::{self, Actor, Entry};
 use pvefleet_core::bus::Outgoing;
 use pvefleet_core::bus::outgoing::Origin;
@@ -303,4 +303,70 @@ pub async fn request(
     .await?;
     tx.commit().await?;
     Ok(id)
+}
+
+/// Asks for a restore of `site` from `volid` (none: its latest backup): an active site is
+/// restored in place, a deleted one brought back. The backup must be one of the site's, written
+/// and still kept; one restore of a site at a time. Queues `site.restore` for the saga
+/// coordinator through the outbox, audited, in one transaction; answers the saga's id.
+pub async fn restore(
+    db: &mut tokio_postgres::Client,
+    actor: &Actor,
+    site: Uuid,
+    volid: Option<&str>,
+) -> Result<Uuid, OpsError> {
+    let tx = db.transaction().await?;
+    let found = tx
+        .query_opt("SELECT state, owner FROM sites WHERE id = $1 FOR UPDATE", &[&site])
+        .await?
+        .ok_or_else(|| OpsError::NotFound(format!("No site {site}.")))?;
+    let (state, owner): (String, String) = (found.get(0), found.get(1));
+    if state != "active" && state != "deleted" {
+        return Err(OpsError::Conflict(format!(
+            "Site {site} is {state}: only an active site, or a deleted one, can be restored."
+        )));
+    }
+    let backup = tx
+        .query_opt(
+            "SELECT volid FROM backups
+             WHERE site_id = $1 AND state = 'ok' AND volid IS NOT NULL AND ($2::text IS NULL OR volid = $2)
+             ORDER BY taken_at DESC NULLS LAST, created_at DESC LIMIT 1",
+            &[&site, &volid],
+        )
+        .await?;
+    let Some(backup) = backup else {
+        return Err(match volid {
+            Some(v) => OpsError::NotFound(format!("Site {site} has no kept backup '{v}'.")),
+            None => OpsError::Conflict(format!("Site {site} has no backup to restore.")),
+        });
+    };
+    let chosen: String = backup.get(0);
+    let saga = Uuid::now_v7();
+    let cmd = SiteRestore {
+        site_id: SiteId(site),
+        volid: Some(chosen.clone()),
+        requested_by: Some(actor.name.clone()),
+    };
+    let origin = Origin {
+        correlation_id: Some(saga),
+        app_id: Some("backup".into()),
+        ..Origin::default()
+    };
+    pvefleet_core::db::outbox::enqueue(&tx, &Outgoing::message(&cmd, &origin)?).await?;
+    // Followed (`GET /v1/sagas/{id}`, `--wait`) before the coordinator has started it.
+    tx.execute(
+        "INSERT INTO accepted_sagas (saga_id, kind, site_id, owner) VALUES ($1, 'restore', $2, $3)",
+        &[&saga, &site, &owner],
+    )
+    .await?;
+    audit::record(
+        &tx,
+        actor,
+        &Entry::new("site.restore", site.to_string())
+            .owner(owner)
+            .detail(json!({ "saga": saga, "volid": chosen, "was": state })),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(saga)
 }

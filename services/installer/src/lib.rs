@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable as _};
-use pvefleet_contracts::messages::{AppInstall, AppInstalled};
+use pvefleet_contracts::messages::{AppCheck, AppChecked, AppInstall, AppInstalled};
 use pvefleet_core::bus::{Context, Handled, Handler, HandlerError, Router};
 use pvefleet_core::config::InstallerSettings;
 use pvefleet_proxmox::client::PveClient;
@@ -80,7 +80,9 @@ impl Installer {
 
     /// The router of the installer queue.
     pub fn router(&self) -> Router {
-        Router::new().command::<AppInstall, _>(self.clone())
+        Router::new()
+            .command::<AppInstall, _>(self.clone())
+            .command::<AppCheck, _>(self.clone())
     }
 }
 
@@ -104,6 +106,23 @@ impl Inner {
             .into_iter()
             .find(|r| r.kind == "lxc" && r.vmid == Some(u64::from(vmid)))
             .and_then(|r| r.node))
+    }
+
+    /// `wp core is-installed` in the container: WordPress answers that it is set up.
+    async fn wordpress_installed(&self, node: &str, vmid: u32) -> Handled {
+        let verify = pct_exec(
+            &self.settings,
+            vmid,
+            &["wp", "core", "is-installed", "--path=/var/www/html", "--allow-root"],
+        );
+        match self.runner.run(node, &verify, b"", Duration::from_secs(120)).await {
+            Ok(out) if out.success() => Ok(()),
+            Ok(out) => fail(
+                "app.not_installed",
+                format!("WordPress does not report itself installed:\n{}", out.tail(5)),
+            ),
+            Err(e) => Err(HandlerError::retry(e)),
+        }
     }
 
     /// Probes `pct exec VMID -- true` until it answers, a bounded number of times with
@@ -205,22 +224,33 @@ impl Handler<AppInstall> for Installer {
             );
         }
         if cmd.app == "wordpress" {
-            let verify = pct_exec(
-                &me.settings,
-                vmid,
-                &["wp", "core", "is-installed", "--path=/var/www/html", "--allow-root"],
-            );
-            match me.runner.run(&node, &verify, b"", Duration::from_secs(120)).await {
-                Ok(out) if out.success() => {}
-                Ok(out) => {
-                    return fail(
-                        "app.not_installed",
-                        format!("WordPress does not report itself installed:\n{}", out.tail(5)),
-                    );
-                }
-                Err(e) => return Err(HandlerError::retry(e)),
-            }
+            me.wordpress_installed(&node, vmid).await?;
         }
+        ctx.emit(&done).await
+    }
+}
+
+/// `app.check`, after a restore: the container answers `pct exec` (waited for like an
+/// install's), and for WordPress `wp core is-installed` succeeds. Nothing is installed or
+/// changed; a site that does not answer fails the step, and its saga puts it back.
+#[async_trait]
+impl Handler<AppCheck> for Installer {
+    async fn handle(&self, cmd: AppCheck, ctx: &Context<'_>) -> Handled {
+        let me = &self.inner;
+        let vmid = cmd.vmid.0;
+        let done = AppChecked {
+            site_id: cmd.site_id,
+            vmid: cmd.vmid,
+            app: cmd.app.clone(),
+        };
+        let Some(node) = me.node_of(vmid).await? else {
+            return fail("container.missing", format!("container {vmid} does not exist"));
+        };
+        me.wait_ready(&node, vmid).await?;
+        if cmd.app == "wordpress" {
+            me.wordpress_installed(&node, vmid).await?;
+        }
+        tracing::info!(vmid, node, app = %cmd.app, "The app answers.");
         ctx.emit(&done).await
     }
 }

@@ -77,3 +77,52 @@ pub(crate) async fn create(
     )
         .into_response())
 }
+
+/// What to restore: one backup by its volume, or the latest.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RestoreRequest {
+    /// The backup volume, as the list shows it.
+    #[serde(default)]
+    volid: Option<String>,
+    /// The site's latest kept backup.
+    #[serde(default)]
+    latest: bool,
+}
+
+/// Restore a site from one of its backups, as a saga: an active site is backed up first and
+/// restored in place (put back as it was if any step fails); a deleted site comes back in a
+/// new container with its address, DNS record and route. Answers 202 with the saga to follow.
+#[utoipa::path(post, path = "/v1/sites/{id}/restores", request_body = RestoreRequest, responses((status = 202, body = Object), (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+pub(crate) async fn restore(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let caller = auth::require(&st, &headers, scopes::SITES_WRITE).await?;
+    let id = parse_id(&raw)?;
+    let req: RestoreRequest = crate::problem::parse_body(&body, "restore request")?;
+    let volid = match (req.volid, req.latest) {
+        (Some(v), false) if !v.trim().is_empty() => Some(v),
+        (None, true) => None,
+        _ => {
+            return Err(Problem::field(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                "volid",
+                "Name one backup (volid) or ask for the latest (latest: true), not both.",
+            ));
+        }
+    };
+    visible(&st, &caller, id).await?;
+    let mut client = st.pool.get().await.map_err(db_problem)?;
+    let saga = ops::restore(&mut client, &caller.actor(), id, volid.as_deref())
+        .await
+        .map_err(ops_problem)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({ "saga_id": saga, "site_id": id, "state": "restoring" })),
+    )
+        .into_response())
+}

@@ -274,6 +274,13 @@ async fn one_owners_token_reaches_nothing_of_another_owners_on_any_route_and_an_
         None,
         Denied,
     );
+    case(
+        Method::POST,
+        "/v1/sites/{id}/restores",
+        format!("/v1/sites/{site}/restores"),
+        Some(json!({ "latest": true })),
+        Denied,
+    );
     case(Method::GET, "/v1/sagas/{id}", format!("/v1/sagas/{saga}"), None, Denied);
     case(
         Method::GET,
@@ -552,9 +559,34 @@ async fn one_owners_token_reaches_nothing_of_another_owners_on_any_route_and_an_
         .call(&alice, Method::POST, &format!("/v1/sites/{site}/backups"), None)
         .await;
     assert_eq!(status, 409, "{p}");
-    c.execute("UPDATE backups SET state = 'ok' WHERE site_id = $1", &[&site])
+    c.execute(
+        "UPDATE backups SET state = 'ok', volid = 'local:backup/vzdump-lxc-1-2026_12_07-02_00_00.tar.zst' WHERE site_id = $1",
+        &[&site],
+    )
+    .await
+    .unwrap();
+    // A restore names one backup or the latest; alice may restore her own site (no saga runs
+    // here: the request is queued), bob was refused above.
+    let restores = format!("/v1/sites/{site}/restores");
+    let (status, p) = f
+        .call(&alice, Method::POST, &restores, Some(&json!({ "latest": true, "volid": "x" })))
+        .await;
+    assert_eq!((status, p["field"].as_str()), (422, Some("/volid")), "{p}");
+    let (status, p) = f
+        .call(&alice, Method::POST, &restores, Some(&json!({ "volid": "local:backup/other.tar.zst" })))
+        .await;
+    assert_eq!(status, 404, "{p}");
+    let (status, asked) = f.call(&alice, Method::POST, &restores, Some(&json!({ "latest": true }))).await;
+    assert_eq!((status, asked["state"].as_str()), (202, Some("restoring")), "{asked}");
+    let queued: i64 = c
+        .query_one(
+            "SELECT count(*) FROM audit_log WHERE action = 'site.restore' AND target = $1 AND detail->>'volid' LIKE 'local:backup/vzdump-lxc-1-%'",
+            &[&site.to_string()],
+        )
         .await
-        .unwrap();
+        .unwrap()
+        .get(0);
+    assert_eq!(queued, 1, "one restore asked for and audited, naming the latest backup");
     // The policy, the interface and the site are untouched by bob.
     let (status, policy) = f.call(&alice, Method::GET, &format!("{ct}/autoscale"), None).await;
     assert_eq!(

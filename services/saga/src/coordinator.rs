@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use pvefleet_contracts::Message;
-use pvefleet_contracts::messages::{ContainerScaled, MessageParked, SiteDeprovision, SiteProvision, VnetProvision};
+use pvefleet_contracts::messages::{
+    ContainerScaled, MessageParked, SiteDeprovision, SiteProvision, SiteRestore, VnetProvision,
+};
 use pvefleet_contracts::registry::find_latest;
 use pvefleet_core::bus::{Context, Handled, Handler, HandlerError, JsonHandler, Router};
 use pvefleet_core::config::SagaSettings;
@@ -17,6 +19,7 @@ use serde_json::Value;
 use crate::engine::{Driver, Exec, Kind, Machine, store};
 use crate::kinds::deprovision::Deprovision;
 use crate::kinds::provision::Provision;
+use crate::kinds::restore::Restore;
 use crate::kinds::vnet::VnetProvisioning;
 
 /// The coordinator's handlers.
@@ -34,6 +37,7 @@ pub(crate) struct Inner {
     pub provision: Arc<Machine<Provision>>,
     pub deprovision: Arc<Machine<Deprovision>>,
     pub vnet: Arc<Machine<VnetProvisioning>>,
+    pub restore: Arc<Machine<Restore>>,
     pub drivers: HashMap<Kind, Arc<dyn Driver>>,
 }
 
@@ -55,10 +59,12 @@ impl Coordinator {
         let provision = Arc::new(Machine::new(Provision::new()));
         let deprovision = Arc::new(Machine::new(Deprovision::new()));
         let vnet = Arc::new(Machine::new(VnetProvisioning::new()));
+        let restore = Arc::new(Machine::new(Restore::new()));
         let mut drivers: HashMap<Kind, Arc<dyn Driver>> = HashMap::new();
         drivers.insert(Kind::Provision, provision.clone());
         drivers.insert(Kind::Deprovision, deprovision.clone());
         drivers.insert(Kind::VnetProvision, vnet.clone());
+        drivers.insert(Kind::Restore, restore.clone());
         Self {
             inner: Arc::new(Inner {
                 settings,
@@ -68,6 +74,7 @@ impl Coordinator {
                 provision,
                 deprovision,
                 vnet,
+                restore,
                 drivers,
             }),
         }
@@ -92,6 +99,7 @@ impl Coordinator {
             .route::<SiteProvision, _>(c.clone())
             .route::<SiteDeprovision, _>(c.clone())
             .route::<VnetProvision, _>(c.clone())
+            .route::<SiteRestore, _>(c.clone())
             .route::<MessageParked, _>(c.clone())
             .route::<ContainerScaled, _>(c)
             .on_invalid::<SiteProvision>(crate::start::rejection_notice);

@@ -5,7 +5,8 @@
 
 use async_trait::async_trait;
 use pvefleet_contracts::messages::{
-    MessageParked, SiteDeprovision, SiteProvision, SiteProvisionFailed, SiteRejected, VnetProvision,
+    MessageParked, SiteDeprovision, SiteProvision, SiteProvisionFailed, SiteRejected, SiteRestore, SiteRestoreFailed,
+    VnetProvision,
 };
 use pvefleet_contracts::{Message, SiteId, StepError};
 use pvefleet_core::bus::outgoing::Origin;
@@ -15,6 +16,7 @@ use uuid::Uuid;
 
 use crate::coordinator::{Coordinator, Inner};
 use crate::engine::{Exec, Progress, SagaKind, Stored, store};
+use crate::kinds::restore::RestoreSaga;
 use crate::kinds::site::SiteSaga;
 use crate::kinds::vnet::{VnetProvisioning, VnetSaga};
 use crate::leases;
@@ -378,4 +380,137 @@ pub(crate) async fn end_parked_request(me: &Inner, x: &Exec<'_>, saga: Uuid, par
         x.send(saga, &msg).await?;
     }
     Ok(())
+}
+
+/// `site.restore`: an active site is restored in place; a deleted one gets a vmid and an
+/// address again and comes back in a new container. The backup is the one named (it must be
+/// one of the site's, written and still there) or the site's latest. A restore that cannot
+/// start (a site in another state, no such backup, its subdomain taken meanwhile, nothing
+/// left to lease) ends at once, recorded as a failed saga with `site.restore_failed`.
+#[async_trait]
+impl Handler<SiteRestore> for Coordinator {
+    async fn handle(&self, cmd: SiteRestore, ctx: &Context<'_>) -> Handled {
+        let me = &self.inner;
+        let x = me.exec(ctx)?;
+        let saga = ctx.correlation_id.unwrap_or_else(Uuid::now_v7);
+        let site = cmd.site_id.as_uuid();
+        let existing: bool =
+            x.db.one("SELECT EXISTS (SELECT 1 FROM sagas WHERE id = $1)", &[&saga])
+                .await?
+                .get(0);
+        if existing {
+            return Ok(());
+        }
+        let Some(row) =
+            x.db.opt(
+                "SELECT state, spec, vmid, ip, node FROM sites WHERE id = $1 FOR UPDATE",
+                &[&site],
+            )
+            .await?
+        else {
+            return Err(HandlerError::fail(
+                "site.missing",
+                format!("site {site} does not exist"),
+            ));
+        };
+        let state: String = row.get(0);
+        let Ok(req) = serde_json::from_value::<SiteProvision>(row.get(1)) else {
+            return Err(HandlerError::fail("site.corrupt", "the site's spec does not decode"));
+        };
+        let mut data = RestoreSaga {
+            site: SiteSaga {
+                site: req,
+                vmid: row.get::<_, Option<i32>>(2).map_or(0, |v| v as u32),
+                ip: row.get::<_, Option<String>>(3).unwrap_or_default(),
+                node: row.get(4),
+                vmids_taken: Vec::new(),
+                final_backup: false,
+            },
+            volid: cmd.volid.clone().unwrap_or_default(),
+            backup_node: None,
+            pre_restore_id: Uuid::now_v7(),
+            previous: None,
+            was_deleted: state == "deleted",
+        };
+        if state != "active" && state != "deleted" {
+            let why = format!("site {site} is {state}: only an active or a deleted site is restored");
+            return refuse_restore(&x, saga, data, StepError::new("site.state", why)).await;
+        }
+        // The backup: the one named, else the latest, of this site's that are written and kept.
+        let backup =
+            x.db.opt(
+                "SELECT volid, node FROM backups
+             WHERE site_id = $1 AND state = 'ok' AND volid IS NOT NULL AND ($2::text IS NULL OR volid = $2)
+             ORDER BY taken_at DESC NULLS LAST, created_at DESC LIMIT 1",
+                &[&site, &cmd.volid],
+            )
+            .await?;
+        let Some(backup) = backup else {
+            let why = match &cmd.volid {
+                Some(v) => format!("'{v}' is no backup of site {site} that is written and kept"),
+                None => format!("site {site} has no backup to restore"),
+            };
+            return refuse_restore(&x, saga, data, StepError::new("backup.missing", why)).await;
+        };
+        data.volid = backup.get(0);
+        data.backup_node = backup.get(1);
+        if data.was_deleted {
+            if let Some(invalid) = pvefleet_policy::site::subdomain_taken(x.db, &data.site.site.subdomain, site).await? {
+                return refuse_restore(&x, saga, data, StepError::new("site.subdomain", invalid.reason)).await;
+            }
+            let leased = match leases::lease_vmid(x.db, &me.settings, site).await {
+                Ok(vmid) => leases::lease_ip(x.db, &me.settings, site).await.map(|ip| (vmid, ip)),
+                Err(e) => Err(e),
+            };
+            match leased {
+                Ok((vmid, ip)) => {
+                    data.site.vmid = vmid;
+                    data.site.ip = ip;
+                    data.site.node = None;
+                }
+                Err(HandlerError::Fail(error)) => {
+                    x.db.exec("DELETE FROM leases WHERE site_id = $1", &[&site]).await?;
+                    return refuse_restore(&x, saga, data, error).await;
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        x.db.exec(
+            "UPDATE sites SET state = 'restoring', updated_at = now() WHERE id = $1",
+            &[&site],
+        )
+        .await?;
+        tracing::info!(%saga, %site, volid = %data.volid, was_deleted = data.was_deleted, by = ?cmd.requested_by, "Restoring a site.");
+        me.restore.start(&x, saga, Some(site), data, &[]).await.map(drop)
+    }
+}
+
+/// Ends a restore that could not start: recorded failed (a follower sees the end), with
+/// `site.restore_failed`; the site is untouched.
+async fn refuse_restore(x: &Exec<'_>, saga: Uuid, data: RestoreSaga, error: StepError) -> Handled {
+    tracing::warn!(%saga, site = %data.site.site.site_id, code = %error.code, error = %error.message, "A restore cannot start.");
+    let site = data.site.site.site_id;
+    let detail = json!({ "step": SiteRestore::TYPE, "error": error });
+    let stored = serde_json::to_value(Stored {
+        progress: Progress::default(),
+        data,
+    })
+    .unwrap_or(Value::Null);
+    store::insert(
+        x.db,
+        saga,
+        crate::engine::Kind::Restore,
+        Some(site.as_uuid()),
+        crate::engine::State::Failed,
+        &stored,
+    )
+    .await?;
+    x.db.exec("UPDATE sagas SET error = $2 WHERE id = $1", &[&saga, &detail])
+        .await?;
+    let msg = SiteRestoreFailed {
+        site_id: site,
+        failed_step: SiteRestore::TYPE.to_string(),
+        error,
+    };
+    x.send(saga, &msg).await
 }

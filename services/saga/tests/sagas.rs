@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::time::Duration;
 
 use pvefleet_contracts::Message;
@@ -2053,4 +2055,179 @@ fn the_binary_answers_help_and_version_and_starts_nothing() {
         pvefleet_testkit::cli::refuses_arguments(env!("CARGO_BIN_EXE_pvefleet-saga")),
         Ok(())
     );
+}
+
+/// The container's memory and tags, as PVE has them now.
+async fn memory_and_tags(f: &Fleet, node: &str, vmid: u32) -> (String, String) {
+    let cfg = f.pve.lxc_config(node, vmid, true).await.unwrap();
+    let s = |k: &str| cfg.get(k).map(|v| v.as_str().map_or(v.to_string(), str::to_string)).unwrap_or_default();
+    (s("memory"), s("tags"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restoring_the_latest_backup_brings_back_the_config_the_site_had_and_re_applies_ha_and_tags() {
+    let f = fleet().await;
+    let req = request("restored", true);
+    f.send(&req).await;
+    assert_eq!(f.event().await.0, "site.provisioned");
+    let (_, vmid, _, node, _) = f.site(req.site_id).await;
+    let (vmid, node) = (vmid.unwrap() as u32, node.unwrap());
+    let (memory, tags) = memory_and_tags(&f, &node, vmid).await;
+    let volid = common::backed_up(&f.db, req.site_id, WAIT).await;
+    // After the backup, the config changes (as an autoscaler would) and a tag goes.
+    f.pve
+        .lxc_set_config(
+            &node,
+            vmid,
+            pvefleet_proxmox::client::Params::new().set("memory", 4096).set("tags", "pvefleet"),
+            None,
+        )
+        .await
+        .unwrap();
+    let saga = common::restore(&f.db, req.site_id, None).await;
+    let (kind, body) = f.event().await;
+    assert_eq!(kind, "site.restored", "{body}");
+    assert_eq!(body["volid"], volid.as_str(), "the latest backup is the one restored");
+    let steps: Vec<String> = f
+        .timeline(saga)
+        .await
+        .into_iter()
+        .map(|(n, p, s)| format!("{n}/{p}/{s}"))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "backup.create/forward/done",
+            "ha.disable/forward/done",
+            "backup.restore/forward/done",
+            "container.start/forward/done",
+            "ha.enable/forward/done",
+        ]
+    );
+    let (_, _, _, node_now, _) = f.site(req.site_id).await;
+    let node = node_now.unwrap();
+    let (memory_now, tags_now) = memory_and_tags(&f, &node, vmid).await;
+    assert_eq!(memory_now, memory, "the memory the backup holds is back");
+    assert!(tags_now.contains("site-restored"), "the fleet's tags are back: {tags_now} (were {tags})");
+    assert!(!tags_now.contains("pvefleet-hold"), "{tags_now}");
+    assert_eq!(f.pve.lxc_status(&node, vmid).await.unwrap().status, "running");
+    assert_eq!(f.pve.ha_resources().await.unwrap().len(), 1, "HA manages it again");
+    assert_eq!(f.site(req.site_id).await.0, "active");
+    // The state before the restore was kept, and the restore audited.
+    let c = f.db.client().await.unwrap();
+    let kinds: Vec<String> = c
+        .query(
+            "SELECT kind FROM backups WHERE site_id = $1 AND state = 'ok' ORDER BY created_at",
+            &[&req.site_id.as_uuid()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(kinds, ["on_demand", "pre_restore"]);
+    let audited: i64 = c
+        .query_one(
+            "SELECT count(*) FROM audit_log WHERE action = 'backup.restore' AND outcome = 'ok' AND target = $1",
+            &[&req.site_id.to_string()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(audited, 1);
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_whose_start_fails_leaves_the_site_as_it_was_before_the_restore() {
+    let f = fleet().await;
+    let req = request("putback", false);
+    f.send(&req).await;
+    assert_eq!(f.event().await.0, "site.provisioned");
+    let (_, vmid, _, node, _) = f.site(req.site_id).await;
+    let (vmid, node) = (vmid.unwrap() as u32, node.unwrap());
+    let volid = common::backed_up(&f.db, req.site_id, WAIT).await;
+    // The site as it is before the restore: changed since its backup.
+    f.pve
+        .lxc_set_config(
+            &node,
+            vmid,
+            pvefleet_proxmox::client::Params::new().set("memory", 3072),
+            None,
+        )
+        .await
+        .unwrap();
+    let before = memory_and_tags(&f, &node, vmid).await;
+    f.sim.lock_task_error("vzstart", "startup for container failed");
+    let saga = common::restore(&f.db, req.site_id, Some(&volid)).await;
+    let (kind, body) = f.event().await;
+    assert_eq!(kind, "site.restore_failed", "{body}");
+    assert_eq!(body["failed_step"], "container.start");
+    let compensated: Vec<String> = f
+        .timeline(saga)
+        .await
+        .into_iter()
+        .filter(|(_, phase, _)| phase == "compensate")
+        .map(|(n, _, s)| format!("{n}/{s}"))
+        .collect();
+    assert_eq!(compensated, ["backup.restore/done"], "the pre-restore backup went back");
+    let (state, _, _, node_now, _) = f.site(req.site_id).await;
+    assert_eq!(state, "active");
+    let node = node_now.unwrap();
+    assert_eq!(memory_and_tags(&f, &node, vmid).await, before, "the config is as before the restore");
+    assert_eq!(
+        f.pve.lxc_status(&node, vmid).await.unwrap().status,
+        "running",
+        "and it runs again"
+    );
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destroyed_site_is_restored_from_its_final_backup_with_its_dns_record_and_route() {
+    use pvefleet_testkit::edge::{Caddy, PowerDns};
+    let pdns = PowerDns::start("sites.test").await.unwrap();
+    let caddy = Caddy::start().await.unwrap();
+    let f = fleet_with(|s| {
+        s.saga.dns_provider = "powerdns".into();
+        s.saga.proxy_provider = "caddy".into();
+        s.saga.domain = "sites.test".into();
+        s.edge.powerdns_url = pdns.api_url.clone();
+        s.edge.powerdns_api_key = Some(pvefleet_core::Secret::new(pdns.api_key.clone()));
+        s.edge.caddy_admin_url = caddy.admin_url.clone();
+    })
+    .await;
+    let req = request("phoenix", false);
+    f.send(&req).await;
+    assert_eq!(f.event().await.0, "site.provisioned");
+    let (_, old_vmid, _, _, _) = f.site(req.site_id).await;
+    f.send(&SiteDeprovision { site_id: req.site_id }).await;
+    assert_eq!(f.event().await.0, "site.deprovisioned");
+    assert!(pdns.query_a("phoenix.sites.test").unwrap().is_empty());
+    assert!(caddy.routes().await.unwrap().is_empty());
+    assert_eq!(f.leases(req.site_id).await, 0);
+    let saga = common::restore(&f.db, req.site_id, None).await;
+    let (kind, body) = f.event().await;
+    assert_eq!(kind, "site.restored", "{body}");
+    let (state, vmid, ip, node, _) = f.site(req.site_id).await;
+    assert_eq!(state, "active");
+    let (vmid, ip, node) = (vmid.unwrap() as u32, ip.unwrap(), node.unwrap());
+    assert_eq!(f.leases(req.site_id).await, 2, "a vmid and an address are leased again");
+    let address: std::net::Ipv4Addr = ip.split('/').next().unwrap().parse().unwrap();
+    assert_eq!(pdns.query_a("phoenix.sites.test").unwrap(), vec![address], "the record is back");
+    let routes = caddy.routes().await.unwrap();
+    assert_eq!(routes.len(), 1, "the route is back");
+    assert!(routes[0].to_string().contains(&format!("{address}:80")), "{routes:?}");
+    let cfg = f.pve.lxc_config(&node, vmid, true).await.unwrap();
+    assert_eq!(cfg["hostname"], "phoenix", "the archive's config");
+    assert!(cfg["net0"].as_str().unwrap().contains(&format!("ip={ip}")), "{cfg:?}");
+    assert!(cfg["tags"].as_str().unwrap().contains("site-phoenix"), "{cfg:?}");
+    assert_eq!(f.pve.lxc_status(&node, vmid).await.unwrap().status, "running");
+    let steps: Vec<String> = f.timeline(saga).await.into_iter().map(|(n, ..)| n).collect();
+    assert_eq!(
+        steps,
+        ["backup.restore", "container.start", "dns.upsert", "proxy.upsert"],
+        "no pre-restore backup of a container that is gone (old vmid {old_vmid:?})"
+    );
+    f.stop().await;
 }

@@ -12,6 +12,8 @@
 //! and headers, put straight on the queue the command went to.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,6 +37,8 @@ use pvefleet_pvesim::{Load, Sim, SimConfig};
 use pvefleet_saga::engine::{Kind, SagaKind, StepDef, Table};
 use pvefleet_saga::kinds::deprovision::Deprovision;
 use pvefleet_saga::kinds::provision::Provision;
+use pvefleet_saga::kinds::restore::{Restore, RestoreSaga};
+use pvefleet_saga::kinds::site::SiteSaga;
 use pvefleet_saga::kinds::vnet::VnetProvisioning;
 use pvefleet_testkit::edge::{Caddy, PowerDns};
 use pvefleet_testkit::ssh::Sshd;
@@ -54,12 +58,31 @@ const COPIES: &str = "pvefleet.test-copies";
 /// The container the VNet sagas bind to, outside the fleet's vmid pool.
 const CT: u32 = 500;
 
-/// Fails every command it is given, as a worker whose step failed for good.
-struct Refuse;
+/// Fails every forward step it is given, as a worker whose step failed for good. A command a
+/// kind sends both ways (a restore's `backup.restore` and the put-back that undoes it) is
+/// passed on to its worker when a compensating saga sends it: only the step under test fails.
+struct Refuse {
+    db: deadpool_postgres::Pool,
+}
 
 #[async_trait]
 impl JsonHandler for Refuse {
-    async fn handle(&self, mtype: &'static str, _body: Value, _ctx: &Context<'_>) -> Handled {
+    async fn handle(&self, mtype: &'static str, body: Value, ctx: &Context<'_>) -> Handled {
+        if let Some(saga) = ctx.correlation_id {
+            let c = self.db.get().await.map_err(HandlerError::retry)?;
+            let state: Option<String> = c
+                .query_opt("SELECT state FROM sagas WHERE id = $1", &[&saga])
+                .await
+                .map_err(HandlerError::retry)?
+                .map(|r| r.get(0));
+            if state.as_deref() == Some("compensating") {
+                let info = find_latest(mtype).unwrap();
+                let mut out = pvefleet_core::bus::Outgoing::from_json(info, &body, &ctx.origin()).unwrap();
+                out.exchange = String::new();
+                out.routing_key = worker_queue(mtype);
+                return ctx.publisher.publish(&out).await.map_err(HandlerError::from);
+            }
+        }
         Err(HandlerError::fail(
             "test.refused",
             format!("{mtype} refused by the test"),
@@ -80,6 +103,7 @@ fn table_commands() -> Vec<&'static str> {
     of(Provision::new().table(), &mut out);
     of(Deprovision::new().table(), &mut out);
     of(VnetProvisioning::new().table(), &mut out);
+    of(Restore::new().table(), &mut out);
     out
 }
 
@@ -201,9 +225,10 @@ impl Rig {
 
         // The refusing worker, on the runner like any other; nothing is bound to it yet.
         let commands = table_commands();
+        let refuse: Arc<dyn JsonHandler> = Arc::new(Refuse { db: pool.clone() });
         let mut router = Router::new();
         for c in &commands {
-            router = router.route_json(find_latest(c).unwrap(), Arc::new(Refuse));
+            router = router.route_json(find_latest(c).unwrap(), refuse.clone());
         }
         // Only its own queue: declaring the fleet's would bind the refused commands back.
         let topology = Topology::base(&s.bus).with_queue(REFUSER, &[]);
@@ -758,6 +783,132 @@ async fn vnet_whole(rig: &Rig, case: &str) {
     );
 }
 
+/// A restore's data for `full_request`, to ask the table which steps apply.
+fn restore_data(was_deleted: bool) -> RestoreSaga {
+    RestoreSaga {
+        site: SiteSaga {
+            site: full_request("probe"),
+            vmid: 0,
+            ip: String::new(),
+            node: None,
+            vmids_taken: Vec::new(),
+            final_backup: false,
+        },
+        volid: String::new(),
+        backup_node: None,
+        pre_restore_id: Uuid::nil(),
+        previous: Some(String::new()),
+        was_deleted,
+    }
+}
+
+/// What a live site holds: its container (vmid, running, memory), its record's addresses, the
+/// routes, the HA resources and its leases.
+async fn live(rig: &Rig, site: SiteId, req: &SiteProvision) -> (Vec<u64>, bool, String, usize, usize, usize, i64) {
+    rig.quiet().await;
+    let c = rig.sql().await;
+    let r = c
+        .query_one("SELECT vmid, node FROM sites WHERE id = $1", &[&site.as_uuid()])
+        .await
+        .unwrap();
+    let (vmid, node): (i32, String) = (r.get(0), r.get(1));
+    let running = rig.pve.lxc_status(&node, vmid as u32).await.unwrap().status == "running";
+    let memory = rig.pve.lxc_config(&node, vmid as u32, true).await.unwrap()["memory"].to_string();
+    (
+        rig.guests().await,
+        running,
+        memory,
+        rig.pdns.query_a(&format!("{}.{DOMAIN}", req.subdomain)).unwrap().len(),
+        rig.caddy.routes().await.unwrap().len(),
+        rig.pve.ha_resources().await.unwrap().len(),
+        rig.leases(site).await,
+    )
+}
+
+/// A full site, active, with a backup; deleted again when `deleted`.
+async fn restorable(rig: &Rig, name: &str, deleted: bool, case: &str) -> SiteProvision {
+    let req = full_request(name);
+    rig.send(&req).await;
+    assert_eq!(
+        rig.site_reaches(req.site_id, &["active", "failed"]).await.0,
+        "active",
+        "{case}"
+    );
+    common::backed_up(&rig.db, req.site_id, WAIT).await;
+    if deleted {
+        rig.send(&SiteDeprovision { site_id: req.site_id }).await;
+        assert_eq!(rig.site_reaches(req.site_id, &["deleted"]).await.0, "deleted", "{case}");
+        rig.nothing_left(req.site_id, case).await;
+    }
+    req
+}
+
+/// Removes a site a restore case left active, leaving nothing for the next case.
+async fn remove(rig: &Rig, site: SiteId, case: &str) {
+    rig.send(&SiteDeprovision { site_id: site }).await;
+    assert_eq!(rig.site_reaches(site, &["deleted"]).await.0, "deleted", "{case}");
+    rig.nothing_left(site, case).await;
+}
+
+/// Restores with nothing failing: an active site in place, and a deleted one brought back
+/// whole (one container running, its record, its route, HA, its leases).
+async fn restore_whole(rig: &Rig, case: &str) {
+    let x = if rig.doubling.load(Ordering::SeqCst) { "x" } else { "" };
+    let req = restorable(rig, &format!("rw{x}"), false, case).await;
+    let before = live(rig, req.site_id, &req).await;
+    let saga = common::restore(&rig.db, req.site_id, None).await;
+    rig.saga_reaches(saga, "completed").await;
+    assert_eq!(rig.site_reaches(req.site_id, &["active"]).await.0, "active", "{case}");
+    assert_eq!(live(rig, req.site_id, &req).await, before, "{case}: as it was, once each");
+    remove(rig, req.site_id, case).await;
+    let req = restorable(rig, &format!("rd{x}"), true, case).await;
+    let saga = common::restore(&rig.db, req.site_id, None).await;
+    rig.saga_reaches(saga, "completed").await;
+    assert_eq!(rig.site_reaches(req.site_id, &["active"]).await.0, "active", "{case}");
+    let (guests, running, _, records, routes, ha, leases) = live(rig, req.site_id, &req).await;
+    assert_eq!(
+        (guests.len(), running, records, routes, ha, leases),
+        (1, true, 1, rig.routes_before.len() + 1, 1, 2),
+        "{case}: the deleted site is back whole"
+    );
+    remove(rig, req.site_id, case).await;
+}
+
+/// A restore with forward step `i` failing for good, on the site the step applies to (an
+/// active one, or a deleted one): the table's compensations for the completed steps ran, and
+/// the site is as it was before the restore.
+async fn restore_failing_at(rig: &Rig, kind: &Restore, i: usize, case: &str) {
+    let table = kind.table();
+    let step = &table.forward[i];
+    let in_place = (step.applies)(&restore_data(false), &rig.settings.saga);
+    let x = if rig.doubling.load(Ordering::SeqCst) { "x" } else { "" };
+    let req = restorable(rig, &format!("r{i}{x}"), !in_place, case).await;
+    let before = if in_place {
+        Some(live(rig, req.site_id, &req).await)
+    } else {
+        None
+    };
+    rig.refuse(step.command).await;
+    let saga = common::restore(&rig.db, req.site_id, None).await;
+    rig.saga_reaches(saga, "failed").await;
+    rig.restore(step.command).await;
+    let (data, plan): (RestoreSaga, Vec<String>) = rig.saga_data(saga).await;
+    let at = plan.iter().position(|k| k == step.key).expect("the failed step is planned");
+    let expected = expected_compensations(table, &plan[..at], step.key, &data, rig);
+    assert_eq!(compensated(rig, saga, case).await, expected, "{case}");
+    match before {
+        Some(before) => {
+            assert_eq!(rig.site_reaches(req.site_id, &["active"]).await.0, "active", "{case}");
+            assert_eq!(live(rig, req.site_id, &req).await, before, "{case}: as before the restore");
+            remove(rig, req.site_id, case).await;
+        }
+        None => {
+            assert_eq!(rig.site_reaches(req.site_id, &["deleted"]).await.0, "deleted", "{case}");
+            rig.nothing_left(req.site_id, case).await;
+        }
+    }
+}
+
 /// Every kind's every run: the one where nothing fails, then one failing at each step.
 async fn every_case(rig: &Rig) {
     let mode = if rig.doubling.load(Ordering::SeqCst) {
@@ -779,6 +930,13 @@ async fn every_case(rig: &Rig) {
                 for (i, step) in k.table().forward.iter().enumerate() {
                     deprovision_failing_at(rig, &k, i, &format!("deprovision failing at {} ({mode})", step.command))
                         .await;
+                }
+            }
+            Kind::Restore => {
+                let k = Restore::new();
+                restore_whole(rig, &format!("restore ({mode})")).await;
+                for (i, step) in k.table().forward.iter().enumerate() {
+                    restore_failing_at(rig, &k, i, &format!("restore failing at {} ({mode})", step.key)).await;
                 }
             }
             Kind::VnetProvision => {

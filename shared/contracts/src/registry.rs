@@ -126,7 +126,7 @@ const fn plain_command<M: Message>() -> MessageInfo {
 
 /// Every message type, in a stable order.
 pub fn registry() -> &'static [MessageInfo] {
-    static REGISTRY: [MessageInfo; 65] = [
+    static REGISTRY: [MessageInfo; 74] = [
         plain_command::<SiteProvision>(),
         plain_command::<SiteDeprovision>(),
         event::<SiteProvisioned>(),
@@ -176,6 +176,15 @@ pub fn registry() -> &'static [MessageInfo] {
         command::<BackupCreate>(),
         event::<BackupCreated>(),
         event::<BackupCreateFailed>(),
+        command::<BackupRestore>(),
+        event::<BackupRestored>(),
+        event::<BackupRestoreFailed>(),
+        command::<AppCheck>(),
+        event::<AppChecked>(),
+        event::<AppCheckFailed>(),
+        plain_command::<SiteRestore>(),
+        event::<SiteRestored>(),
+        event::<SiteRestoreFailed>(),
         command::<NetAttach>(),
         command::<NetUpdate>(),
         command::<NetDetach>(),

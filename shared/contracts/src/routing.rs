@@ -59,6 +59,7 @@ pub fn fleet_bindings() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)
             vec![
                 (COMMANDS_EXCHANGE, SiteProvision::TYPE),
                 (COMMANDS_EXCHANGE, SiteDeprovision::TYPE),
+                (COMMANDS_EXCHANGE, SiteRestore::TYPE),
                 (EVENTS_EXCHANGE, "container.*"),
                 (EVENTS_EXCHANGE, "app.*"),
                 (EVENTS_EXCHANGE, "dns.*"),
@@ -82,7 +83,7 @@ pub fn fleet_bindings() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)
                 (COMMANDS_EXCHANGE, ContainerDestroy::TYPE),
             ],
         ),
-        ("installer", vec![(COMMANDS_EXCHANGE, AppInstall::TYPE)]),
+        ("installer", vec![(COMMANDS_EXCHANGE, AppInstall::TYPE), (COMMANDS_EXCHANGE, AppCheck::TYPE)]),
         (
             "nethotplug",
             vec![
@@ -97,7 +98,10 @@ pub fn fleet_bindings() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)
             ],
         ),
         ("autoscaler", vec![(COMMANDS_EXCHANGE, AutoscalePolicySet::TYPE)]),
-        ("backup", vec![(COMMANDS_EXCHANGE, BackupCreate::TYPE)]),
+        (
+            "backup",
+            vec![(COMMANDS_EXCHANGE, BackupCreate::TYPE), (COMMANDS_EXCHANGE, BackupRestore::TYPE)],
+        ),
         (
             "notifier",
             vec![

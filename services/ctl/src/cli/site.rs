@@ -91,6 +91,29 @@ pub enum SiteAction {
         #[command(flatten)]
         target: SiteTarget,
     },
+    /// Restore a site from one of its backups, as a saga: an active site is backed up first,
+    /// stopped, restored in place, started and checked (put back as it was if a step fails);
+    /// a deleted site comes back in a new container with its address, DNS record and route.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["from", "latest"])))]
+    Restore {
+        /// The site id.
+        id: String,
+        /// The backup volume to restore (as `site backups` lists it).
+        #[arg(long)]
+        from: Option<String>,
+        /// The site's latest kept backup.
+        #[arg(long)]
+        latest: bool,
+        /// Follow the saga to its end.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up waiting after this long, with exit 124 (the work goes on).
+        #[arg(long, default_value = "2h", value_parser = humantime::parse_duration)]
+        deadline: std::time::Duration,
+        /// The API.
+        #[command(flatten)]
+        target: SiteTarget,
+    },
     /// A site's backups, newest first: kind, state, volume, size, when taken, verification.
     Backups {
         /// The site id.

@@ -163,6 +163,39 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
             deadline,
             target,
         } => backup(&id, wait, deadline, &target).await,
+        SiteAction::Restore {
+            id,
+            from,
+            latest,
+            wait,
+            deadline,
+            target,
+        } => {
+            let token = token(&target)?;
+            let c = http()?;
+            let body = match from {
+                Some(volid) => serde_json::json!({ "volid": volid }),
+                None => serde_json::json!({ "latest": latest }),
+            };
+            let resp = c
+                .post(format!("{}/v1/sites/{id}/restores", target.url()))
+                .bearer_auth(&token)
+                .json(&body)
+                .timeout(REQUEST_TIMEOUT)
+                .send()
+                .await
+                .map_err(|e| unreachable_intake(&target.url(), &e))?;
+            if !resp.status().is_success() {
+                return Ok(problem(resp).await);
+            }
+            let accepted: Value = resp.json().await?;
+            let saga = accepted["saga_id"].as_str().unwrap_or_default().to_string();
+            println!("site {id} restoring (saga {saga})");
+            if !wait {
+                return Ok(ExitCode::SUCCESS);
+            }
+            follow(&c, &target.url(), &token, &id, &saga, deadline).await
+        }
         SiteAction::Backups { id, json, target } => {
             let rows = match get_json(&target, &format!("/v1/sites/{id}/backups")).await? {
                 Ok(v) => v,

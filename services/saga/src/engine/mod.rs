@@ -35,11 +35,13 @@ pub enum Kind {
     Deprovision,
     /// Creating (when missing) and binding an SDN VNet.
     VnetProvision,
+    /// Restoring a site from a backup.
+    Restore,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 3] = [Kind::Provision, Kind::Deprovision, Kind::VnetProvision];
+    pub const ALL: [Kind; 4] = [Kind::Provision, Kind::Deprovision, Kind::VnetProvision, Kind::Restore];
 
     /// The stored name.
     pub fn as_str(self) -> &'static str {
@@ -47,6 +49,7 @@ impl Kind {
             Kind::Provision => "provision",
             Kind::Deprovision => "deprovision",
             Kind::VnetProvision => "vnet.provision",
+            Kind::Restore => "restore",
         }
     }
 

@@ -2,5 +2,6 @@
 
 pub mod deprovision;
 pub mod provision;
+pub mod restore;
 pub mod site;
 pub mod vnet;

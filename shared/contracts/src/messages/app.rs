@@ -103,3 +103,53 @@ failed_event!(
     "app.install_failed",
     "Installing an application failed."
 );
+
+/// Check that a site's application answers in its running container (after a restore):
+/// `wp core is-installed` for WordPress; for other apps, that the container runs commands.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AppCheck {
+    /// The site.
+    pub site_id: SiteId,
+    /// The container.
+    pub vmid: Vmid,
+    /// The app name, such as `wordpress`.
+    pub app: String,
+}
+impl MaybeVmid for AppCheck {
+    fn vmid_opt(&self) -> Option<Vmid> {
+        Some(self.vmid)
+    }
+}
+command!(
+    AppCheck,
+    "app.check",
+    "Check that a site's application is up in its container.",
+    AppCheckFailed,
+    AppCheck {
+        site_id: example_site(),
+        vmid: Vmid(123),
+        app: "wordpress".into(),
+    }
+);
+
+/// The application answered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AppChecked {
+    /// The site.
+    pub site_id: SiteId,
+    /// The container.
+    pub vmid: Vmid,
+    /// The app name.
+    pub app: String,
+}
+event!(
+    AppChecked,
+    "app.checked",
+    "A site's application answered its check.",
+    AppChecked {
+        site_id: example_site(),
+        vmid: Vmid(123),
+        app: "wordpress".into(),
+    }
+);
+failed_event!(AppCheckFailed, "app.check_failed", "A site's application failed its check.");

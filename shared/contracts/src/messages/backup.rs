@@ -106,3 +106,89 @@ failed_event!(
     "backup.create_failed",
     "Backing up a container failed."
 );
+
+/// Restore a site's container from a backup volume: into its own container (stopped first,
+/// then overwritten with `force`), or into a new one when the container is gone. The fleet's
+/// tags are put back afterwards, and `net` replaces the archive's first interface when the
+/// site's address changed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BackupRestore {
+    /// The site.
+    pub site_id: SiteId,
+    /// The container restored (the site's own, or a newly leased vmid).
+    pub vmid: Vmid,
+    /// The backup volume (`local:backup/vzdump-lxc-123-….tar.zst`).
+    pub volid: String,
+    /// The restore (the saga's id): audit rows name it.
+    pub restore_id: Uuid,
+    /// Where to restore when the container does not exist: the node that holds the volume
+    /// for node-local storage. A container that exists is restored where it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The storage for the restored disks; none: where the archive says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<String>,
+    /// The first interface as it must be now (a re-leased address); none: as archived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<super::NetSpec>,
+    /// The fleet's tags, put back on the restored config (`site-blog`).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Start the container once restored (a compensation puts a running site back running).
+    #[serde(default)]
+    pub start: bool,
+}
+impl MaybeVmid for BackupRestore {
+    fn vmid_opt(&self) -> Option<Vmid> {
+        Some(self.vmid)
+    }
+}
+command!(
+    BackupRestore,
+    "backup.restore",
+    "Restore a site's container from a backup volume.",
+    BackupRestoreFailed,
+    BackupRestore {
+        site_id: example_site(),
+        vmid: Vmid(123),
+        volid: "local:backup/vzdump-lxc-123-2026_12_07-02_00_00.tar.zst".into(),
+        restore_id: Uuid::from_u128(0x0193_0c5e_7a10_7000_8000_0000_0000_00c1),
+        node: Some("pve1".into()),
+        storage: None,
+        net: None,
+        tags: vec!["site-blog".into()],
+        start: false,
+    }
+);
+
+/// A container was restored from a backup volume.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BackupRestored {
+    /// The site.
+    pub site_id: SiteId,
+    /// The container.
+    pub vmid: Vmid,
+    /// The volume it was restored from.
+    pub volid: String,
+    /// The node it is on.
+    pub node: String,
+    /// The restore.
+    pub restore_id: Uuid,
+}
+event!(
+    BackupRestored,
+    "backup.restored",
+    "A site's container was restored from a backup.",
+    BackupRestored {
+        site_id: example_site(),
+        vmid: Vmid(123),
+        volid: "local:backup/vzdump-lxc-123-2026_12_07-02_00_00.tar.zst".into(),
+        node: "pve1".into(),
+        restore_id: Uuid::from_u128(0x0193_0c5e_7a10_7000_8000_0000_0000_00c1),
+    }
+);
+failed_event!(
+    BackupRestoreFailed,
+    "backup.restore_failed",
+    "Restoring a container from a backup failed."
+);

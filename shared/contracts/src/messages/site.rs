@@ -82,6 +82,76 @@ impl_message!(
     }
 );
 
+/// Restore a site from one of its backups: its container is put back as the backup holds it
+/// (a destroyed site comes back with a new container, its address, DNS record and route).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SiteRestore {
+    /// The site.
+    pub site_id: SiteId,
+    /// The backup volume; none: the site's latest backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volid: Option<String>,
+    /// Who asked (audited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+}
+impl_message!(
+    SiteRestore,
+    "site.restore",
+    Command,
+    "Restore a site from one of its backups.",
+    SiteRestore {
+        site_id: example_site(),
+        volid: Some("local:backup/vzdump-lxc-123-2026_12_07-02_00_00.tar.zst".into()),
+        requested_by: Some("operator".into()),
+    }
+);
+
+/// A site was restored from a backup and answers again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SiteRestored {
+    /// The site.
+    pub site_id: SiteId,
+    /// Its container.
+    pub vmid: Vmid,
+    /// The node it runs on.
+    pub node: String,
+    /// The backup it was restored from.
+    pub volid: String,
+}
+event!(
+    SiteRestored,
+    "site.restored",
+    "A site was restored from a backup.",
+    SiteRestored {
+        site_id: example_site(),
+        vmid: Vmid(123),
+        node: "pve1".into(),
+        volid: "local:backup/vzdump-lxc-123-2026_12_07-02_00_00.tar.zst".into(),
+    }
+);
+
+/// A restore failed; the site was put back as it was before it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SiteRestoreFailed {
+    /// The site.
+    pub site_id: SiteId,
+    /// The step that failed, such as `container.start`.
+    pub failed_step: String,
+    /// Why.
+    pub error: StepError,
+}
+event!(
+    SiteRestoreFailed,
+    "site.restore_failed",
+    "Restoring a site failed and the site was put back as it was.",
+    SiteRestoreFailed {
+        site_id: example_site(),
+        failed_step: "container.start".into(),
+        error: StepError::new("proxmox.permanent", "startup for container '123' failed"),
+    }
+);
+
 /// A site is provisioned and reachable.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SiteProvisioned {

@@ -127,6 +127,10 @@ impl Default for SagaSettings {
                     "backup_create".to_string(),
                     humantime_serde::Serde::from(Duration::from_secs(3 * 3600)),
                 ),
+                (
+                    "backup_restore".to_string(),
+                    humantime_serde::Serde::from(Duration::from_secs(3 * 3600)),
+                ),
             ]
             .into_iter()
             .collect(),
