@@ -8,8 +8,8 @@
 //! overwritten. Then the fleet's tags are put back (the hold taken off) and, when the site's
 //! address changed, its first interface is rewritten; with `start`, the container is started.
 //!
-//! A redelivery does the same again, which ends in the same place: the same volume restored.
-//! Every restore, and every failed one, is audited.
+//! A restore done is recorded (`restores`, by restore and volume): a redelivery is answered
+//! again without touching the container. Every restore, and every failed one, is audited.
 
 use async_trait::async_trait;
 use pvefleet_contracts::StepError;
@@ -38,6 +38,25 @@ impl Backup {
         let _lock = VmidLock::acquire(&me.pool, vmid, me.lock_timeout)
             .await
             .map_err(|e| HandlerError::from(e.context(format!("cannot lock vmid {vmid}"))))?;
+        // Done already (a redelivery, or a copy): answered again, the container left as it is.
+        let db = me.pool.get().await.map_err(db_err)?;
+        if let Some(done) = db
+            .query_opt(
+                "SELECT node FROM restores WHERE restore_id = $1 AND volid = $2",
+                &[&cmd.restore_id, &cmd.volid],
+            )
+            .await
+            .map_err(db_err)?
+        {
+            return Ok(BackupRestored {
+                site_id: cmd.site_id,
+                vmid: cmd.vmid,
+                volid: cmd.volid.clone(),
+                node: done.get(0),
+                restore_id: cmd.restore_id,
+            });
+        }
+        drop(db);
         let rows = me.pve.resources(Some(ResourceType::Vm)).await?;
         let found = rows.into_iter().find(|r| r.vmid == Some(u64::from(vmid)));
         let site_tag = cmd.tags.iter().find(|t| t.starts_with("site-"));
@@ -115,6 +134,14 @@ impl Backup {
         if cmd.start {
             me.pve.lxc_power(&node, vmid, "start", Params::new()).await?;
         }
+        let db = me.pool.get().await.map_err(db_err)?;
+        db.execute(
+            "INSERT INTO restores (restore_id, volid, site_id, vmid, node) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT DO NOTHING",
+            &[&cmd.restore_id, &cmd.volid, &cmd.site_id.as_uuid(), &(vmid as i32), &node],
+        )
+        .await
+        .map_err(db_err)?;
         Ok(BackupRestored {
             site_id: cmd.site_id,
             vmid: cmd.vmid,

@@ -89,6 +89,19 @@ async fn a_site_is_backed_up_on_demand_by_policy_and_before_it_is_deleted_all_fr
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("retention"), "{}", text(&out.stderr));
 
+    // A restore names its backup, or asks for the latest; the backup put back in place.
+    let out = dev.cli(&["site", "restore", &site, "--wait"]).await;
+    assert_eq!(out.status.code(), Some(2), "--from or --latest: {}", text(&out.stderr));
+    let out = dev
+        .cli(&["site", "restore", &site, "--from", "local:backup/not-this-site.tar.zst"])
+        .await;
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("no kept backup"), "{}", text(&out.stderr));
+    let out = dev.cli(&["site", "restore", &site, "--from", &volid, "--wait"]).await;
+    let restored = text(&out.stdout);
+    assert!(out.status.success(), "{restored}{}", text(&out.stderr));
+    assert!(restored.contains("backup.restore") && restored.contains("site shop is active"), "{restored}");
+
     // The deletion backs the site up first; the final backup stays, protected.
     let out = dev.cli(&["site", "delete", &site, "--wait"]).await;
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
@@ -112,4 +125,10 @@ async fn a_site_is_backed_up_on_demand_by_policy_and_before_it_is_deleted_all_fr
     let out = dev.cli(&["site", "backups", &site]).await;
     let table = text(&out.stdout);
     assert!(table.contains("final") && table.contains("on_demand"), "{table}");
+
+    // The deleted site comes back from its latest backup, the final one.
+    let out = dev.cli(&["site", "restore", &site, "--latest", "--wait"]).await;
+    let back = text(&out.stdout);
+    assert!(out.status.success(), "{back}{}", text(&out.stderr));
+    assert!(back.contains("site shop is active"), "{back}");
 }

@@ -2231,3 +2231,43 @@ async fn a_destroyed_site_is_restored_from_its_final_backup_with_its_dns_record_
     );
     f.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_whose_container_is_already_gone_is_removed_without_a_final_backup() {
+    let f = fleet().await;
+    let req = request("vanished", false);
+    f.send(&req).await;
+    assert_eq!(f.event().await.0, "site.provisioned");
+    let (_, vmid, _, node, _) = f.site(req.site_id).await;
+    // Removed by hand behind the fleet's back.
+    f.pve
+        .lxc_destroy(&node.unwrap(), vmid.unwrap() as u32, true, true)
+        .await
+        .unwrap();
+    f.send(&SiteDeprovision { site_id: req.site_id }).await;
+    let (kind, body) = f.event().await;
+    assert_eq!(kind, "site.deprovisioned", "{body}");
+    assert_eq!(f.site(req.site_id).await.0, "deleted");
+    let c = f.db.client().await.unwrap();
+    let saga: uuid::Uuid = c
+        .query_one(
+            "SELECT id FROM sagas WHERE site_id = $1 AND kind = 'deprovision'",
+            &[&req.site_id.as_uuid()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let steps: Vec<String> = f
+        .timeline(saga)
+        .await
+        .into_iter()
+        .map(|(n, p, s)| format!("{n}/{p}/{s}"))
+        .collect();
+    assert_eq!(
+        steps,
+        ["backup.create/forward/failed", "container.destroy/forward/done"],
+        "nothing to back up, and the removal went on"
+    );
+    assert!(f.sim.backups().is_empty(), "no backup was written");
+    f.stop().await;
+}

@@ -60,22 +60,25 @@ const CT: u32 = 500;
 
 /// Fails every forward step it is given, as a worker whose step failed for good. A command a
 /// kind sends both ways (a restore's `backup.restore` and the put-back that undoes it) is
-/// passed on to its worker when a compensating saga sends it: only the step under test fails.
+/// passed on to its worker when a saga sends it after the step failed, to undo it: only the
+/// step under test fails. A copy of a refused command (the same message id) is refused again.
 struct Refuse {
     db: deadpool_postgres::Pool,
+    refused: Mutex<std::collections::HashSet<String>>,
 }
 
 #[async_trait]
 impl JsonHandler for Refuse {
     async fn handle(&self, mtype: &'static str, body: Value, ctx: &Context<'_>) -> Handled {
-        if let Some(saga) = ctx.correlation_id {
+        let again = self.refused.lock().unwrap().contains(&ctx.message_id);
+        if let Some(saga) = ctx.correlation_id.filter(|_| !again) {
             let c = self.db.get().await.map_err(HandlerError::retry)?;
             let state: Option<String> = c
                 .query_opt("SELECT state FROM sagas WHERE id = $1", &[&saga])
                 .await
                 .map_err(HandlerError::retry)?
                 .map(|r| r.get(0));
-            if state.as_deref() == Some("compensating") {
+            if matches!(state.as_deref(), Some("compensating" | "failed" | "compensation_failed")) {
                 let info = find_latest(mtype).unwrap();
                 let mut out = pvefleet_core::bus::Outgoing::from_json(info, &body, &ctx.origin()).unwrap();
                 out.exchange = String::new();
@@ -83,6 +86,7 @@ impl JsonHandler for Refuse {
                 return ctx.publisher.publish(&out).await.map_err(HandlerError::from);
             }
         }
+        self.refused.lock().unwrap().insert(ctx.message_id.clone());
         Err(HandlerError::fail(
             "test.refused",
             format!("{mtype} refused by the test"),
@@ -225,7 +229,10 @@ impl Rig {
 
         // The refusing worker, on the runner like any other; nothing is bound to it yet.
         let commands = table_commands();
-        let refuse: Arc<dyn JsonHandler> = Arc::new(Refuse { db: pool.clone() });
+        let refuse: Arc<dyn JsonHandler> = Arc::new(Refuse {
+            db: pool.clone(),
+            refused: Mutex::default(),
+        });
         let mut router = Router::new();
         for c in &commands {
             router = router.route_json(find_latest(c).unwrap(), refuse.clone());

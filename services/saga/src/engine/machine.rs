@@ -268,7 +268,7 @@ impl<K: SagaKind> Machine<K> {
         let redone = table
             .forward
             .iter()
-            .find(|s| s.done == mtype && answers_on(s, saga) == correlation);
+            .find(|s| s.done == mtype && answers_on(s, saga) == correlation && (s.owns)(&saga.data, body));
         let given_up = match saga.state {
             State::Compensating | State::Failed | State::CompensationFailed | State::Superseded => true,
             State::Completed if redone.is_some() => self.kind.withdrawn(x, saga).await?,
@@ -313,6 +313,20 @@ impl<K: SagaKind> Machine<K> {
                     .await
                     .map_err(db)?;
                 self.send_step(x, &saga, &key, Phase::Forward).await
+            }
+            OnFailure::Skip => {
+                tracing::info!(saga = %saga.id, step = %key, reason = %error.message, "A step had nothing to do; going on.");
+                let next = saga.step + 1;
+                match saga.progress.plan.get(next).cloned() {
+                    Some(next_key) => {
+                        saga.step = next;
+                        store::save(x.db, saga.id, State::Running, next, &Self::encode(&saga))
+                            .await
+                            .map_err(db)?;
+                        self.send_step(x, &saga, &next_key, Phase::Forward).await
+                    }
+                    None => self.complete(x, saga, None).await,
+                }
             }
             OnFailure::Recover => match self.kind.table().recovery {
                 Recovery::Forward => self.resend_or_give_up(x, saga, &key, Phase::Forward, error).await,

@@ -211,6 +211,9 @@ pub enum OnFailure {
     Recover,
     /// Send the same step again now, with the data the hook changed (another vmid).
     Resend,
+    /// Go on to the next step: the failure means there was nothing to do (a final backup of a
+    /// container that is already gone). The timeline keeps the step's failure.
+    Skip,
 }
 
 /// A saga kind: its table and what its ends mean for its own records.

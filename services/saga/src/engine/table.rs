@@ -51,6 +51,10 @@ pub struct StepDef<D> {
     /// The correlation id its events come back with when it is not the saga's own (a
     /// network operation's id).
     pub answers_on: fn(&D) -> Option<Uuid>,
+    /// Whether a done event is this step's, when a compensation of the table ends with the
+    /// same event type (a restore and the put-back that undoes it both answer
+    /// `backup.restored`): a late one is then undone only if it is the step's own.
+    pub owns: fn(&D, &Value) -> bool,
 }
 
 fn always<D>(_: &D, _: &SagaSettings) -> bool {
@@ -61,6 +65,10 @@ fn nothing<D>(_: &mut D, _: &Value) {}
 
 fn own<D>(_: &D) -> Option<Uuid> {
     None
+}
+
+fn any_event<D>(_: &D, _: &Value) -> bool {
+    true
 }
 
 impl<D: 'static> StepDef<D> {
@@ -78,6 +86,7 @@ impl<D: 'static> StepDef<D> {
             build: Box::new(move |d, s, origin| Outgoing::message(&build(d, s), origin)),
             on_done: nothing,
             answers_on: own,
+            owns: any_event,
         }
     }
 
@@ -102,6 +111,12 @@ impl<D: 'static> StepDef<D> {
     /// Takes what the done event tells into the saga's data.
     pub fn on_done(mut self, f: fn(&mut D, &Value)) -> Self {
         self.on_done = f;
+        self
+    }
+
+    /// Only done events `owns` says are its own are taken for a late copy of its work.
+    pub fn owns(mut self, f: fn(&D, &Value) -> bool) -> Self {
+        self.owns = f;
         self
     }
 

@@ -9,11 +9,11 @@ use pvefleet_contracts::StepError;
 use pvefleet_contracts::messages::{
     BackupCreated, ContainerDestroyed, DnsDeleted, HaDisabled, ProxyDeleted, SiteDeprovisioned,
 };
-use pvefleet_core::bus::Handled;
+use pvefleet_core::bus::{Handled, HandlerError};
 use serde_json::Value;
 
 use super::site::{self, SiteSaga};
-use crate::engine::{Exec, Kind, Recovery, Saga, SagaKind, State, StepDef, Table, Undo};
+use crate::engine::{Exec, Kind, OnFailure, Recovery, Saga, SagaKind, State, StepDef, Table, Undo};
 
 /// The deprovisioning kind.
 pub struct Deprovision {
@@ -89,6 +89,23 @@ impl SagaKind for Deprovision {
         // Forward recovery never compensates, so it never ends failed; say so if it does.
         tracing::error!(saga = %saga.id, step, error = %error.message, "A deprovisioning ended failed, which it should not.");
         Ok(())
+    }
+
+    /// A final backup of a container that is already gone (removed by hand, or by a
+    /// half-done earlier removal) has nothing to back up: the removal goes on.
+    async fn step_failed(
+        &self,
+        _x: &Exec<'_>,
+        saga: &mut Saga<SiteSaga>,
+        step: &str,
+        error: &StepError,
+        _event: &Value,
+    ) -> Result<OnFailure, HandlerError> {
+        if step == "final_backup" && error.code == "container.missing" {
+            tracing::warn!(saga = %saga.id, vmid = saga.data.vmid, "The container is gone: no final backup to take.");
+            return Ok(OnFailure::Skip);
+        }
+        Ok(OnFailure::Recover)
     }
 
     async fn stopped(&self, x: &Exec<'_>, saga: &Saga<SiteSaga>, state: State, detail: &Value) -> Handled {

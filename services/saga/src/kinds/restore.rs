@@ -130,6 +130,11 @@ fn put_back(d: &RestoreSaga, _: &SagaSettings) -> BackupRestore {
     }
 }
 
+/// A `backup.restored` of the restore itself (not of the put-back, which answers the same).
+fn restored_target(d: &RestoreSaga, event: &Value) -> bool {
+    event.get("volid").and_then(Value::as_str) == Some(d.volid.as_str())
+}
+
 fn take_node(d: &mut RestoreSaga, event: &Value) {
     site::take_node(&mut d.site, event);
 }
@@ -199,12 +204,14 @@ impl Restore {
                     .when(existing)
                     .undo(Undo::Step("put_back"))
                     .undone_even_when_failed()
+                    .owns(restored_target)
                     .on_done(take_node),
                 // Into a new container for a destroyed site: a failed one is destroyed.
                 StepDef::new::<BackupRestore, BackupRestored>("restore_new", restore)
                     .when(deleted)
                     .undo(Undo::Step("destroy"))
                     .undone_even_when_failed()
+                    .owns(restored_target)
                     .on_done(take_node),
                 StepDef::new::<ContainerStart, ContainerStarted>("start", start)
                     .undo(Undo::CoveredBy("restore"))
