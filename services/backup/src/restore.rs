@@ -138,7 +138,13 @@ impl Backup {
         db.execute(
             "INSERT INTO restores (restore_id, volid, site_id, vmid, node) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT DO NOTHING",
-            &[&cmd.restore_id, &cmd.volid, &cmd.site_id.as_uuid(), &(vmid as i32), &node],
+            &[
+                &cmd.restore_id,
+                &cmd.volid,
+                &cmd.site_id.as_uuid(),
+                &(vmid as i32),
+                &node,
+            ],
         )
         .await
         .map_err(db_err)?;

@@ -100,7 +100,10 @@ async fn a_site_is_backed_up_on_demand_by_policy_and_before_it_is_deleted_all_fr
     let out = dev.cli(&["site", "restore", &site, "--from", &volid, "--wait"]).await;
     let restored = text(&out.stdout);
     assert!(out.status.success(), "{restored}{}", text(&out.stderr));
-    assert!(restored.contains("backup.restore") && restored.contains("site shop is active"), "{restored}");
+    assert!(
+        restored.contains("backup.restore") && restored.contains("site shop is active"),
+        "{restored}"
+    );
 
     // The deletion backs the site up first; the final backup stays, protected.
     let out = dev.cli(&["site", "delete", &site, "--wait"]).await;

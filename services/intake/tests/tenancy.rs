@@ -569,14 +569,26 @@ async fn one_owners_token_reaches_nothing_of_another_owners_on_any_route_and_an_
     // here: the request is queued), bob was refused above.
     let restores = format!("/v1/sites/{site}/restores");
     let (status, p) = f
-        .call(&alice, Method::POST, &restores, Some(&json!({ "latest": true, "volid": "x" })))
+        .call(
+            &alice,
+            Method::POST,
+            &restores,
+            Some(&json!({ "latest": true, "volid": "x" })),
+        )
         .await;
     assert_eq!((status, p["field"].as_str()), (422, Some("/volid")), "{p}");
     let (status, p) = f
-        .call(&alice, Method::POST, &restores, Some(&json!({ "volid": "local:backup/other.tar.zst" })))
+        .call(
+            &alice,
+            Method::POST,
+            &restores,
+            Some(&json!({ "volid": "local:backup/other.tar.zst" })),
+        )
         .await;
     assert_eq!(status, 404, "{p}");
-    let (status, asked) = f.call(&alice, Method::POST, &restores, Some(&json!({ "latest": true }))).await;
+    let (status, asked) = f
+        .call(&alice, Method::POST, &restores, Some(&json!({ "latest": true })))
+        .await;
     assert_eq!((status, asked["state"].as_str()), (202, Some("restoring")), "{asked}");
     let queued: i64 = c
         .query_one(

@@ -455,7 +455,8 @@ impl Handler<SiteRestore> for Coordinator {
         data.volid = backup.get(0);
         data.backup_node = backup.get(1);
         if data.was_deleted {
-            if let Some(invalid) = pvefleet_policy::site::subdomain_taken(x.db, &data.site.site.subdomain, site).await? {
+            if let Some(invalid) = pvefleet_policy::site::subdomain_taken(x.db, &data.site.site.subdomain, site).await?
+            {
                 return refuse_restore(&x, saga, data, StepError::new("site.subdomain", invalid.reason)).await;
             }
             let leased = match leases::lease_vmid(x.db, &me.settings, site).await {

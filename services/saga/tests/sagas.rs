@@ -2060,7 +2060,11 @@ fn the_binary_answers_help_and_version_and_starts_nothing() {
 /// The container's memory and tags, as PVE has them now.
 async fn memory_and_tags(f: &Fleet, node: &str, vmid: u32) -> (String, String) {
     let cfg = f.pve.lxc_config(node, vmid, true).await.unwrap();
-    let s = |k: &str| cfg.get(k).map(|v| v.as_str().map_or(v.to_string(), str::to_string)).unwrap_or_default();
+    let s = |k: &str| {
+        cfg.get(k)
+            .map(|v| v.as_str().map_or(v.to_string(), str::to_string))
+            .unwrap_or_default()
+    };
     (s("memory"), s("tags"))
 }
 
@@ -2079,7 +2083,9 @@ async fn restoring_the_latest_backup_brings_back_the_config_the_site_had_and_re_
         .lxc_set_config(
             &node,
             vmid,
-            pvefleet_proxmox::client::Params::new().set("memory", 4096).set("tags", "pvefleet"),
+            pvefleet_proxmox::client::Params::new()
+                .set("memory", 4096)
+                .set("tags", "pvefleet"),
             None,
         )
         .await
@@ -2108,7 +2114,10 @@ async fn restoring_the_latest_backup_brings_back_the_config_the_site_had_and_re_
     let node = node_now.unwrap();
     let (memory_now, tags_now) = memory_and_tags(&f, &node, vmid).await;
     assert_eq!(memory_now, memory, "the memory the backup holds is back");
-    assert!(tags_now.contains("site-restored"), "the fleet's tags are back: {tags_now} (were {tags})");
+    assert!(
+        tags_now.contains("site-restored"),
+        "the fleet's tags are back: {tags_now} (were {tags})"
+    );
     assert!(!tags_now.contains("pvefleet-hold"), "{tags_now}");
     assert_eq!(f.pve.lxc_status(&node, vmid).await.unwrap().status, "running");
     assert_eq!(f.pve.ha_resources().await.unwrap().len(), 1, "HA manages it again");
@@ -2174,7 +2183,11 @@ async fn a_restore_whose_start_fails_leaves_the_site_as_it_was_before_the_restor
     let (state, _, _, node_now, _) = f.site(req.site_id).await;
     assert_eq!(state, "active");
     let node = node_now.unwrap();
-    assert_eq!(memory_and_tags(&f, &node, vmid).await, before, "the config is as before the restore");
+    assert_eq!(
+        memory_and_tags(&f, &node, vmid).await,
+        before,
+        "the config is as before the restore"
+    );
     assert_eq!(
         f.pve.lxc_status(&node, vmid).await.unwrap().status,
         "running",
@@ -2214,7 +2227,11 @@ async fn a_destroyed_site_is_restored_from_its_final_backup_with_its_dns_record_
     let (vmid, ip, node) = (vmid.unwrap() as u32, ip.unwrap(), node.unwrap());
     assert_eq!(f.leases(req.site_id).await, 2, "a vmid and an address are leased again");
     let address: std::net::Ipv4Addr = ip.split('/').next().unwrap().parse().unwrap();
-    assert_eq!(pdns.query_a("phoenix.sites.test").unwrap(), vec![address], "the record is back");
+    assert_eq!(
+        pdns.query_a("phoenix.sites.test").unwrap(),
+        vec![address],
+        "the record is back"
+    );
     let routes = caddy.routes().await.unwrap();
     assert_eq!(routes.len(), 1, "the route is back");
     assert!(routes[0].to_string().contains(&format!("{address}:80")), "{routes:?}");

@@ -78,7 +78,10 @@ impl JsonHandler for Refuse {
                 .await
                 .map_err(HandlerError::retry)?
                 .map(|r| r.get(0));
-            if matches!(state.as_deref(), Some("compensating" | "failed" | "compensation_failed")) {
+            if matches!(
+                state.as_deref(),
+                Some("compensating" | "failed" | "compensation_failed")
+            ) {
                 let info = find_latest(mtype).unwrap();
                 let mut out = pvefleet_core::bus::Outgoing::from_json(info, &body, &ctx.origin()).unwrap();
                 out.exchange = String::new();
@@ -866,7 +869,11 @@ async fn restore_whole(rig: &Rig, case: &str) {
     let saga = common::restore(&rig.db, req.site_id, None).await;
     rig.saga_reaches(saga, "completed").await;
     assert_eq!(rig.site_reaches(req.site_id, &["active"]).await.0, "active", "{case}");
-    assert_eq!(live(rig, req.site_id, &req).await, before, "{case}: as it was, once each");
+    assert_eq!(
+        live(rig, req.site_id, &req).await,
+        before,
+        "{case}: as it was, once each"
+    );
     remove(rig, req.site_id, case).await;
     let req = restorable(rig, &format!("rd{x}"), true, case).await;
     let saga = common::restore(&rig.db, req.site_id, None).await;
@@ -900,13 +907,20 @@ async fn restore_failing_at(rig: &Rig, kind: &Restore, i: usize, case: &str) {
     rig.saga_reaches(saga, "failed").await;
     rig.restore(step.command).await;
     let (data, plan): (RestoreSaga, Vec<String>) = rig.saga_data(saga).await;
-    let at = plan.iter().position(|k| k == step.key).expect("the failed step is planned");
+    let at = plan
+        .iter()
+        .position(|k| k == step.key)
+        .expect("the failed step is planned");
     let expected = expected_compensations(table, &plan[..at], step.key, &data, rig);
     assert_eq!(compensated(rig, saga, case).await, expected, "{case}");
     match before {
         Some(before) => {
             assert_eq!(rig.site_reaches(req.site_id, &["active"]).await.0, "active", "{case}");
-            assert_eq!(live(rig, req.site_id, &req).await, before, "{case}: as before the restore");
+            assert_eq!(
+                live(rig, req.site_id, &req).await,
+                before,
+                "{case}: as before the restore"
+            );
             remove(rig, req.site_id, case).await;
         }
         None => {

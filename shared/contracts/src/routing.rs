@@ -83,7 +83,13 @@ pub fn fleet_bindings() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)
                 (COMMANDS_EXCHANGE, ContainerDestroy::TYPE),
             ],
         ),
-        ("installer", vec![(COMMANDS_EXCHANGE, AppInstall::TYPE), (COMMANDS_EXCHANGE, AppCheck::TYPE)]),
+        (
+            "installer",
+            vec![
+                (COMMANDS_EXCHANGE, AppInstall::TYPE),
+                (COMMANDS_EXCHANGE, AppCheck::TYPE),
+            ],
+        ),
         (
             "nethotplug",
             vec![
@@ -100,7 +106,10 @@ pub fn fleet_bindings() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)
         ("autoscaler", vec![(COMMANDS_EXCHANGE, AutoscalePolicySet::TYPE)]),
         (
             "backup",
-            vec![(COMMANDS_EXCHANGE, BackupCreate::TYPE), (COMMANDS_EXCHANGE, BackupRestore::TYPE)],
+            vec![
+                (COMMANDS_EXCHANGE, BackupCreate::TYPE),
+                (COMMANDS_EXCHANGE, BackupRestore::TYPE),
+            ],
         ),
         (
             "notifier",

@@ -24,7 +24,9 @@ pub async fn backed_up(db: &TestDb, site: SiteId, wait: Duration) -> String {
             .query_one("SELECT state, volid FROM backups WHERE id = $1", &[&id])
             .await
             .unwrap();
-        (r.get::<_, String>(0) == "ok").then(|| r.get::<_, Option<String>>(1)).flatten()
+        (r.get::<_, String>(0) == "ok")
+            .then(|| r.get::<_, Option<String>>(1))
+            .flatten()
     })
     .await
     .expect("the backup is written")

@@ -152,4 +152,8 @@ event!(
         app: "wordpress".into(),
     }
 );
-failed_event!(AppCheckFailed, "app.check_failed", "A site's application failed its check.");
+failed_event!(
+    AppCheckFailed,
+    "app.check_failed",
+    "A site's application failed its check."
+);
