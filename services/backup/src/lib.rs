@@ -19,6 +19,7 @@ pub mod jobs;
 pub mod ops;
 pub mod policy;
 pub mod restore;
+pub mod verify;
 
 /// The advisory lock class of the sync's leadership: one replica syncs at a time.
 const LEADER_CLASS: i32 = 0x0bac_0001;
@@ -125,7 +126,7 @@ pub async fn run(
     let worker_task = tokio::spawn(worker.run(service.router(), shutdown.clone()));
     let (b, saga) = (&settings.backup, &settings.saga);
     let (pve, pool) = (&pve, &pool);
-    pvefleet_core::periodic::Periodic::new("backup_sync", b.sync_interval)
+    let sync = pvefleet_core::periodic::Periodic::new("backup_sync", b.sync_interval)
         .at_once()
         .run(shutdown.clone(), || async {
             let out = sync_once(pve, pool, b, saga).await?;
@@ -133,8 +134,23 @@ pub async fn run(
                 tracing::info!(jobs = ?out.jobs, inventory = ?out.inventory, "Backups synced.");
             }
             anyhow::Ok(())
-        })
-        .await;
+        });
+    let probe = verify::Probe {
+        runner: pvefleet_installer::runner(settings)?,
+        installer: settings.installer.clone(),
+    };
+    let verifying = async {
+        if b.verify_interval.is_zero() {
+            return;
+        }
+        // The first after one interval: a fresh start does not restore a backup at once.
+        pvefleet_core::periodic::Periodic::new("backup_verify", b.verify_interval)
+            .run(shutdown.clone(), || async {
+                verify::verify_once(pve, pool, b, &probe, None).await.map(drop)
+            })
+            .await;
+    };
+    tokio::join!(sync, verifying);
     let _ = relay_task.await;
     worker_task.await??;
     Ok(())

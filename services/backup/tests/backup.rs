@@ -462,3 +462,158 @@ async fn on_demand_and_final_backups_run_through_the_worker_and_their_failures_a
     shutdown.cancel();
     let _ = service.await;
 }
+
+/// A webhook receiver: the bodies it was sent.
+async fn hook() -> (std::sync::Arc<std::sync::Mutex<Vec<String>>>, String) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let state = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let state = state.clone();
+            async move {
+                state.lock().unwrap().push(body);
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (seen, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verification_restores_probes_and_cleans_up_and_a_corrupt_backup_is_recorded_and_alerted() {
+    let mut r = rig().await;
+    r.settings.installer.transport = "pvesim".into();
+    // Operators hear of a failed verification by webhook, through the notifier.
+    let (seen, url) = hook().await;
+    r.settings.notifier.operator.webhooks = vec![pvefleet_core::config::WebhookEndpoint {
+        name: "ops".into(),
+        url,
+        secret_file: None,
+    }];
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let notifier = tokio::spawn({
+        let (s, pool, sd) = (r.settings.clone(), r.pool.clone(), shutdown.clone());
+        async move { pvefleet_notifier::run(&s, pool, None, sd).await }
+    });
+    let probe = pvefleet_backup::verify::Probe {
+        runner: pvefleet_installer::runner(&r.settings).unwrap(),
+        installer: r.settings.installer.clone(),
+    };
+    // A WordPress site, installed, running, backed up by a job and recorded by the sync.
+    let site = r.site(120, "pve1", "press").await;
+    r.pve.lxc_power("pve1", 120, "start", Params::new()).await.unwrap();
+    let script = ["pct", "exec", "120", "--", "bash", "-s"].map(String::from);
+    let out = probe
+        .runner
+        .run("pve1", &script, b"echo set up", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(out.success(), "{out:?}");
+    r.pve
+        .vzdump(
+            "pve1",
+            Params::new().set("vmid", 120).set("storage", "local").set("remove", 0),
+        )
+        .await
+        .unwrap();
+    r.sync().await;
+    let verify = |site: Option<Uuid>| {
+        let (pve, pool, b) = (r.pve.clone(), r.pool.clone(), r.settings.backup.clone());
+        let probe = &probe;
+        async move {
+            pvefleet_backup::verify::verify_once(&pve, &pool, &b, probe, site)
+                .await
+                .unwrap()
+        }
+    };
+    let scratch = r.settings.backup.verify_vmid;
+    let report = verify(None).await;
+    assert_eq!(
+        (report.outcome.as_deref(), report.error.as_deref(), report.cleaned_up),
+        (Some("ok"), None, true),
+        "{report:?}"
+    );
+    assert_eq!(report.site_id, Some(site));
+    let restores: Vec<String> = r
+        .sim
+        .requests()
+        .iter()
+        .filter(|q| {
+            q.method == "POST"
+                && q.path == "/nodes/pve1/lxc"
+                && q.params.iter().any(|(k, v)| k == "restore" && v == "1")
+        })
+        .filter_map(|q| q.params.iter().find(|(k, _)| k == "vmid").map(|(_, v)| v.clone()))
+        .collect();
+    assert_eq!(restores, [scratch.to_string()], "one restore, into the scratch vmid");
+    let execs: Vec<String> = r.sim.execs().iter().map(|e| e.argv.join(" ")).collect();
+    assert!(
+        execs
+            .iter()
+            .any(|c| c.contains(&format!("exec {scratch} -- wp core is-installed"))),
+        "WordPress was asked in the scratch container: {execs:?}"
+    );
+    let guests = r
+        .pve
+        .resources(Some(pvefleet_proxmox::client::api::ResourceType::Vm))
+        .await
+        .unwrap();
+    assert!(
+        guests.iter().all(|g| g.vmid != Some(u64::from(scratch))),
+        "no scratch container is left"
+    );
+    assert_eq!(
+        r.count("SELECT count(*) FROM backups WHERE verify_state = 'ok' AND verified_at IS NOT NULL")
+            .await,
+        1
+    );
+    assert_eq!(r.audit("backup.verify").await, 1);
+
+    // The archive is damaged: the verification fails at the restore, is recorded, and alerted.
+    let volid = report.volid.clone().unwrap();
+    assert!(r.sim.corrupt_backup(&volid));
+    let report = verify(Some(site)).await;
+    assert_eq!(report.outcome.as_deref(), Some("failed"), "{report:?}");
+    assert!(report.error.as_deref().unwrap().starts_with("restore:"), "{report:?}");
+    assert!(report.cleaned_up);
+    let db = r.pool.get().await.unwrap();
+    let row = db
+        .query_one(
+            "SELECT verify_state, verify_error FROM backups WHERE volid = $1",
+            &[&volid],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "failed");
+    assert!(row.get::<_, String>(1).starts_with("restore:"));
+    let guests = r
+        .pve
+        .resources(Some(pvefleet_proxmox::client::api::ResourceType::Vm))
+        .await
+        .unwrap();
+    assert!(
+        guests.iter().all(|g| g.vmid != Some(u64::from(scratch))),
+        "nothing left"
+    );
+    let alert = pvefleet_testkit::eventually(Duration::from_secs(30), || async {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .find(|b| b.contains("backup.verified"))
+            .cloned()
+    })
+    .await
+    .expect("the operators' webhook gets the failed verification");
+    assert!(alert.contains("failed") && alert.contains(&volid), "{alert}");
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "the good verification was not sent to the operators' webhook"
+    );
+    shutdown.cancel();
+    notifier.await.unwrap().unwrap();
+}

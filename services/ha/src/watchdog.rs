@@ -31,7 +31,7 @@ pub(crate) struct Memory {
 const SAGA_IN_FLIGHT: &str = "SELECT EXISTS (
         SELECT 1 FROM sites s
         WHERE s.vmid = $1
-          AND (s.state IN ('requested', 'provisioning', 'deprovisioning')
+          AND (s.state IN ('requested', 'provisioning', 'deprovisioning', 'restoring')
                OR EXISTS (SELECT 1 FROM sagas g WHERE g.site_id = s.id
                           AND g.state IN ('running', 'compensating', 'suspended', 'compensation_failed'))))";
 

@@ -110,17 +110,9 @@ impl Inner {
 
     /// `wp core is-installed` in the container: WordPress answers that it is set up.
     async fn wordpress_installed(&self, node: &str, vmid: u32) -> Handled {
-        let verify = pct_exec(
-            &self.settings,
-            vmid,
-            &["wp", "core", "is-installed", "--path=/var/www/html", "--allow-root"],
-        );
-        match self.runner.run(node, &verify, b"", Duration::from_secs(120)).await {
-            Ok(out) if out.success() => Ok(()),
-            Ok(out) => fail(
-                "app.not_installed",
-                format!("WordPress does not report itself installed:\n{}", out.tail(5)),
-            ),
+        match wordpress_installed(&*self.runner, &self.settings, node, vmid).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => fail("app.not_installed", why),
             Err(e) => Err(HandlerError::retry(e)),
         }
     }
@@ -255,6 +247,48 @@ impl Handler<AppCheck> for Installer {
     }
 }
 
+/// Asks WordPress in container `vmid` on `node` whether it is installed (`wp core
+/// is-installed` through `pct exec`): `Ok(Err(why))` when it says no, `Err` when the node or
+/// the container could not be reached. The backup service's verification probes with it.
+pub async fn wordpress_installed(
+    runner: &dyn Runner,
+    settings: &InstallerSettings,
+    node: &str,
+    vmid: u32,
+) -> Result<Result<(), String>, TransportError> {
+    let verify = pct_exec(
+        settings,
+        vmid,
+        &["wp", "core", "is-installed", "--path=/var/www/html", "--allow-root"],
+    );
+    let out = runner.run(node, &verify, b"", Duration::from_secs(120)).await?;
+    if out.success() {
+        Ok(Ok(()))
+    } else {
+        Ok(Err(format!(
+            "WordPress does not report itself installed:\n{}",
+            out.tail(5)
+        )))
+    }
+}
+
+/// The transport `installer.transport` names: ssh to the nodes, local `pct`, or pvesim's
+/// simulated `pct exec`.
+pub fn runner(settings: &pvefleet_core::Settings) -> anyhow::Result<Box<dyn Runner>> {
+    Ok(match settings.installer.transport.as_str() {
+        "ssh" => Box::new(Ssh::new(&settings.installer)?),
+        "local" => Box::new(Local),
+        "pvesim" => {
+            tracing::warn!(
+                pve = %settings.pve.url,
+                "installer.transport is pvesim: commands go to the simulated pct exec of pvesim, not to a node (a test and demo transport)."
+            );
+            Box::new(Simulated::new(&settings.pve)?)
+        }
+        other => anyhow::bail!("installer.transport '{other}' is not known (ssh, local, pvesim)"),
+    })
+}
+
 /// Runs the installer until `shutdown`: consumes `pvefleet.installer`.
 pub async fn run(
     settings: &pvefleet_core::Settings,
@@ -262,18 +296,7 @@ pub async fn run(
     ready: Option<pvefleet_core::http::ReadyFlag>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
-    let runner: Box<dyn Runner> = match settings.installer.transport.as_str() {
-        "ssh" => Box::new(Ssh::new(&settings.installer)?),
-        "local" => Box::new(Local),
-        "pvesim" => {
-            tracing::warn!(
-                pve = %settings.pve.url,
-                "installer.transport is pvesim: setup scripts go to the simulated pct exec of pvesim, not to a node (a test and demo transport)."
-            );
-            Box::new(Simulated::new(&settings.pve)?)
-        }
-        other => anyhow::bail!("installer.transport '{other}' is not known (ssh, local, pvesim)"),
-    };
+    let runner = runner(settings)?;
     let pve = pvefleet_core::pve::client(&settings.pve)?;
     let installer = Installer::new(pve, runner, settings.installer.clone(), db)?;
     pvefleet_core::bus::Worker::fleet("installer", settings)

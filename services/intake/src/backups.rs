@@ -78,22 +78,19 @@ pub(crate) async fn create(
         .into_response())
 }
 
-/// What to restore: one backup by its volume, or the latest.
-#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+/// What to restore: one backup by its volume; without one (or without a body), the latest.
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RestoreRequest {
-    /// The backup volume, as the list shows it.
+    /// The backup volume, as the list shows it; absent: the site's latest kept backup.
     #[serde(default)]
     volid: Option<String>,
-    /// The site's latest kept backup.
-    #[serde(default)]
-    latest: bool,
 }
 
 /// Restore a site from one of its backups, as a saga: an active site is backed up first and
 /// restored in place (put back as it was if any step fails); a deleted site comes back in a
 /// new container with its address, DNS record and route. Answers 202 with the saga to follow.
-#[utoipa::path(post, path = "/v1/sites/{id}/restores", request_body = RestoreRequest, responses((status = 202, body = Object), (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+#[utoipa::path(post, path = "/v1/sites/{id}/restores", request_body(content = Option<RestoreRequest>, description = "The backup; none: the latest"), responses((status = 202, body = Object), (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub(crate) async fn restore(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -102,19 +99,13 @@ pub(crate) async fn restore(
 ) -> Result<Response, Problem> {
     let caller = auth::require(&st, &headers, scopes::SITES_WRITE).await?;
     let id = parse_id(&raw)?;
-    let req: RestoreRequest = crate::problem::parse_body(&body, "restore request")?;
-    let volid = match (req.volid, req.latest) {
-        (Some(v), false) if !v.trim().is_empty() => Some(v),
-        (None, true) => None,
-        _ => {
-            return Err(Problem::field(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid",
-                "volid",
-                "Name one backup (volid) or ask for the latest (latest: true), not both.",
-            ));
-        }
+    let blank = body.trim_ascii();
+    let req: RestoreRequest = if blank.is_empty() || blank == b"null" {
+        RestoreRequest::default()
+    } else {
+        crate::problem::parse_body(&body, "restore request")?
     };
+    let volid = req.volid;
     visible(&st, &caller, id).await?;
     let mut client = st.pool.get().await.map_err(db_problem)?;
     let saga = ops::restore(&mut client, &caller.actor(), id, volid.as_deref())

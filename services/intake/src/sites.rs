@@ -431,7 +431,7 @@ pub(crate) async fn site_credentials(
 }
 
 /// Deprovision a site.
-#[utoipa::path(delete, path = "/v1/sites/{id}", responses((status = 202, body = Accepted), (status = 404, body = Problem)))]
+#[utoipa::path(delete, path = "/v1/sites/{id}", responses((status = 202, body = Accepted), (status = 404, body = Problem), (status = 409, body = Problem), (status = 410, body = Problem)))]
 pub(crate) async fn delete_site(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -468,6 +468,13 @@ pub(crate) async fn delete_site(
             StatusCode::GONE,
             "gone",
             format!("Site {id} is already deleted."),
+        ));
+    }
+    if state == "restoring" {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("Site {id} is being restored: delete it once its restore saga has ended."),
         ));
     }
     crate::fair::in_flight(&tx, &owner, st.settings.intake.max_in_flight_per_owner).await?;

@@ -28,8 +28,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use pvefleet_contracts::Message;
 use pvefleet_contracts::messages::{
-    MessageParked, NotifyDeliver, ResourceAlert, SagaCompensationFailed, SagaSuspended, SiteDeprovisioned,
-    SiteProvisionFailed, SiteProvisioned,
+    BackupVerified, MessageParked, NotifyDeliver, ResourceAlert, SagaCompensationFailed, SagaSuspended,
+    SiteDeprovisioned, SiteProvisionFailed, SiteProvisioned,
 };
 use pvefleet_core::bus::outgoing::Origin;
 use pvefleet_core::bus::{Context, Handled, Handler, HandlerError, Router};
@@ -85,6 +85,7 @@ impl Notifier {
             .route::<SagaCompensationFailed, _>(self.clone())
             .route::<MessageParked, _>(self.clone())
             .route::<ResourceAlert, _>(self.clone())
+            .route::<BackupVerified, _>(self.clone())
             .route::<NotifyDeliver, _>(self.clone())
     }
 
@@ -325,6 +326,14 @@ impl Handler<MessageParked> for Notifier {
 impl Handler<ResourceAlert> for Notifier {
     async fn handle(&self, msg: ResourceAlert, ctx: &Context<'_>) -> Handled {
         self.event(ctx, notice::alert(&msg)).await
+    }
+}
+
+#[async_trait]
+impl Handler<BackupVerified> for Notifier {
+    async fn handle(&self, msg: BackupVerified, ctx: &Context<'_>) -> Handled {
+        let site = self.site(ctx, msg.site_id.as_uuid()).await?;
+        self.event(ctx, notice::verified(&msg, site.as_ref())).await
     }
 }
 

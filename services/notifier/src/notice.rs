@@ -3,8 +3,8 @@
 
 use pvefleet_contracts::Message;
 use pvefleet_contracts::messages::{
-    MessageParked, ResourceAlert, SagaCompensationFailed, SagaSuspended, SiteDeprovisioned, SiteProvisionFailed,
-    SiteProvisioned,
+    BackupVerified, MessageParked, ResourceAlert, SagaCompensationFailed, SagaSuspended, SiteDeprovisioned,
+    SiteProvisionFailed, SiteProvisioned,
 };
 use pvefleet_core::config::NotifierSettings;
 use serde_json::{Map, Value, json};
@@ -241,6 +241,31 @@ pub fn alert(e: &ResourceAlert) -> Notice {
         alert: Some(AlertInfo {
             labels,
             resolved: !raised,
+        }),
+    }
+}
+
+/// `backup.verified`: a failed verification is a critical alert (the backup may not restore),
+/// firing until a later verification of the site succeeds, which resolves it.
+pub fn verified(e: &BackupVerified, site: Option<&SiteInfo>) -> Notice {
+    let failed = e.outcome != "ok";
+    let mut labels = Map::new();
+    labels.insert("alertname".into(), json!("PvefleetBackupVerificationFailed"));
+    labels.insert("site_id".into(), json!(e.site_id.to_string()));
+    labels.insert("severity".into(), json!("critical"));
+    let mut vars = event_vars(e);
+    if let Some(site) = site {
+        vars.insert("subdomain".into(), json!(site.subdomain));
+    }
+    Notice {
+        event_type: BackupVerified::TYPE.into(),
+        severity: if failed { Severity::Critical } else { Severity::Info },
+        owner: None,
+        vars,
+        dedupe_key: failed.then(|| format!("backup-verify {}", e.site_id)),
+        alert: Some(AlertInfo {
+            labels,
+            resolved: !failed,
         }),
     }
 }

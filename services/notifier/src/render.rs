@@ -52,6 +52,10 @@ fn builtin(event_type: &str) -> (&'static str, &'static str) {
             "[pvefleet] {{ subject }} {{ kind }} {{ state }}{% if state == 'raised' %} at {{ (value or 0)|round(1) }}%{% endif %}",
             "{{ subject }}: {{ kind }} {% if state == 'raised' %}is at {{ (value or 0)|round(1) }}%, at or above {{ threshold }}%{% else %}is back at {{ (value or 0)|round(1) }}%, below {{ threshold }}%{% endif %}.",
         ),
+        "backup.verified" => (
+            "[pvefleet] backup of {{ subdomain or site_id }} {% if outcome == 'ok' %}verified{% else %}failed its verification{% endif %}",
+            "{% if outcome == 'ok' %}The backup {{ volid }} of {{ subdomain or site_id }} restored, started and answered its probe.{% else %}The backup {{ volid }} of {{ subdomain or site_id }} failed its verification restore: {{ error }}\n\nIt may not restore when it is needed. Take a new one with: pvefleet site backup {{ site_id }} --wait{% endif %}",
+        ),
         "notify.test" => (
             "[pvefleet] test notice",
             "This is a test notice from pvefleet: {{ message }}",
@@ -155,6 +159,7 @@ mod tests {
             "saga.compensation_failed",
             "message.parked",
             "resource.alert",
+            "backup.verified",
             "notify.test",
             "something.else",
         ] {

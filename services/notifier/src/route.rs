@@ -62,6 +62,14 @@ pub fn builtin() -> Vec<NotifyRoute> {
             "operator",
             &["email", "webhook", "ntfy"],
         ),
+        // A failed verification is told; a good one only resolves the alert.
+        route(
+            &["backup.verified"],
+            &["critical"],
+            "operator",
+            &["email", "webhook", "ntfy"],
+        ),
+        route(&["backup.verified"], &[], "operator", &["alertmanager"]),
         route(
             &["resource.alert", "saga.suspended", "saga.compensation_failed"],
             &[],

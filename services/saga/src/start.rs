@@ -102,6 +102,12 @@ impl Handler<SiteDeprovision> for Coordinator {
         if state == "deleted" || state == "deprovisioning" {
             return Ok(());
         }
+        if state == "restoring" {
+            return Err(HandlerError::fail(
+                "site.restoring",
+                format!("site {site} is being restored: replay this once its restore saga has ended"),
+            ));
+        }
         let Ok(req) = serde_json::from_value::<SiteProvision>(row.get(1)) else {
             return Err(HandlerError::fail("site.corrupt", "the site's spec does not decode"));
         };

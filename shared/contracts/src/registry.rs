@@ -126,7 +126,7 @@ const fn plain_command<M: Message>() -> MessageInfo {
 
 /// Every message type, in a stable order.
 pub fn registry() -> &'static [MessageInfo] {
-    static REGISTRY: [MessageInfo; 74] = [
+    static REGISTRY: [MessageInfo; 75] = [
         plain_command::<SiteProvision>(),
         plain_command::<SiteDeprovision>(),
         event::<SiteProvisioned>(),
@@ -179,6 +179,7 @@ pub fn registry() -> &'static [MessageInfo] {
         command::<BackupRestore>(),
         event::<BackupRestored>(),
         event::<BackupRestoreFailed>(),
+        event::<BackupVerified>(),
         command::<AppCheck>(),
         event::<AppChecked>(),
         event::<AppCheckFailed>(),

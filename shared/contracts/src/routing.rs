@@ -46,6 +46,13 @@ pub fn tier_label(delay: Duration) -> String {
     }
 }
 
+/// Bindings an earlier release declared and this one does not: removed when the topology is
+/// declared, so a broker carried over from that release routes as this one does. The saga
+/// queue took every `backup.*` event; `backup.verified` is the notifier's alone.
+pub fn retired_bindings() -> Vec<(&'static str, &'static str, &'static str)> {
+    vec![("saga", EVENTS_EXCHANGE, "backup.*")]
+}
+
 /// Which queue consumes which message types: the fleet's fixed plan.
 ///
 /// Each entry is (service, [(exchange, routing key)]). Commands bind by exact type on the
@@ -65,7 +72,10 @@ pub fn fleet_bindings() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)
                 (EVENTS_EXCHANGE, "dns.*"),
                 (EVENTS_EXCHANGE, "proxy.*"),
                 (EVENTS_EXCHANGE, "ha.*"),
-                (EVENTS_EXCHANGE, "backup.*"),
+                (EVENTS_EXCHANGE, BackupCreated::TYPE),
+                (EVENTS_EXCHANGE, BackupCreateFailed::TYPE),
+                (EVENTS_EXCHANGE, BackupRestored::TYPE),
+                (EVENTS_EXCHANGE, BackupRestoreFailed::TYPE),
                 (EVENTS_EXCHANGE, "message.parked"),
                 (COMMANDS_EXCHANGE, VnetProvision::TYPE),
                 (EVENTS_EXCHANGE, VnetEnsured::TYPE),
@@ -121,6 +131,7 @@ pub fn fleet_bindings() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)
                 (EVENTS_EXCHANGE, SagaCompensationFailed::TYPE),
                 (EVENTS_EXCHANGE, MessageParked::TYPE),
                 (EVENTS_EXCHANGE, ResourceAlert::TYPE),
+                (EVENTS_EXCHANGE, BackupVerified::TYPE),
                 (COMMANDS_EXCHANGE, NotifyDeliver::TYPE),
             ],
         ),

@@ -29,6 +29,17 @@ pub enum BackupAction {
         #[arg(long)]
         json: bool,
     },
+    /// Verify a backup now (the backup service does this every backup.verify_interval): the
+    /// latest backup of the site verified longest ago, or of --site, restored into the scratch
+    /// container, started, probed and destroyed; the outcome recorded. Exit 1 when it failed.
+    Verify {
+        /// This site's latest backup.
+        #[arg(long)]
+        site: Option<uuid::Uuid>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `pvefleet backup policy ...`

@@ -169,5 +169,33 @@ pub async fn run(settings: &pvefleet_core::Settings, action: BackupAction) -> an
             );
             Ok(ExitCode::SUCCESS)
         }
+        BackupAction::Verify { site, json } => {
+            let pve = pvefleet_backup::client(settings)?;
+            let probe = pvefleet_backup::verify::Probe {
+                runner: pvefleet_installer::runner(settings)?,
+                installer: settings.installer.clone(),
+            };
+            let out = pvefleet_backup::verify::verify_once(&pve, &pool, &settings.backup, &probe, site).await?;
+            let failed = out.outcome.as_deref() == Some("failed") || (out.leader && out.error.is_some());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else if !out.leader {
+                println!("another backup service is verifying now; nothing done");
+            } else if out.backup_id.is_none() {
+                println!("no backup to verify");
+            } else {
+                let volid = out.volid.as_deref().unwrap_or("-");
+                match (&out.outcome, &out.error) {
+                    (Some(o), None) => println!("{volid}: {o}"),
+                    (Some(o), Some(e)) => println!("{volid}: {o}: {e}"),
+                    (None, Some(e)) => println!("{volid}: not verified: {e}"),
+                    (None, None) => println!("{volid}: not verified"),
+                }
+                if !out.cleaned_up && out.outcome.is_some() {
+                    eprintln!("warning: the scratch container could not be removed; the next run tries again");
+                }
+            }
+            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
     }
 }

@@ -173,10 +173,9 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
         } => {
             let token = token(&target)?;
             let c = http()?;
-            let body = match from {
-                Some(volid) => serde_json::json!({ "volid": volid }),
-                None => serde_json::json!({ "latest": latest }),
-            };
+            // Without a volume, the latest (clap requires --from or --latest).
+            debug_assert!(latest || from.is_some());
+            let body = serde_json::json!({ "volid": from });
             let resp = c
                 .post(format!("{}/v1/sites/{id}/restores", target.url()))
                 .bearer_auth(&token)

@@ -192,3 +192,32 @@ failed_event!(
     "backup.restore_failed",
     "Restoring a container from a backup failed."
 );
+
+/// A backup was verified: restored into a scratch container on an isolated network, started,
+/// probed, and the scratch container destroyed. A failure is an alert for the operators.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BackupVerified {
+    /// The site the backup is of.
+    pub site_id: SiteId,
+    /// The fleet's record of the backup.
+    pub backup_id: Uuid,
+    /// The backup volume.
+    pub volid: String,
+    /// `ok` or `failed`.
+    pub outcome: String,
+    /// What failed (restore, start, probe), with PVE's or the probe's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+event!(
+    BackupVerified,
+    "backup.verified",
+    "A backup was verified by restoring it into a scratch container.",
+    BackupVerified {
+        site_id: example_site(),
+        backup_id: Uuid::from_u128(0x0193_0c5e_7a10_7000_8000_0000_0000_00b1),
+        volid: "local:backup/vzdump-lxc-123-2026_12_07-02_00_00.tar.zst".into(),
+        outcome: "failed".into(),
+        error: Some("restore: unable to restore CT 999999900 - damaged archive".into()),
+    }
+);

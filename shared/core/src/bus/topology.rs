@@ -154,6 +154,16 @@ impl Topology {
             for (ex, key) in &wq.bindings {
                 bind(ch, &wq.name, ex, key).await?;
             }
+            for (service, ex, key) in pvefleet_contracts::routing::retired_bindings() {
+                if wq.name == work_queue(service) && !wq.bindings.iter().any(|(e, k)| e == ex && k == key) {
+                    ch.queue_unbind(wq.name.as_str().into(), ex.into(), key.into(), FieldTable::default())
+                        .await
+                        .map_err(|source| TopologyError {
+                            object: format!("retired binding {ex} -> {} ({key})", wq.name),
+                            source,
+                        })?;
+                }
+            }
         }
         Ok(())
     }

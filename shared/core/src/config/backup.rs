@@ -26,6 +26,18 @@ pub struct BackupSettings {
     /// task's UPID is recorded), up to `bus.max_attempts` deliveries.
     #[serde(with = "humantime_serde")]
     pub task_timeout: Duration,
+    /// How often one site's latest backup is verified: restored into a scratch container,
+    /// started, probed and destroyed. `0s` turns verification off.
+    #[serde(with = "humantime_serde")]
+    pub verify_interval: Duration,
+    /// The scratch container's vmid (outside the fleet's pool; one verification runs at a
+    /// time). A guest there that is not a verification's is never touched.
+    pub verify_vmid: u32,
+    /// The bridge the scratch container's one interface is put on, with no address (an
+    /// isolated bridge, without uplink); empty: no network interface at all.
+    pub verify_bridge: String,
+    /// Where the scratch container's disks go; empty: where the archive says.
+    pub verify_storage: String,
 }
 
 impl Default for BackupSettings {
@@ -35,6 +47,10 @@ impl Default for BackupSettings {
             sync_interval: Duration::from_secs(60),
             final_retention: Duration::from_secs(30 * 86_400),
             task_timeout: Duration::from_secs(25 * 60),
+            verify_interval: Duration::from_secs(86_400),
+            verify_vmid: 999_999_900,
+            verify_bridge: String::new(),
+            verify_storage: String::new(),
         }
     }
 }
