@@ -95,6 +95,16 @@ impl Rig {
             .get(0)
     }
 
+    /// Whether PVE has a guest `vmid`.
+    async fn guest(&self, vmid: u32) -> bool {
+        let guests = self
+            .pve
+            .resources(Some(pvefleet_proxmox::client::api::ResourceType::Vm))
+            .await
+            .unwrap();
+        guests.iter().any(|g| g.vmid == Some(u64::from(vmid)))
+    }
+
     async fn count(&self, sql: &str) -> i64 {
         let db = self.pool.get().await.unwrap();
         db.query_one(sql, &[]).await.unwrap().get(0)
@@ -557,15 +567,7 @@ async fn a_verification_restores_probes_and_cleans_up_and_a_corrupt_backup_is_re
             .any(|c| c.contains(&format!("exec {scratch} -- wp core is-installed"))),
         "WordPress was asked in the scratch container: {execs:?}"
     );
-    let guests = r
-        .pve
-        .resources(Some(pvefleet_proxmox::client::api::ResourceType::Vm))
-        .await
-        .unwrap();
-    assert!(
-        guests.iter().all(|g| g.vmid != Some(u64::from(scratch))),
-        "no scratch container is left"
-    );
+    assert!(!r.guest(scratch).await, "no scratch container is left");
     assert_eq!(
         r.count("SELECT count(*) FROM backups WHERE verify_state = 'ok' AND verified_at IS NOT NULL")
             .await,
@@ -590,15 +592,7 @@ async fn a_verification_restores_probes_and_cleans_up_and_a_corrupt_backup_is_re
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "failed");
     assert!(row.get::<_, String>(1).starts_with("restore:"));
-    let guests = r
-        .pve
-        .resources(Some(pvefleet_proxmox::client::api::ResourceType::Vm))
-        .await
-        .unwrap();
-    assert!(
-        guests.iter().all(|g| g.vmid != Some(u64::from(scratch))),
-        "nothing left"
-    );
+    assert!(!r.guest(scratch).await, "nothing left");
     let alert = pvefleet_testkit::eventually(Duration::from_secs(30), || async {
         seen.lock()
             .unwrap()

@@ -29,11 +29,7 @@ impl Handler<SiteProvision> for Coordinator {
         let saga = ctx.correlation_id.unwrap_or_else(Uuid::now_v7);
         let site = req.site_id.as_uuid();
         // A saga that exists already is a redelivery: it was checked when it first arrived.
-        let existing: bool =
-            x.db.one("SELECT EXISTS (SELECT 1 FROM sagas WHERE id = $1)", &[&saga])
-                .await?
-                .get(0);
-        if existing {
+        if started(&x, saga).await? {
             return Ok(());
         }
         // The site policy, every rule of it, as intake applies it to an HTTP caller. A refusal
@@ -86,19 +82,7 @@ impl Handler<SiteDeprovision> for Coordinator {
         let x = me.exec(ctx)?;
         let site = cmd.site_id.as_uuid();
         let saga = ctx.correlation_id.unwrap_or_else(Uuid::now_v7);
-        let Some(row) =
-            x.db.opt(
-                "SELECT state, spec, vmid, ip, node FROM sites WHERE id = $1 FOR UPDATE",
-                &[&site],
-            )
-            .await?
-        else {
-            return Err(HandlerError::fail(
-                "site.missing",
-                format!("site {site} does not exist"),
-            ));
-        };
-        let state: String = row.get(0);
+        let (state, mut data) = locked_site(&x, site).await?;
         if state == "deleted" || state == "deprovisioning" {
             return Ok(());
         }
@@ -108,18 +92,7 @@ impl Handler<SiteDeprovision> for Coordinator {
                 format!("site {site} is being restored: replay this once its restore saga has ended"),
             ));
         }
-        let Ok(req) = serde_json::from_value::<SiteProvision>(row.get(1)) else {
-            return Err(HandlerError::fail("site.corrupt", "the site's spec does not decode"));
-        };
-        let vmid: Option<i32> = row.get(2);
-        let data = SiteSaga {
-            site: req,
-            vmid: vmid.map_or(0, |v| v as u32),
-            ip: row.get::<_, Option<String>>(3).unwrap_or_default(),
-            node: row.get(4),
-            vmids_taken: Vec::new(),
-            final_backup: state == "active",
-        };
+        data.final_backup = state == "active";
         x.db.exec(
             "UPDATE sites SET state = 'deprovisioning', updated_at = now() WHERE id = $1",
             &[&site],
@@ -173,6 +146,43 @@ impl Handler<VnetProvision> for Coordinator {
         }
         Ok(())
     }
+}
+
+/// Whether saga `id` exists already: its start command is delivered again, and was handled.
+async fn started(x: &Exec<'_>, id: Uuid) -> Result<bool, HandlerError> {
+    Ok(x.db
+        .one("SELECT EXISTS (SELECT 1 FROM sagas WHERE id = $1)", &[&id])
+        .await?
+        .get(0))
+}
+
+/// Site `site`, locked to the end of the transaction: its state, and what a site saga carries
+/// of it (its request, vmid, address and node).
+async fn locked_site(x: &Exec<'_>, site: Uuid) -> Result<(String, SiteSaga), HandlerError> {
+    let Some(row) =
+        x.db.opt(
+            "SELECT state, spec, vmid, ip, node FROM sites WHERE id = $1 FOR UPDATE",
+            &[&site],
+        )
+        .await?
+    else {
+        return Err(HandlerError::fail(
+            "site.missing",
+            format!("site {site} does not exist"),
+        ));
+    };
+    let Ok(req) = serde_json::from_value::<SiteProvision>(row.get(1)) else {
+        return Err(HandlerError::fail("site.corrupt", "the site's spec does not decode"));
+    };
+    let data = SiteSaga {
+        site: req,
+        vmid: row.get::<_, Option<i32>>(2).map_or(0, |v| v as u32),
+        ip: row.get::<_, Option<String>>(3).unwrap_or_default(),
+        node: row.get(4),
+        vmids_taken: Vec::new(),
+        final_backup: false,
+    };
+    Ok((row.get(0), data))
 }
 
 /// The `site.rejected` published when a `site.provision` fails its schema check: the field is
@@ -400,38 +410,12 @@ impl Handler<SiteRestore> for Coordinator {
         let x = me.exec(ctx)?;
         let saga = ctx.correlation_id.unwrap_or_else(Uuid::now_v7);
         let site = cmd.site_id.as_uuid();
-        let existing: bool =
-            x.db.one("SELECT EXISTS (SELECT 1 FROM sagas WHERE id = $1)", &[&saga])
-                .await?
-                .get(0);
-        if existing {
+        if started(&x, saga).await? {
             return Ok(());
         }
-        let Some(row) =
-            x.db.opt(
-                "SELECT state, spec, vmid, ip, node FROM sites WHERE id = $1 FOR UPDATE",
-                &[&site],
-            )
-            .await?
-        else {
-            return Err(HandlerError::fail(
-                "site.missing",
-                format!("site {site} does not exist"),
-            ));
-        };
-        let state: String = row.get(0);
-        let Ok(req) = serde_json::from_value::<SiteProvision>(row.get(1)) else {
-            return Err(HandlerError::fail("site.corrupt", "the site's spec does not decode"));
-        };
+        let (state, site_data) = locked_site(&x, site).await?;
         let mut data = RestoreSaga {
-            site: SiteSaga {
-                site: req,
-                vmid: row.get::<_, Option<i32>>(2).map_or(0, |v| v as u32),
-                ip: row.get::<_, Option<String>>(3).unwrap_or_default(),
-                node: row.get(4),
-                vmids_taken: Vec::new(),
-                final_backup: false,
-            },
+            site: site_data,
             volid: cmd.volid.clone().unwrap_or_default(),
             backup_node: None,
             pre_restore_id: Uuid::now_v7(),

@@ -1207,12 +1207,7 @@ async fn ten_wordpress_sites_with_real_sshd_dns_and_proxy_provision_and_deprovis
     let f = fleet_with(|s| {
         through(&sshd, s);
         s.worker.concurrency = 16;
-        s.saga.dns_provider = "powerdns".into();
-        s.saga.proxy_provider = "caddy".into();
-        s.saga.domain = "sites.test".into();
-        s.edge.powerdns_url = pdns.api_url.clone();
-        s.edge.powerdns_api_key = Some(pvefleet_core::Secret::new(pdns.api_key.clone()));
-        s.edge.caddy_admin_url = caddy.admin_url.clone();
+        to_edge(&pdns, &caddy, s);
     })
     .await;
     let requests: Vec<SiteProvision> = (0..10)
@@ -1262,12 +1257,7 @@ async fn a_failure_after_the_edge_steps_compensates_the_dns_record_and_the_route
     let pdns = PowerDns::start("sites.test").await.unwrap();
     let caddy = Caddy::start().await.unwrap();
     let f = fleet_with(|s| {
-        s.saga.dns_provider = "powerdns".into();
-        s.saga.proxy_provider = "caddy".into();
-        s.saga.domain = "sites.test".into();
-        s.edge.powerdns_url = pdns.api_url.clone();
-        s.edge.powerdns_api_key = Some(pvefleet_core::Secret::new(pdns.api_key.clone()));
-        s.edge.caddy_admin_url = caddy.admin_url.clone();
+        to_edge(&pdns, &caddy, s);
     })
     .await;
     // ha.enable, the last step, fails for good: dns.upsert and proxy.upsert are undone.
@@ -1297,6 +1287,16 @@ async fn a_failure_after_the_edge_steps_compensates_the_dns_record_and_the_route
     );
     assert!(caddy.routes().await.unwrap().is_empty(), "the route is gone");
     f.stop().await;
+}
+
+/// The fleet's DNS and proxy on a real PowerDNS (zone `sites.test`) and Caddy.
+fn to_edge(pdns: &pvefleet_testkit::edge::PowerDns, caddy: &pvefleet_testkit::edge::Caddy, s: &mut Settings) {
+    s.saga.dns_provider = "powerdns".into();
+    s.saga.proxy_provider = "caddy".into();
+    s.saga.domain = "sites.test".into();
+    s.edge.powerdns_url = pdns.api_url.clone();
+    s.edge.powerdns_api_key = Some(pvefleet_core::Secret::new(pdns.api_key.clone()));
+    s.edge.caddy_admin_url = caddy.admin_url.clone();
 }
 
 /// Installer settings reaching every pvesim node through `sshd`.
@@ -2202,12 +2202,7 @@ async fn a_destroyed_site_is_restored_from_its_final_backup_with_its_dns_record_
     let pdns = PowerDns::start("sites.test").await.unwrap();
     let caddy = Caddy::start().await.unwrap();
     let f = fleet_with(|s| {
-        s.saga.dns_provider = "powerdns".into();
-        s.saga.proxy_provider = "caddy".into();
-        s.saga.domain = "sites.test".into();
-        s.edge.powerdns_url = pdns.api_url.clone();
-        s.edge.powerdns_api_key = Some(pvefleet_core::Secret::new(pdns.api_key.clone()));
-        s.edge.caddy_admin_url = caddy.admin_url.clone();
+        to_edge(&pdns, &caddy, s);
     })
     .await;
     let req = request("phoenix", false);

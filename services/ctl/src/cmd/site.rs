@@ -171,29 +171,13 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
             deadline,
             target,
         } => {
-            let token = token(&target)?;
-            let c = http()?;
             // Without a volume, the latest (clap requires --from or --latest).
             debug_assert!(latest || from.is_some());
-            let body = serde_json::json!({ "volid": from });
-            let resp = c
+            let c = http()?;
+            let req = c
                 .post(format!("{}/v1/sites/{id}/restores", target.url()))
-                .bearer_auth(&token)
-                .json(&body)
-                .timeout(REQUEST_TIMEOUT)
-                .send()
-                .await
-                .map_err(|e| unreachable_intake(&target.url(), &e))?;
-            if !resp.status().is_success() {
-                return Ok(problem(resp).await);
-            }
-            let accepted: Value = resp.json().await?;
-            let saga = accepted["saga_id"].as_str().unwrap_or_default().to_string();
-            println!("site {id} restoring (saga {saga})");
-            if !wait {
-                return Ok(ExitCode::SUCCESS);
-            }
-            follow(&c, &target.url(), &token, &id, &saga, deadline).await
+                .json(&serde_json::json!({ "volid": from }));
+            start_saga(&c, req, &target, &id, "restoring", wait, deadline).await
         }
         SiteAction::Backups { id, json, target } => {
             let rows = match get_json(&target, &format!("/v1/sites/{id}/backups")).await? {
@@ -233,27 +217,41 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
             deadline,
             target,
         } => {
-            let token = token(&target)?;
             let c = http()?;
-            let resp = c
-                .delete(format!("{}/v1/sites/{id}", target.url()))
-                .bearer_auth(&token)
-                .timeout(REQUEST_TIMEOUT)
-                .send()
-                .await
-                .map_err(|e| unreachable_intake(&target.url(), &e))?;
-            if !resp.status().is_success() {
-                return Ok(problem(resp).await);
-            }
-            let accepted: Value = resp.json().await?;
-            let saga = accepted["saga_id"].as_str().unwrap_or_default().to_string();
-            println!("site {id} deprovisioning (saga {saga})");
-            if !wait {
-                return Ok(ExitCode::SUCCESS);
-            }
-            follow(&c, &target.url(), &token, &id, &saga, deadline).await
+            let req = c.delete(format!("{}/v1/sites/{id}", target.url()));
+            start_saga(&c, req, &target, &id, "deprovisioning", wait, deadline).await
         }
     }
+}
+
+/// Sends `req` (a request that starts a saga of site `id`) with the token; prints the saga,
+/// and with `wait` follows it to its end.
+async fn start_saga(
+    c: &reqwest::Client,
+    req: reqwest::RequestBuilder,
+    target: &SiteTarget,
+    id: &str,
+    doing: &str,
+    wait: bool,
+    deadline: Duration,
+) -> anyhow::Result<ExitCode> {
+    let token = token(target)?;
+    let resp = req
+        .bearer_auth(&token)
+        .timeout(REQUEST_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| unreachable_intake(&target.url(), &e))?;
+    if !resp.status().is_success() {
+        return Ok(problem(resp).await);
+    }
+    let accepted: Value = resp.json().await?;
+    let saga = accepted["saga_id"].as_str().unwrap_or_default().to_string();
+    println!("site {id} {doing} (saga {saga})");
+    if !wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    follow(c, &target.url(), &token, id, &saga, deadline).await
 }
 
 /// `pvefleet site backup ID [--wait]`: asks intake for a backup; with --wait, polls the site's
