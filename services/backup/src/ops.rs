@@ -305,7 +305,8 @@ pub async fn request(
     Ok(id)
 }
 
-/// Asks for a restore of `site` from `volid` (none: its latest backup): an active site is
+/// Asks for a restore of `site` from `volid` (none: its latest backup, not counting the
+/// backups taken before earlier restores, which are restored only by name): an active site is
 /// restored in place, a deleted one brought back. The backup must be one of the site's, written
 /// and still kept; one restore of a site at a time. Queues `site.restore` for the saga
 /// coordinator through the outbox, audited, in one transaction; answers the saga's id.
@@ -329,7 +330,8 @@ pub async fn restore(
     let backup = tx
         .query_opt(
             "SELECT volid FROM backups
-             WHERE site_id = $1 AND state = 'ok' AND volid IS NOT NULL AND ($2::text IS NULL OR volid = $2)
+             WHERE site_id = $1 AND state = 'ok' AND volid IS NOT NULL
+               AND (volid = $2 OR ($2::text IS NULL AND kind <> 'pre_restore'))
              ORDER BY taken_at DESC NULLS LAST, created_at DESC LIMIT 1",
             &[&site, &volid],
         )

@@ -430,7 +430,8 @@ impl Handler<SiteRestore> for Coordinator {
         let backup =
             x.db.opt(
                 "SELECT volid, node FROM backups
-             WHERE site_id = $1 AND state = 'ok' AND volid IS NOT NULL AND ($2::text IS NULL OR volid = $2)
+             WHERE site_id = $1 AND state = 'ok' AND volid IS NOT NULL
+               AND (volid = $2 OR ($2::text IS NULL AND kind <> 'pre_restore'))
              ORDER BY taken_at DESC NULLS LAST, created_at DESC LIMIT 1",
                 &[&site, &cmd.volid],
             )

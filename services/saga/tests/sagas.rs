@@ -2144,6 +2144,11 @@ async fn restoring_the_latest_backup_brings_back_the_config_the_site_had_and_re_
         .unwrap()
         .get(0);
     assert_eq!(audited, 1);
+    // The latest again is the same backup: the one taken before the restore is no candidate.
+    common::restore(&f.db, req.site_id, None).await;
+    let (kind, body) = f.event().await;
+    assert_eq!(kind, "site.restored", "{body}");
+    assert_eq!(body["volid"], volid.as_str());
     f.stop().await;
 }
 
