@@ -175,6 +175,27 @@ impl Fleet {
         .collect()
     }
 
+    /// The timeline as `name/phase/state`.
+    async fn steps(&self, saga: uuid::Uuid) -> Vec<String> {
+        self.timeline(saga)
+            .await
+            .into_iter()
+            .map(|(n, p, s)| format!("{n}/{p}/{s}"))
+            .collect()
+    }
+
+    /// The site's saga of `kind`.
+    async fn saga_of(&self, id: SiteId, kind: &str) -> uuid::Uuid {
+        let c = self.db.client().await.unwrap();
+        c.query_one(
+            "SELECT id FROM sagas WHERE site_id = $1 AND kind = $2",
+            &[&id.as_uuid(), &kind],
+        )
+        .await
+        .unwrap()
+        .get(0)
+    }
+
     async fn leases(&self, id: SiteId) -> i64 {
         let c = self.db.client().await.unwrap();
         c.query_one("SELECT count(*) FROM leases WHERE site_id = $1", &[&id.as_uuid()])
@@ -204,12 +225,7 @@ async fn a_site_is_provisioned_step_by_step_then_deprovisioned_leaving_nothing()
     assert_eq!(vmid, 10_000, "the first vmid of the pool");
     assert_eq!(ip.as_deref(), Some("10.10.0.100/24"));
     assert_eq!(body["node"].as_str(), node.as_deref());
-    let steps: Vec<String> = f
-        .timeline(saga)
-        .await
-        .into_iter()
-        .map(|(n, p, s)| format!("{n}/{p}/{s}"))
-        .collect();
+    let steps = f.steps(saga).await;
     assert_eq!(
         steps,
         [
@@ -263,20 +279,8 @@ async fn a_site_is_provisioned_step_by_step_then_deprovisioned_leaving_nothing()
         ),
         ("final".into(), "ok".into(), finals[0].volid.clone(), true, true)
     );
-    let removal: uuid::Uuid = db
-        .query_one(
-            "SELECT id FROM sagas WHERE site_id = $1 AND kind = 'deprovision'",
-            &[&req.site_id.as_uuid()],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let steps: Vec<String> = f
-        .timeline(removal)
-        .await
-        .into_iter()
-        .map(|(n, p, s)| format!("{n}/{p}/{s}"))
-        .collect();
+    let removal = f.saga_of(req.site_id, "deprovision").await;
+    let steps = f.steps(removal).await;
     assert_eq!(
         steps.first().map(String::as_str),
         Some("backup.create/forward/done"),
@@ -641,12 +645,7 @@ async fn every_message_delivered_twice_gives_the_same_end_state() {
         (state.as_str(), vmid, ip.as_deref()),
         ("active", Some(10_000), Some("10.10.0.100/24"))
     );
-    let steps: Vec<String> = f
-        .timeline(saga)
-        .await
-        .into_iter()
-        .map(|(n, p, s)| format!("{n}/{p}/{s}"))
-        .collect();
+    let steps = f.steps(saga).await;
     assert_eq!(
         steps,
         [
@@ -2094,12 +2093,7 @@ async fn restoring_the_latest_backup_brings_back_the_config_the_site_had_and_re_
     let (kind, body) = f.event().await;
     assert_eq!(kind, "site.restored", "{body}");
     assert_eq!(body["volid"], volid.as_str(), "the latest backup is the one restored");
-    let steps: Vec<String> = f
-        .timeline(saga)
-        .await
-        .into_iter()
-        .map(|(n, p, s)| format!("{n}/{p}/{s}"))
-        .collect();
+    let steps = f.steps(saga).await;
     assert_eq!(
         steps,
         [
@@ -2265,21 +2259,8 @@ async fn a_site_whose_container_is_already_gone_is_removed_without_a_final_backu
     let (kind, body) = f.event().await;
     assert_eq!(kind, "site.deprovisioned", "{body}");
     assert_eq!(f.site(req.site_id).await.0, "deleted");
-    let c = f.db.client().await.unwrap();
-    let saga: uuid::Uuid = c
-        .query_one(
-            "SELECT id FROM sagas WHERE site_id = $1 AND kind = 'deprovision'",
-            &[&req.site_id.as_uuid()],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let steps: Vec<String> = f
-        .timeline(saga)
-        .await
-        .into_iter()
-        .map(|(n, p, s)| format!("{n}/{p}/{s}"))
-        .collect();
+    let saga = f.saga_of(req.site_id, "deprovision").await;
+    let steps = f.steps(saga).await;
     assert_eq!(
         steps,
         ["backup.create/forward/failed", "container.destroy/forward/done"],

@@ -224,6 +224,25 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Sends `req` to intake with the token: its accepted answer and the token, or the exit code
+/// of the problem it answered (printed).
+async fn send_accepted(
+    req: reqwest::RequestBuilder,
+    target: &SiteTarget,
+) -> anyhow::Result<Result<(Value, String), ExitCode>> {
+    let token = token(target)?;
+    let resp = req
+        .bearer_auth(&token)
+        .timeout(REQUEST_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| unreachable_intake(&target.url(), &e))?;
+    if !resp.status().is_success() {
+        return Ok(Err(problem(resp).await));
+    }
+    Ok(Ok((resp.json().await?, token)))
+}
+
 /// Sends `req` (a request that starts a saga of site `id`) with the token; prints the saga,
 /// and with `wait` follows it to its end.
 async fn start_saga(
@@ -235,17 +254,10 @@ async fn start_saga(
     wait: bool,
     deadline: Duration,
 ) -> anyhow::Result<ExitCode> {
-    let token = token(target)?;
-    let resp = req
-        .bearer_auth(&token)
-        .timeout(REQUEST_TIMEOUT)
-        .send()
-        .await
-        .map_err(|e| unreachable_intake(&target.url(), &e))?;
-    if !resp.status().is_success() {
-        return Ok(problem(resp).await);
-    }
-    let accepted: Value = resp.json().await?;
+    let (accepted, token) = match send_accepted(req, target).await? {
+        Ok(a) => a,
+        Err(code) => return Ok(code),
+    };
     let saga = accepted["saga_id"].as_str().unwrap_or_default().to_string();
     println!("site {id} {doing} (saga {saga})");
     if !wait {
@@ -257,20 +269,12 @@ async fn start_saga(
 /// `pvefleet site backup ID [--wait]`: asks intake for a backup; with --wait, polls the site's
 /// backups until this one is written (exit 0, its volume printed) or failed (exit 1, why).
 async fn backup(id: &str, wait: bool, deadline: Duration, target: &SiteTarget) -> anyhow::Result<ExitCode> {
-    let token = token(target)?;
     let c = http()?;
     let url = format!("{}/v1/sites/{id}/backups", target.url());
-    let resp = c
-        .post(&url)
-        .bearer_auth(&token)
-        .timeout(REQUEST_TIMEOUT)
-        .send()
-        .await
-        .map_err(|e| unreachable_intake(&target.url(), &e))?;
-    if !resp.status().is_success() {
-        return Ok(problem(resp).await);
-    }
-    let accepted: Value = resp.json().await?;
+    let (accepted, token) = match send_accepted(c.post(&url), target).await? {
+        Ok(a) => a,
+        Err(code) => return Ok(code),
+    };
     let backup = accepted["backup_id"].as_str().unwrap_or_default().to_string();
     println!("backup {backup} of site {id} requested");
     if !wait {
