@@ -3,7 +3,8 @@
 //! fleet's own backups (`backup.create`: on demand, final, before a restore) and follows each
 //! task to its end; and keeps the fleet's record of every backup in step with the storages
 //! (new backups recorded, pruned ones marked, final backups removed when their retention
-//! ends), each change audited.
+//! ends), each change audited; and records every container's configuration history, putting
+//! a recorded version back on request ([`history`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use pvefleet_proxmox::client::PveClient;
 use tokio_util::sync::CancellationToken;
 
 pub mod create;
+pub mod history;
 pub mod inventory;
 pub mod jobs;
 pub mod ops;
@@ -57,6 +59,15 @@ impl Backup {
         pvefleet_core::bus::Router::new()
             .command::<pvefleet_contracts::messages::BackupCreate, _>(self.clone())
             .command::<pvefleet_contracts::messages::BackupRestore, _>(self.clone())
+            .command::<pvefleet_contracts::messages::ConfigRestore, _>(self.clone())
+            .route::<pvefleet_contracts::messages::ContainerCreated, _>(self.clone())
+            .route::<pvefleet_contracts::messages::ContainerScaled, _>(self.clone())
+            .route::<pvefleet_contracts::messages::NetAttached, _>(self.clone())
+            .route::<pvefleet_contracts::messages::NetUpdated, _>(self.clone())
+            .route::<pvefleet_contracts::messages::NetDetached, _>(self.clone())
+            .route::<pvefleet_contracts::messages::VnetBound, _>(self.clone())
+            .route::<pvefleet_contracts::messages::VnetUnbound, _>(self.clone())
+            .route::<pvefleet_contracts::messages::BackupRestored, _>(self.clone())
     }
 }
 
@@ -150,7 +161,24 @@ pub async fn run(
             })
             .await;
     };
-    tokio::join!(sync, verifying);
+    // Every container's config, recorded when it changed (the fleet's own changes are
+    // recorded as their events arrive; this pass catches an operator's); old versions removed.
+    let configs = async {
+        if b.config_interval.is_zero() {
+            return;
+        }
+        pvefleet_core::periodic::Periodic::new("config_history", b.config_interval)
+            .at_once()
+            .run(shutdown.clone(), || async {
+                let out = history::record_all(pve, pool, b.config_retention).await?;
+                if out.recorded > 0 || out.removed > 0 || out.failed > 0 {
+                    tracing::info!(report = ?out, "Config history pass.");
+                }
+                anyhow::Ok(())
+            })
+            .await;
+    };
+    tokio::join!(sync, verifying, configs);
     let _ = relay_task.await;
     worker_task.await??;
     Ok(())

@@ -372,3 +372,77 @@ pub async fn restore(
     tx.commit().await?;
     Ok(saga)
 }
+
+/// Asks the backup service to put version `version` of an active site's config back
+/// (`config.restore`, through the outbox in the same transaction as the request and its audit
+/// row). Answers the request's id, which [`crate::history::restore_row`] follows.
+pub async fn restore_config(
+    db: &mut tokio_postgres::Client,
+    actor: &Actor,
+    site: Uuid,
+    version: i32,
+) -> Result<Uuid, OpsError> {
+    let tx = db.transaction().await?;
+    let found = tx
+        .query_opt("SELECT state, owner, vmid FROM sites WHERE id = $1 FOR UPDATE", &[&site])
+        .await?
+        .ok_or_else(|| OpsError::NotFound(format!("No site {site}.")))?;
+    let (state, owner, vmid): (String, String, Option<i32>) = (found.get(0), found.get(1), found.get(2));
+    let Some(vmid) = vmid.filter(|_| state == "active") else {
+        return Err(OpsError::Conflict(format!(
+            "Site {site} is {state}: only an active site's config can be restored."
+        )));
+    };
+    let exists = tx
+        .query_opt(
+            "SELECT 1 FROM config_versions WHERE site_id = $1 AND version = $2",
+            &[&site, &version],
+        )
+        .await?
+        .is_some();
+    if !exists {
+        return Err(OpsError::NotFound(format!("Site {site} has no config version {version}.")));
+    }
+    let busy = tx
+        .query_opt(
+            // One at a time; a request whose command was parked does not block for ever.
+            "SELECT id FROM config_restores
+             WHERE site_id = $1 AND state = 'requested' AND created_at > now() - interval '1 hour'",
+            &[&site],
+        )
+        .await?;
+    if let Some(busy) = busy {
+        let id: Uuid = busy.get(0);
+        return Err(OpsError::Conflict(format!(
+            "Site {site} has a config restore in progress ({id}): wait for it first."
+        )));
+    }
+    let id = Uuid::now_v7();
+    tx.execute(
+        "INSERT INTO config_restores (id, site_id, version, requested_by) VALUES ($1, $2, $3, $4)",
+        &[&id, &site, &version, &actor.name],
+    )
+    .await?;
+    let cmd = pvefleet_contracts::messages::ConfigRestore {
+        site_id: SiteId(site),
+        vmid: Vmid(vmid as u32),
+        version: version as u32,
+        restore_id: id,
+    };
+    let origin = Origin {
+        correlation_id: Some(id),
+        app_id: Some("backup".into()),
+        ..Origin::default()
+    };
+    pvefleet_core::db::outbox::enqueue(&tx, &Outgoing::message(&cmd, &origin)?).await?;
+    audit::record(
+        &tx,
+        actor,
+        &Entry::new("site.config_restore", site.to_string())
+            .owner(owner)
+            .detail(json!({ "restore_id": id, "version": version, "vmid": vmid })),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(id)
+}

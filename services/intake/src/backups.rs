@@ -17,7 +17,7 @@ use crate::problem::Problem;
 use crate::sites::no_site;
 use crate::{AppState, auth, db_problem, parse_id};
 
-fn ops_problem(e: OpsError) -> Problem {
+pub(crate) fn ops_problem(e: OpsError) -> Problem {
     match e {
         OpsError::NotFound(m) => Problem::new(StatusCode::NOT_FOUND, "not-found", m),
         OpsError::Conflict(m) => Problem::new(StatusCode::CONFLICT, "conflict", m),
@@ -28,7 +28,7 @@ fn ops_problem(e: OpsError) -> Problem {
 }
 
 /// The site's owner, when the caller may see the site.
-async fn visible(st: &AppState, caller: &auth::Caller, id: Uuid) -> Result<(), Problem> {
+pub(crate) async fn visible(st: &AppState, caller: &auth::Caller, id: Uuid) -> Result<(), Problem> {
     let client = st.pool.get().await.map_err(db_problem)?;
     let row = client
         .query_opt("SELECT owner FROM sites WHERE id = $1", &[&id])

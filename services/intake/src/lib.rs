@@ -10,6 +10,7 @@
 mod auth;
 mod autoscale;
 mod backups;
+mod config_history;
 mod dead_letters;
 mod doc;
 mod fair;
@@ -123,6 +124,11 @@ impl AppState {
         backups::list,
         backups::create,
         backups::restore,
+        config_history::list,
+        config_history::show,
+        config_history::diff,
+        config_history::restore,
+        config_history::restore_status,
         sagas::get_saga,
         sagas::saga_events,
         dead_letters::list,
@@ -152,7 +158,7 @@ impl AppState {
         network::stats,
         openapi
     ),
-    components(schemas(sites::SiteRequest, sites::Accepted, Problem, Whoami))
+    components(schemas(config_history::ConfigRestoreRequest, sites::SiteRequest, sites::Accepted, Problem, Whoami))
 )]
 pub struct ApiDoc;
 
@@ -178,6 +184,23 @@ fn table() -> Vec<(Method, &'static str, Handlers)> {
         (Method::GET, "/v1/sites/{id}/backups", get(backups::list)),
         (Method::POST, "/v1/sites/{id}/backups", post(backups::create)),
         (Method::POST, "/v1/sites/{id}/restores", post(backups::restore)),
+        (Method::GET, "/v1/sites/{id}/config/versions", get(config_history::list)),
+        (
+            Method::GET,
+            "/v1/sites/{id}/config/versions/{version}",
+            get(config_history::show),
+        ),
+        (Method::GET, "/v1/sites/{id}/config/diff", get(config_history::diff)),
+        (
+            Method::POST,
+            "/v1/sites/{id}/config/restores",
+            post(config_history::restore),
+        ),
+        (
+            Method::GET,
+            "/v1/sites/{id}/config/restores/{restore_id}",
+            get(config_history::restore_status),
+        ),
         (Method::GET, "/v1/sagas/{id}", get(sagas::get_saga)),
         (Method::GET, "/v1/sagas/{id}/events", get(sagas::saga_events)),
         (Method::GET, "/v1/dead-letters", get(dead_letters::list)),

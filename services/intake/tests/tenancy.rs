@@ -214,6 +214,23 @@ async fn one_owners_token_reaches_nothing_of_another_owners_on_any_route_and_an_
     )
     .await
     .unwrap();
+    // Two recorded versions of her container's config, and a restore of the first.
+    for (v, memory) in [(1, 512), (2, 1024)] {
+        c.execute(
+            "INSERT INTO config_versions (site_id, version, vmid, node, digest, config, cause)
+             VALUES ($1, $2, $3, 'pve1', 'd', jsonb_build_object('memory', $4::int), 'schedule')",
+            &[&site, &v, &(CT as i32), &memory],
+        )
+        .await
+        .unwrap();
+    }
+    let config_restore = Uuid::now_v7();
+    c.execute(
+        "INSERT INTO config_restores (id, site_id, version, state) VALUES ($1, $2, 1, 'done')",
+        &[&config_restore, &site],
+    )
+    .await
+    .unwrap();
     // alice's own token works on her container: an interface attached (an operation) and a
     // policy set.
     let (status, attached) = f
@@ -278,6 +295,41 @@ async fn one_owners_token_reaches_nothing_of_another_owners_on_any_route_and_an_
         Method::POST,
         "/v1/sites/{id}/restores",
         format!("/v1/sites/{site}/restores"),
+        None,
+        Denied,
+    );
+    case(
+        Method::GET,
+        "/v1/sites/{id}/config/versions",
+        format!("/v1/sites/{site}/config/versions"),
+        None,
+        Denied,
+    );
+    case(
+        Method::GET,
+        "/v1/sites/{id}/config/versions/{version}",
+        format!("/v1/sites/{site}/config/versions/1"),
+        None,
+        Denied,
+    );
+    case(
+        Method::GET,
+        "/v1/sites/{id}/config/diff",
+        format!("/v1/sites/{site}/config/diff?from=1&to=2"),
+        None,
+        Denied,
+    );
+    case(
+        Method::POST,
+        "/v1/sites/{id}/config/restores",
+        format!("/v1/sites/{site}/config/restores"),
+        Some(json!({ "version": 1 })),
+        Denied,
+    );
+    case(
+        Method::GET,
+        "/v1/sites/{id}/config/restores/{restore_id}",
+        format!("/v1/sites/{site}/config/restores/{config_restore}"),
         None,
         Denied,
     );
@@ -597,6 +649,69 @@ async fn one_owners_token_reaches_nothing_of_another_owners_on_any_route_and_an_
         .unwrap()
         .get(0);
     assert_eq!(queued, 1, "one restore asked for and audited, naming the latest backup");
+    // Her config history: two versions, newest first; a diff between them; a version put back
+    // once at a time (no backup service runs here: the request stays queued).
+    let hist = format!("/v1/sites/{site}/config");
+    let (status, list) = f.call(&alice, Method::GET, &format!("{hist}/versions"), None).await;
+    assert_eq!((status, list.as_array().map(Vec::len)), (200, Some(2)), "{list}");
+    assert_eq!(list[0]["version"], 2, "{list}");
+    let (status, d) = f
+        .call(&alice, Method::GET, &format!("{hist}/diff?from=1"), None)
+        .await;
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(
+        d["changes"],
+        json!([{ "key": "memory", "from": "512", "to": "1024" }]),
+        "{d}"
+    );
+    let (status, p) = f
+        .call(&alice, Method::GET, &format!("{hist}/versions/x"), None)
+        .await;
+    assert_eq!((status, p["field"].as_str()), (400, Some("/version")), "{p}");
+    let (status, p) = f
+        .call(&alice, Method::GET, &format!("{hist}/versions/9"), None)
+        .await;
+    assert_eq!(status, 404, "{p}");
+    let (status, p) = f
+        .call(
+            &alice,
+            Method::POST,
+            &format!("{hist}/restores"),
+            Some(&json!({ "version": 9 })),
+        )
+        .await;
+    assert_eq!(status, 404, "{p}");
+    let (status, asked) = f
+        .call(
+            &alice,
+            Method::POST,
+            &format!("{hist}/restores"),
+            Some(&json!({ "version": 1 })),
+        )
+        .await;
+    assert_eq!((status, asked["state"].as_str()), (202, Some("requested")), "{asked}");
+    let (status, p) = f
+        .call(
+            &alice,
+            Method::POST,
+            &format!("{hist}/restores"),
+            Some(&json!({ "version": 1 })),
+        )
+        .await;
+    assert_eq!(status, 409, "{p}");
+    let (status, r) = f
+        .call(
+            &alice,
+            Method::GET,
+            &format!("{hist}/restores/{}", asked["restore_id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!((status, r["state"].as_str(), r["version"].as_i64()), (200, Some("requested"), Some(1)), "{r}");
+    // Ended, as the backup service would end it, so the operator's restore below is taken.
+    c.execute("UPDATE config_restores SET state = 'done' WHERE site_id = $1", &[&site])
+        .await
+        .unwrap();
     // The policy, the interface and the site are untouched by bob.
     let (status, policy) = f.call(&alice, Method::GET, &format!("{ct}/autoscale"), None).await;
     assert_eq!(

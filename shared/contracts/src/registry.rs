@@ -126,7 +126,7 @@ const fn plain_command<M: Message>() -> MessageInfo {
 
 /// Every message type, in a stable order.
 pub fn registry() -> &'static [MessageInfo] {
-    static REGISTRY: [MessageInfo; 75] = [
+    static REGISTRY: [MessageInfo; 78] = [
         plain_command::<SiteProvision>(),
         plain_command::<SiteDeprovision>(),
         event::<SiteProvisioned>(),
@@ -180,6 +180,9 @@ pub fn registry() -> &'static [MessageInfo] {
         event::<BackupRestored>(),
         event::<BackupRestoreFailed>(),
         event::<BackupVerified>(),
+        command::<ConfigRestore>(),
+        event::<ConfigRestored>(),
+        event::<ConfigRestoreFailed>(),
         command::<AppCheck>(),
         event::<AppChecked>(),
         event::<AppCheckFailed>(),

@@ -119,6 +119,17 @@ pub fn fleet_bindings() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)
             vec![
                 (COMMANDS_EXCHANGE, BackupCreate::TYPE),
                 (COMMANDS_EXCHANGE, BackupRestore::TYPE),
+                (COMMANDS_EXCHANGE, ConfigRestore::TYPE),
+                // The configuration history: a version recorded after each change the fleet
+                // makes to a container's config.
+                (EVENTS_EXCHANGE, ContainerCreated::TYPE),
+                (EVENTS_EXCHANGE, ContainerScaled::TYPE),
+                (EVENTS_EXCHANGE, NetAttached::TYPE),
+                (EVENTS_EXCHANGE, NetUpdated::TYPE),
+                (EVENTS_EXCHANGE, NetDetached::TYPE),
+                (EVENTS_EXCHANGE, VnetBound::TYPE),
+                (EVENTS_EXCHANGE, VnetUnbound::TYPE),
+                (EVENTS_EXCHANGE, BackupRestored::TYPE),
             ],
         ),
         (

@@ -114,6 +114,37 @@ pub enum SiteAction {
         #[command(flatten)]
         target: SiteTarget,
     },
+    /// A site's configuration history: its container's PVE config as last recorded (or one
+    /// version), every version with what changed from the one before, the difference between
+    /// two, or a version put back through the digest-guarded config write.
+    Config {
+        /// The site id.
+        id: String,
+        /// Every recorded version, newest first, each with what changed and what made it.
+        #[arg(long, conflicts_with_all = ["diff", "restore", "version"])]
+        history: bool,
+        /// Show this version in full (without: the newest).
+        #[arg(long)]
+        version: Option<u32>,
+        /// What differs from version FROM to version TO (without TO: the newest).
+        #[arg(long, num_args = 1..=2, value_names = ["FROM", "TO"], conflicts_with_all = ["restore", "version"])]
+        diff: Option<Vec<u32>>,
+        /// Put this version back (disks, mount points and `unprivileged` are left as they are).
+        #[arg(long, conflicts_with = "version")]
+        restore: Option<u32>,
+        /// With --restore: wait until it is done and print what was written.
+        #[arg(long, requires = "restore")]
+        wait: bool,
+        /// With --wait: give up waiting after this long, with exit 124 (the work goes on).
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        deadline: std::time::Duration,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// The API.
+        #[command(flatten)]
+        target: SiteTarget,
+    },
     /// A site's backups, newest first: kind, state, volume, size, when taken, verification.
     Backups {
         /// The site id.

@@ -15,6 +15,7 @@ mod saga;
 mod secrets;
 mod sim;
 mod site;
+mod site_config;
 mod token;
 mod topology;
 

@@ -63,7 +63,7 @@ pub(crate) async fn problem(resp: reqwest::Response) -> ExitCode {
 
 /// `GET PATH` on intake with the target's token: the JSON answer, or the exit code of the
 /// problem it printed.
-async fn get_json(target: &SiteTarget, path: &str) -> anyhow::Result<Result<Value, ExitCode>> {
+pub(crate) async fn get_json(target: &SiteTarget, path: &str) -> anyhow::Result<Result<Value, ExitCode>> {
     let token = token(target)?;
     let resp = http()?
         .get(format!("{}{path}", target.url()))
@@ -179,6 +179,25 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
                 .json(&serde_json::json!({ "volid": from }));
             start_saga(&c, req, &target, &id, "restoring", wait, deadline).await
         }
+        SiteAction::Config {
+            id,
+            history,
+            version,
+            diff,
+            restore,
+            wait,
+            deadline,
+            json,
+            target,
+        } => {
+            let what = match (history, diff, restore) {
+                (true, _, _) => super::site_config::Show::History,
+                (_, Some(d), _) => super::site_config::Show::Diff(d[0], d.get(1).copied()),
+                (_, _, Some(v)) => super::site_config::Show::Restore { version: v, wait, deadline },
+                _ => super::site_config::Show::Version(version),
+            };
+            super::site_config::run(&id, what, json, &target).await
+        }
         SiteAction::Backups { id, json, target } => {
             let rows = match get_json(&target, &format!("/v1/sites/{id}/backups")).await? {
                 Ok(v) => v,
@@ -226,7 +245,7 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
 
 /// Sends `req` to intake with the token: its accepted answer and the token, or the exit code
 /// of the problem it answered (printed).
-async fn send_accepted(
+pub(crate) async fn send_accepted(
     req: reqwest::RequestBuilder,
     target: &SiteTarget,
 ) -> anyhow::Result<Result<(Value, String), ExitCode>> {

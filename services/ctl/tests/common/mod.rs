@@ -21,6 +21,8 @@ pub struct Dev {
     pub home: PathBuf,
     /// Intake's address, `http://127.0.0.1:PORT`.
     pub api: String,
+    /// pvesim's address, `http://127.0.0.1:PORT` (its control API under `/_sim`).
+    pub sim: String,
     env: Vec<(String, String)>,
     _vhost: TestVhost,
     _db: TestDb,
@@ -55,11 +57,14 @@ impl Dev {
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut api = None;
+        let (mut api, mut sim) = (None, None);
         for _ in 0..20 {
             let Some(Ok(line)) = lines.next() else { break };
             if let Some(rest) = line.trim().strip_prefix("intake") {
                 api = rest.split_whitespace().next().map(str::to_string);
+            }
+            if let Some(rest) = line.trim().strip_prefix("pvesim") {
+                sim = rest.split_whitespace().next().map(str::to_string);
             }
             if line.contains("Stop with ctrl-c") {
                 break;
@@ -69,6 +74,7 @@ impl Dev {
             child: Some(child),
             home,
             api: api.expect("dev prints the intake address"),
+            sim: sim.expect("dev prints pvesim's address"),
             env,
             _vhost: vhost,
             _db: db,

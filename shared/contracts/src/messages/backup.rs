@@ -221,3 +221,74 @@ event!(
         error: Some("restore: unable to restore CT 999999900 - damaged archive".into()),
     }
 );
+
+/// Put a site's container config back as one recorded version of its configuration history
+/// was, through the digest-guarded config write (disks, mount points and `unprivileged` are
+/// left as they are: a config write cannot change them safely).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConfigRestore {
+    /// The site.
+    pub site_id: SiteId,
+    /// The site's container when asked.
+    pub vmid: Vmid,
+    /// The version to put back.
+    pub version: u32,
+    /// The request (`config_restores`): audit rows and the answer name it.
+    pub restore_id: Uuid,
+}
+impl MaybeVmid for ConfigRestore {
+    fn vmid_opt(&self) -> Option<Vmid> {
+        Some(self.vmid)
+    }
+}
+command!(
+    ConfigRestore,
+    "config.restore",
+    "Put a site's container config back as a recorded version was.",
+    ConfigRestoreFailed,
+    ConfigRestore {
+        site_id: example_site(),
+        vmid: Vmid(123),
+        version: 3,
+        restore_id: Uuid::from_u128(0x0193_0c5e_7a10_7000_8000_0000_0000_00d1),
+    }
+);
+
+/// A site's container config was put back as a recorded version was.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConfigRestored {
+    /// The site.
+    pub site_id: SiteId,
+    /// The container.
+    pub vmid: Vmid,
+    /// The request.
+    pub restore_id: Uuid,
+    /// The version put back.
+    pub version: u32,
+    /// The version recorded once it was written.
+    pub recorded_version: u32,
+    /// The keys written or deleted.
+    pub changed: Vec<String>,
+    /// Those PVE left pending until the container restarts.
+    #[serde(default)]
+    pub pending: Vec<String>,
+}
+event!(
+    ConfigRestored,
+    "config.restored",
+    "A site's container config was put back as a recorded version was.",
+    ConfigRestored {
+        site_id: example_site(),
+        vmid: Vmid(123),
+        restore_id: Uuid::from_u128(0x0193_0c5e_7a10_7000_8000_0000_0000_00d1),
+        version: 3,
+        recorded_version: 6,
+        changed: vec!["memory".into(), "net1".into()],
+        pending: Vec::new(),
+    }
+);
+failed_event!(
+    ConfigRestoreFailed,
+    "config.restore_failed",
+    "Putting a container config back failed."
+);

@@ -38,6 +38,13 @@ pub struct BackupSettings {
     pub verify_bridge: String,
     /// Where the scratch container's disks go; empty: where the archive says.
     pub verify_storage: String,
+    /// How often every fleet container's config is read and recorded when it changed (changes
+    /// the fleet makes are recorded as their events arrive; this pass catches the rest).
+    #[serde(with = "humantime_serde")]
+    pub config_interval: Duration,
+    /// How long config versions are kept (a site's newest is always kept).
+    #[serde(with = "humantime_serde")]
+    pub config_retention: Duration,
 }
 
 impl Default for BackupSettings {
@@ -51,6 +58,8 @@ impl Default for BackupSettings {
             verify_vmid: 999_999_900,
             verify_bridge: String::new(),
             verify_storage: String::new(),
+            config_interval: Duration::from_secs(3600),
+            config_retention: Duration::from_secs(30 * 86_400),
         }
     }
 }
