@@ -6,7 +6,8 @@
 //! `backup.restored`: the config is read again and compared), and by a pass every
 //! `backup.config_interval` over every site's container, which also catches what an operator
 //! changed by hand. A config that is the same as the newest version only marks that version
-//! checked. Versions older than `backup.config_retention` are removed, a site's newest never.
+//! checked (snapshots and locks are PVE's bookkeeping, not configuration: they make no
+//! version). Versions older than `backup.config_retention` are removed, a site's newest never.
 //!
 //! `config.restore` puts a version back through the same digest-guarded write the autoscaler
 //! and nethotplug use: under the vmid lock, the keys that differ are written and those the
@@ -37,6 +38,10 @@ use crate::{Backup, jobs};
 
 /// The advisory lock class under which one site's next version is written.
 const RECORD_CLASS: i32 = 0x0bac_0003;
+
+/// Keys PVE's answer carries that are bookkeeping, not configuration: a snapshot sets `parent`,
+/// a running backup or migration `lock`. They are not recorded, so they make no version.
+const BOOKKEEPING: &[&str] = &["lock", "parent"];
 
 /// How often a restore reads again after PVE refused its write for a concurrent change.
 const WRITE_ATTEMPTS: usize = 5;
@@ -113,6 +118,9 @@ pub async fn store(
     cause_ref: Option<&str>,
 ) -> Result<Option<Recorded>, tokio_postgres::Error> {
     let digest = config.remove("digest").map(|d| text(&d)).unwrap_or_default();
+    for key in BOOKKEEPING {
+        config.remove(*key);
+    }
     let tx = db.transaction().await?;
     tx.execute(
         "SELECT pg_advisory_xact_lock($1, hashtext($2))",
@@ -376,7 +384,11 @@ fn version_row(r: &tokio_postgres::Row, with_config: bool) -> VersionRow {
 const VERSION_COLUMNS: &str = "version, vmid, node, cause, cause_ref, recorded_at, checked_at, changes, config";
 
 /// A site's versions, newest first, at most `limit`.
-pub async fn versions(db: &impl tokio_postgres::GenericClient, site: Uuid, limit: i64) -> Result<Vec<VersionRow>, tokio_postgres::Error> {
+pub async fn versions(
+    db: &impl tokio_postgres::GenericClient,
+    site: Uuid,
+    limit: i64,
+) -> Result<Vec<VersionRow>, tokio_postgres::Error> {
     Ok(db
         .query(
             &format!("SELECT {VERSION_COLUMNS} FROM config_versions WHERE site_id = $1 ORDER BY version DESC LIMIT $2"),
@@ -489,7 +501,12 @@ impl Backup {
             .await
             .map_err(HandlerError::retry)?
             .and_then(|v| v.config)
-            .ok_or_else(|| fail("config.version_missing", format!("site {site} has no config version {}", cmd.version)))?;
+            .ok_or_else(|| {
+                fail(
+                    "config.version_missing",
+                    format!("site {site} has no config version {}", cmd.version),
+                )
+            })?;
         drop(db);
         let vmid = cmd.vmid.0;
         let node = me
@@ -505,10 +522,10 @@ impl Backup {
         for _ in 0..WRITE_ATTEMPTS {
             let mut now = me.pve.lxc_config(&node, vmid, false).await?;
             let digest = now.remove("digest").map(|d| text(&d));
-            let plan: Vec<Change> = diff(&now, &target)
-                .into_iter()
-                .filter(|c| restorable(&c.key))
-                .collect();
+            for key in BOOKKEEPING {
+                now.remove(*key);
+            }
+            let plan: Vec<Change> = diff(&now, &target).into_iter().filter(|c| restorable(&c.key)).collect();
             changed = plan.iter().map(|c| c.key.clone()).collect();
             if plan.is_empty() {
                 written = true;
@@ -547,8 +564,16 @@ impl Backup {
             .filter(|p| (p.pending.is_some() || p.delete == Some(true)) && changed.contains(&p.key))
             .map(|p| p.key)
             .collect();
-        let recorded = record(&me.pve, &me.pool, site, vmid, &node, "config.restore", Some(&cmd.restore_id.to_string()))
-            .await?;
+        let recorded = record(
+            &me.pve,
+            &me.pool,
+            site,
+            vmid,
+            &node,
+            "config.restore",
+            Some(&cmd.restore_id.to_string()),
+        )
+        .await?;
         let recorded_version = match recorded {
             Some(r) => r.version,
             None => version(&**me.pool.get().await.map_err(HandlerError::retry)?, site, None)
@@ -577,7 +602,13 @@ impl Backup {
         let site = cmd.site_id.as_uuid();
         let db = self.inner.pool.get().await.map_err(HandlerError::retry)?;
         let (state, result, changed, pending, error) = match done {
-            Ok(d) => ("done", Some(d.recorded_version as i32), json!(d.changed), json!(d.pending), None),
+            Ok(d) => (
+                "done",
+                Some(d.recorded_version as i32),
+                json!(d.changed),
+                json!(d.pending),
+                None,
+            ),
             Err(e) => ("failed", None, json!([]), json!([]), Some(e.message.clone())),
         };
         db.execute(
@@ -672,10 +703,31 @@ mod tests {
 
     #[test]
     fn a_restore_leaves_disks_and_creation_only_keys_alone() {
-        for key in ["rootfs", "mp0", "mp12", "unused3", "unprivileged", "digest", "lock", "lxc", "parent"] {
+        for key in [
+            "rootfs",
+            "mp0",
+            "mp12",
+            "unused3",
+            "unprivileged",
+            "digest",
+            "lock",
+            "lxc",
+            "parent",
+        ] {
             assert!(!restorable(key), "{key}");
         }
-        for key in ["memory", "cores", "swap", "net0", "net11", "tags", "hostname", "mpx", "description", "onboot"] {
+        for key in [
+            "memory",
+            "cores",
+            "swap",
+            "net0",
+            "net11",
+            "tags",
+            "hostname",
+            "mpx",
+            "description",
+            "onboot",
+        ] {
             assert!(restorable(key), "{key}");
         }
     }

@@ -384,7 +384,10 @@ pub async fn restore_config(
 ) -> Result<Uuid, OpsError> {
     let tx = db.transaction().await?;
     let found = tx
-        .query_opt("SELECT state, owner, vmid FROM sites WHERE id = $1 FOR UPDATE", &[&site])
+        .query_opt(
+            "SELECT state, owner, vmid FROM sites WHERE id = $1 FOR UPDATE",
+            &[&site],
+        )
         .await?
         .ok_or_else(|| OpsError::NotFound(format!("No site {site}.")))?;
     let (state, owner, vmid): (String, String, Option<i32>) = (found.get(0), found.get(1), found.get(2));
@@ -401,7 +404,9 @@ pub async fn restore_config(
         .await?
         .is_some();
     if !exists {
-        return Err(OpsError::NotFound(format!("Site {site} has no config version {version}.")));
+        return Err(OpsError::NotFound(format!(
+            "Site {site} has no config version {version}."
+        )));
     }
     let busy = tx
         .query_opt(

@@ -611,3 +611,170 @@ async fn a_verification_restores_probes_and_cleans_up_and_a_corrupt_backup_is_re
     shutdown.cancel();
     notifier.await.unwrap().unwrap();
 }
+
+/// The config versions of a site: (version, cause, changed keys), oldest first.
+async fn versions(r: &Rig, site: Uuid) -> Vec<(i32, String, Vec<String>)> {
+    let db = r.pool.get().await.unwrap();
+    let mut v: Vec<_> = pvefleet_backup::history::versions(&**db, site, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| {
+            (
+                v.version,
+                v.cause,
+                v.changes.into_iter().map(|c| c.key).collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    v.reverse();
+    v
+}
+
+async fn restore_row(r: &Rig, site: Uuid, id: Uuid, want: &[&str]) -> pvefleet_backup::history::RestoreRow {
+    let db = r.pool.get().await.unwrap();
+    pvefleet_testkit::eventually(Duration::from_secs(20), || async {
+        pvefleet_backup::history::restore_row(&**db, site, id)
+            .await
+            .unwrap()
+            .filter(|x| want.contains(&x.state.as_str()))
+    })
+    .await
+    .unwrap_or_else(|| panic!("config restore {id} never reached {want:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_pass_records_hand_edits_only_and_a_restore_survives_a_concurrent_change() {
+    let r = rig().await;
+    let site = r.site(10010, "pve1", "gamma").await;
+    let day = Duration::from_secs(DAY);
+    let pass = |expect: usize| {
+        let (pve, pool) = (r.pve.clone(), r.pool.clone());
+        async move {
+            let out = pvefleet_backup::history::record_all(&pve, &pool, 30 * day)
+                .await
+                .unwrap();
+            assert_eq!((out.checked, out.recorded, out.failed), (1, expect, 0), "{out:?}");
+            out
+        }
+    };
+    pass(1).await;
+    assert_eq!(versions(&r, site).await, vec![(1, "schedule".into(), vec![])]);
+    // Unchanged, and a snapshot (it changes PVE's digest, not the config): no new version.
+    pass(0).await;
+    r.pve.lxc_snapshot_create("pve1", 10010, "before", None).await.unwrap();
+    pass(0).await;
+    // An operator's own edit: memory changed and an interface added by hand.
+    r.pve
+        .lxc_set_config(
+            "pve1",
+            10010,
+            Params::new()
+                .set("memory", 2048)
+                .set("net1", "name=eth1,bridge=vmbr0,ip=dhcp,type=veth"),
+            None,
+        )
+        .await
+        .unwrap();
+    pass(1).await;
+    assert_eq!(
+        versions(&r, site).await[1],
+        (2, "schedule".into(), vec!["memory".to_string(), "net1".to_string()])
+    );
+    let v1 = {
+        let db = r.pool.get().await.unwrap();
+        pvefleet_backup::history::version(&**db, site, Some(1))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+
+    // Version 1 put back through the worker; PVE first refuses the write as the file changed
+    // under it (another worker's write), and the restore reads again and writes.
+    r.sim.inject(
+        serde_json::from_value(serde_json::json!({
+            "path": "/nodes/pve1/lxc/10010/config", "method": "PUT", "status": 500,
+            "message": "detected modified configuration - file changed by other user? Try again.", "count": 1
+        }))
+        .unwrap(),
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let settings: &'static pvefleet_core::Settings = Box::leak(Box::new(r.settings.clone()));
+    let service = tokio::spawn(pvefleet_backup::run(settings, r.pool.clone(), None, shutdown.clone()));
+    let _publisher = pvefleet_testkit::broker::fleet_publisher(&r.settings).await.unwrap();
+    let mut client = tokio_postgres::connect(r.settings.db.url.expose(), tokio_postgres::NoTls)
+        .await
+        .map(|(c, conn)| {
+            tokio::spawn(conn);
+            c
+        })
+        .unwrap();
+    let actor = Actor::cli();
+    let id = ops::restore_config(&mut client, &actor, site, 1).await.unwrap();
+    let done = restore_row(&r, site, id, &["done", "failed"]).await;
+    assert_eq!(done.state, "done", "{done:?}");
+    assert_eq!(done.changed, ["memory", "net1"]);
+    assert_eq!(done.result_version, Some(3));
+    // Refused once, then written in one PUT with the digest read again: the keys to write and
+    // the keys to delete together.
+    let puts: Vec<_> = r
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|q| q.method == "PUT" && q.path == "/nodes/pve1/lxc/10010/config")
+        .collect();
+    assert_eq!(
+        puts.len(),
+        3,
+        "the hand edit, the refused write and the write: {puts:?}"
+    );
+    let last = &puts[2].params;
+    assert!(
+        last.iter().any(|(k, v)| k == "delete" && v == "memory,net1"),
+        "{last:?}"
+    );
+    assert!(last.iter().any(|(k, _)| k == "digest"), "{last:?}");
+    let text = r.sim.config_text(10010).unwrap();
+    let main: Vec<&str> = text.lines().take_while(|l| !l.starts_with('[')).collect();
+    assert!(!main.iter().any(|l| l.starts_with("net1:")), "{text}");
+    // Version 1 had no memory key (PVE's default): the key is deleted, not written.
+    assert!(v1.config.as_ref().unwrap().get("memory").is_none(), "{v1:?}");
+    assert!(!main.iter().any(|l| l.starts_with("memory:")), "{text}");
+    assert_eq!(
+        versions(&r, site).await[2],
+        (
+            3,
+            "config.restore".into(),
+            vec!["memory".to_string(), "net1".to_string()]
+        )
+    );
+    assert_eq!(r.audit("config.restore").await, 1);
+    assert_eq!(r.audit("site.config_restore").await, 1);
+    // Versions past the retention go, the newest stays however old.
+    let db = r.pool.get().await.unwrap();
+    db.execute(
+        "UPDATE config_versions SET recorded_at = now() - interval '40 days' WHERE site_id = $1",
+        &[&site],
+    )
+    .await
+    .unwrap();
+    let out = pass(0).await;
+    assert_eq!(out.removed, 2);
+    assert_eq!(versions(&r, site).await.iter().map(|v| v.0).collect::<Vec<_>>(), [3]);
+    // A version that is gone is refused; a container that is gone fails the restore, saying so.
+    assert!(matches!(
+        ops::restore_config(&mut client, &actor, site, 1).await,
+        Err(ops::OpsError::NotFound(_))
+    ));
+    r.pve.lxc_power("pve1", 10010, "stop", Params::new()).await.ok();
+    r.pve.lxc_destroy("pve1", 10010, true, true).await.unwrap();
+    let id = ops::restore_config(&mut client, &actor, site, 3).await.unwrap();
+    let failed = restore_row(&r, site, id, &["failed", "done"]).await;
+    assert_eq!(failed.state, "failed", "{failed:?}");
+    assert!(
+        failed.error.as_deref().unwrap_or_default().contains("does not exist"),
+        "{failed:?}"
+    );
+    shutdown.cancel();
+    service.await.unwrap().unwrap();
+}

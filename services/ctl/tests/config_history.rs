@@ -18,7 +18,12 @@ use serde_json::Value;
 
 async fn json(dev: &Dev, args: &[&str]) -> Value {
     let out = dev.cli(args).await;
-    assert!(out.status.success(), "{args:?}: {}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {}", text(&out.stdout)))
 }
 
@@ -88,7 +93,15 @@ async fn an_autoscaler_and_a_nethotplug_change_are_recorded_with_diffs_and_a_res
         .unwrap();
     assert!(resp.status().is_success(), "{:?}", resp.text().await);
     let out = dev
-        .cli(&["autoscale", "policy", "set", "--vmid", &vmid, "--json", r#"{"enabled": true}"#])
+        .cli(&[
+            "autoscale",
+            "policy",
+            "set",
+            "--vmid",
+            &vmid,
+            "--json",
+            r#"{"enabled": true}"#,
+        ])
         .await;
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
     let (scaled, _) = version_for(&dev, &site, "container.scaled").await;
@@ -98,10 +111,22 @@ async fn an_autoscaler_and_a_nethotplug_change_are_recorded_with_diffs_and_a_res
         .iter()
         .find(|c| c["key"] == "memory")
         .unwrap_or_else(|| panic!("the memory change: {scaled:#}"));
-    assert_eq!((memory["from"].as_str(), memory["to"].as_str()), (Some("1024"), Some("1536")), "{scaled:#}");
+    assert_eq!(
+        (memory["from"].as_str(), memory["to"].as_str()),
+        (Some("1024"), Some("1536")),
+        "{scaled:#}"
+    );
     // Let out again before the restore, so nothing scales it back meanwhile.
     let out = dev
-        .cli(&["autoscale", "policy", "set", "--vmid", &vmid, "--json", r#"{"enabled": false}"#])
+        .cli(&[
+            "autoscale",
+            "policy",
+            "set",
+            "--vmid",
+            &vmid,
+            "--json",
+            r#"{"enabled": false}"#,
+        ])
         .await;
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
 
@@ -128,7 +153,10 @@ async fn an_autoscaler_and_a_nethotplug_change_are_recorded_with_diffs_and_a_res
     let out = dev.cli(&["site", "config", &site, "--history"]).await;
     let listed = text(&out.stdout);
     assert!(out.status.success(), "{listed}");
-    assert!(listed.contains("- memory: 1024") && listed.contains("+ memory: 1536"), "{listed}");
+    assert!(
+        listed.contains("- memory: 1024") && listed.contains("+ memory: 1536"),
+        "{listed}"
+    );
     assert!(listed.contains(&format!("+ net1: {line}")), "{listed}");
     let d = json(&dev, &["site", "config", &site, "--diff", "1", "--json"]).await;
     let changed = keys(&d["changes"]);
@@ -137,19 +165,30 @@ async fn an_autoscaler_and_a_nethotplug_change_are_recorded_with_diffs_and_a_res
     // Version 1 put back: the memory written and the interface deleted, in one guarded write.
     let done = json(&dev, &["site", "config", &site, "--restore", "1", "--wait", "--json"]).await;
     assert_eq!(done["state"], "done", "{done:#}");
-    let written: Vec<&str> = done["changed"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect();
+    let written: Vec<&str> = done["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
     assert!(written.contains(&"memory") && written.contains(&"net1"), "{done:#}");
-    // The version recorded after the restore is PVE's config read back: version 1's, but for
-    // what a config write leaves alone (the snapshot the provisioning saga took is `parent`).
+    // The version recorded after the restore is PVE's config read back: version 1's again.
     let (after, _) = version_for(&dev, &site, "config.restore").await;
     assert_eq!(after["version"], done["result_version"], "{after:#}");
     let d = json(
         &dev,
-        &["site", "config", &site, "--diff", "1", &after["version"].to_string(), "--json"],
+        &[
+            "site",
+            "config",
+            &site,
+            "--diff",
+            "1",
+            &after["version"].to_string(),
+            "--json",
+        ],
     )
     .await;
-    let left = keys(&d["changes"]);
-    assert!(left.iter().all(|k| *k == "parent"), "only what a restore leaves alone differs: {d:#}");
+    assert_eq!(d["changes"], serde_json::json!([]), "{d:#}");
     let now = json(&dev, &["site", "config", &site, "--json"]).await;
     assert_eq!(now["config"]["memory"].to_string().trim_matches('"'), "1024", "{now:#}");
     assert!(now["config"].get("net1").is_none(), "{now:#}");
@@ -157,7 +196,11 @@ async fn an_autoscaler_and_a_nethotplug_change_are_recorded_with_diffs_and_a_res
     // Refusals name what is wrong.
     let out = dev.cli(&["site", "config", &site, "--restore", "99"]).await;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("no config version 99"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no config version 99"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = dev.cli(&["site", "config", &site, "--diff", "1", "99"]).await;
     assert!(!out.status.success());
 }

@@ -168,6 +168,12 @@ pub(crate) async fn restore_status(
     let row = history::restore_row(&**client, id, rid)
         .await
         .map_err(db_problem)?
-        .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "not-found", format!("No config restore {rid} of site {id}.")))?;
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                format!("No config restore {rid} of site {id}."),
+            )
+        })?;
     Ok(axum::Json(row).into_response())
 }

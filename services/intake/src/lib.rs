@@ -158,7 +158,13 @@ impl AppState {
         network::stats,
         openapi
     ),
-    components(schemas(config_history::ConfigRestoreRequest, sites::SiteRequest, sites::Accepted, Problem, Whoami))
+    components(schemas(
+        config_history::ConfigRestoreRequest,
+        sites::SiteRequest,
+        sites::Accepted,
+        Problem,
+        Whoami
+    ))
 )]
 pub struct ApiDoc;
 

@@ -655,22 +655,16 @@ async fn one_owners_token_reaches_nothing_of_another_owners_on_any_route_and_an_
     let (status, list) = f.call(&alice, Method::GET, &format!("{hist}/versions"), None).await;
     assert_eq!((status, list.as_array().map(Vec::len)), (200, Some(2)), "{list}");
     assert_eq!(list[0]["version"], 2, "{list}");
-    let (status, d) = f
-        .call(&alice, Method::GET, &format!("{hist}/diff?from=1"), None)
-        .await;
+    let (status, d) = f.call(&alice, Method::GET, &format!("{hist}/diff?from=1"), None).await;
     assert_eq!(status, 200, "{d}");
     assert_eq!(
         d["changes"],
         json!([{ "key": "memory", "from": "512", "to": "1024" }]),
         "{d}"
     );
-    let (status, p) = f
-        .call(&alice, Method::GET, &format!("{hist}/versions/x"), None)
-        .await;
+    let (status, p) = f.call(&alice, Method::GET, &format!("{hist}/versions/x"), None).await;
     assert_eq!((status, p["field"].as_str()), (400, Some("/version")), "{p}");
-    let (status, p) = f
-        .call(&alice, Method::GET, &format!("{hist}/versions/9"), None)
-        .await;
+    let (status, p) = f.call(&alice, Method::GET, &format!("{hist}/versions/9"), None).await;
     assert_eq!(status, 404, "{p}");
     let (status, p) = f
         .call(
@@ -707,7 +701,11 @@ async fn one_owners_token_reaches_nothing_of_another_owners_on_any_route_and_an_
             None,
         )
         .await;
-    assert_eq!((status, r["state"].as_str(), r["version"].as_i64()), (200, Some("requested"), Some(1)), "{r}");
+    assert_eq!(
+        (status, r["state"].as_str(), r["version"].as_i64()),
+        (200, Some("requested"), Some(1)),
+        "{r}"
+    );
     // Ended, as the backup service would end it, so the operator's restore below is taken.
     c.execute("UPDATE config_restores SET state = 'done' WHERE site_id = $1", &[&site])
         .await

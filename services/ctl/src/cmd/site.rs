@@ -193,7 +193,11 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
             let what = match (history, diff, restore) {
                 (true, _, _) => super::site_config::Show::History,
                 (_, Some(d), _) => super::site_config::Show::Diff(d[0], d.get(1).copied()),
-                (_, _, Some(v)) => super::site_config::Show::Restore { version: v, wait, deadline },
+                (_, _, Some(v)) => super::site_config::Show::Restore {
+                    version: v,
+                    wait,
+                    deadline,
+                },
                 _ => super::site_config::Show::Version(version),
             };
             super::site_config::run(&id, what, json, &target).await

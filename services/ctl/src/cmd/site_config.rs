@@ -20,7 +20,11 @@ pub(crate) enum Show {
     /// From one version to another (`None`: the newest).
     Diff(u32, Option<u32>),
     /// Put a version back.
-    Restore { version: u32, wait: bool, deadline: Duration },
+    Restore {
+        version: u32,
+        wait: bool,
+        deadline: Duration,
+    },
 }
 
 /// One change, as `-`/`+` lines (a key added has no `-`, one removed no `+`).
@@ -183,7 +187,14 @@ async fn restore(
                         r["result_version"]
                     );
                     let changed = list("changed");
-                    println!("written: {}", if changed.is_empty() { "nothing (it was the same)".into() } else { changed });
+                    println!(
+                        "written: {}",
+                        if changed.is_empty() {
+                            "nothing (it was the same)".into()
+                        } else {
+                            changed
+                        }
+                    );
                     let pending = list("pending");
                     if !pending.is_empty() {
                         println!("pending until the container restarts: {pending}");
