@@ -348,6 +348,7 @@ pub async fn restore(
         site_id: SiteId(site),
         volid: Some(chosen.clone()),
         requested_by: Some(actor.name.clone()),
+        clone_of: None,
     };
     let origin = Origin {
         correlation_id: Some(saga),
@@ -450,4 +451,104 @@ pub async fn restore_config(
     .await?;
     tx.commit().await?;
     Ok(id)
+}
+
+/// Clones a site from one of its backups into a new site beside it (`restore` saga, the
+/// clone way): a new site is recorded `requested` with its own subdomain (none given:
+/// `<subdomain>-clone`), the same owner and spec, and `site.restore` names the site it is
+/// cloned from. Checked as a new site is: the subdomain a DNS label no live site holds, the
+/// owner under `max_sites` (`saga.max_sites_per_owner`). Answers the saga and the new site.
+pub async fn clone_site(
+    db: &mut tokio_postgres::Client,
+    actor: &Actor,
+    site: Uuid,
+    volid: Option<&str>,
+    subdomain: Option<&str>,
+    max_sites: u32,
+) -> Result<(Uuid, Uuid), OpsError> {
+    let tx = db.transaction().await?;
+    let found = tx
+        .query_opt(
+            "SELECT state, owner, subdomain, spec FROM sites WHERE id = $1",
+            &[&site],
+        )
+        .await?
+        .ok_or_else(|| OpsError::NotFound(format!("No site {site}.")))?;
+    let (state, owner, from_sub, mut spec): (String, String, String, serde_json::Value) =
+        (found.get(0), found.get(1), found.get(2), found.get(3));
+    let subdomain = subdomain.map_or_else(|| format!("{from_sub}-clone"), str::to_string);
+    let refused = |i: pvefleet_policy::Invalid| {
+        OpsError::Invalid(Invalid {
+            field: "subdomain",
+            why: i.reason,
+        })
+    };
+    pvefleet_policy::site::label(&subdomain).map_err(refused)?;
+    let clone = Uuid::now_v7();
+    // One clone of a subdomain at a time, as one site creation.
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&subdomain])
+        .await?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext('owner:' || $1))", &[&owner])
+        .await?;
+    let sql: &dyn pvefleet_core::db::Sql = &tx;
+    if let Some(taken) = pvefleet_policy::site::subdomain_taken(sql, &subdomain, clone).await? {
+        return Err(OpsError::Conflict(taken.reason));
+    }
+    if let Some(over) = pvefleet_policy::site::over_quota(sql, &owner, clone, max_sites).await? {
+        return Err(OpsError::Conflict(over.reason));
+    }
+    let backup = tx
+        .query_opt(
+            "SELECT volid FROM backups
+             WHERE site_id = $1 AND state = 'ok' AND volid IS NOT NULL
+               AND (volid = $2 OR ($2::text IS NULL AND kind <> 'pre_restore'))
+             ORDER BY taken_at DESC NULLS LAST, created_at DESC LIMIT 1",
+            &[&site, &volid],
+        )
+        .await?;
+    let Some(backup) = backup else {
+        return Err(match volid {
+            Some(v) => OpsError::NotFound(format!("Site {site} has no kept backup '{v}'.")),
+            None => OpsError::Conflict(format!("Site {site} has no backup to clone.")),
+        });
+    };
+    let chosen: String = backup.get(0);
+    if let Some(o) = spec.as_object_mut() {
+        o.insert("site_id".into(), json!(clone));
+        o.insert("subdomain".into(), json!(subdomain));
+    }
+    tx.execute(
+        "INSERT INTO sites (id, subdomain, owner, state, spec, backup_policy)
+         SELECT $1, $2, owner, 'requested', $3, backup_policy FROM sites WHERE id = $4",
+        &[&clone, &subdomain, &spec, &site],
+    )
+    .await?;
+    let saga = Uuid::now_v7();
+    let cmd = SiteRestore {
+        site_id: SiteId(clone),
+        volid: Some(chosen.clone()),
+        requested_by: Some(actor.name.clone()),
+        clone_of: Some(SiteId(site)),
+    };
+    let origin = Origin {
+        correlation_id: Some(saga),
+        app_id: Some("backup".into()),
+        ..Origin::default()
+    };
+    pvefleet_core::db::outbox::enqueue(&tx, &Outgoing::message(&cmd, &origin)?).await?;
+    tx.execute(
+        "INSERT INTO accepted_sagas (saga_id, kind, site_id, owner) VALUES ($1, 'restore', $2, $3)",
+        &[&saga, &clone, &owner],
+    )
+    .await?;
+    audit::record(
+        &tx,
+        actor,
+        &Entry::new("site.clone", site.to_string())
+            .owner(owner)
+            .detail(json!({ "saga": saga, "volid": chosen, "clone": clone, "subdomain": subdomain, "was": state })),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((saga, clone))
 }

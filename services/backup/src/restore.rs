@@ -84,10 +84,12 @@ impl Backup {
                 }
             },
         };
-        let extra = Params::new().opt("storage", cmd.storage.as_deref());
+        let extra = Params::new()
+            .opt("storage", cmd.storage.as_deref())
+            .opt("hostname", cmd.hostname.as_deref());
         if let Err(e) = me
             .pve
-            .lxc_restore(&node, vmid, &cmd.volid, found.is_some(), false, extra)
+            .lxc_restore(&node, vmid, &cmd.volid, found.is_some(), cmd.unique, extra)
             .await
         {
             if e.is_transient() {
@@ -102,7 +104,9 @@ impl Backup {
             .and_then(|t| t.as_str())
             .unwrap_or_default()
             .split([';', ',', ' '])
-            .filter(|t| !t.is_empty() && *t != HOLD_TAG)
+            // A container has the one site tag the command gives: a clone's archive carries
+            // the tag of the site it was cloned from.
+            .filter(|t| !t.is_empty() && *t != HOLD_TAG && !t.starts_with("site-"))
             .map(str::to_string)
             .collect();
         let mut tags = archived;

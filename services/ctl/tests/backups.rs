@@ -104,6 +104,41 @@ async fn a_site_is_backed_up_on_demand_by_policy_and_before_it_is_deleted_all_fr
         restored.contains("backup.restore") && restored.contains("site shop is active"),
         "{restored}"
     );
+    // A clone of that backup beside the site: a new site, followed to its end.
+    let out = dev
+        .cli(&[
+            "site",
+            "restore",
+            &site,
+            "--from",
+            &volid,
+            "--clone",
+            "--subdomain",
+            "shop-copy",
+            "--wait",
+        ])
+        .await;
+    let cloned = text(&out.stdout);
+    assert!(out.status.success(), "{cloned}{}", text(&out.stderr));
+    assert!(
+        cloned.contains(&format!("(a clone of {site}) restoring")) && cloned.contains("site shop-copy is active"),
+        "{cloned}"
+    );
+    let out = dev.cli(&["site", "list"]).await;
+    let listed = text(&out.stdout);
+    assert!(
+        listed.lines().filter(|l| l.contains(" active ")).count() == 2,
+        "both sites active: {listed}"
+    );
+    let out = dev
+        .cli(&["site", "restore", &site, "--latest", "--subdomain", "x"])
+        .await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "--subdomain needs --clone: {}",
+        text(&out.stderr)
+    );
 
     // The deletion backs the site up first; the final backup stays, protected.
     let out = dev.cli(&["site", "delete", &site, "--wait"]).await;

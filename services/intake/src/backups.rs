@@ -85,11 +85,19 @@ pub(crate) struct RestoreRequest {
     /// The backup volume, as the list shows it; absent: the site's latest kept backup.
     #[serde(default)]
     volid: Option<String>,
+    /// Restore into a new site beside this one (a clone), leaving this one untouched.
+    #[serde(default)]
+    clone: bool,
+    /// The clone's subdomain; absent: `<subdomain>-clone`. Only with `clone`.
+    #[serde(default)]
+    subdomain: Option<String>,
 }
 
 /// Restore a site from one of its backups, as a saga: an active site is backed up first and
 /// restored in place (put back as it was if any step fails); a deleted site comes back in a
-/// new container with its address, DNS record and route. Answers 202 with the saga to follow.
+/// new container with its address, DNS record and route. With `clone`, the backup becomes a
+/// new site beside this one (its own subdomain, container, address, record and route), and
+/// this one is not touched. Answers 202 with the saga to follow (and the clone's site).
 #[utoipa::path(post, path = "/v1/sites/{id}/restores", request_body(content = Option<RestoreRequest>, description = "The backup; none: the latest"), responses((status = 202, body = Object), (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub(crate) async fn restore(
     State(st): State<AppState>,
@@ -106,8 +114,35 @@ pub(crate) async fn restore(
         crate::problem::parse_body(&body, "restore request")?
     };
     let volid = req.volid;
+    if req.subdomain.is_some() && !req.clone {
+        return Err(Problem::field(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "subdomain",
+            "a subdomain names a clone: only with \"clone\": true",
+        ));
+    }
     visible(&st, &caller, id).await?;
     let mut client = st.pool.get().await.map_err(db_problem)?;
+    if req.clone {
+        let max = st.settings.saga.max_sites_per_owner;
+        let (saga, clone) = ops::clone_site(
+            &mut client,
+            &caller.actor(),
+            id,
+            volid.as_deref(),
+            req.subdomain.as_deref(),
+            max,
+        )
+        .await
+        .map_err(ops_problem)?;
+        return Ok((
+            StatusCode::ACCEPTED,
+            [(axum::http::header::LOCATION, format!("/v1/sites/{clone}"))],
+            axum::Json(json!({ "saga_id": saga, "site_id": clone, "clone_of": id, "state": "restoring" })),
+        )
+            .into_response());
+    }
     let saga = ops::restore(&mut client, &caller.actor(), id, volid.as_deref())
         .await
         .map_err(ops_problem)?;

@@ -420,26 +420,34 @@ impl Handler<SiteRestore> for Coordinator {
             backup_node: None,
             pre_restore_id: Uuid::now_v7(),
             previous: None,
-            was_deleted: state == "deleted",
+            // A clone is made like a destroyed site: everything anew.
+            was_deleted: state == "deleted" || cmd.clone_of.is_some(),
+            clone_of: cmd.clone_of,
         };
-        if state != "active" && state != "deleted" {
+        if cmd.clone_of.is_some() && state != "requested" {
+            let why = format!("site {site} is {state}: a clone is made into a new site, recorded as requested");
+            return refuse_restore(&x, saga, data, StepError::new("site.state", why)).await;
+        }
+        if cmd.clone_of.is_none() && state != "active" && state != "deleted" {
             let why = format!("site {site} is {state}: only an active or a deleted site is restored");
             return refuse_restore(&x, saga, data, StepError::new("site.state", why)).await;
         }
-        // The backup: the one named, else the latest, of this site's that are written and kept.
+        // The backup: the one named, else the latest, of this site's (a clone: the other
+        // site's) that are written and kept.
+        let source = cmd.clone_of.map_or(site, |s| s.as_uuid());
         let backup =
             x.db.opt(
                 "SELECT volid, node FROM backups
              WHERE site_id = $1 AND state = 'ok' AND volid IS NOT NULL
                AND (volid = $2 OR ($2::text IS NULL AND kind <> 'pre_restore'))
              ORDER BY taken_at DESC NULLS LAST, created_at DESC LIMIT 1",
-                &[&site, &cmd.volid],
+                &[&source, &cmd.volid],
             )
             .await?;
         let Some(backup) = backup else {
             let why = match &cmd.volid {
-                Some(v) => format!("'{v}' is no backup of site {site} that is written and kept"),
-                None => format!("site {site} has no backup to restore"),
+                Some(v) => format!("'{v}' is no backup of site {source} that is written and kept"),
+                None => format!("site {source} has no backup to restore"),
             };
             return refuse_restore(&x, saga, data, StepError::new("backup.missing", why)).await;
         };
@@ -472,7 +480,7 @@ impl Handler<SiteRestore> for Coordinator {
             &[&site],
         )
         .await?;
-        tracing::info!(%saga, %site, volid = %data.volid, was_deleted = data.was_deleted, by = ?cmd.requested_by, "Restoring a site.");
+        tracing::info!(%saga, %site, volid = %data.volid, was_deleted = data.was_deleted, clone_of = ?cmd.clone_of, by = ?cmd.requested_by, "Restoring a site.");
         me.restore.start(&x, saga, Some(site), data, &[]).await.map(drop)
     }
 }
@@ -482,6 +490,7 @@ impl Handler<SiteRestore> for Coordinator {
 async fn refuse_restore(x: &Exec<'_>, saga: Uuid, data: RestoreSaga, error: StepError) -> Handled {
     tracing::warn!(%saga, site = %data.site.site.site_id, code = %error.code, error = %error.message, "A restore cannot start.");
     let site = data.site.site.site_id;
+    let data_clone = data.clone_of.is_some();
     let detail = json!({ "step": SiteRestore::TYPE, "error": error });
     let stored = serde_json::to_value(Stored {
         progress: Progress::default(),
@@ -499,6 +508,14 @@ async fn refuse_restore(x: &Exec<'_>, saga: Uuid, data: RestoreSaga, error: Step
     .await?;
     x.db.exec("UPDATE sagas SET error = $2 WHERE id = $1", &[&saga, &detail])
         .await?;
+    // A clone's site was made for it: it ends failed, saying why.
+    if data_clone {
+        x.db.exec(
+            "UPDATE sites SET state = 'failed', error = $2, updated_at = now() WHERE id = $1 AND state = 'requested'",
+            &[&site.as_uuid(), &detail],
+        )
+        .await?;
+    }
     let msg = SiteRestoreFailed {
         site_id: site,
         failed_step: SiteRestore::TYPE.to_string(),

@@ -2269,3 +2269,78 @@ async fn a_site_whose_container_is_already_gone_is_removed_without_a_final_backu
     assert!(f.sim.backups().is_empty(), "no backup was written");
     f.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clone_is_restored_beside_its_site_as_a_new_site_and_leaves_the_site_untouched() {
+    use pvefleet_testkit::edge::{Caddy, PowerDns};
+    let pdns = PowerDns::start("sites.test").await.unwrap();
+    let caddy = Caddy::start().await.unwrap();
+    let f = fleet_with(|s| {
+        to_edge(&pdns, &caddy, s);
+    })
+    .await;
+    let req = request("twin", false);
+    f.send(&req).await;
+    assert_eq!(f.event().await.0, "site.provisioned");
+    let (_, vmid, ip, node, _) = f.site(req.site_id).await;
+    let (vmid, ip, node) = (vmid.unwrap() as u32, ip.unwrap(), node.unwrap());
+    // The MAC address PVE gave the interface at creation (pvesim leaves it to the caller).
+    let net0 = f.pve.lxc_config(&node, vmid, true).await.unwrap()["net0"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let params = pvefleet_proxmox::client::Params::new().set("net0", format!("{net0},hwaddr=BC:24:11:00:00:01"));
+    f.pve.lxc_set_config(&node, vmid, params, None).await.unwrap();
+    let volid = common::backed_up(&f.db, req.site_id, Duration::from_secs(20)).await;
+    let before = f.pve.lxc_config(&node, vmid, true).await.unwrap();
+
+    let mut c = f.db.client().await.unwrap();
+    let actor = pvefleet_core::audit::Actor::cli();
+    let (saga, clone) = pvefleet_backup::ops::clone_site(&mut c, &actor, req.site_id.as_uuid(), Some(&volid), None, 20)
+        .await
+        .unwrap();
+    let (kind, body) = f.event().await;
+    assert_eq!(kind, "site.restored", "{body}");
+    let clone_id = SiteId(clone);
+    let (state, cvmid, cip, cnode, _) = f.site(clone_id).await;
+    assert_eq!(state, "active");
+    let (cvmid, cip, cnode) = (cvmid.unwrap() as u32, cip.unwrap(), cnode.unwrap());
+    assert_ne!(cvmid, vmid, "a container of its own");
+    assert_ne!(cip, ip, "an address of its own");
+    let cfg = f.pve.lxc_config(&cnode, cvmid, true).await.unwrap();
+    assert_eq!(cfg["hostname"], "twin-clone", "its own hostname");
+    let tags = cfg["tags"].as_str().unwrap();
+    assert!(
+        tags.contains("site-twin-clone") && !tags.split(';').any(|t| t == "site-twin"),
+        "{tags}"
+    );
+    let mac = |c: &serde_json::Map<String, serde_json::Value>| {
+        let net0 = c["net0"].as_str().unwrap().to_string();
+        net0.split(',').find(|p| p.starts_with("hwaddr=")).map(str::to_string)
+    };
+    assert!(mac(&before).is_some(), "{before:?}");
+    assert_ne!(mac(&cfg), mac(&before), "new MAC addresses beside the original");
+    assert_eq!(f.pve.lxc_status(&cnode, cvmid).await.unwrap().status, "running");
+    // Both sites resolve and route, each to its own container.
+    let addr = |ip: &str| ip.split('/').next().unwrap().parse::<std::net::Ipv4Addr>().unwrap();
+    assert_eq!(pdns.query_a("twin-clone.sites.test").unwrap(), vec![addr(&cip)]);
+    assert_eq!(pdns.query_a("twin.sites.test").unwrap(), vec![addr(&ip)]);
+    assert_eq!(caddy.routes().await.unwrap().len(), 2);
+    // The original is untouched: same config, running, active, nothing restored over it.
+    assert_eq!(f.site(req.site_id).await.0, "active");
+    let after = f.pve.lxc_config(&node, vmid, true).await.unwrap();
+    assert_eq!(after.get("hostname"), before.get("hostname"));
+    assert_eq!(after.get("net0"), before.get("net0"));
+    assert_eq!(f.pve.lxc_status(&node, vmid).await.unwrap().status, "running");
+    let steps: Vec<String> = f.timeline(saga).await.into_iter().map(|(n, ..)| n).collect();
+    assert_eq!(
+        steps,
+        ["backup.restore", "container.start", "dns.upsert", "proxy.upsert"]
+    );
+    // The subdomain is now taken: a second clone under it is refused before anything starts.
+    assert!(matches!(
+        pvefleet_backup::ops::clone_site(&mut c, &actor, req.site_id.as_uuid(), None, None, 20).await,
+        Err(pvefleet_backup::ops::OpsError::Conflict(_))
+    ));
+    f.stop().await;
+}

@@ -809,6 +809,7 @@ fn restore_data(was_deleted: bool) -> RestoreSaga {
         pre_restore_id: Uuid::nil(),
         previous: Some(String::new()),
         was_deleted,
+        clone_of: None,
     }
 }
 

@@ -93,7 +93,8 @@ pub enum SiteAction {
     },
     /// Restore a site from one of its backups, as a saga: an active site is backed up first,
     /// stopped, restored in place, started and checked (put back as it was if a step fails);
-    /// a deleted site comes back in a new container with its address, DNS record and route.
+    /// a deleted site comes back in a new container with its address, DNS record and route;
+    /// with --clone, the backup becomes a new site beside this one.
     #[command(group(clap::ArgGroup::new("which").required(true).args(["from", "latest"])))]
     Restore {
         /// The site id.
@@ -104,6 +105,13 @@ pub enum SiteAction {
         /// The site's latest kept backup.
         #[arg(long)]
         latest: bool,
+        /// Restore into a new site beside this one (its own container, address, DNS record
+        /// and route); this site is not touched.
+        #[arg(long)]
+        clone: bool,
+        /// The clone's subdomain (without: `<subdomain>-clone`).
+        #[arg(long, requires = "clone")]
+        subdomain: Option<String>,
         /// Follow the saga to its end.
         #[arg(long)]
         wait: bool,

@@ -167,6 +167,8 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
             id,
             from,
             latest,
+            clone,
+            subdomain,
             wait,
             deadline,
             target,
@@ -174,9 +176,12 @@ pub async fn run(action: SiteAction) -> anyhow::Result<ExitCode> {
             // Without a volume, the latest (clap requires --from or --latest).
             debug_assert!(latest || from.is_some());
             let c = http()?;
-            let req = c
-                .post(format!("{}/v1/sites/{id}/restores", target.url()))
-                .json(&serde_json::json!({ "volid": from }));
+            let mut body = serde_json::json!({ "volid": from });
+            if clone {
+                body["clone"] = json!(true);
+                body["subdomain"] = json!(subdomain);
+            }
+            let req = c.post(format!("{}/v1/sites/{id}/restores", target.url())).json(&body);
             start_saga(&c, req, &target, &id, "restoring", wait, deadline).await
         }
         SiteAction::Config {
@@ -282,7 +287,18 @@ async fn start_saga(
         Err(code) => return Ok(code),
     };
     let saga = accepted["saga_id"].as_str().unwrap_or_default().to_string();
-    println!("site {id} {doing} (saga {saga})");
+    // A clone is a new site: the one followed is the clone.
+    let id = match accepted["clone_of"].as_str() {
+        Some(from) => {
+            let clone = accepted["site_id"].as_str().unwrap_or_default();
+            println!("site {clone} (a clone of {from}) {doing} (saga {saga})");
+            clone
+        }
+        None => {
+            println!("site {id} {doing} (saga {saga})");
+            id
+        }
+    };
     if !wait {
         return Ok(ExitCode::SUCCESS);
     }

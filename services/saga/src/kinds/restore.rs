@@ -11,6 +11,11 @@
 //! `container.start` → `app.check` → `dns.upsert` and `proxy.upsert` → `ha.enable` →
 //! `site.restored`. A failed step destroys what was made, takes the record and the route
 //! away, and the site stays deleted, its leases released.
+//!
+//! A clone (`site restore --clone`): a new site, recorded `requested` with its own subdomain,
+//! is made the same way from another site's backup, beside it: new MAC addresses, its own
+//! hostname, tag, address, DNS record and route. A failed step leaves the new site `failed`,
+//! holding nothing; the site it was cloned from is never touched.
 
 use async_trait::async_trait;
 use pvefleet_contracts::messages::{
@@ -19,7 +24,7 @@ use pvefleet_contracts::messages::{
     HaDisabled, HaEnable, HaEnabled, NetSpec, ProxyDelete, ProxyDeleted, ProxyUpsert, ProxyUpserted, SiteRestoreFailed,
     SiteRestored,
 };
-use pvefleet_contracts::{StepError, Vmid};
+use pvefleet_contracts::{SiteId, StepError, Vmid};
 use pvefleet_core::bus::Handled;
 use pvefleet_core::config::SagaSettings;
 use serde::{Deserialize, Serialize};
@@ -49,6 +54,10 @@ pub struct RestoreSaga {
     pub previous: Option<String>,
     /// The site had been destroyed: its container, leases, record and route are made anew.
     pub was_deleted: bool,
+    /// A clone: the site is new, made (like a destroyed one) from this other site's backup, in
+    /// a container of its own with new MAC addresses and its own hostname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clone_of: Option<SiteId>,
 }
 
 fn existing(d: &RestoreSaga, _: &SagaSettings) -> bool {
@@ -111,6 +120,8 @@ fn restore(d: &RestoreSaga, s: &SagaSettings) -> BackupRestore {
         }),
         tags: tags(d),
         start: false,
+        unique: d.clone_of.is_some(),
+        hostname: d.clone_of.is_some().then(|| d.site.site.subdomain.clone()),
     }
 }
 
@@ -127,6 +138,8 @@ fn put_back(d: &RestoreSaga, _: &SagaSettings) -> BackupRestore {
         net: None,
         tags: tags(d),
         start: true,
+        unique: false,
+        hostname: None,
     }
 }
 
@@ -288,7 +301,12 @@ impl SagaKind for Restore {
         let site = site_of(saga);
         let state = if saga.data.was_deleted {
             x.db.exec("DELETE FROM leases WHERE site_id = $1", &[&site]).await?;
-            "deleted"
+            // A clone's site never served: it ends failed (and can be deleted), not deleted.
+            if saga.data.clone_of.is_some() {
+                "failed"
+            } else {
+                "deleted"
+            }
         } else {
             "active"
         };

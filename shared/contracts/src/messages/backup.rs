@@ -137,6 +137,12 @@ pub struct BackupRestore {
     /// Start the container once restored (a compensation puts a running site back running).
     #[serde(default)]
     pub start: bool,
+    /// New MAC addresses (PVE's `unique`): a clone runs beside the container it was backed up from.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unique: bool,
+    /// The hostname instead of the archived one (a clone's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
 }
 impl MaybeVmid for BackupRestore {
     fn vmid_opt(&self) -> Option<Vmid> {
@@ -158,6 +164,8 @@ command!(
         net: None,
         tags: vec!["site-blog".into()],
         start: false,
+        unique: false,
+        hostname: None,
     }
 );
 

@@ -94,6 +94,10 @@ pub struct SiteRestore {
     /// Who asked (audited).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_by: Option<String>,
+    /// A clone: the site (a new one, `requested`) is made from this other site's backup, in a
+    /// container of its own beside it; the other site is not touched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clone_of: Option<SiteId>,
 }
 impl_message!(
     SiteRestore,
@@ -104,6 +108,7 @@ impl_message!(
         site_id: example_site(),
         volid: Some("local:backup/vzdump-lxc-123-2026_12_07-02_00_00.tar.zst".into()),
         requested_by: Some("operator".into()),
+        clone_of: None,
     }
 );
 
