@@ -305,6 +305,52 @@ pub async fn request(
     Ok(id)
 }
 
+/// The backup a restore of `site` takes: the one named, else the newest written and kept one
+/// that was not taken before an earlier restore (those are restored by name).
+async fn restorable_backup(
+    tx: &tokio_postgres::Transaction<'_>,
+    site: Uuid,
+    volid: Option<&str>,
+    doing: &str,
+) -> Result<String, OpsError> {
+    let backup = tx
+        .query_opt(
+            "SELECT volid FROM backups
+             WHERE site_id = $1 AND state = 'ok' AND volid IS NOT NULL
+               AND (volid = $2 OR ($2::text IS NULL AND kind <> 'pre_restore'))
+             ORDER BY taken_at DESC NULLS LAST, created_at DESC LIMIT 1",
+            &[&site, &volid],
+        )
+        .await?;
+    match (backup, volid) {
+        (Some(b), _) => Ok(b.get(0)),
+        (None, Some(v)) => Err(OpsError::NotFound(format!("Site {site} has no kept backup '{v}'."))),
+        (None, None) => Err(OpsError::Conflict(format!("Site {site} has no backup to {doing}."))),
+    }
+}
+
+/// Queues `cmd` for the saga coordinator as saga `saga` of the site it names, followable at
+/// once (`GET /v1/sagas/{id}`, `--wait`) before the coordinator has started it.
+async fn queue_restore(
+    tx: &tokio_postgres::Transaction<'_>,
+    cmd: &SiteRestore,
+    saga: Uuid,
+    owner: &str,
+) -> Result<(), OpsError> {
+    let origin = Origin {
+        correlation_id: Some(saga),
+        app_id: Some("backup".into()),
+        ..Origin::default()
+    };
+    pvefleet_core::db::outbox::enqueue(tx, &Outgoing::message(cmd, &origin)?).await?;
+    tx.execute(
+        "INSERT INTO accepted_sagas (saga_id, kind, site_id, owner) VALUES ($1, 'restore', $2, $3)",
+        &[&saga, &cmd.site_id.as_uuid(), &owner],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Asks for a restore of `site` from `volid` (none: its latest backup, not counting the
 /// backups taken before earlier restores, which are restored only by name): an active site is
 /// restored in place, a deleted one brought back. The backup must be one of the site's, written
@@ -327,22 +373,7 @@ pub async fn restore(
             "Site {site} is {state}: only an active site, or a deleted one, can be restored."
         )));
     }
-    let backup = tx
-        .query_opt(
-            "SELECT volid FROM backups
-             WHERE site_id = $1 AND state = 'ok' AND volid IS NOT NULL
-               AND (volid = $2 OR ($2::text IS NULL AND kind <> 'pre_restore'))
-             ORDER BY taken_at DESC NULLS LAST, created_at DESC LIMIT 1",
-            &[&site, &volid],
-        )
-        .await?;
-    let Some(backup) = backup else {
-        return Err(match volid {
-            Some(v) => OpsError::NotFound(format!("Site {site} has no kept backup '{v}'.")),
-            None => OpsError::Conflict(format!("Site {site} has no backup to restore.")),
-        });
-    };
-    let chosen: String = backup.get(0);
+    let chosen = restorable_backup(&tx, site, volid, "restore").await?;
     let saga = Uuid::now_v7();
     let cmd = SiteRestore {
         site_id: SiteId(site),
@@ -350,18 +381,7 @@ pub async fn restore(
         requested_by: Some(actor.name.clone()),
         clone_of: None,
     };
-    let origin = Origin {
-        correlation_id: Some(saga),
-        app_id: Some("backup".into()),
-        ..Origin::default()
-    };
-    pvefleet_core::db::outbox::enqueue(&tx, &Outgoing::message(&cmd, &origin)?).await?;
-    // Followed (`GET /v1/sagas/{id}`, `--wait`) before the coordinator has started it.
-    tx.execute(
-        "INSERT INTO accepted_sagas (saga_id, kind, site_id, owner) VALUES ($1, 'restore', $2, $3)",
-        &[&saga, &site, &owner],
-    )
-    .await?;
+    queue_restore(&tx, &cmd, saga, &owner).await?;
     audit::record(
         &tx,
         actor,
@@ -497,22 +517,7 @@ pub async fn clone_site(
     if let Some(over) = pvefleet_policy::site::over_quota(sql, &owner, clone, max_sites).await? {
         return Err(OpsError::Conflict(over.reason));
     }
-    let backup = tx
-        .query_opt(
-            "SELECT volid FROM backups
-             WHERE site_id = $1 AND state = 'ok' AND volid IS NOT NULL
-               AND (volid = $2 OR ($2::text IS NULL AND kind <> 'pre_restore'))
-             ORDER BY taken_at DESC NULLS LAST, created_at DESC LIMIT 1",
-            &[&site, &volid],
-        )
-        .await?;
-    let Some(backup) = backup else {
-        return Err(match volid {
-            Some(v) => OpsError::NotFound(format!("Site {site} has no kept backup '{v}'.")),
-            None => OpsError::Conflict(format!("Site {site} has no backup to clone.")),
-        });
-    };
-    let chosen: String = backup.get(0);
+    let chosen = restorable_backup(&tx, site, volid, "clone").await?;
     if let Some(o) = spec.as_object_mut() {
         o.insert("site_id".into(), json!(clone));
         o.insert("subdomain".into(), json!(subdomain));
@@ -530,17 +535,7 @@ pub async fn clone_site(
         requested_by: Some(actor.name.clone()),
         clone_of: Some(SiteId(site)),
     };
-    let origin = Origin {
-        correlation_id: Some(saga),
-        app_id: Some("backup".into()),
-        ..Origin::default()
-    };
-    pvefleet_core::db::outbox::enqueue(&tx, &Outgoing::message(&cmd, &origin)?).await?;
-    tx.execute(
-        "INSERT INTO accepted_sagas (saga_id, kind, site_id, owner) VALUES ($1, 'restore', $2, $3)",
-        &[&saga, &clone, &owner],
-    )
-    .await?;
+    queue_restore(&tx, &cmd, saga, &owner).await?;
     audit::record(
         &tx,
         actor,

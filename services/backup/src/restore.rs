@@ -13,6 +13,7 @@
 
 use async_trait::async_trait;
 use pvefleet_contracts::StepError;
+use pvefleet_contracts::ids::SITE_MARKER_PREFIX;
 use pvefleet_contracts::messages::{BackupRestore, BackupRestored};
 use pvefleet_core::audit::{self, Entry};
 use pvefleet_core::bus::{Context, Handled, Handler, HandlerError};
@@ -116,6 +117,18 @@ impl Backup {
             }
         }
         let mut params = Params::new().set("tags", tags.join(";"));
+        // The description's site marker names this site (a clone's archive names the site it
+        // was cloned from): the provisioner destroys only a container marked as the site's.
+        let description = config.get("description").and_then(|d| d.as_str()).unwrap_or_default();
+        let marker = cmd.site_id.marker();
+        if !description.lines().any(|l| l.trim() == marker) {
+            let mut lines: Vec<&str> = description
+                .lines()
+                .filter(|l| !l.trim().starts_with(SITE_MARKER_PREFIX))
+                .collect();
+            lines.push(&marker);
+            params = params.set("description", lines.join("\n"));
+        }
         if let Some(net) = &cmd.net {
             let mut net0 = config
                 .get("net0")

@@ -77,6 +77,35 @@ impl Rig {
         id
     }
 
+    /// A connection of its own, as the CLI and intake hold one for an operation.
+    async fn client(&self) -> tokio_postgres::Client {
+        let (c, conn) = tokio_postgres::connect(self.settings.db.url.expose(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        c
+    }
+
+    /// The backup service running on the rig's settings until `shutdown`, with the broker's
+    /// topology declared.
+    async fn serve(
+        &self,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> (
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+        pvefleet_core::bus::Publisher,
+    ) {
+        let settings: &'static pvefleet_core::Settings = Box::leak(Box::new(self.settings.clone()));
+        let service = tokio::spawn(pvefleet_backup::run(
+            settings,
+            self.pool.clone(),
+            None,
+            shutdown.clone(),
+        ));
+        let publisher = pvefleet_testkit::broker::fleet_publisher(&self.settings).await.unwrap();
+        (service, publisher)
+    }
+
     async fn sync(&self) -> pvefleet_backup::SyncOutcome {
         pvefleet_backup::sync_once(&self.pve, &self.pool, &self.settings.backup, &self.settings.saga)
             .await
@@ -187,13 +216,7 @@ async fn policies_become_pve_backup_jobs_that_follow_the_sites_and_leave_hand_ma
     // A second policy, followed by one site: its own job; deleting the policy removes it and
     // the site goes back to the default's job.
     let actor = Actor::cli();
-    let mut client = tokio_postgres::connect(r.settings.db.url.expose(), tokio_postgres::NoTls)
-        .await
-        .map(|(c, conn)| {
-            tokio::spawn(conn);
-            c
-        })
-        .unwrap();
+    let mut client = r.client().await;
     assert!(ops::set_policy(&mut client, &actor, &weekly()).await.unwrap());
     let beta: Uuid = db
         .query_one("SELECT id FROM sites WHERE vmid = 10002", &[])
@@ -352,19 +375,11 @@ async fn on_demand_and_final_backups_run_through_the_worker_and_their_failures_a
     let site = r.site(10001, "pve1", "alpha").await;
     let probe = r.vhost.probe().await.unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let settings: &'static pvefleet_core::Settings = Box::leak(Box::new(r.settings.clone()));
-    let service = tokio::spawn(pvefleet_backup::run(settings, r.pool.clone(), None, shutdown.clone()));
-    let _publisher = pvefleet_testkit::broker::fleet_publisher(&r.settings).await.unwrap();
+    let (service, _publisher) = r.serve(&shutdown).await;
     let events = pvefleet_testkit::broker::event_queue(&probe, &["backup.*"])
         .await
         .unwrap();
-    let mut client = tokio_postgres::connect(r.settings.db.url.expose(), tokio_postgres::NoTls)
-        .await
-        .map(|(c, conn)| {
-            tokio::spawn(conn);
-            c
-        })
-        .unwrap();
+    let mut client = r.client().await;
     let actor = Actor::cli();
     let id = ops::request(&mut client, &actor, site, BackupKind::OnDemand)
         .await
@@ -699,16 +714,8 @@ async fn the_config_pass_records_hand_edits_only_and_a_restore_survives_a_concur
         .unwrap(),
     );
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let settings: &'static pvefleet_core::Settings = Box::leak(Box::new(r.settings.clone()));
-    let service = tokio::spawn(pvefleet_backup::run(settings, r.pool.clone(), None, shutdown.clone()));
-    let _publisher = pvefleet_testkit::broker::fleet_publisher(&r.settings).await.unwrap();
-    let mut client = tokio_postgres::connect(r.settings.db.url.expose(), tokio_postgres::NoTls)
-        .await
-        .map(|(c, conn)| {
-            tokio::spawn(conn);
-            c
-        })
-        .unwrap();
+    let (service, _publisher) = r.serve(&shutdown).await;
+    let mut client = r.client().await;
     let actor = Actor::cli();
     let id = ops::restore_config(&mut client, &actor, site, 1).await.unwrap();
     let done = restore_row(&r, site, id, &["done", "failed"]).await;

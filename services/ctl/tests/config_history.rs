@@ -47,6 +47,15 @@ async fn version_for(dev: &Dev, site: &str, cause: &str) -> (Value, Value) {
     }
 }
 
+/// Lets the autoscaler scale container `vmid`, or not, through its policy.
+async fn autoscaling(dev: &Dev, vmid: &str, enabled: bool) {
+    let keys = format!("{{\"enabled\": {enabled}}}");
+    let out = dev
+        .cli(&["autoscale", "policy", "set", "--vmid", vmid, "--json", &keys])
+        .await;
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+}
+
 fn keys(changes: &Value) -> Vec<&str> {
     changes
         .as_array()
@@ -92,18 +101,7 @@ async fn an_autoscaler_and_a_nethotplug_change_are_recorded_with_diffs_and_a_res
         .await
         .unwrap();
     assert!(resp.status().is_success(), "{:?}", resp.text().await);
-    let out = dev
-        .cli(&[
-            "autoscale",
-            "policy",
-            "set",
-            "--vmid",
-            &vmid,
-            "--json",
-            r#"{"enabled": true}"#,
-        ])
-        .await;
-    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    autoscaling(&dev, &vmid, true).await;
     let (scaled, _) = version_for(&dev, &site, "container.scaled").await;
     let memory = scaled["changes"]
         .as_array()
@@ -117,18 +115,7 @@ async fn an_autoscaler_and_a_nethotplug_change_are_recorded_with_diffs_and_a_res
         "{scaled:#}"
     );
     // Let out again before the restore, so nothing scales it back meanwhile.
-    let out = dev
-        .cli(&[
-            "autoscale",
-            "policy",
-            "set",
-            "--vmid",
-            &vmid,
-            "--json",
-            r#"{"enabled": false}"#,
-        ])
-        .await;
-    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    autoscaling(&dev, &vmid, false).await;
 
     // nethotplug attaches a second interface: a version with just that line added.
     let out = dev

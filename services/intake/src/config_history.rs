@@ -17,9 +17,10 @@ use crate::backups::{ops_problem, visible};
 use crate::problem::Problem;
 use crate::{AppState, auth, db_problem, parse_id};
 
-/// A version number from the path or query: a positive whole number.
-fn version_number(field: &str, raw: &str) -> Result<i32, Problem> {
-    raw.parse::<i32>().ok().filter(|v| *v >= 1).ok_or_else(|| {
+/// A version number from the path: any whole number the schema allows (`u32`); one no
+/// version has (0, or past the newest) is then a 404, not a refusal of the request.
+fn version_number(field: &str, raw: &str) -> Result<u32, Problem> {
+    raw.parse::<u32>().map_err(|_| {
         Problem::field(
             StatusCode::BAD_REQUEST,
             "invalid",
@@ -29,7 +30,12 @@ fn version_number(field: &str, raw: &str) -> Result<i32, Problem> {
     })
 }
 
-fn no_version(id: Uuid, v: i32) -> Problem {
+/// A version as the database numbers them; `None`: no version can have it.
+fn stored(v: u32) -> Option<i32> {
+    i32::try_from(v).ok().filter(|v| *v >= 1)
+}
+
+fn no_version(id: Uuid, v: u32) -> Problem {
     Problem::new(
         StatusCode::NOT_FOUND,
         "not-found",
@@ -66,8 +72,9 @@ pub(crate) async fn show(
     let id = parse_id(&raw)?;
     let v = version_number("version", &v)?;
     visible(&st, &caller, id).await?;
+    let number = stored(v).ok_or_else(|| no_version(id, v))?;
     let client = st.pool.get().await.map_err(db_problem)?;
-    let row = history::version(&**client, id, Some(v))
+    let row = history::version(&**client, id, Some(number))
         .await
         .map_err(db_problem)?
         .ok_or_else(|| no_version(id, v))?;
@@ -79,10 +86,10 @@ pub(crate) async fn show(
 #[into_params(parameter_in = Query)]
 pub(crate) struct DiffQuery {
     /// The older version.
-    from: String,
+    from: u32,
     /// The newer one; absent: the newest.
     #[serde(default)]
-    to: Option<String>,
+    to: Option<u32>,
 }
 
 /// What differs between two versions, key by key (`from` absent: added; `to` absent: removed).
@@ -97,18 +104,21 @@ pub(crate) async fn diff(
     let caller = auth::require(&st, &headers, scopes::SITES_READ).await?;
     let id = parse_id(&raw)?;
     let q = crate::problem::parse_query(q)?;
-    let from = version_number("from", &q.from)?;
-    let to = q.to.as_deref().map(|t| version_number("to", t)).transpose()?;
     visible(&st, &caller, id).await?;
+    let from = stored(q.from).ok_or_else(|| no_version(id, q.from))?;
+    let to = match q.to {
+        Some(t) => Some(stored(t).ok_or_else(|| no_version(id, t))?),
+        None => None,
+    };
     let client = st.pool.get().await.map_err(db_problem)?;
     let a = history::version(&**client, id, Some(from))
         .await
         .map_err(db_problem)?
-        .ok_or_else(|| no_version(id, from))?;
+        .ok_or_else(|| no_version(id, q.from))?;
     let b = history::version(&**client, id, to)
         .await
         .map_err(db_problem)?
-        .ok_or_else(|| no_version(id, to.unwrap_or(from)))?;
+        .ok_or_else(|| no_version(id, q.to.unwrap_or(q.from)))?;
     let changes = history::diff(
         a.config.as_ref().unwrap_or(&Default::default()),
         b.config.as_ref().unwrap_or(&Default::default()),
@@ -138,10 +148,11 @@ pub(crate) async fn restore(
     let caller = auth::require(&st, &headers, scopes::SITES_WRITE).await?;
     let id = parse_id(&raw)?;
     let req: ConfigRestoreRequest = crate::problem::parse_body(&body, "config restore request")?;
-    let v = version_number("version", &req.version.to_string())?;
+    let v = req.version;
     visible(&st, &caller, id).await?;
+    let number = stored(v).ok_or_else(|| no_version(id, v))?;
     let mut client = st.pool.get().await.map_err(db_problem)?;
-    let restore = ops::restore_config(&mut client, &caller.actor(), id, v)
+    let restore = ops::restore_config(&mut client, &caller.actor(), id, number)
         .await
         .map_err(ops_problem)?;
     Ok((

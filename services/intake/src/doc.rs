@@ -47,13 +47,29 @@ fn path_param(name: &str) -> Value {
         "name" => param(name, "path", true, text(INTERFACE), "The interface: net0 to net31."),
         "vnet" => param(name, "path", true, text(SDN_ID), "The VNet."),
         "owner" => param(name, "path", true, text(OWNER), "The owner."),
+        "version" => param(name, "path", true, version(), "A config version: 1, 2, ..."),
         _ => param(name, "path", true, uuid(), "The id."),
     }
+}
+
+/// A config version's number, as the history numbers them.
+fn version() -> Value {
+    count(1, i32::MAX as u64)
 }
 
 /// The query parameters of an operation.
 fn query_params(method: &str, path: &str) -> Vec<Value> {
     match (method, path) {
+        ("get", "/v1/sites/{id}/config/diff") => vec![
+            param("from", "query", true, version(), "The older version."),
+            param(
+                "to",
+                "query",
+                false,
+                version(),
+                "The newer version (default: the newest).",
+            ),
+        ],
         ("get", "/v1/sites") => vec![
             param(
                 "owner",
@@ -318,6 +334,12 @@ fn request_body(method: &str, path: &str, s: &Settings) -> Option<Value> {
             }
         }),
         ("put", "/v1/containers/{vmid}/autoscale") => policy(),
+        ("post", "/v1/sites/{id}/config/restores") => json!({
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["version"],
+            "properties": { "version": version() }
+        }),
         ("put", "/v1/owners/{owner}/contacts") => contacts(),
         ("post", "/v1/notifications/test") => json!({
             "type": "object",

@@ -37,7 +37,7 @@ pub const HOLD_TAG: &str = "pvefleet-hold";
 
 /// The description line that marks a container as a site's.
 pub fn site_marker(site: &SiteId) -> String {
-    format!("pvefleet-site: {site}")
+    site.marker()
 }
 
 /// The provisioner's handlers, sharing one PVE client.

@@ -2309,6 +2309,11 @@ async fn a_clone_is_restored_beside_its_site_as_a_new_site_and_leaves_the_site_u
     assert_ne!(cip, ip, "an address of its own");
     let cfg = f.pve.lxc_config(&cnode, cvmid, true).await.unwrap();
     assert_eq!(cfg["hostname"], "twin-clone", "its own hostname");
+    let description = cfg["description"].as_str().unwrap_or_default();
+    assert!(
+        description.lines().any(|l| l == clone_id.marker()) && !description.contains(&req.site_id.marker()),
+        "marked as the clone's, so its own saga may remove it: {description:?}"
+    );
     let tags = cfg["tags"].as_str().unwrap();
     assert!(
         tags.contains("site-twin-clone") && !tags.split(';').any(|t| t == "site-twin"),
@@ -2342,5 +2347,66 @@ async fn a_clone_is_restored_beside_its_site_as_a_new_site_and_leaves_the_site_u
         pvefleet_backup::ops::clone_site(&mut c, &actor, req.site_id.as_uuid(), None, None, 20).await,
         Err(pvefleet_backup::ops::OpsError::Conflict(_))
     ));
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clone_whose_start_fails_ends_failed_holding_nothing_and_the_site_runs_on() {
+    let f = fleet().await;
+    let req = request("solo", false);
+    f.send(&req).await;
+    assert_eq!(f.event().await.0, "site.provisioned");
+    let (_, vmid, _, node, _) = f.site(req.site_id).await;
+    let (vmid, node) = (vmid.unwrap() as u32, node.unwrap());
+    let volid = common::backed_up(&f.db, req.site_id, WAIT).await;
+    f.sim.lock_task_error("vzstart", "startup for container failed");
+    let mut c = f.db.client().await.unwrap();
+    let actor = pvefleet_core::audit::Actor::cli();
+    let (saga, clone) = pvefleet_backup::ops::clone_site(
+        &mut c,
+        &actor,
+        req.site_id.as_uuid(),
+        Some(&volid),
+        Some("solo-try"),
+        20,
+    )
+    .await
+    .unwrap();
+    let (kind, body) = f.event().await;
+    assert_eq!(kind, "site.restore_failed", "{body}");
+    assert_eq!(body["failed_step"], "container.start");
+    let compensated: Vec<String> = f
+        .timeline(saga)
+        .await
+        .into_iter()
+        .filter(|(_, phase, _)| phase == "compensate")
+        .map(|(n, _, s)| format!("{n}/{s}"))
+        .collect();
+    assert_eq!(compensated, ["container.destroy/done"], "what was made is destroyed");
+    let clone = SiteId(clone);
+    assert_eq!(f.site(clone).await.0, "failed");
+    assert_eq!(f.leases(clone).await, 0, "its vmid and address are given back");
+    let guests: Vec<u64> = f
+        .pve
+        .resources(Some(pvefleet_proxmox::client::api::ResourceType::Vm))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|g| g.vmid)
+        .collect();
+    assert_eq!(guests, [u64::from(vmid)], "only the site's own container is left");
+    assert_eq!(f.site(req.site_id).await.0, "active");
+    assert_eq!(f.pve.lxc_status(&node, vmid).await.unwrap().status, "running");
+    // The subdomain is free again for another try.
+    let again = pvefleet_backup::ops::clone_site(
+        &mut c,
+        &actor,
+        req.site_id.as_uuid(),
+        Some(&volid),
+        Some("solo-try"),
+        20,
+    )
+    .await;
+    assert!(again.is_ok(), "{again:?}");
     f.stop().await;
 }

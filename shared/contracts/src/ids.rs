@@ -65,6 +65,17 @@ uuid_id!(
     /// A site (one WordPress site or bare container requested by an owner).
     SiteId
 );
+/// The line that opens the marker a site's container carries in its PVE description.
+pub const SITE_MARKER_PREFIX: &str = "pvefleet-site: ";
+
+impl SiteId {
+    /// The line a site's container carries in its PVE description (`pvefleet-site: <id>`):
+    /// how the provisioner knows a container is this site's before it destroys it.
+    pub fn marker(&self) -> String {
+        format!("{SITE_MARKER_PREFIX}{self}")
+    }
+}
+
 uuid_id!(
     /// A saga instance driven by the coordinator.
     SagaId

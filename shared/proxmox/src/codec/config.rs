@@ -321,6 +321,14 @@ impl Section {
             .join("\n")
     }
 
+    /// Replaces the description (the comment lines, which PVE writes first) with `text`;
+    /// empty: none.
+    pub fn set_description(&mut self, text: &str) {
+        self.lines.retain(|l| !matches!(l, Line::Comment(_)));
+        let comments: Vec<Line> = text.lines().map(|l| Line::Comment(format!("#{l}"))).collect();
+        self.lines.splice(0..0, comments);
+    }
+
     /// Sets a key, in place when it exists (keeping its position), else appended.
     pub fn set(&mut self, key: &str, value: &str) {
         for l in &mut self.lines {

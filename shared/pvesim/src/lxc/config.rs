@@ -145,6 +145,8 @@ impl SimState {
                 Change::Apply
             };
             match change {
+                // PVE keeps the description as the comment lines at the top of the file.
+                Change::Apply if k == "description" => ct.config.main_mut().set_description(v),
                 Change::Apply => ct.config.main_mut().set(k, v),
                 Change::Pending => ct.config.pending_mut().set(k, v),
                 Change::Failed(reason) => {
@@ -156,7 +158,9 @@ impl SimState {
         for k in deletes {
             unpend(&mut ct.config, k);
             let live = !ct.running || LIVE.contains(&k) || single_digit_net(k);
-            if live {
+            if k == "description" {
+                ct.config.main_mut().set_description("");
+            } else if live {
                 ct.config.main_mut().remove(k);
             } else if ct.config.main().get(k).is_some() {
                 let pending = ct.config.pending_mut();
