@@ -13,14 +13,7 @@ use common::{Dev, text};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_site_is_backed_up_on_demand_by_policy_and_before_it_is_deleted_all_from_the_cli() {
     let dev = Dev::start(&[("PVEFLEET_BACKUP__SYNC_INTERVAL", "1h")]).await;
-    let out = dev.cli(&["site", "create", "shop", "--app", "none", "--wait"]).await;
-    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
-    let created = text(&out.stdout);
-    let site = created
-        .lines()
-        .find_map(|l| l.strip_prefix("site ").and_then(|r| r.split_whitespace().next()))
-        .expect("site create prints the id")
-        .to_string();
+    let site = dev.create_site("shop").await;
 
     // The seeded default policy covers the site; a sync makes PVE's job for it.
     let out = dev.cli(&["backup", "policy", "list"]).await;

@@ -74,14 +74,7 @@ async fn an_autoscaler_and_a_nethotplug_change_are_recorded_with_diffs_and_a_res
         ("PVEFLEET_AUTOSCALER__POLICY__ENABLED", "false"),
     ])
     .await;
-    let out = dev.cli(&["site", "create", "shop", "--app", "none", "--wait"]).await;
-    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
-    let created = text(&out.stdout);
-    let site = created
-        .lines()
-        .find_map(|l| l.strip_prefix("site ").and_then(|r| r.split_whitespace().next()))
-        .expect("site create prints the id")
-        .to_string();
+    let site = dev.create_site("shop").await;
     let shown = json(&dev, &["site", "show", &site]).await;
     let vmid = shown["vmid"].as_u64().expect("the site's vmid").to_string();
 

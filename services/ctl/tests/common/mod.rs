@@ -99,6 +99,17 @@ impl Dev {
         .unwrap()
     }
 
+    /// `pvefleet site create NAME --app none --wait`, which must succeed: the new site's id.
+    pub async fn create_site(&self, name: &str) -> String {
+        let out = self.cli(&["site", "create", name, "--app", "none", "--wait"]).await;
+        assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+        text(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("site ").and_then(|r| r.split_whitespace().next()))
+            .expect("site create prints the id")
+            .to_string()
+    }
+
     /// Stops dev and waits for it to end.
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
